@@ -1,0 +1,1603 @@
+#!/usr/bin/env python3
+"""chatclient: a peer-to-peer, end-to-end encrypted chat for the terminal.
+
+One person listens, the other connects; both share one Fernet key in
+config.ini.  A short handshake (X25519 + HKDF, keyed by the shared key) gives
+every session fresh keys per direction; every message is a Fernet token that
+carries a sequence number.  See README.md for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import configparser
+import contextlib
+import getpass
+import hashlib
+import hmac
+import ipaddress
+import os
+import queue
+import re
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from pathlib import Path
+from types import FrameType
+from typing import ClassVar, TextIO
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
+    X25519PrivateKey,
+    X25519PublicKey,
+)
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__version__ = "1.0.0"
+
+DEFAULT_PORT = 50233
+HANDSHAKE_SECONDS = 10.0
+MAX_PENDING_HANDSHAKES = 16
+KEEPALIVE_SECONDS = 10.0
+# A peer is declared lost after this many keepalive intervals of silence.
+DEAD_AFTER_INTERVALS = 2.5
+GOODBYE_DRAIN_SECONDS = 2.0
+
+ReportFn = Callable[[str], None]
+
+
+# --- Errors ----------------------------------------------------------------
+
+
+class ChatError(Exception):
+    """Something went wrong that a person can act on; the message says how."""
+
+
+class ConfigError(ChatError):
+    """config.ini is missing, unreadable or holds a bad value."""
+
+
+class NetworkError(ChatError):
+    """Listening or connecting failed before any chat began."""
+
+
+class HandshakeError(ChatError):
+    """The secure handshake with a peer failed."""
+
+
+class KeyMismatch(HandshakeError):
+    """The peer's fernet_key differs from ours (or someone tampered)."""
+
+
+class ProtocolError(ChatError):
+    """The peer sent bytes that break the protocol; the session must end."""
+
+
+class ConnectionLost(ChatError):
+    """An established chat ended without a goodbye."""
+
+
+class MessageTooLong(ChatError):
+    """A message typed here is larger than the protocol allows."""
+
+
+# --- Configuration ---------------------------------------------------------
+
+CONFIG_SECTION = "parameters"
+CONFIG_FIELDS = ("ip", "port", "fernet_key", "username")
+MAX_NAME_BYTES = 64
+_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}=")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The four settings of config.ini, validated."""
+
+    ip: str
+    port: int
+    key: bytes  # the 32 raw bytes of fernet_key
+    username: str
+    path: Path
+
+
+def generate_key() -> str:
+    """A fresh random key in the urlsafe base64 form config.ini holds."""
+    return Fernet.generate_key().decode("ascii")
+
+
+def decode_key(text: str, where: str = "config.ini") -> bytes:
+    """Decode fernet_key strictly: canonical urlsafe base64 of exactly 32 bytes."""
+    text = text.strip()
+    if not text:
+        raise ConfigError(
+            f"{where}: fernet_key is empty: create one with "
+            "`python chatclient.py --init` (or paste the key your peer gave you)"
+        )
+    if not _KEY_PATTERN.fullmatch(text):
+        raise ConfigError(
+            f"{where}: fernet_key is not a valid key (it must be 44 characters of "
+            "urlsafe base64 ending in '='): make one with `python chatclient.py --genkey`"
+        )
+    raw = base64.urlsafe_b64decode(text)
+    if base64.urlsafe_b64encode(raw).decode("ascii") != text:
+        raise ConfigError(
+            f"{where}: fernet_key is not canonical base64 (its last character before "
+            "'=' is off): copy the key exactly as it was generated"
+        )
+    return raw
+
+
+def parse_port(text: str, what: str) -> int:
+    """A TCP port from 1 to 65535, or a ChatError naming `what`."""
+    text = text.strip()
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ConfigError(f"{what} must be a number from 1 to 65535, not {text!r}")
+    return int(text)
+
+
+def check_username(name: str, where: str) -> str:
+    """A username that fits the protocol and prints safely."""
+    name = name.strip()
+    if not name:
+        raise ConfigError(f"{where}: username is empty: set a name your peer will see")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ConfigError(f"{where}: username is longer than {MAX_NAME_BYTES} bytes")
+    if sanitize(name) != name:
+        raise ConfigError(f"{where}: username must not contain control characters")
+    return name
+
+
+def read_config(path: Path) -> dict[str, str]:
+    """The raw [parameters] fields of an INI file (strings, possibly empty)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with path.open(encoding="utf-8") as file:
+            parser.read_file(file)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} not found: create it with `python chatclient.py --init` "
+            "(or copy the example config.ini and set fernet_key)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it: {describe_os_error(exc)}") from exc
+    except configparser.Error as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not a valid INI file: {first}") from exc
+    if not parser.has_section(CONFIG_SECTION):
+        raise ConfigError(
+            f"{path}: missing the [{CONFIG_SECTION}] section: "
+            "see the example config.ini in README.md"
+        )
+    return dict(parser.items(CONFIG_SECTION))
+
+
+def load_config(path: Path, fields: dict[str, str] | None = None) -> Config:
+    """Validate config.ini's fields into a Config, or raise ConfigError."""
+    fields = read_config(path) if fields is None else fields
+    for name in CONFIG_FIELDS:
+        if name not in fields:
+            raise ConfigError(
+                f"{path}: missing field '{name}' in [{CONFIG_SECTION}]: "
+                "see the example config.ini in README.md"
+            )
+    ip = fields["ip"].strip().strip("[]")
+    if not ip:
+        raise ConfigError(f"{path}: ip is empty: use 0.0.0.0 to listen on all interfaces")
+    return Config(
+        ip=ip,
+        port=parse_port(fields["port"], f"{path}: port"),
+        key=decode_key(fields["fernet_key"], str(path)),
+        username=check_username(fields["username"], str(path)),
+        path=path,
+    )
+
+
+def permission_warning(path: Path) -> str | None:
+    """A warning when a config file holding a key is readable by others."""
+    if os.name != "posix":
+        return None
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (
+            f"warning: {path} holds your secret key and is readable by other users: "
+            f"run `chmod 600 {path}`"
+        )
+    return None
+
+
+def render_config(ip: str, port: int, key: str, username: str) -> str:
+    """The text of a config.ini file."""
+    return (
+        "# chatclient configuration. Keep this file secret: fernet_key lets anyone\n"
+        "# who has it read and join your chats.\n"
+        f"[{CONFIG_SECTION}]\n"
+        "# Address to listen on; 0.0.0.0 (or ::) means all interfaces.\n"
+        f"ip = {ip}\n"
+        f"port = {port}\n"
+        "# Both people need the same key: python chatclient.py --genkey makes one.\n"
+        f"fernet_key = {key}\n"
+        f"username = {username}\n"
+    )
+
+
+def write_config(path: Path, text: str) -> None:
+    """Write config.ini readable and writable by its owner only."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {describe_os_error(exc)}") from exc
+
+
+def login_name() -> str:
+    """The user's login name as a safe default username."""
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError):
+        name = ""
+    name = "".join(ch for ch in name if ch.isprintable() and not ch.isspace())
+    return name[:32] or "me"
+
+
+# --- Keys and handshake (pure) ---------------------------------------------
+#
+# M1  connector -> listener : MAGIC, VERSION, SHA-256(connector public key)
+# M2  listener -> connector : MAGIC, VERSION, listener public key
+# M3  connector -> listener : connector public key, HMAC(confirm, "connector" || th)
+# th  = SHA-256(M1 || M2 || connector public key)
+# okm = HKDF(X25519 secret, salt=PSK, info="chatclient/1 keys" || th)
+
+MAGIC = b"CCHT"
+VERSION = 1
+HELLO_SIZE = len(MAGIC) + 1 + 32
+CONFIRM_SIZE = 32 + 32
+REJECT_SIZE = len(MAGIC) + 2
+# Hello frames of other versions may differ in size; none may exceed this.
+MAX_HELLO_SIZE = 256
+PSK_INFO = b"chatclient/1 psk"
+KEYS_INFO = b"chatclient/1 keys"
+CONFIRM_LABEL = b"connector"
+OKM_SIZE = 32 + 32 + 32 + 4
+
+
+class Reject(IntEnum):
+    """Why a listener refuses a connection, sent as a small plaintext frame."""
+
+    KEY_MISMATCH = 1
+    BAD_VERSION = 2
+    BUSY = 3
+
+
+def derive_psk(key: bytes) -> bytes:
+    """The pre-shared key: the config key is never used raw."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=PSK_INFO).derive(key)
+
+
+def key_id(psk: bytes) -> str:
+    """A short fingerprint of the PSK so two people can compare configs."""
+    digest = hashlib.sha256(psk).hexdigest()
+    return f"{digest[:4]}-{digest[4:8]}"
+
+
+def public_bytes(private_key: X25519PrivateKey) -> bytes:
+    """The raw 32-byte X25519 public key."""
+    return private_key.public_key().public_bytes_raw()
+
+
+def reject_frame(reason: Reject) -> bytes:
+    """The plaintext body telling a connector why it was refused."""
+    return MAGIC + bytes([VERSION, reason])
+
+
+def parse_reject(body: bytes) -> HandshakeError | None:
+    """The error a rejection frame stands for, or None if it is not one."""
+    if len(body) != REJECT_SIZE or not body.startswith(MAGIC):
+        return None
+    version, reason = body[len(MAGIC)], body[len(MAGIC) + 1]
+    if version != VERSION or reason == Reject.BAD_VERSION:
+        return HandshakeError(version_mismatch(version))
+    if reason == Reject.KEY_MISMATCH:
+        return KeyMismatch(KEY_MISMATCH_TEXT)
+    if reason == Reject.BUSY:
+        return HandshakeError(
+            "the peer is already chatting with someone (two people per chat for now)"
+        )
+    return HandshakeError(f"the peer refused the connection (reason {reason})")
+
+
+KEY_MISMATCH_TEXT = (
+    "the peer's fernet_key differs from yours (or the connection was tampered "
+    "with): compare the Key IDs both of you see at start-up"
+)
+
+
+def version_mismatch(version: int) -> str:
+    """The message for a peer speaking another protocol version."""
+    return (
+        f"the peer speaks chatclient protocol version {version}, this program speaks "
+        f"version {VERSION}: both people need the same chatclient.py"
+    )
+
+
+def parse_hello(body: bytes) -> bytes:
+    """The 32-byte field of a hello (M1 or M2), after checking magic and version."""
+    if not body.startswith(MAGIC) or len(body) <= len(MAGIC):
+        raise ProtocolError("the peer is not speaking the chatclient protocol")
+    version = body[len(MAGIC)]
+    if version != VERSION:
+        raise HandshakeError(version_mismatch(version))
+    if len(body) != HELLO_SIZE:
+        raise ProtocolError(f"hello of {len(body)} bytes, expected {HELLO_SIZE}")
+    return body[len(MAGIC) + 1 :]
+
+
+def check_peer_key(raw: bytes) -> X25519PublicKey:
+    """The peer's X25519 key; all-zero keys are refused."""
+    if raw == bytes(32):
+        raise HandshakeError("the peer sent an all-zero key: refusing it")
+    return X25519PublicKey.from_public_bytes(raw)
+
+
+def shared_secret(private_key: X25519PrivateKey, peer: X25519PublicKey) -> bytes:
+    """X25519 shared secret; low-order peer keys (all-zero result) are refused."""
+    try:
+        secret = private_key.exchange(peer)
+    except ValueError as exc:
+        raise HandshakeError("the peer sent a low-order key: refusing it") from exc
+    if secret == bytes(32):
+        raise HandshakeError("the peer sent a low-order key: refusing it")
+    return secret
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """What a successful handshake yields, from the view of one side."""
+
+    send_key: bytes
+    recv_key: bytes
+    code: str  # six digits both sides show identically
+    transcript: bytes = field(repr=False)
+
+
+def derive_keys(secret: bytes, psk: bytes, th: bytes) -> tuple[bytes, bytes, bytes, str]:
+    """okm split into: connector->listener, listener->connector, confirm, code."""
+    okm = HKDF(algorithm=hashes.SHA256(), length=OKM_SIZE, salt=psk, info=KEYS_INFO + th).derive(
+        secret
+    )
+    code = int.from_bytes(okm[96:100], "big") % 1_000_000
+    return okm[0:32], okm[32:64], okm[64:96], f"{code:06d}"
+
+
+def confirm_tag(confirm_key: bytes, th: bytes) -> bytes:
+    """The connector's proof that it holds the PSK and saw this transcript."""
+    return hmac.new(confirm_key, CONFIRM_LABEL + th, hashlib.sha256).digest()
+
+
+class ConnectorHandshake:
+    """The connector's side of the handshake: commit, then reveal and confirm."""
+
+    def __init__(self, psk: bytes, private_key: X25519PrivateKey | None = None) -> None:
+        self._psk = psk
+        self._private = private_key or X25519PrivateKey.generate()
+        self._public = public_bytes(self._private)
+        self.m1 = MAGIC + bytes([VERSION]) + hashlib.sha256(self._public).digest()
+
+    def respond(self, m2: bytes) -> tuple[bytes, SessionKeys]:
+        """Take the listener's hello; return M3 and this side's session keys."""
+        listener_key = check_peer_key(parse_hello(m2))
+        secret = shared_secret(self._private, listener_key)
+        th = hashlib.sha256(self.m1 + m2 + self._public).digest()
+        c2l, l2c, confirm, code = derive_keys(secret, self._psk, th)
+        m3 = self._public + confirm_tag(confirm, th)
+        return m3, SessionKeys(send_key=c2l, recv_key=l2c, code=code, transcript=th)
+
+
+class ListenerHandshake:
+    """The listener's side: take the commitment, answer, then verify the reveal."""
+
+    def __init__(self, psk: bytes, private_key: X25519PrivateKey | None = None) -> None:
+        self._psk = psk
+        self._private = private_key or X25519PrivateKey.generate()
+        self._m1 = b""
+        self.m2 = MAGIC + bytes([VERSION]) + public_bytes(self._private)
+
+    def receive_commit(self, m1: bytes) -> bytes:
+        """Take M1 (the connector's commitment); return M2."""
+        parse_hello(m1)
+        self._m1 = m1
+        return self.m2
+
+    def receive_confirm(self, m3: bytes) -> SessionKeys:
+        """Check M3 against the commitment and the PSK; return session keys."""
+        if len(m3) != CONFIRM_SIZE:
+            raise ProtocolError(f"confirmation of {len(m3)} bytes, expected {CONFIRM_SIZE}")
+        connector_public, tag = m3[:32], m3[32:]
+        commitment = self._m1[len(MAGIC) + 1 :]
+        if not hmac.compare_digest(hashlib.sha256(connector_public).digest(), commitment):
+            raise HandshakeError("the peer's key does not match its commitment (tampering)")
+        secret = shared_secret(self._private, check_peer_key(connector_public))
+        th = hashlib.sha256(self._m1 + self.m2 + connector_public).digest()
+        c2l, l2c, confirm, code = derive_keys(secret, self._psk, th)
+        if not hmac.compare_digest(confirm_tag(confirm, th), tag):
+            raise KeyMismatch(KEY_MISMATCH_TEXT)
+        return SessionKeys(send_key=l2c, recv_key=c2l, code=code, transcript=th)
+
+
+# --- Frames and messages (pure) --------------------------------------------
+
+FRAME_HEADER = struct.Struct("!I")
+MAX_FRAME = 128 * 1024
+MAX_TEXT = 64 * 1024
+PAYLOAD_HEADER = struct.Struct("!QB")
+
+
+def encode_frame(body: bytes) -> bytes:
+    """A frame: 4-byte big-endian length, then the body."""
+    return FRAME_HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Split a byte stream into frame bodies, refusing oversized frames early."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes received from the peer."""
+        self._buffer += data
+
+    def next_frame(self, limit: int = MAX_FRAME) -> bytes | None:
+        """The next complete frame body, or None until more bytes arrive.
+
+        A length above `limit` raises ProtocolError before the body is read.
+        """
+        if len(self._buffer) < FRAME_HEADER.size:
+            return None
+        (length,) = FRAME_HEADER.unpack_from(self._buffer)
+        if length > limit:
+            raise ProtocolError(f"the peer announced a {length}-byte frame; the limit is {limit}")
+        end = FRAME_HEADER.size + length
+        if len(self._buffer) < end:
+            return None
+        body = bytes(self._buffer[FRAME_HEADER.size : end])
+        del self._buffer[:end]
+        return body
+
+    def frames(self, limit: int = MAX_FRAME) -> Iterator[bytes]:
+        """Every complete frame buffered so far."""
+        while (body := self.next_frame(limit)) is not None:
+            yield body
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+        return len(self._buffer)
+
+
+class MessageType(IntEnum):
+    """Wire tags of the message types."""
+
+    WELCOME = 1
+    CHAT = 2
+    TERMINATE = 3
+    KEEPALIVE = 4
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of everything that travels inside an encrypted frame."""
+
+    TYPE: ClassVar[MessageType]
+
+    def body(self) -> bytes:
+        """The message's bytes after the payload header."""
+        return b""
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """The first message each side sends: who it is."""
+
+    TYPE: ClassVar[MessageType] = MessageType.WELCOME
+    name: str
+
+    def body(self) -> bytes:
+        return encode_text(self.name, MAX_NAME_BYTES, "username")
+
+
+@dataclass(frozen=True)
+class Chat(Message):
+    """A line of text typed by a person."""
+
+    TYPE: ClassVar[MessageType] = MessageType.CHAT
+    text: str
+
+    def body(self) -> bytes:
+        return encode_text(self.text, MAX_TEXT, "message")
+
+
+@dataclass(frozen=True)
+class Terminate(Message):
+    """The last message of a side that leaves, with optional goodbye text."""
+
+    TYPE: ClassVar[MessageType] = MessageType.TERMINATE
+    text: str = ""
+
+    def body(self) -> bytes:
+        return encode_text(self.text, MAX_TEXT, "goodbye text")
+
+
+@dataclass(frozen=True)
+class Keepalive(Message):
+    """Sent on an idle link so a vanished peer is noticed."""
+
+    TYPE: ClassVar[MessageType] = MessageType.KEEPALIVE
+
+
+def encode_text(text: str, limit: int, what: str) -> bytes:
+    """UTF-8 bytes of text, or MessageTooLong/ChatError naming what is wrong."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ChatError(f"the {what} is not valid text (undecodable input): not sent") from exc
+    if len(data) > limit:
+        raise MessageTooLong(
+            f"the {what} is {len(data)} bytes; the limit is {limit} bytes "
+            f"({limit // 1024} KiB): split it and send it in parts"
+        )
+    return data
+
+
+def decode_text(data: bytes, limit: int, what: str) -> str:
+    """Strict UTF-8 decoding of a peer's text."""
+    if len(data) > limit:
+        raise ProtocolError(f"the peer's {what} is {len(data)} bytes, over the {limit} limit")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"the peer's {what} is not valid UTF-8") from exc
+
+
+def encode_payload(seq: int, message: Message) -> bytes:
+    """The plaintext inside a Fernet token: sequence, type, body."""
+    return PAYLOAD_HEADER.pack(seq, message.TYPE) + message.body()
+
+
+def decode_payload(data: bytes) -> tuple[int, Message]:
+    """Parse a decrypted payload into its sequence number and message."""
+    if len(data) < PAYLOAD_HEADER.size:
+        raise ProtocolError("the peer sent a truncated message")
+    seq, tag = PAYLOAD_HEADER.unpack_from(data)
+    body = data[PAYLOAD_HEADER.size :]
+    message: Message
+    if tag == MessageType.WELCOME:
+        name = decode_text(body, MAX_NAME_BYTES, "username")
+        if not name:
+            raise ProtocolError("the peer sent an empty username")
+        message = Welcome(name)
+    elif tag == MessageType.CHAT:
+        message = Chat(decode_text(body, MAX_TEXT, "message"))
+    elif tag == MessageType.TERMINATE:
+        message = Terminate(decode_text(body, MAX_TEXT, "goodbye text"))
+    elif tag == MessageType.KEEPALIVE:
+        if body:
+            raise ProtocolError("the peer sent a keepalive with a body")
+        message = Keepalive()
+    else:
+        raise ProtocolError(f"the peer sent an unknown message type {tag}")
+    return seq, message
+
+
+# --- Session rules (pure) --------------------------------------------------
+
+
+class Phase(Enum):
+    """Where one direction of a session stands."""
+
+    AWAIT_WELCOME = "before its welcome"
+    OPEN = "during the chat"
+    CLOSED = "after its goodbye"
+
+
+# Which message may follow in each phase, and the phase it leads to.
+TRANSITIONS: dict[Phase, dict[type[Message], Phase]] = {
+    Phase.AWAIT_WELCOME: {Welcome: Phase.OPEN},
+    Phase.OPEN: {Chat: Phase.OPEN, Keepalive: Phase.OPEN, Terminate: Phase.CLOSED},
+    Phase.CLOSED: {},
+}
+
+
+def advance(phase: Phase, message: Message, who: str) -> Phase:
+    """The next phase, or ProtocolError naming the message and the phase."""
+    following = TRANSITIONS[phase].get(type(message))
+    if following is None:
+        name = type(message).__name__.upper()
+        raise ProtocolError(f"{who} sent {name} {phase.value}")
+    return following
+
+
+class Session:
+    """One encrypted session: directional Fernet keys and sequence numbers."""
+
+    def __init__(self, keys: SessionKeys) -> None:
+        self.keys = keys
+        self._sender = Fernet(base64.urlsafe_b64encode(keys.send_key))
+        self._receiver = Fernet(base64.urlsafe_b64encode(keys.recv_key))
+        self._send_seq = 0
+        self._recv_seq = 0
+        self._send_phase = Phase.AWAIT_WELCOME
+        self._recv_phase = Phase.AWAIT_WELCOME
+
+    def encode(self, message: Message) -> bytes:
+        """The complete frame carrying `message`; each call uses the next sequence."""
+        payload = encode_payload(self._send_seq, message)
+        self._send_phase = advance(self._send_phase, message, "this side")
+        self._send_seq += 1
+        return encode_frame(self._sender.encrypt(payload))
+
+    def decode(self, body: bytes) -> Message:
+        """The message inside one frame body from the peer.
+
+        Raises ProtocolError for anything forged, replayed, reordered, dropped,
+        reflected or out of place; the session must end then.
+        """
+        try:
+            payload = self._receiver.decrypt(body)
+        except InvalidToken:
+            raise ProtocolError(
+                "a message failed its integrity check (tampered with, replayed or "
+                "not from your peer)"
+            ) from None
+        seq, message = decode_payload(payload)
+        # The sequence number must be exactly the next one: anything else is
+        # replay, duplication, reordering or loss.
+        if seq != self._recv_seq:
+            raise ProtocolError(
+                f"message number {seq} arrived where {self._recv_seq} was due "
+                "(replayed, reordered or lost)"
+            )
+        self._recv_phase = advance(self._recv_phase, message, "the peer")
+        self._recv_seq += 1
+        return message
+
+
+def sanitize(text: str) -> str:
+    """Peer text made safe to print: control and format characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(_safe_char(ch) for ch in text)
+
+
+_JOINERS = frozenset("\u200c\u200d")  # needed by emoji and some scripts
+
+
+def _safe_char(ch: str) -> str:
+    category = unicodedata.category(ch)
+    if (category[0] == "C" and ch not in _JOINERS) or category in ("Zl", "Zp"):
+        return ch.encode("unicode_escape").decode("ascii")
+    return ch
+
+
+# --- Transport: sockets and threads ----------------------------------------
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """A short human reason for an OSError."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def format_host(host: str) -> str:
+    """Host as typed before ':port' (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def unmap(host: str) -> str:
+    """An IPv4-mapped IPv6 address shown as plain IPv4."""
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(host)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+    return host
+
+
+def is_wildcard(host: str) -> bool:
+    """True for 0.0.0.0 and ::, which mean every interface."""
+    return host in ("0.0.0.0", "::", "*")
+
+
+def lan_address() -> str:
+    """The address a peer on the LAN should type to reach this machine.
+
+    A UDP socket's connect only picks a route; no packet is sent.
+    """
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 1))
+        address: str = probe.getsockname()[0]
+    except OSError:
+        address = "127.0.0.1"
+    finally:
+        probe.close()
+    return address
+
+
+def resolve(host: str, port: int, passive: bool) -> tuple[socket.AddressFamily, tuple[str, int]]:
+    """The first socket address for host:port, or NetworkError."""
+    flags = socket.AI_PASSIVE if passive else 0
+    lookup = None if passive and host == "*" else host
+    try:
+        infos = socket.getaddrinfo(lookup, port, 0, socket.SOCK_STREAM, 0, flags)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise NetworkError(
+            f"cannot resolve host {host!r}: check the spelling, or use an IP address"
+        ) from exc
+    family, _, _, _, address = infos[0]
+    return family, (str(address[0]), int(address[1]))
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (:: also accepts IPv4)."""
+    family, address = resolve(host, port, passive=True)
+    server = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name == "posix":
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        server.bind(address)
+        server.listen(MAX_PENDING_HANDSHAKES * 2)
+    except OSError as exc:
+        server.close()
+        where = f"{format_host(host)}:{port}"
+        if getattr(exc, "errno", None) in (98, 48, 10048):  # EADDRINUSE
+            raise NetworkError(
+                f"port {port} is already in use on {where}: stop the other program "
+                "or choose another port in config.ini"
+            ) from exc
+        if getattr(exc, "errno", None) in (99, 49, 10049):  # EADDRNOTAVAIL
+            raise NetworkError(
+                f"cannot listen on {where}: that address is not on this machine; "
+                "set ip = 0.0.0.0 in config.ini to listen on all interfaces"
+            ) from exc
+        raise NetworkError(f"cannot listen on {where}: {describe_os_error(exc)}") from exc
+    return server
+
+
+def connect_socket(host: str, port: int, timeout: float = HANDSHAKE_SECONDS) -> socket.socket:
+    """A TCP connection to host:port, or NetworkError saying what to check."""
+    where = f"{format_host(host)}:{port}"
+    family, address = resolve(host, port, passive=False)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except TimeoutError as exc:
+        sock.close()
+        raise NetworkError(
+            f"connecting to {where} timed out after {timeout:g} s: check the address "
+            "and that no firewall blocks the port"
+        ) from exc
+    except ConnectionRefusedError as exc:
+        sock.close()
+        raise NetworkError(
+            f"connection to {where} refused: is the peer listening on that port? "
+            "(they must start first and choose listen)"
+        ) from exc
+    except OSError as exc:
+        sock.close()
+        raise NetworkError(f"cannot connect to {where}: {describe_os_error(exc)}") from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+class Deadline:
+    """One deadline for a whole exchange, checked before every read."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        """Seconds left, or HandshakeError when the time is up."""
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise HandshakeError(f"the handshake did not finish within {self.seconds:g} s")
+        return left
+
+
+def read_frame(sock: socket.socket, decoder: FrameDecoder, deadline: Deadline, limit: int) -> bytes:
+    """The next frame during the handshake, within the deadline and size limit."""
+    while (body := decoder.next_frame(limit)) is None:
+        sock.settimeout(deadline.remaining())
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            deadline.remaining()
+            continue
+        except OSError as exc:
+            raise HandshakeError(
+                f"the connection failed during the handshake: {describe_os_error(exc)}"
+            ) from exc
+        if not data:
+            raise HandshakeError("the peer closed the connection during the handshake")
+        decoder.feed(data)
+    return body
+
+
+@dataclass
+class Peer:
+    """An admitted peer: its socket and the session both sides agreed on."""
+
+    sock: socket.socket
+    decoder: FrameDecoder
+    session: Session
+    address: tuple[str, int]
+    name: str
+    connected_at: float = field(default_factory=time.monotonic)
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """sendall, with the failure named as a handshake error."""
+    try:
+        sock.sendall(data)
+    except OSError as exc:
+        raise HandshakeError(
+            f"the connection failed during the handshake: {describe_os_error(exc)}"
+        ) from exc
+
+
+def handshake_as_connector(
+    sock: socket.socket, psk: bytes, username: str, seconds: float = HANDSHAKE_SECONDS
+) -> Peer:
+    """Run the connector's side on a connected socket; return the admitted peer."""
+    deadline = Deadline(seconds)
+    decoder = FrameDecoder()
+    handshake = ConnectorHandshake(psk)
+    send_all(sock, encode_frame(handshake.m1))
+    m2 = read_frame(sock, decoder, deadline, MAX_HELLO_SIZE)
+    if (refusal := parse_reject(m2)) is not None:
+        raise refusal
+    m3, keys = handshake.respond(m2)
+    send_all(sock, encode_frame(m3))
+    first = read_frame(sock, decoder, deadline, MAX_FRAME)
+    if (refusal := parse_reject(first)) is not None:
+        raise refusal
+    session = Session(keys)
+    try:
+        welcome = session.decode(first)
+    except ProtocolError as exc:
+        raise KeyMismatch(KEY_MISMATCH_TEXT) from exc
+    assert isinstance(welcome, Welcome)  # the session's phase table guarantees it
+    send_all(sock, session.encode(Welcome(username)))
+    host, port = sock.getpeername()[:2]
+    return Peer(sock, decoder, session, (unmap(host), port), welcome.name)
+
+
+def handshake_as_listener(
+    sock: socket.socket, psk: bytes, username: str, seconds: float = HANDSHAKE_SECONDS
+) -> Peer:
+    """Run the listener's side on an accepted socket; return the admitted peer."""
+    deadline = Deadline(seconds)
+    decoder = FrameDecoder()
+    handshake = ListenerHandshake(psk)
+    m1 = read_frame(sock, decoder, deadline, MAX_HELLO_SIZE)
+    try:
+        m2 = handshake.receive_commit(m1)
+    except HandshakeError:
+        with contextlib.suppress(OSError):
+            sock.sendall(encode_frame(reject_frame(Reject.BAD_VERSION)))
+        raise
+    send_all(sock, encode_frame(m2))
+    m3 = read_frame(sock, decoder, deadline, MAX_HELLO_SIZE)
+    try:
+        keys = handshake.receive_confirm(m3)
+    except KeyMismatch:
+        with contextlib.suppress(OSError):
+            sock.sendall(encode_frame(reject_frame(Reject.KEY_MISMATCH)))
+        raise
+    session = Session(keys)
+    send_all(sock, session.encode(Welcome(username)))
+    welcome = session.decode(read_frame(sock, decoder, deadline, MAX_FRAME))
+    assert isinstance(welcome, Welcome)  # the session's phase table guarantees it
+    host, port = sock.getpeername()[:2]
+    return Peer(sock, decoder, session, (unmap(host), port), welcome.name)
+
+
+class Listener:
+    """Accept connections and run their handshakes concurrently.
+
+    At most MAX_PENDING_HANDSHAKES run at once, so silent or slow connections
+    never block a real peer; the first to finish is admitted, later ones are
+    told the listener is busy.
+    """
+
+    def __init__(
+        self,
+        server: socket.socket,
+        psk: bytes,
+        username: str,
+        report: ReportFn,
+        seconds: float = HANDSHAKE_SECONDS,
+    ) -> None:
+        self._server = server
+        self._psk = psk
+        self._username = username
+        self._report = report
+        self._seconds = seconds
+        self._slots = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        self._lock = threading.Lock()
+        self._admitted: queue.Queue[Peer] = queue.Queue()
+        self._taken = False
+        threading.Thread(target=self._accept_loop, name="accept", daemon=True).start()
+
+    def wait(self) -> Peer:
+        """Block until a peer has completed the handshake."""
+        while True:
+            with contextlib.suppress(queue.Empty):
+                return self._admitted.get(timeout=0.5)
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                sock, address = self._server.accept()
+            except OSError:
+                return
+            if self._taken or not self._slots.acquire(blocking=False):
+                refuse(sock, Reject.BUSY)
+                continue
+            threading.Thread(
+                target=self._admit, args=(sock, address), name="handshake", daemon=True
+            ).start()
+
+    def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        shown = (unmap(address[0]), address[1])
+        try:
+            peer = handshake_as_listener(sock, self._psk, self._username, self._seconds)
+        except ChatError as exc:
+            sock.close()
+            self._report(f"Refused a connection from {shown!r}: {exc}")
+            return
+        finally:
+            self._slots.release()
+        with self._lock:
+            taken, self._taken = self._taken, True
+        if taken:
+            refuse(sock, Reject.BUSY)
+        else:
+            self._admitted.put(peer)
+
+
+def refuse(sock: socket.socket, reason: Reject) -> None:
+    """Tell a connection why it is refused (best effort) and close it."""
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)
+        sock.send(encode_frame(reject_frame(reason)))
+    sock.close()
+
+
+class Connection:
+    """An admitted peer's socket carrying the chat, safe to send from two threads."""
+
+    def __init__(self, peer: Peer, keepalive: float = KEEPALIVE_SECONDS) -> None:
+        self.peer = peer
+        self.keepalive = keepalive
+        self.silence_limit = keepalive * DEAD_AFTER_INTERVALS
+        self._send_lock = threading.Lock()
+        self._last_send = time.monotonic()
+        peer.sock.settimeout(self.silence_limit)
+
+    def send(self, message: Message) -> None:
+        """Encrypt and send one message, or raise ConnectionLost."""
+        with self._send_lock:
+            frame = self.peer.session.encode(message)
+            try:
+                self.peer.sock.sendall(frame)
+            except TimeoutError as exc:
+                raise ConnectionLost(
+                    f"the peer has not read anything for {self.silence_limit:g} s"
+                ) from exc
+            except OSError as exc:
+                raise ConnectionLost(describe_os_error(exc)) from exc
+            self._last_send = time.monotonic()
+
+    def send_keepalive_if_idle(self) -> None:
+        """Send a keepalive when nothing was sent for a keepalive interval."""
+        if time.monotonic() - self._last_send >= self.keepalive:
+            self.send(Keepalive())
+
+    def messages(self) -> Iterator[Message]:
+        """Messages from the peer in order; ends with ConnectionLost or after Terminate."""
+        sock, decoder, session = self.peer.sock, self.peer.decoder, self.peer.session
+        while True:
+            try:
+                for body in decoder.frames():
+                    message = session.decode(body)
+                    yield message
+                    if isinstance(message, Terminate):
+                        return
+            except ProtocolError as exc:
+                raise ConnectionLost(str(exc)) from exc
+            try:
+                data = sock.recv(65536)
+            except TimeoutError as exc:
+                raise ConnectionLost(
+                    f"nothing heard from the peer for {self.silence_limit:g} s "
+                    "(it may be offline or the network is down)"
+                ) from exc
+            except OSError as exc:
+                raise ConnectionLost(describe_os_error(exc)) from exc
+            if not data:
+                raise ConnectionLost("the peer closed the connection without saying goodbye")
+            decoder.feed(data)
+
+    def finish_sending(self) -> None:
+        """Half-close: the peer gets EOF after everything sent so far."""
+        with contextlib.suppress(OSError):
+            self.peer.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.peer.sock.close()
+
+
+# --- Terminal ----------------------------------------------------------------
+
+
+class Terminal:
+    """All reading and printing; keeps the half-typed line intact on a terminal.
+
+    When stdin or stdout is not a terminal, output stays plain lines.
+    """
+
+    def __init__(self, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.interactive = stdin.isatty() and stdout.isatty()
+        self._lock = threading.RLock()
+        self._prompt: str | None = None
+        self._readline = None
+        if self.interactive:
+            try:
+                import readline  # only on terminals: importing it may emit escapes
+
+                self._readline = readline
+            except ImportError:
+                pass
+
+    def show(self, line: str, stream: TextIO | None = None) -> None:
+        """Print a line; on a terminal, redraw the prompt and typed text below it."""
+        out = stream or self.stdout
+        with self._lock:
+            if self._prompt is not None and self.interactive:
+                typed = self._readline.get_line_buffer() if self._readline else ""
+                self.stdout.write("\r\x1b[2K")
+                self.stdout.flush()
+                out.write(line + "\n")
+                out.flush()
+                self.stdout.write(self._prompt + typed)
+            else:
+                out.write(line + "\n")
+            out.flush()
+            self.stdout.flush()
+
+    def error(self, line: str) -> None:
+        """Print a line on stderr."""
+        self.show(line, self.stderr)
+
+    def ask(self, prompt: str) -> str:
+        """Read one line; EOFError and KeyboardInterrupt pass through.
+
+        Off a terminal the prompt is ended with a newline, so output stays
+        plain lines that scripts can match.
+        """
+        with self._lock:
+            self._prompt = prompt
+        try:
+            line = input(prompt)
+        finally:
+            with self._lock:
+                self._prompt = None
+                if prompt and not self.interactive:
+                    self.stdout.write("\n")
+                    self.stdout.flush()
+        return line
+
+    def clear_prompt(self) -> None:
+        """Wipe an abandoned prompt line (the chat ended while typing)."""
+        if self.interactive:
+            with self._lock:
+                self.stdout.write("\r\x1b[2K")
+                self.stdout.flush()
+
+    def newline(self) -> None:
+        """End a line left open by Ctrl-C or Ctrl-D at a terminal prompt."""
+        if self.interactive:
+            with self._lock:
+                self.stdout.write("\n")
+                self.stdout.flush()
+
+
+# --- Chat: the receiver thread and the input loop ------------------------------
+
+
+class PeerEnded(BaseException):
+    """Raised in the main thread when the receiver has ended the chat."""
+
+
+HELP = """\
+Type a line and press Enter to send it. Commands:
+  /help            this help
+  /who             who you are talking to, from where, for how long
+  /verify          the session code to compare with your peer
+  /quit or exit    leave the chat (asks for optional goodbye text)
+  //text           send a line that starts with '/'
+Ctrl-D or Ctrl-C also leave the chat."""
+
+
+class Conversation:
+    """One chat: a receiver thread prints what arrives; the main thread sends.
+
+    Exactly one side decides how the chat ended (`outcome`): the receiver
+    (goodbye or loss from the peer) or the input loop (we left).
+    """
+
+    def __init__(self, conn: Connection, term: Terminal, username: str) -> None:
+        self.conn = conn
+        self.term = term
+        self.prompt = f"{username}> " if term.interactive else ""
+        self.outcome: int | None = None
+        self.ended = threading.Event()
+        self._lock = threading.Lock()
+        self._main = threading.get_ident()
+        self._can_interrupt = False
+
+    def run(self) -> int:
+        """Chat until someone leaves; return the exit status."""
+        if threading.current_thread() is threading.main_thread() and hasattr(
+            signal, "pthread_kill"
+        ):
+            signal.signal(signal.SIGUSR1, self._on_interrupt)
+            self._can_interrupt = True
+        threading.Thread(target=self._receive, name="receiver", daemon=True).start()
+        threading.Thread(target=self._keep_alive, name="keepalive", daemon=True).start()
+        try:
+            try:
+                goodbye = self._read_until_exit()
+            except ConnectionLost as exc:
+                self.ended.wait(GOODBYE_DRAIN_SECONDS)
+                return self._conclude(1, f"Connection lost: {exc}")
+            return self._leave(goodbye)
+        except PeerEnded:
+            self.term.clear_prompt()
+            self.ended.wait(GOODBYE_DRAIN_SECONDS)
+            return self.outcome if self.outcome is not None else 1
+
+    def _read_until_exit(self) -> str:
+        """Send typed lines until the user leaves; return the goodbye text."""
+        while True:
+            try:
+                line = self.term.ask(self.prompt)
+            except (EOFError, KeyboardInterrupt):
+                self.term.newline()
+                return ""
+            command = line.strip()
+            if command in ("exit", "/quit"):
+                return self._ask_goodbye()
+            if command in ("/help", "/?"):
+                self.term.show(HELP)
+            elif command in ("/who", "/verify"):
+                self.term.show(self._describe_peer())
+            elif line.startswith("/") and not line.startswith("//"):
+                self.term.error(
+                    f"unknown command {sanitize(line.split()[0])}: type /help for the "
+                    "commands, or start with // to send a line beginning with /"
+                )
+            elif line:
+                self._send_chat(line[1:] if line.startswith("//") else line)
+
+    def _ask_goodbye(self) -> str:
+        try:
+            return self.term.ask("Enter goodbye text (optional): ")
+        except (EOFError, KeyboardInterrupt):
+            self.term.newline()
+            return ""
+
+    def _send_chat(self, text: str) -> None:
+        try:
+            self.conn.send(Chat(text))
+        except ConnectionLost:
+            raise
+        except ChatError as exc:
+            self.term.error(f"error: {exc}")
+            return
+        self.term.show("Sent CHAT message.")
+
+    def _describe_peer(self) -> str:
+        peer = self.conn.peer
+        minutes, seconds = divmod(int(time.monotonic() - peer.connected_at), 60)
+        host, port = peer.address
+        return (
+            f"Talking to {sanitize(peer.name)} at {format_host(host)}:{port}, connected "
+            f"{minutes} min {seconds} s. Session code: {peer.session.keys.code} "
+            "(the same on both screens means nobody is in the middle)"
+        )
+
+    def _leave(self, goodbye: str) -> int:
+        with self._lock:
+            if self.outcome is not None:
+                decided = self.outcome
+            else:
+                self.outcome = decided = 0
+        if decided or self.ended.is_set():
+            self.ended.wait(GOODBYE_DRAIN_SECONDS)
+            return decided
+        try:
+            self.conn.send(Terminate(goodbye))
+        except ChatError as exc:
+            self.term.show(f"Connection lost: {exc}")
+            return 1
+        self.term.show("Sent TERMINATE message.")
+        self.conn.finish_sending()
+        self.term.show("Connection closed by you.")
+        # Wait for the peer to close too, so nothing in flight is cut off.
+        self.ended.wait(GOODBYE_DRAIN_SECONDS)
+        self.conn.close()
+        return 0
+
+    def _conclude(self, status: int, line: str) -> int:
+        """Record how the chat ended, once; print its line if this call decided it."""
+        with self._lock:
+            if self.outcome is not None:
+                return self.outcome
+            self.outcome = status
+            self.term.show(line)
+        return status
+
+    def _receive(self) -> None:
+        name = sanitize(self.conn.peer.name)
+        try:
+            for message in self.conn.messages():
+                if isinstance(message, Chat):
+                    self.term.show(f"{name} says: {sanitize(message.text)}")
+                elif isinstance(message, Terminate):
+                    text = sanitize(message.text)
+                    self.term.show(
+                        f"{name} left the chat: {text}" if text else f"{name} left the chat."
+                    )
+                    self._end_from_receiver(0, "Connection closed by peer.")
+        except ConnectionLost as exc:
+            self._end_from_receiver(1, f"Connection lost: {exc}")
+        finally:
+            self.ended.set()
+
+    def _end_from_receiver(self, status: int, line: str) -> None:
+        with self._lock:
+            decided = self.outcome is None
+        if decided and self._conclude(status, line) == status and self._can_interrupt:
+            self.ended.set()
+            signal.pthread_kill(self._main, signal.SIGUSR1)
+
+    def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        raise PeerEnded
+
+    def _keep_alive(self) -> None:
+        while not self.ended.wait(self.conn.keepalive / 2):
+            try:
+                self.conn.send_keepalive_if_idle()
+            except ChatError:
+                return
+
+
+# --- main ----------------------------------------------------------------------
+
+EXAMPLES = """\
+examples:
+  python chatclient.py                          ask whether to listen or connect
+  python chatclient.py --listen                 wait for your peer
+  python chatclient.py --connect 192.168.1.112:50233
+  python chatclient.py --connect [::1]:50233    IPv6 in brackets
+  python chatclient.py --init --username laptop --port 50233
+  python chatclient.py --init --key KEY_FROM_PEER --username laptop
+  python chatclient.py --genkey                 print a new key
+"""
+
+
+def parse_target(text: str) -> tuple[str, int | None]:
+    """HOST:PORT, [IPv6]:PORT or a bare HOST (the port then comes from config.ini)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise argparse.ArgumentTypeError(f"write IPv6 as [::1]:50233, not {text!r}")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") > 1:
+        raise argparse.ArgumentTypeError(f"write IPv6 addresses in brackets, like [{text}]:50233")
+    else:
+        host, colon, port_text_part = text.partition(":")
+        port_text = port_text_part if colon else None
+    if not host:
+        raise argparse.ArgumentTypeError(f"no host in {text!r}: use HOST:PORT")
+    if port_text is None:
+        return host, None
+    try:
+        return host, parse_port(port_text, "the port")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def port_argument(text: str) -> int:
+    """argparse type for --port."""
+    try:
+        return parse_port(text, "--port")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; with no flags the prompts ask what flags would answer."""
+    parser = argparse.ArgumentParser(
+        prog="chatclient",
+        description="Peer-to-peer end-to-end encrypted chat for the terminal. "
+        "One person listens, the other connects; both need the same fernet_key.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config.ini"),
+        metavar="PATH",
+        help="settings file (default: config.ini in the current directory)",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--listen", action="store_true", help="wait for a peer (skips the question)")
+    mode.add_argument(
+        "--connect",
+        type=parse_target,
+        metavar="HOST:PORT",
+        help="connect to a listening peer, e.g. 192.168.1.112:50233 or [::1]:50233",
+    )
+    parser.add_argument(
+        "--username", metavar="NAME", help="name your peer sees (overrides config.ini)"
+    )
+    parser.add_argument(
+        "--port", type=port_argument, metavar="N", help="port to listen on (overrides config.ini)"
+    )
+    parser.add_argument(
+        "--init", action="store_true", help="create config.ini with a new key, asking nothing"
+    )
+    parser.add_argument(
+        "--key",
+        metavar="KEY",
+        help="with --init: save this key (from your peer) instead of a new one",
+    )
+    parser.add_argument("--genkey", action="store_true", help="print a new key and exit")
+    parser.add_argument(
+        "--keepalive",
+        type=float,
+        default=KEEPALIVE_SECONDS,
+        metavar="SECONDS",
+        help=f"idle seconds between keepalives; a peer silent {DEAD_AFTER_INTERVALS:g}x this long "
+        f"is reported lost (default {KEEPALIVE_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"chatclient {__version__} (protocol {VERSION})"
+    )
+    args = parser.parse_args(argv)
+    if args.key is not None and not args.init:
+        parser.error("--key only goes with --init")
+    if args.keepalive <= 0:
+        parser.error("--keepalive must be a positive number of seconds")
+    return args
+
+
+def ask_until_valid(
+    term: Terminal, prompt: str, default: str, check: Callable[[str], object]
+) -> str:
+    """Ask with a default until `check` accepts the answer."""
+    while True:
+        answer = term.ask(f"{prompt} [{default}]: ").strip() or default
+        try:
+            check(answer)
+        except ChatError as exc:
+            term.error(f"error: {exc}")
+            continue
+        return answer
+
+
+def make_config(
+    args: argparse.Namespace, term: Terminal, fields: dict[str, str], ask: bool
+) -> Config:
+    """Create (or complete) config.ini with a key; ask questions when `ask`."""
+    path: Path = args.config
+    username = args.username or fields.get("username", "").strip() or login_name()
+    port = str(args.port or fields.get("port", "").strip() or DEFAULT_PORT)
+    ip = fields.get("ip", "").strip() or "0.0.0.0"
+    key = args.key.strip() if args.key else ""
+    if ask:
+        if not args.username:
+            username = ask_until_valid(
+                term, "Your username", username, lambda v: check_username(v, "username")
+            )
+        if not args.port:
+            port = ask_until_valid(term, "Port to listen on", port, lambda v: parse_port(v, "port"))
+        ip = ask_until_valid(
+            term, "Address to listen on (0.0.0.0 = all interfaces)", ip, lambda v: v
+        )
+        if args.connect and not key:
+            key = ask_key(term)
+    generated = not key
+    key = key or generate_key()
+    config = load_config(path, dict(zip(CONFIG_FIELDS, (ip, port, key, username), strict=True)))
+    write_config(path, render_config(config.ip, config.port, key, config.username))
+    term.show(f"Saved {path} (readable only by you).")
+    if generated:
+        shown = lan_address() if is_wildcard(config.ip) else config.ip
+        term.show(
+            "Your new key (give it to your peer privately: in person or through a password "
+            "manager, never by plain email or in a chat; anyone who has it can join and read "
+            f"your chats):\n    {key}\nYour peer saves it with:\n"
+            f"    python chatclient.py --init --key {key} --username THEIR_NAME\n"
+            "and connects with:\n"
+            f"    python chatclient.py --connect {format_host(shown)}:{config.port}"
+        )
+    return config
+
+
+def ask_key(term: Terminal) -> str:
+    """A key pasted by the user, checked; empty means make a new one."""
+    while True:
+        pasted = term.ask("Paste the key your peer gave you (Enter makes a new one): ").strip()
+        try:
+            if pasted:
+                decode_key(pasted, "that key")
+        except ConfigError as exc:
+            term.error(f"error: {exc}")
+            continue
+        return pasted
+
+
+def obtain_config(args: argparse.Namespace, term: Terminal) -> tuple[Config, bool]:
+    """Load config.ini, or on a terminal create it; True when just created."""
+    path: Path = args.config
+    fields: dict[str, str] = {}
+    try:
+        fields = read_config(path)
+    except ConfigError:
+        if path.exists() or not term.interactive:
+            raise
+        term.show(f"No {path} here yet: let's create one (Ctrl-C to cancel).")
+        return make_config(args, term, fields, ask=True), True
+    if not fields.get("fernet_key", "").strip() and term.interactive:
+        term.show(f"{path} has no fernet_key yet: let's make one and save it (Ctrl-C to cancel).")
+        return make_config(args, term, fields, ask=True), True
+    if (warning := permission_warning(path)) is not None:
+        term.error(warning)
+    if args.username:
+        fields["username"] = args.username
+    if args.port:
+        fields["port"] = str(args.port)
+    return load_config(path, fields), False
+
+
+def init_config(args: argparse.Namespace, term: Terminal) -> None:
+    """--init: create config.ini without questions, never overwriting a key."""
+    path: Path = args.config
+    fields: dict[str, str] = {}
+    if path.exists():
+        fields = read_config(path)
+        if fields.get("fernet_key", "").strip():
+            raise ConfigError(
+                f"{path} already has a fernet_key: delete it first to replace it, "
+                "or choose another file with --config"
+            )
+    make_config(args, term, fields, ask=False)
+
+
+def ask_mode(term: Terminal) -> str:
+    """Ask listen or connect until the answer is one of them."""
+    while True:
+        answer = term.ask("Do you want to listen or connect? (listen/connect): ").strip().lower()
+        if answer in ("listen", "l"):
+            return "listen"
+        if answer in ("connect", "c"):
+            return "connect"
+        term.error("Please type listen (or l) to wait for a peer, or connect (or c) to reach one.")
+
+
+def ask_target(term: Terminal, default_port: int) -> tuple[str, int]:
+    """Ask the peer's address and port."""
+    while not (host := term.ask("Enter peer IP: ").strip().strip("[]")):
+        term.error("error: type the IP address (or host name) of your peer")
+    while True:
+        try:
+            return host, parse_port(term.ask("Enter peer port: "), "peer port")
+        except ConfigError as exc:
+            term.error(f"error: {exc}")
+
+
+def shown_address(config: Config) -> str:
+    """ip:port as a peer should type it (a LAN address instead of a wildcard)."""
+    host = lan_address() if is_wildcard(config.ip) else config.ip
+    return f"{format_host(host)}:{config.port}"
+
+
+def wait_for_peer(config: Config, term: Terminal, psk: bytes) -> Peer:
+    """Listen until a peer completes the handshake."""
+    server = listen_socket(config.ip, config.port)
+    term.show(
+        f"Listening on {format_host(config.ip)}:{config.port}; "
+        "waiting for your peer (Ctrl-C to stop)."
+    )
+    return Listener(server, psk, config.username, term.error).wait()
+
+
+def connect_to_peer(host: str, port: int, config: Config, psk: bytes) -> Peer:
+    """Connect and complete the handshake, or raise a ChatError."""
+    sock = connect_socket(host, port)
+    try:
+        return handshake_as_connector(sock, psk, config.username)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load config, listen or connect, handshake, chat, report how it ended."""
+    args = parse_args(argv)
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    term = Terminal(sys.stdin, sys.stdout, sys.stderr)
+    try:
+        if args.genkey:
+            term.show(generate_key())
+            return 0
+        if args.init:
+            init_config(args, term)
+            return 0
+        config, just_created = obtain_config(args, term)
+        psk = derive_psk(config.key)
+        term.show(f"Your IP and port are: {shown_address(config)}")
+        term.show(f"Key ID: {key_id(psk)} (your peer must see the same ID, or your keys differ)")
+        if args.connect or (not args.listen and not just_created and ask_mode(term) == "connect"):
+            host, port = args.connect or ask_target(term, config.port)
+            peer = connect_to_peer(host, port or config.port, config, psk)
+            term.show(f"WELCOME Welcome to the chat! I am {sanitize(peer.name)}")
+        else:
+            peer = wait_for_peer(config, term, psk)
+            term.show(f"Connected by {peer.address!r}")
+            term.show(f"{sanitize(peer.name)} joined the chat.")
+        term.show(
+            f"Session code: {peer.session.keys.code} "
+            "(compare with your peer; /verify shows it again)"
+        )
+        return Conversation(Connection(peer, args.keepalive), term, config.username).run()
+    except ChatError as exc:
+        term.error(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        term.newline()
+        return 130
+    except EOFError:
+        term.newline()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
