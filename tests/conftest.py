@@ -1,0 +1,167 @@
+"""Shared helpers: real chatclient processes on 127.0.0.1, waited on by output."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "chatclient.py"
+sys.path.insert(0, str(ROOT))
+
+KEY = "DN80giegpRHpNHLClZep_maYg2iXRGHsbq9Uy1Cobi0="
+OTHER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(
+    folder: Path,
+    name: str = "config.ini",
+    *,
+    ip: str = "127.0.0.1",
+    port: int | str = 50233,
+    key: str = KEY,
+    username: str = "desktop",
+    mode: int = 0o600,
+) -> Path:
+    """Write a config file (owner-only by default) and return its path."""
+    path = folder / name
+    path.write_text(
+        f"[parameters]\nip = {ip}\nport = {port}\nfernet_key = {key}\nusername = {username}\n",
+        encoding="utf-8",
+    )
+    path.chmod(mode)
+    return path
+
+
+class ChatProcess:
+    """`python chatclient.py` on pipes; stdout and stderr read by threads into queues."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), *args],
+            cwd=cwd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        for stream, name in ((self.proc.stdout, "out"), (self.proc.stderr, "err")):
+            threading.Thread(target=self._pump, args=(stream, name), daemon=True).start()
+        self._seen: list[tuple[str, str]] = []
+
+    def _pump(self, stream: object, name: str) -> None:
+        assert stream is not None
+        for raw in stream:  # type: ignore[attr-defined]
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            (self.out if name == "out" else self.err).append(line)
+            self._lines.put((name, line))
+        self._lines.put((name, None))
+
+    def send(self, *lines: str) -> None:
+        """Type lines on standard input."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("".join(line + "\n" for line in lines).encode("utf-8"))
+        self.proc.stdin.flush()
+
+    def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    def expect(self, pattern: str, timeout: float = TIMEOUT, stream: str | None = None) -> str:
+        """Wait for a line (on stdout or stderr, or the named one) matching pattern."""
+        regex = re.compile(pattern)
+        for name, line in self._seen:
+            if (stream is None or name == stream) and regex.search(line):
+                self._seen.remove((name, line))
+                return line
+        deadline = time.monotonic() + timeout
+        closed: set[str] = set()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or len(closed) == 2:
+                raise AssertionError(
+                    f"no line matching {pattern!r} within {timeout} s\n"
+                    f"stdout: {self.out}\nstderr: {self.err}"
+                )
+            try:
+                name, line = self._lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                closed.add(name)
+                continue
+            if (stream is None or name == stream) and regex.search(line):
+                return line
+            self._seen.append((name, line))
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        """Exit status, failing the test if the process does not end in time."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"process did not exit within {timeout} s\nstdout: {self.out}\nstderr: {self.err}"
+            ) from None
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+
+    def all_output(self) -> str:
+        return "\n".join(self.out + self.err)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[object]:
+    """spawn(*args, cwd=tmp_path) -> ChatProcess; every process is killed at the end."""
+    procs: list[ChatProcess] = []
+
+    def start(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> ChatProcess:
+        proc = ChatProcess(*args, cwd=cwd or tmp_path, env=env)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+
+
+def start_pair(spawn: object, tmp_path: Path, *, extra: tuple[str, ...] = ()) -> tuple[ChatProcess, ChatProcess]:
+    """A listener (desktop) and a connector (laptop) chatting on a free port."""
+    port = free_port()
+    write_config(tmp_path, "desktop.ini", port=port, username="desktop")
+    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
+    listener = spawn("--config", "desktop.ini", "--listen", *extra)  # type: ignore[operator]
+    listener.expect(r"^Listening on ")
+    connector = spawn("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}", *extra)  # type: ignore[operator]
+    connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+    listener.expect(r"^laptop joined the chat\.$")
+    return listener, connector
