@@ -959,8 +959,11 @@ class Listener:
                 sock, address = self._server.accept()
             except OSError:
                 return
-            if self._taken or not self._slots.acquire(blocking=False):
+            if self._taken:
                 refuse(sock, Reject.BUSY)
+                continue
+            if not self._slots.acquire(blocking=False):
+                sock.close()  # too many handshakes under way: shed load
                 continue
             threading.Thread(
                 target=self._admit, args=(sock, address), name="handshake", daemon=True
@@ -1071,30 +1074,49 @@ class Terminal:
         self.interactive = stdin.isatty() and stdout.isatty()
         self._lock = threading.RLock()
         self._prompt: str | None = None
-        self._readline = None
+        self._line_buffer: Callable[[], str] = str
+        self._redraw: Callable[[], None] | None = None
         if self.interactive:
-            try:
-                import readline  # only on terminals: importing it may emit escapes
+            self._load_readline()
 
-                self._readline = readline
-            except ImportError:
-                pass
+    def _load_readline(self) -> None:
+        # Imported only on terminals: importing readline may emit escape sequences.
+        try:
+            import readline
+        except ImportError:
+            return
+        self._line_buffer = readline.get_line_buffer
+        try:  # readline's own full redraw keeps the cursor where the user left it
+            import ctypes
+
+            library = ctypes.CDLL(readline.__file__)
+            new_line, forced = library.rl_on_new_line, library.rl_forced_update_display
+        except (ImportError, OSError, AttributeError):
+            return
+
+        def redraw() -> None:
+            new_line()
+            forced()
+
+        self._redraw = redraw
 
     def show(self, line: str, stream: TextIO | None = None) -> None:
         """Print a line; on a terminal, redraw the prompt and typed text below it."""
         out = stream or self.stdout
         with self._lock:
-            if self._prompt is not None and self.interactive:
-                typed = self._readline.get_line_buffer() if self._readline else ""
-                self.stdout.write("\r\x1b[2K")
-                self.stdout.flush()
+            if self._prompt is None or not self.interactive:
                 out.write(line + "\n")
                 out.flush()
-                self.stdout.write(self._prompt + typed)
-            else:
-                out.write(line + "\n")
-            out.flush()
+                return
+            self.stdout.write("\r\x1b[2K")
             self.stdout.flush()
+            out.write(line + "\n")
+            out.flush()
+            if self._redraw is not None:
+                self._redraw()
+            else:
+                self.stdout.write(self._prompt + self._line_buffer())
+                self.stdout.flush()
 
     def error(self, line: str) -> None:
         """Print a line on stderr."""
