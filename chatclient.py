@@ -1188,14 +1188,19 @@ class Conversation:
         self._lock = threading.Lock()
         self._main = threading.get_ident()
         self._can_interrupt = False
+        self._interruptible = False
 
     def run(self) -> int:
-        """Chat until someone leaves; return the exit status."""
+        """Chat until someone leaves; return the exit status.
+
+        When the receiver ends the chat it interrupts the main thread (SIGUSR1
+        raising PeerEnded), so a pending input() never waits for a keypress.
+        """
         if threading.current_thread() is threading.main_thread() and hasattr(
             signal, "pthread_kill"
         ):
             signal.signal(signal.SIGUSR1, self._on_interrupt)
-            self._can_interrupt = True
+            self._can_interrupt = self._interruptible = True
         threading.Thread(target=self._receive, name="receiver", daemon=True).start()
         threading.Thread(target=self._keep_alive, name="keepalive", daemon=True).start()
         try:
@@ -1203,12 +1208,19 @@ class Conversation:
                 goodbye = self._read_until_exit()
             except ConnectionLost as exc:
                 self.ended.wait(GOODBYE_DRAIN_SECONDS)
-                return self._conclude(1, f"Connection lost: {exc}")
-            return self._leave(goodbye)
+                self._decide(1, f"Connection lost: {exc}")
+            else:
+                self._leave(goodbye)
         except PeerEnded:
             self.term.clear_prompt()
             self.ended.wait(GOODBYE_DRAIN_SECONDS)
-            return self.outcome if self.outcome is not None else 1
+        finally:
+            self._interruptible = False
+        return self.status()
+
+    def status(self) -> int:
+        """The exit status: 0 after a goodbye from either side, 1 otherwise."""
+        return 1 if self.outcome is None else self.outcome
 
     def _read_until_exit(self) -> str:
         """Send typed lines until the user leaves; return the goodbye text."""
@@ -1218,6 +1230,9 @@ class Conversation:
             except (EOFError, KeyboardInterrupt):
                 self.term.newline()
                 return ""
+            except UnicodeDecodeError:
+                self.term.error("error: that line is not valid UTF-8 text: not sent")
+                continue
             command = line.strip()
             if command in ("exit", "/quit"):
                 return self._ask_goodbye()
@@ -1260,36 +1275,32 @@ class Conversation:
             "(the same on both screens means nobody is in the middle)"
         )
 
-    def _leave(self, goodbye: str) -> int:
-        with self._lock:
-            if self.outcome is not None:
-                decided = self.outcome
-            else:
-                self.outcome = decided = 0
-        if decided or self.ended.is_set():
-            self.ended.wait(GOODBYE_DRAIN_SECONDS)
-            return decided
+    def _leave(self, goodbye: str) -> None:
+        if not self._decide(0, None):
+            self.ended.wait(GOODBYE_DRAIN_SECONDS)  # the peer ended it first
+            return
         try:
             self.conn.send(Terminate(goodbye))
         except ChatError as exc:
+            self.outcome = 1
             self.term.show(f"Connection lost: {exc}")
-            return 1
+            return
         self.term.show("Sent TERMINATE message.")
         self.conn.finish_sending()
         self.term.show("Connection closed by you.")
         # Wait for the peer to close too, so nothing in flight is cut off.
         self.ended.wait(GOODBYE_DRAIN_SECONDS)
         self.conn.close()
-        return 0
 
-    def _conclude(self, status: int, line: str) -> int:
-        """Record how the chat ended, once; print its line if this call decided it."""
+    def _decide(self, status: int, line: str | None) -> bool:
+        """Record how the chat ended and print its line, unless already decided."""
         with self._lock:
             if self.outcome is not None:
-                return self.outcome
+                return False
             self.outcome = status
-            self.term.show(line)
-        return status
+            if line is not None:
+                self.term.show(line)
+            return True
 
     def _receive(self) -> None:
         name = sanitize(self.conn.peer.name)
@@ -1309,14 +1320,12 @@ class Conversation:
             self.ended.set()
 
     def _end_from_receiver(self, status: int, line: str) -> None:
-        with self._lock:
-            decided = self.outcome is None
-        if decided and self._conclude(status, line) == status and self._can_interrupt:
-            self.ended.set()
+        if self._decide(status, line) and self._can_interrupt:
             signal.pthread_kill(self._main, signal.SIGUSR1)
 
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
-        raise PeerEnded
+        if self._interruptible:
+            raise PeerEnded
 
     def _keep_alive(self) -> None:
         while not self.ended.wait(self.conn.keepalive / 2):
@@ -1609,7 +1618,11 @@ def main(argv: list[str] | None = None) -> int:
             f"Session code: {peer.session.keys.code} "
             "(compare with your peer; /verify shows it again)"
         )
-        return Conversation(Connection(peer, args.keepalive), term, config.username).run()
+        conversation = Conversation(Connection(peer, args.keepalive), term, config.username)
+        try:
+            return conversation.run()
+        except PeerEnded:  # the receiver's interrupt landed as run() returned
+            return conversation.status()
     except ChatError as exc:
         term.error(f"error: {exc}")
         return 1
@@ -1618,6 +1631,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except EOFError:
         term.newline()
+        return 1
+    except UnicodeDecodeError:
+        term.error("error: what was typed is not valid UTF-8 text: check the terminal's encoding")
         return 1
 
 
