@@ -140,7 +140,7 @@ def decode_key(text: str, where: str = "config.ini") -> bytes:
 def parse_port(text: str, what: str) -> int:
     """A TCP port from 1 to 65535, or a ChatError naming `what`."""
     text = text.strip()
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         raise ConfigError(f"{what} must be a number from 1 to 65535, not {text!r}")
     return int(text)
 
@@ -309,8 +309,10 @@ def parse_reject(body: bytes) -> HandshakeError | None:
     if len(body) != REJECT_SIZE or not body.startswith(MAGIC):
         return None
     version, reason = body[len(MAGIC)], body[len(MAGIC) + 1]
-    if version != VERSION or reason == Reject.BAD_VERSION:
+    if version != VERSION:
         return HandshakeError(version_mismatch(version))
+    if reason == Reject.BAD_VERSION:
+        return HandshakeError(f"the peer does not support protocol version {VERSION}")
     if reason == Reject.KEY_MISMATCH:
         return KeyMismatch(KEY_MISMATCH_TEXT)
     if reason == Reject.BUSY:
@@ -657,8 +659,12 @@ class Session:
         reflected or out of place; the session must end then.
         """
         try:
+            # Fernet's base64 decoding is lenient (it skips stray bytes and unused
+            # bits); only the canonical encoding of a token is accepted here.
+            if base64.urlsafe_b64encode(base64.urlsafe_b64decode(body)) != body:
+                raise InvalidToken
             payload = self._receiver.decrypt(body)
-        except InvalidToken:
+        except (InvalidToken, ValueError):
             raise ProtocolError(
                 "a message failed its integrity check (tampered with, replayed or "
                 "not from your peer)"
@@ -853,6 +859,15 @@ class Peer:
     connected_at: float = field(default_factory=time.monotonic)
 
 
+def peer_address(sock: socket.socket) -> tuple[str, int]:
+    """The peer's (host, port), or HandshakeError if it already vanished."""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError as exc:
+        raise HandshakeError("the peer vanished right after the handshake") from exc
+    return unmap(host), port
+
+
 def send_all(sock: socket.socket, data: bytes) -> None:
     """sendall, with the failure named as a handshake error."""
     try:
@@ -886,8 +901,7 @@ def handshake_as_connector(
         raise KeyMismatch(KEY_MISMATCH_TEXT) from exc
     assert isinstance(welcome, Welcome)  # the session's phase table guarantees it
     send_all(sock, session.encode(Welcome(username)))
-    host, port = sock.getpeername()[:2]
-    return Peer(sock, decoder, session, (unmap(host), port), welcome.name)
+    return Peer(sock, decoder, session, peer_address(sock), welcome.name)
 
 
 def handshake_as_listener(
@@ -916,8 +930,7 @@ def handshake_as_listener(
     send_all(sock, session.encode(Welcome(username)))
     welcome = session.decode(read_frame(sock, decoder, deadline, MAX_FRAME))
     assert isinstance(welcome, Welcome)  # the session's phase table guarantees it
-    host, port = sock.getpeername()[:2]
-    return Peer(sock, decoder, session, (unmap(host), port), welcome.name)
+    return Peer(sock, decoder, session, peer_address(sock), welcome.name)
 
 
 class Listener:
@@ -1125,20 +1138,19 @@ class Terminal:
     def ask(self, prompt: str) -> str:
         """Read one line; EOFError and KeyboardInterrupt pass through.
 
-        Off a terminal the prompt is ended with a newline, so output stays
-        plain lines that scripts can match.
+        Off a terminal the prompt is written as a line of its own before
+        reading, so output stays plain lines that scripts can match.
         """
         with self._lock:
             self._prompt = prompt
+            if prompt and not self.interactive:
+                self.stdout.write(prompt + "\n")
+                self.stdout.flush()
         try:
-            line = input(prompt)
+            return input(prompt if self.interactive else "")
         finally:
             with self._lock:
                 self._prompt = None
-                if prompt and not self.interactive:
-                    self.stdout.write("\n")
-                    self.stdout.flush()
-        return line
 
     def clear_prompt(self) -> None:
         """Wipe an abandoned prompt line (the chat ended while typing)."""
@@ -1188,7 +1200,7 @@ class Conversation:
         self._lock = threading.Lock()
         self._main = threading.get_ident()
         self._can_interrupt = False
-        self._interruptible = False
+        self._interrupted = threading.Event()
 
     def run(self) -> int:
         """Chat until someone leaves; return the exit status.
@@ -1200,22 +1212,25 @@ class Conversation:
             signal, "pthread_kill"
         ):
             signal.signal(signal.SIGUSR1, self._on_interrupt)
-            self._can_interrupt = self._interruptible = True
-        threading.Thread(target=self._receive, name="receiver", daemon=True).start()
-        threading.Thread(target=self._keep_alive, name="keepalive", daemon=True).start()
+            self._can_interrupt = True
         try:
+            threading.Thread(target=self._receive, name="receiver", daemon=True).start()
+            threading.Thread(target=self._keep_alive, name="keepalive", daemon=True).start()
             try:
                 goodbye = self._read_until_exit()
+            except KeyboardInterrupt:  # Ctrl-C while sending or printing
+                self.term.newline()
+                goodbye = ""
             except ConnectionLost as exc:
                 self.ended.wait(GOODBYE_DRAIN_SECONDS)
                 self._decide(1, f"Connection lost: {exc}")
-            else:
-                self._leave(goodbye)
+                return self.status()
+            self._leave(goodbye)
         except PeerEnded:
             self.term.clear_prompt()
             self.ended.wait(GOODBYE_DRAIN_SECONDS)
         finally:
-            self._interruptible = False
+            self._interrupted.set()
         return self.status()
 
     def status(self) -> int:
@@ -1320,11 +1335,18 @@ class Conversation:
             self.ended.set()
 
     def _end_from_receiver(self, status: int, line: str) -> None:
-        if self._decide(status, line) and self._can_interrupt:
+        if not (self._decide(status, line) and self._can_interrupt):
+            return
+        # A signal landing just before input() blocks in read() is only handled
+        # when read() returns, so repeat it until the main thread has taken it.
+        while True:
             signal.pthread_kill(self._main, signal.SIGUSR1)
+            if self._interrupted.wait(0.05):
+                return
 
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
-        if self._interruptible:
+        if not self._interrupted.is_set():
+            self._interrupted.set()
             raise PeerEnded
 
     def _keep_alive(self) -> None:

@@ -144,7 +144,9 @@ def spawn(tmp_path: Path) -> Iterator[object]:
     """spawn(*args, cwd=tmp_path) -> ChatProcess; every process is killed at the end."""
     procs: list[ChatProcess] = []
 
-    def start(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> ChatProcess:
+    def start(
+        *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> ChatProcess:
         proc = ChatProcess(*args, cwd=cwd or tmp_path, env=env)
         procs.append(proc)
         return proc
@@ -154,7 +156,9 @@ def spawn(tmp_path: Path) -> Iterator[object]:
         proc.kill()
 
 
-def start_pair(spawn: object, tmp_path: Path, *, extra: tuple[str, ...] = ()) -> tuple[ChatProcess, ChatProcess]:
+def start_pair(
+    spawn: object, tmp_path: Path, *, extra: tuple[str, ...] = ()
+) -> tuple[ChatProcess, ChatProcess]:
     """A listener (desktop) and a connector (laptop) chatting on a free port."""
     port = free_port()
     write_config(tmp_path, "desktop.ini", port=port, username="desktop")

@@ -1,0 +1,96 @@
+"""Two chatclient sessions joined by an in-memory link (like h11's ConnectionPair).
+
+The handshake messages travel as real frames through FrameDecoder, so a pair
+exercises the same pure code the sockets do, with no socket in sight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from chatclient import (
+    MAX_HELLO_SIZE,
+    ConnectorHandshake,
+    FrameDecoder,
+    ListenerHandshake,
+    Message,
+    Session,
+    SessionKeys,
+    Welcome,
+    decode_key,
+    derive_psk,
+    encode_frame,
+)
+
+KEY = "DN80giegpRHpNHLClZep_maYg2iXRGHsbq9Uy1Cobi0="
+OTHER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+PSK = derive_psk(decode_key(KEY))
+OTHER_PSK = derive_psk(decode_key(OTHER_KEY))
+
+
+def one_frame(data: bytes, limit: int = MAX_HELLO_SIZE) -> bytes:
+    """The single frame body in `data`, decoded as a receiver would."""
+    decoder = FrameDecoder()
+    decoder.feed(data)
+    body = decoder.next_frame(limit)
+    assert body is not None and decoder.buffered == 0
+    return body
+
+
+def handshake_keys(
+    connector_psk: bytes = PSK,
+    listener_psk: bytes = PSK,
+    connector_private: X25519PrivateKey | None = None,
+    listener_private: X25519PrivateKey | None = None,
+) -> tuple[SessionKeys, SessionKeys]:
+    """Run M1, M2, M3 over the link; (connector keys, listener keys)."""
+    connector = ConnectorHandshake(connector_psk, connector_private)
+    listener = ListenerHandshake(listener_psk, listener_private)
+    m2 = listener.receive_commit(one_frame(encode_frame(connector.m1)))
+    m3, connector_keys = connector.respond(one_frame(encode_frame(m2)))
+    listener_keys = listener.receive_confirm(one_frame(encode_frame(m3)))
+    return connector_keys, listener_keys
+
+
+@dataclass
+class Endpoint:
+    """One side: its session and the decoder of the bytes it receives."""
+
+    session: Session
+    decoder: FrameDecoder = field(default_factory=FrameDecoder)
+
+    def receive(self, data: bytes, into: list[Message] | None = None) -> list[Message]:
+        """Feed bytes from the peer; every message they complete, appended to `into`.
+
+        Messages decoded before an error stay in `into`, so a caller can see
+        exactly what was delivered before the session stopped.
+        """
+        delivered = [] if into is None else into
+        self.decoder.feed(data)
+        for body in self.decoder.frames():
+            delivered.append(self.session.decode(body))
+        return delivered
+
+
+class ConnectionPair:
+    """A connector and a listener after the handshake, optionally after both WELCOMEs."""
+
+    def __init__(self, *, welcome: bool = True) -> None:
+        connector_keys, listener_keys = handshake_keys()
+        self.connector = Endpoint(Session(connector_keys))
+        self.listener = Endpoint(Session(listener_keys))
+        if welcome:
+            # The listener speaks first, as on a real connection.
+            assert self.send(self.listener, Welcome("desktop")) == [Welcome("desktop")]
+            assert self.send(self.connector, Welcome("laptop")) == [Welcome("laptop")]
+
+    def peer(self, side: Endpoint) -> Endpoint:
+        """The other endpoint."""
+        return self.listener if side is self.connector else self.connector
+
+    def send(self, sender: Endpoint, *messages: Message) -> list[Message]:
+        """Encode messages at `sender`, deliver the bytes; what the peer received."""
+        wire = b"".join(sender.session.encode(message) for message in messages)
+        return self.peer(sender).receive(wire)

@@ -1,0 +1,747 @@
+"""Integration tests: real `python chatclient.py` processes on 127.0.0.1, driven through pipes.
+
+Every process started here is checked for a traceback when its test ends. Nothing sleeps:
+each wait is on a line of output with a timeout (or an Event for the idle-link check).
+"""
+
+from __future__ import annotations
+
+import configparser
+import io
+import ipaddress
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+from conftest import (
+    KEY,
+    OTHER_KEY,
+    SCRIPT,
+    TIMEOUT,
+    ChatProcess,
+    free_port,
+    start_pair,
+    write_config,
+)
+from cryptography.fernet import Fernet
+from pexpect.popen_spawn import PopenSpawn
+
+import chatclient
+
+Spawn = Callable[..., ChatProcess]
+
+MODE_PROMPT = "Do you want to listen or connect? (listen/connect): "
+NEVER = r"(?!)"  # a pattern no line matches: waiting on it waits for both streams to close
+
+
+# --- Helpers -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def chat(spawn: Spawn) -> Iterator[Spawn]:
+    """Like `spawn`, and every process's output is checked for a traceback at the end."""
+    started: list[ChatProcess] = []
+
+    def start(
+        *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> ChatProcess:
+        proc = spawn(*args, cwd=cwd, env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        assert "Traceback" not in proc.all_output(), proc.all_output()
+
+
+def finish(proc: ChatProcess, timeout: float = TIMEOUT) -> int:
+    """Wait for the exit status and for both output streams to be read to their end."""
+    status = proc.wait(timeout)
+    started = time.monotonic()
+    with pytest.raises(AssertionError, match="no line matching"):
+        proc.expect(NEVER, timeout=5.0)
+    assert time.monotonic() - started < 5.0, "output streams still open after the exit"
+    return status
+
+
+def run(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run chatclient to its end with stdin piped; it must never print a traceback."""
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    return result
+
+
+def one_error(stderr: str) -> str:
+    """The single `error: ...` line that stderr must consist of."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def config_text(**fields: str) -> str:
+    """An INI file with the given [parameters] fields."""
+    return "[parameters]\n" + "".join(f"{name} = {value}\n" for name, value in fields.items())
+
+
+def good_fields() -> dict[str, str]:
+    return {"ip": "127.0.0.1", "port": "50233", "fernet_key": KEY, "username": "desktop"}
+
+
+def read_ini(path: Path) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path, encoding="utf-8")
+    return dict(parser.items("parameters"))
+
+
+def says(out: list[str], name: str) -> list[str]:
+    """The texts of the `name says: ...` lines, in order."""
+    prefix = f"{name} says: "
+    return [line[len(prefix) :] for line in out if line.startswith(prefix)]
+
+
+def leave(proc: ChatProcess, goodbye: str = "") -> None:
+    """Type exit and the goodbye text, and see the side close the chat itself."""
+    proc.send("exit", goodbye)
+    proc.expect(r"^Sent TERMINATE message\.$")
+    proc.expect(r"^Connection closed by you\.$")
+
+
+# --- The transcript of issue 2 -------------------------------------------------------------
+
+
+def test_transcript_through_the_prompts(chat: Spawn, tmp_path: Path) -> None:
+    port = free_port()
+    write_config(tmp_path, "desktop.ini", port=port, username="desktop")
+    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
+    listener = chat("--config", "desktop.ini")
+    listener.expect(rf"^Your IP and port are: 127\.0\.0\.1:{port}$", stream="out")
+    listener.send("maybe")  # not an answer: asked again
+    listener.expect(r"^Please type listen \(or l\)", stream="err")
+    listener.send("l")
+    listener.expect(r"^Listening on 127\.0\.0\.1:")
+
+    connector = chat("--config", "laptop.ini")
+    connector.send("c", "127.0.0.1", str(port))
+    connector.expect(r"^WELCOME Welcome to the chat! I am desktop$", stream="out")
+    connected = listener.expect(r"^Connected by ", stream="out")
+    match = re.fullmatch(r"Connected by \('127\.0\.0\.1', (\d+)\)", connected)
+    assert match, connected
+    listener.expect(r"^laptop joined the chat\.$", stream="out")
+
+    connector.send("hello desktop")
+    listener.expect(r"^laptop says: hello desktop$", stream="out")
+    connector.expect(r"^Sent CHAT message\.$", stream="out")
+    listener.send("hi laptop")
+    connector.expect(r"^desktop says: hi laptop$", stream="out")
+    listener.expect(r"^Sent CHAT message\.$", stream="out")
+
+    listener.send("/who")  # the address in `Connected by` is the connector's
+    listener.expect(rf"^Talking to laptop at 127\.0\.0\.1:{match[1]}, ")
+
+    connector.send("exit", "bye bye")
+    listener.expect(r"^laptop left the chat: bye bye$", stream="out")
+    listener.expect(r"^Connection closed by peer\.$", stream="out")
+    assert finish(listener) == 0
+    assert finish(connector) == 0
+
+    assert listener.out[:4] == [
+        f"Your IP and port are: 127.0.0.1:{port}",
+        listener.out[1],  # Key ID
+        MODE_PROMPT,
+        MODE_PROMPT,
+    ]
+    assert listener.out[1].startswith("Key ID: ")
+    assert listener.err == [
+        "Please type listen (or l) to wait for a peer, or connect (or c) to reach one."
+    ]
+    prompts = connector.out[connector.out.index(MODE_PROMPT) :]
+    assert prompts[:4] == [
+        MODE_PROMPT,
+        "Enter peer IP: ",
+        "Enter peer port: ",
+        "WELCOME Welcome to the chat! I am desktop",
+    ]
+    assert connector.out[-3:] == [
+        "Enter goodbye text (optional): ",
+        "Sent TERMINATE message.",
+        "Connection closed by you.",
+    ]
+    assert listener.out[-2:] == ["laptop left the chat: bye bye", "Connection closed by peer."]
+    assert connector.err == []
+    for proc in (listener, connector):
+        assert not any(line.startswith("Connection lost") for line in proc.out + proc.err)
+        assert "\x1b" not in proc.all_output()  # off a terminal: plain lines, no escapes
+
+
+def test_full_word_answers_and_goodbye_without_text(chat: Spawn, tmp_path: Path) -> None:
+    port = free_port()
+    write_config(tmp_path, "desktop.ini", port=port, username="desktop")
+    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
+    listener = chat("--config", "desktop.ini")
+    listener.send("LISTEN")
+    listener.expect(r"^Listening on ")
+    connector = chat("--config", "laptop.ini")
+    connector.send("connect", "127.0.0.1", str(port))
+    connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+    listener.expect(r"^laptop joined the chat\.$")
+
+    leave(connector, "")
+    listener.expect(r"^laptop left the chat\.$", stream="out")
+    listener.expect(r"^Connection closed by peer\.$", stream="out")
+    assert finish(listener) == 0
+    assert finish(connector) == 0
+    assert not [line for line in listener.out if line.startswith("laptop left the chat:")]
+
+
+def test_both_sides_exit_at_the_same_time(chat: Spawn, tmp_path: Path) -> None:
+    listener, connector = start_pair(chat, tmp_path)
+    listener.send("exit", "bye from desktop")
+    connector.send("exit", "bye from laptop")
+    assert finish(listener) == 0
+    assert finish(connector) == 0
+    for proc in (listener, connector):
+        closing = [line for line in proc.out if "Connection closed by " in line]
+        assert len(closing) == 1, proc.out
+        assert not any("Connection lost" in line for line in proc.out + proc.err)
+
+
+def test_a_line_arriving_at_the_goodbye_prompt_is_a_line_of_its_own(
+    chat: Spawn, tmp_path: Path
+) -> None:
+    port = free_port()
+    write_config(tmp_path, "desktop.ini", port=port, username="desktop")
+    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
+    listener = chat("--config", "desktop.ini", "--listen")
+    listener.expect(r"^Listening on ")
+    # The connector is read as a raw stream, so the open prompt itself can be waited for.
+    connector = PopenSpawn(
+        [sys.executable, str(SCRIPT), "--config", "laptop.ini", "--connect", f"127.0.0.1:{port}"],
+        cwd=str(tmp_path),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        encoding="utf-8",
+        timeout=TIMEOUT,
+    )
+    connector.logfile_read = log = io.StringIO()
+    try:
+        connector.expect_exact("WELCOME Welcome to the chat! I am desktop\n")
+        listener.expect(r"^laptop joined the chat\.$")
+        connector.sendline("exit")
+        connector.expect_exact("Enter goodbye text (optional): ")
+        listener.send("one more thing")
+        connector.expect_exact("desktop says: one more thing\n")
+        glued_to = connector.before
+        connector.sendline("bye")
+        listener.expect(r"^laptop left the chat: bye$")
+        connector.expect(pexpect.EOF)
+        assert connector.wait() == 0
+        assert finish(listener) == 0
+        assert "Traceback" not in log.getvalue()
+        assert glued_to.endswith("\n"), f"the peer's line was printed after {glued_to!r}"
+    finally:
+        if connector.proc.poll() is None:
+            connector.kill(signal.SIGKILL)
+
+
+def test_eof_on_stdin_closes_the_chat_like_exit(chat: Spawn, tmp_path: Path) -> None:
+    listener, connector = start_pair(chat, tmp_path)
+    connector.close_stdin()
+    connector.expect(r"^Sent TERMINATE message\.$")
+    connector.expect(r"^Connection closed by you\.$")
+    listener.expect(r"^laptop left the chat\.$")
+    listener.expect(r"^Connection closed by peer\.$")
+    assert finish(connector) == 0
+    assert finish(listener) == 0
+
+
+def test_sigint_while_chatting_closes_the_chat_like_exit(chat: Spawn, tmp_path: Path) -> None:
+    listener, connector = start_pair(chat, tmp_path)
+    connector.send("before ctrl-c")
+    listener.expect(r"^laptop says: before ctrl-c$")
+    # A line the connector's receiver prints comes a network round trip after its input
+    # loop went back to reading: Ctrl-C then lands where a person presses it, at the prompt.
+    listener.send("are you there?")
+    connector.expect(r"^desktop says: are you there\?$")
+    connector.signal(signal.SIGINT)
+    connector.expect(r"^Sent TERMINATE message\.$")
+    connector.expect(r"^Connection closed by you\.$")
+    listener.expect(r"^laptop left the chat\.$")
+    listener.expect(r"^Connection closed by peer\.$")
+    assert finish(connector) == 0
+    assert finish(listener) == 0
+
+
+def test_sigint_while_listening_ends_quietly(chat: Spawn, tmp_path: Path) -> None:
+    write_config(tmp_path, port=free_port())
+    listener = chat("--listen")
+    listener.expect(r"^Listening on ")
+    listener.signal(signal.SIGINT)
+    assert finish(listener) == 130
+    assert listener.err == []
+
+
+def test_sigint_at_a_prompt_ends_quietly(chat: Spawn, tmp_path: Path) -> None:
+    write_config(tmp_path, port=free_port())
+    proc = chat()
+    proc.send("c", "127.0.0.1", "abc")  # the port is asked again: the program waits at it
+    proc.expect(r"^error: peer port must be a number", stream="err")
+    proc.signal(signal.SIGINT)
+    assert finish(proc) == 130
+    assert len(proc.err) == 1
+
+
+@pytest.mark.parametrize("victim", ["connector", "listener"])
+def test_killed_peer_is_reported_as_lost(chat: Spawn, tmp_path: Path, victim: str) -> None:
+    listener, connector = start_pair(chat, tmp_path)
+    dead, survivor = (connector, listener) if victim == "connector" else (listener, connector)
+    dead.kill()  # SIGKILL: no goodbye
+    survivor.expect(r"^Connection lost: ")
+    assert finish(survivor) != 0
+    assert "Connection closed by peer." not in survivor.out
+
+
+def test_a_chat_ended_by_the_peer_at_once_never_waits_for_a_keypress(
+    chat: Spawn, tmp_path: Path
+) -> None:
+    # The receiver thread ends the chat while the input loop is only just starting to read:
+    # the side told goodbye must still exit by itself. Repeated, as the moment is narrow.
+    for _ in range(16):
+        listener, connector = start_pair(chat, tmp_path)
+        connector.send("exit", "")
+        listener.expect(r"^Connection closed by peer\.$")
+        assert listener.wait(timeout=5.0) == 0
+        assert connector.wait(timeout=5.0) == 0
+
+
+# --- Bad configuration and network errors: one `error:` line, non-zero exit ----------------
+
+
+def without(name: str) -> str:
+    fields = good_fields()
+    del fields[name]
+    return config_text(**fields)
+
+
+def with_field(name: str, value: str) -> str:
+    return config_text(**{**good_fields(), name: value})
+
+
+BAD_CONFIGS = {
+    "not INI at all": ("ip = 127.0.0.1\n", r"is not a valid INI file"),
+    "missing section": ("[other]\nip = 127.0.0.1\n", r"missing the \[parameters\] section"),
+    "missing ip": (without("ip"), r"missing field 'ip'"),
+    "missing port": (without("port"), r"missing field 'port'"),
+    "missing fernet_key": (without("fernet_key"), r"missing field 'fernet_key'"),
+    "missing username": (without("username"), r"missing field 'username'"),
+    "empty fernet_key": (with_field("fernet_key", ""), r"fernet_key is empty.*--init"),
+    "invalid key": (with_field("fernet_key", "not-a-key"), r"fernet_key is not a valid key"),
+    "non-canonical key": (with_field("fernet_key", KEY[:42] + "1="), r"not canonical"),
+    "port abc": (with_field("port", "abc"), r"port must be a number from 1 to 65535, not 'abc'"),
+    "port 0": (with_field("port", "0"), r"port must be a number from 1 to 65535, not '0'"),
+    "port 70000": (with_field("port", "70000"), r"from 1 to 65535, not '70000'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_gives_one_error_line(tmp_path: Path, case: str) -> None:
+    text, pattern = BAD_CONFIGS[case]
+    path = tmp_path / "config.ini"
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+    result = run(cwd=tmp_path, stdin="l\n")
+    assert result.returncode != 0
+    assert re.search(pattern, one_error(result.stderr))
+    assert "Listening on" not in result.stdout
+
+
+def test_missing_config_says_how_to_create_one(tmp_path: Path) -> None:
+    result = run("--listen", cwd=tmp_path)
+    assert result.returncode != 0
+    line = one_error(result.stderr)
+    assert "config.ini" in line
+    assert "--init" in line
+    assert not (tmp_path / "config.ini").exists()
+
+
+def test_port_already_in_use(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        write_config(tmp_path, port=port)
+        result = run("--listen", cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"port {port} is already in use" in one_error(result.stderr)
+
+
+def test_address_not_on_this_machine(tmp_path: Path) -> None:
+    write_config(tmp_path, ip="192.0.2.1", port=free_port())  # TEST-NET-1: never local
+    result = run("--listen", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "that address is not on this machine" in one_error(result.stderr)
+
+
+def test_host_that_does_not_resolve(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    result = run("--connect", "nonexistent.invalid:50233", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "cannot resolve host 'nonexistent.invalid'" in one_error(result.stderr)
+
+
+def test_connection_refused(tmp_path: Path) -> None:
+    port = free_port()
+    write_config(tmp_path)
+    result = run("--connect", f"127.0.0.1:{port}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"connection to 127.0.0.1:{port} refused" in one_error(result.stderr)
+
+
+def test_wrong_peer_port_at_the_prompt_is_asked_again(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    result = run(cwd=tmp_path, stdin="c\n127.0.0.1\n99999\n")  # then end of input
+    assert result.returncode == 1
+    line = one_error(result.stderr)
+    assert line == "error: peer port must be a number from 1 to 65535, not '99999'"
+    assert result.stdout.splitlines().count("Enter peer port: ") == 2
+
+
+def test_wrong_peer_port_then_the_right_one_connects(chat: Spawn, tmp_path: Path) -> None:
+    port = free_port()
+    write_config(tmp_path, "desktop.ini", port=port, username="desktop")
+    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
+    listener = chat("--config", "desktop.ini", "--listen")
+    listener.expect(r"^Listening on ")
+    connector = chat("--config", "laptop.ini")
+    connector.send("c", "127.0.0.1", "port", str(port))
+    connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+    listener.expect(r"^laptop joined the chat\.$")
+    assert connector.err == ["error: peer port must be a number from 1 to 65535, not 'port'"]
+    assert connector.out.count("Enter peer port: ") == 2
+    leave(connector)
+    assert finish(listener) == 0
+
+
+def test_wrong_key_is_refused_on_both_sides_and_the_listener_goes_on(
+    chat: Spawn, tmp_path: Path
+) -> None:
+    port = free_port()
+    write_config(tmp_path, "desktop.ini", port=port, username="desktop")
+    write_config(tmp_path, "intruder.ini", port=port, username="intruder", key=OTHER_KEY)
+    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
+    listener = chat("--config", "desktop.ini", "--listen")
+    listener.expect(r"^Listening on ")
+    intruder = chat("--config", "intruder.ini", "--connect", f"127.0.0.1:{port}")
+    assert finish(intruder) != 0
+    assert len(intruder.err) == 1
+    assert re.match(r"error: .*fernet_key differs", intruder.err[0]), intruder.err
+    listener.expect(r"^Refused a connection from .*fernet_key differs", stream="err")
+    assert not [line for line in listener.out if line.startswith("Connected by")]
+
+    connector = chat("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
+    connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+    listener.expect(r"^Connected by \('127\.0\.0\.1', \d+\)$")
+    listener.expect(r"^laptop joined the chat\.$")
+    assert [line for line in listener.out if line.startswith("Connected by")] == [
+        listener.out[listener.out.index("laptop joined the chat.") - 1]
+    ]
+    leave(connector)
+    assert finish(listener) == 0
+
+
+def test_silent_connection_does_not_block_and_a_third_is_refused(
+    chat: Spawn, tmp_path: Path
+) -> None:
+    port = free_port()
+    for name in ("desktop", "laptop", "third"):
+        write_config(tmp_path, f"{name}.ini", port=port, username=name)
+    listener = chat("--config", "desktop.ini", "--listen")
+    listener.expect(r"^Listening on ")
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):  # says nothing
+        connector = chat("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
+        connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+        listener.expect(r"^laptop joined the chat\.$")
+        third = chat("--config", "third.ini", "--connect", f"127.0.0.1:{port}")
+        assert finish(third) != 0
+        assert "already chatting" in one_error("\n".join(third.err))
+        connector.send("still here")
+        listener.expect(r"^laptop says: still here$")
+    leave(connector)
+    assert finish(listener) == 0
+
+
+# --- Traffic ---------------------------------------------------------------------------------
+
+
+def test_burst_of_3000_messages_arrives_complete_and_in_order(chat: Spawn, tmp_path: Path) -> None:
+    listener, connector = start_pair(chat, tmp_path)
+    texts = [f"message {i:04d} of the burst" for i in range(3000)]
+    connector.send(*texts, "exit", "")
+    listener.expect(r"^Connection closed by peer\.$", timeout=40.0)
+    assert says(listener.out, "laptop") == texts
+    assert finish(listener) == 0
+    assert finish(connector) == 0
+    assert connector.out.count("Sent CHAT message.") == 3000
+
+
+def test_message_over_64_kib_gets_a_local_error_and_the_chat_goes_on(
+    chat: Spawn, tmp_path: Path
+) -> None:
+    listener, connector = start_pair(chat, tmp_path)
+    connector.send("x" * (64 * 1024 + 1))
+    line = connector.expect(r"^error: ", stream="err")
+    assert "65537 bytes" in line
+    assert "65536" in line
+    connector.send("é" * (32 * 1024 + 1))  # 65538 bytes of UTF-8 in 32769 characters
+    assert "65538 bytes" in connector.expect(r"^error: ", stream="err")
+    connector.send("y" * (64 * 1024))  # exactly the limit is fine
+    listener.expect(r"^laptop says: y{65536}$")
+    connector.send("after the long ones")
+    listener.expect(r"^laptop says: after the long ones$")
+    assert len(connector.err) == 2
+    assert says(listener.out, "laptop") == ["y" * 65536, "after the long ones"]
+    leave(connector)
+    assert finish(listener) == 0
+
+
+def test_peer_control_characters_are_shown_escaped(chat: Spawn, tmp_path: Path) -> None:
+    listener, connector = start_pair(chat, tmp_path)
+    connector.send("\x1b[2J\x1b[31mred\x1b[0m\x07 and \u202ereversed")
+    listener.expect(r"^laptop says: ")
+    connector.send("exit", "\x1b]0;owned\x07bye")
+    listener.expect(r"^Connection closed by peer\.$")
+    assert finish(listener) == 0
+    assert says(listener.out, "laptop") == [r"\x1b[2J\x1b[31mred\x1b[0m\x07 and \u202ereversed"]
+    assert r"laptop left the chat: \x1b]0;owned\x07bye" in listener.out
+    for char in ("\x1b", "\x07", "\u202e"):
+        assert char not in listener.all_output()
+
+
+def test_slash_commands(chat: Spawn, tmp_path: Path) -> None:
+    listener, connector = start_pair(chat, tmp_path)
+    port = int(listener.expect(r"^Your IP and port are: ").rsplit(":", 1)[1])
+    codes = {
+        proc: proc.expect(r"^Session code: \d{6} ").split()[2] for proc in (listener, connector)
+    }
+    assert codes[listener] == codes[connector]
+
+    connector.send("/help")
+    connector.expect(r"^Type a line and press Enter")
+    for command in ("/help", "/who", "/verify", "/quit", "//text"):
+        connector.expect(rf"^\s+{re.escape(command)}\b")
+
+    connector.send("/who")
+    who = connector.expect(rf"^Talking to desktop at 127\.0\.0\.1:{port}, connected ")
+    assert re.search(r"connected \d+ min \d+ s\. Session code: \d{6} ", who)
+    listener.send("/who")
+    listener.expect(r"^Talking to laptop at 127\.0\.0\.1:\d+, connected ")
+
+    connector.send("/verify")
+    listener.send("/verify")
+    for proc in (listener, connector):
+        line = proc.expect(r"^Talking to .* Session code: \d{6} ", stream="out")
+        assert f"Session code: {codes[proc]} " in line
+
+    connector.send("/foo bar")
+    hint = connector.expect(r"/foo", stream="err")
+    assert "/help" in hint
+    assert "//" in hint
+    connector.send("//text")
+    listener.expect(r"^laptop says: /text$")
+
+    connector.send("/quit", "")
+    listener.expect(r"^laptop left the chat\.$")
+    listener.expect(r"^Connection closed by peer\.$")
+    assert finish(listener) == 0
+    assert finish(connector) == 0
+    assert says(listener.out, "laptop") == ["/text"]
+    assert connector.err == [hint]
+
+
+# --- Flags -----------------------------------------------------------------------------------
+
+
+def test_genkey_prints_a_valid_key(tmp_path: Path) -> None:
+    first, second = (run("--genkey", cwd=tmp_path) for _ in range(2))
+    for result in (first, second):
+        assert result.returncode == 0
+        assert result.stderr == ""
+        key = result.stdout.strip()
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}=", key)
+        Fernet(key.encode())
+    assert first.stdout != second.stdout
+    assert not (tmp_path / "config.ini").exists()
+
+
+def test_version(tmp_path: Path) -> None:
+    result = run("--version", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"chatclient {chatclient.__version__}")
+
+
+def test_help_mentions_every_flag(tmp_path: Path) -> None:
+    result = run("-h", cwd=tmp_path)
+    assert result.returncode == 0
+    for flag in (
+        "-h",
+        "--config",
+        "--listen",
+        "--connect",
+        "--username",
+        "--port",
+        "--init",
+        "--key",
+        "--genkey",
+        "--keepalive",
+        "--version",
+        "[::1]:50233",
+    ):
+        assert flag in result.stdout, flag
+
+
+def test_init_writes_a_private_config_and_never_overwrites_a_key(tmp_path: Path) -> None:
+    result = run("--init", "--username", "bob", "--port", "50555", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "config.ini"
+    assert path.stat().st_mode & 0o777 == 0o600
+    fields = read_ini(path)
+    assert fields["username"] == "bob"
+    assert fields["port"] == "50555"
+    Fernet(fields["fernet_key"].encode())
+    assert fields["fernet_key"] in result.stdout  # shown so it can be handed to the peer
+    before = path.read_bytes()
+
+    again = run("--init", "--username", "eve", "--port", "50556", cwd=tmp_path)
+    assert again.returncode != 0
+    assert "already has a fernet_key" in one_error(again.stderr)
+    assert path.read_bytes() == before
+
+
+def test_init_with_key_saves_that_key(tmp_path: Path) -> None:
+    result = run("--init", "--key", OTHER_KEY, "--username", "laptop", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "config.ini"
+    assert read_ini(path)["fernet_key"] == OTHER_KEY
+    assert read_ini(path)["username"] == "laptop"
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_init_with_an_invalid_key_writes_nothing(tmp_path: Path) -> None:
+    result = run("--init", "--key", "nonsense", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "not a valid key" in one_error(result.stderr)
+    assert not (tmp_path / "config.ini").exists()
+
+
+def test_config_readable_by_others_gives_a_warning(chat: Spawn, tmp_path: Path) -> None:
+    path = write_config(tmp_path, "shared.ini", port=free_port(), mode=0o644)
+    listener = chat("--config", str(path), "--listen")
+    listener.expect(r"^Listening on ")
+    assert len(listener.err) == 1, listener.err
+    warning = listener.err[0]
+    assert warning.startswith("warning: ")
+    assert str(path) in warning
+    assert f"chmod 600 {path}" in warning
+    listener.signal(signal.SIGINT)
+    assert finish(listener) == 130
+
+
+def test_private_config_gives_no_warning(chat: Spawn, tmp_path: Path) -> None:
+    write_config(tmp_path, port=free_port())
+    listener = chat("--listen")
+    listener.expect(r"^Listening on ")
+    listener.signal(signal.SIGINT)
+    finish(listener)
+    assert listener.err == []
+
+
+# --- Addresses -------------------------------------------------------------------------------
+
+
+def ipv6_port() -> int | None:
+    """A free port on ::1, or None when ::1 cannot be bound here."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            return int(s.getsockname()[1])
+    except OSError:
+        return None
+
+
+def test_ipv6_listen_and_connect(chat: Spawn, tmp_path: Path) -> None:
+    port = ipv6_port()
+    if port is None:
+        pytest.skip("::1 cannot be bound on this machine")
+    write_config(tmp_path, "desktop.ini", ip="::1", port=port, username="desktop")
+    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
+    listener = chat("--config", "desktop.ini", "--listen")
+    listener.expect(rf"^Your IP and port are: \[::1\]:{port}$")
+    listener.expect(rf"^Listening on \[::1\]:{port};")
+    connector = chat("--config", "laptop.ini", "--connect", f"[::1]:{port}")
+    connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+    listener.expect(r"^Connected by \('::1', \d+\)$")
+    listener.expect(r"^laptop joined the chat\.$")
+    connector.send("over IPv6")
+    listener.expect(r"^laptop says: over IPv6$")
+    connector.send("/who")
+    connector.expect(rf"^Talking to desktop at \[::1\]:{port}, ")
+    leave(connector)
+    assert finish(listener) == 0
+
+
+def test_wildcard_address_shows_a_real_address(chat: Spawn, tmp_path: Path) -> None:
+    port = free_port()
+    write_config(tmp_path, ip="0.0.0.0", port=port)
+    listener = chat("--listen")
+    line = listener.expect(r"^Your IP and port are: ")
+    host, _, shown_port = line.removeprefix("Your IP and port are: ").rpartition(":")
+    assert shown_port == str(port)
+    address = ipaddress.ip_address(host)
+    assert not address.is_unspecified, line
+    listener.expect(r"^Listening on ")
+    listener.signal(signal.SIGINT)
+    assert finish(listener) == 130
+
+
+# --- Keepalive -------------------------------------------------------------------------------
+
+
+def test_keepalive_reports_a_frozen_peer(chat: Spawn, tmp_path: Path) -> None:
+    listener, connector = start_pair(chat, tmp_path, extra=("--keepalive", "0.5"))
+    connector.signal(signal.SIGSTOP)  # alive for TCP, silent for the chat
+    try:
+        listener.expect(r"^Connection lost: ", timeout=5.0)
+        assert finish(listener) != 0
+        assert "Connection closed by peer." not in listener.out
+    finally:
+        connector.kill()
+
+
+def test_keepalive_keeps_an_idle_chat_open(chat: Spawn, tmp_path: Path) -> None:
+    listener, connector = start_pair(chat, tmp_path, extra=("--keepalive", "0.5"))
+    threading.Event().wait(3.0)  # six intervals with nobody typing
+    connector.send("still there?")
+    listener.expect(r"^laptop says: still there\?$")
+    listener.send("yes")
+    connector.expect(r"^desktop says: yes$")
+    leave(connector)
+    assert finish(listener) == 0
+    assert finish(connector) == 0
+    for proc in (listener, connector):
+        assert not any("Connection lost" in line for line in proc.out + proc.err)

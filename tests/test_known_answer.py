@@ -1,0 +1,169 @@
+"""Known answers: chatclient's handshake and tokens byte for byte against tests/vectors.
+
+handshake.json is written by tests/vectors/make_handshake_vector.py, which
+implements the protocol formulas on its own, without chatclient.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from chatclient import (
+    FRAME_HEADER,
+    Chat,
+    ConnectorHandshake,
+    ListenerHandshake,
+    ProtocolError,
+    Session,
+    SessionKeys,
+    Welcome,
+    confirm_tag,
+    decode_key,
+    derive_keys,
+    derive_psk,
+    key_id,
+    public_bytes,
+    shared_secret,
+)
+
+VECTORS = Path(__file__).resolve().parent / "vectors"
+V: dict[str, Any] = json.loads((VECTORS / "handshake.json").read_text(encoding="utf-8"))
+
+
+def h(name: str) -> bytes:
+    """A hex field of the vector as bytes."""
+    return bytes.fromhex(V[name])
+
+
+def private(name: str) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(h(name))
+
+
+def run_handshake() -> tuple[bytes, bytes, bytes, SessionKeys, SessionKeys]:
+    """M1, M2, M3 and both sides' keys, from chatclient with the vector's private keys."""
+    psk = derive_psk(decode_key(V["config_key"]))
+    connector = ConnectorHandshake(psk, private("connector_private"))
+    listener = ListenerHandshake(psk, private("listener_private"))
+    m2 = listener.receive_commit(connector.m1)
+    m3, connector_keys = connector.respond(m2)
+    listener_keys = listener.receive_confirm(m3)
+    return connector.m1, m2, m3, connector_keys, listener_keys
+
+
+def test_vector_file_is_what_the_generator_makes() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "make_handshake_vector", VECTORS / "make_handshake_vector.py"
+    )
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert generator.compute() == V
+
+
+def test_psk_and_key_id() -> None:
+    psk = derive_psk(decode_key(V["config_key"]))
+    assert psk.hex() == V["psk"]
+    assert key_id(psk) == V["key_id"]
+
+
+def test_public_keys() -> None:
+    assert public_bytes(private("connector_private")).hex() == V["connector_public"]
+    assert public_bytes(private("listener_private")).hex() == V["listener_public"]
+
+
+def test_hello_and_confirm_bytes() -> None:
+    m1, m2, m3, _, _ = run_handshake()
+    assert m1.hex() == V["m1"]
+    assert m2.hex() == V["m2"]
+    assert m3.hex() == V["m3"]
+    assert m3[32:].hex() == V["confirm_tag"]
+
+
+def test_transcript_keys_and_code_on_both_sides() -> None:
+    _, _, _, connector, listener = run_handshake()
+    for keys in (connector, listener):
+        assert keys.transcript.hex() == V["th"]
+        assert keys.code == V["session_code"]
+    assert connector.send_key.hex() == V["key_connector_to_listener"]
+    assert connector.recv_key.hex() == V["key_listener_to_connector"]
+    assert listener.send_key.hex() == V["key_listener_to_connector"]
+    assert listener.recv_key.hex() == V["key_connector_to_listener"]
+
+
+def test_derivation_functions() -> None:
+    secret = shared_secret(private("connector_private"), private("listener_private").public_key())
+    assert secret.hex() == V["shared_secret"]
+    c2l, l2c, confirm, code = derive_keys(secret, h("psk"), h("th"))
+    assert (c2l.hex(), l2c.hex(), confirm.hex(), code) == (
+        V["key_connector_to_listener"],
+        V["key_listener_to_connector"],
+        V["confirm_key"],
+        V["session_code"],
+    )
+    assert confirm_tag(confirm, h("th")).hex() == V["confirm_tag"]
+
+
+def test_session_decrypts_hand_made_tokens() -> None:
+    _, _, _, connector_keys, listener_keys = run_handshake()
+    listener = Session(listener_keys)
+    assert listener.decode(V["connector_to_listener_token"].encode()) == Welcome("laptop")
+
+    connector = Session(connector_keys)
+    # The vector's listener token is number 1; number 0 (a WELCOME) is made here by hand.
+    welcome = Fernet(V["fernet_key_listener_to_connector"]).encrypt(
+        (0).to_bytes(8, "big") + bytes([1]) + b"desktop"
+    )
+    assert connector.decode(welcome) == Welcome("desktop")
+    expected = Chat("hello laptop \N{WAVING HAND SIGN}")
+    assert connector.decode(V["listener_to_connector_token"].encode()) == expected
+
+
+def test_session_tokens_follow_the_payload_layout() -> None:
+    _, _, _, connector_keys, listener_keys = run_handshake()
+    sessions = {"connector": Session(connector_keys), "listener": Session(listener_keys)}
+    keys = {
+        "connector": Fernet(V["fernet_key_connector_to_listener"]),
+        "listener": Fernet(V["fernet_key_listener_to_connector"]),
+    }
+    for side, name in (("listener", "desktop"), ("connector", "laptop")):
+        frames = [sessions[side].encode(Welcome(name)), sessions[side].encode(Chat("h\u00e9"))]
+        plain = []
+        for frame in frames:
+            (length,) = FRAME_HEADER.unpack_from(frame)
+            assert length == len(frame) - FRAME_HEADER.size
+            plain.append(keys[side].decrypt(frame[FRAME_HEADER.size :]))
+        assert plain == [
+            bytes(8) + b"\x01" + name.encode(),
+            (1).to_bytes(8, "big") + b"\x02" + "h\u00e9".encode(),
+        ]
+
+
+def test_every_bit_flip_of_the_vector_token_is_refused() -> None:
+    """Issue 3: flipping any bit of a frame makes the receiver stop with an error."""
+    _, _, _, _, listener_keys = run_handshake()
+    token = V["connector_to_listener_token"].encode()
+    accepted = []
+    for index in range(len(token)):
+        for bit in range(8):
+            altered = bytearray(token)
+            altered[index] ^= 1 << bit
+            try:
+                Session(listener_keys).decode(bytes(altered))
+            except ProtocolError:
+                continue
+            old, new = chr(token[index]), chr(altered[index])
+            accepted.append(f"byte {index} bit {bit}: {old!r} -> {new!r}")
+    assert accepted == []
+
+
+def test_fernet_keys_are_urlsafe_base64_of_the_direction_keys() -> None:
+    for direction in ("connector_to_listener", "listener_to_connector"):
+        raw = h(f"key_{direction}")
+        assert base64.urlsafe_b64decode(V[f"fernet_key_{direction}"]) == raw

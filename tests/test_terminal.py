@@ -1,0 +1,210 @@
+"""Real-terminal tests: chatclient on a pseudo-terminal (pexpect), its peer on pipes.
+
+Each wait is an expect with a timeout; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import configparser
+import io
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+from conftest import ROOT, SCRIPT, TIMEOUT, ChatProcess, free_port, write_config
+
+Spawn = Callable[..., ChatProcess]
+Terminal = Callable[..., pexpect.spawn]
+
+UP = "\x1b[A"
+LEFT = "\x1b[D"
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[Terminal]:
+    """terminal(*args, cwd=tmp_path) -> chatclient on a pty; each is closed at the end."""
+    children: list[tuple[pexpect.spawn, io.StringIO]] = []
+
+    def start(*args: str, cwd: Path | None = None) -> pexpect.spawn:
+        log = io.StringIO()
+        child = pexpect.spawn(
+            sys.executable,
+            [str(SCRIPT), *args],
+            cwd=str(cwd or tmp_path),
+            env={**os.environ, "TERM": "xterm", "PYTHONUNBUFFERED": "1"},
+            encoding="utf-8",
+            codec_errors="replace",
+            timeout=TIMEOUT,
+            dimensions=(24, 200),
+        )
+        child.logfile_read = log
+        children.append((child, log))
+        return child
+
+    yield start
+    for child, log in children:
+        child.close(force=True)
+        assert "Traceback" not in log.getvalue(), log.getvalue()
+
+
+def start_listening_terminal(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> tuple[pexpect.spawn, ChatProcess]:
+    """desktop on a terminal listening, laptop on pipes connected to it, both at the chat."""
+    port = free_port()
+    write_config(tmp_path, "desktop.ini", port=port, username="desktop")
+    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
+    child = terminal("--config", "desktop.ini", "--listen")
+    child.expect_exact("Listening on ")
+    connector = spawn("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
+    connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+    child.expect_exact("laptop joined the chat.")
+    child.expect_exact("desktop> ")
+    return child, connector
+
+
+def says(out: list[str], name: str) -> list[str]:
+    prefix = f"{name} says: "
+    return [line[len(prefix) :] for line in out if line.startswith(prefix)]
+
+
+def leave_from_terminal(child: pexpect.spawn, connector: ChatProcess, name: str) -> None:
+    """Type exit on the terminal; both programs end with status 0."""
+    child.sendline("exit")
+    child.expect_exact("Enter goodbye text (optional): ")
+    child.sendline("see you")
+    child.expect_exact("Connection closed by you.")
+    connector.expect(rf"^{re.escape(name)} left the chat: see you$")
+    connector.expect(r"^Connection closed by peer\.$")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert connector.wait() == 0
+
+
+# --- Typing while messages arrive --------------------------------------------------------------
+
+
+def test_message_arriving_mid_typing_leaves_the_typed_text_intact(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    child, connector = start_listening_terminal(terminal, spawn, tmp_path)
+    child.send("hello wor")  # no Enter yet
+    child.expect_exact("hello wor")
+    for n in range(3):
+        connector.send(f"incoming {n}")
+        child.expect_exact(f"laptop says: incoming {n}")
+        child.expect_exact("desktop> hello wor")  # prompt and half line redrawn below it
+    child.send("ld\r")
+    connector.expect(r"^desktop says: hello world$")
+    child.expect_exact("Sent CHAT message.")
+    assert says(connector.out, "desktop") == ["hello world"]
+    leave_from_terminal(child, connector, "desktop")
+
+
+def test_cursor_stays_where_the_user_left_it_across_a_redraw(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    child, connector = start_listening_terminal(terminal, spawn, tmp_path)
+    child.send("helo world")
+    child.expect_exact("helo world")
+    child.send(LEFT * 7)  # the cursor now sits after "hel"
+    connector.send("interruption")
+    child.expect_exact("laptop says: interruption")
+    child.expect_exact("desktop> helo world")
+    child.send("l\r")  # typed at the cursor: "hello world"
+    connector.expect(r"^desktop says: hello world$")
+    assert says(connector.out, "desktop") == ["hello world"]
+    leave_from_terminal(child, connector, "desktop")
+
+
+def test_up_arrow_recalls_the_last_line(terminal: Terminal, spawn: Spawn, tmp_path: Path) -> None:
+    child, connector = start_listening_terminal(terminal, spawn, tmp_path)
+    child.sendline("say it twice")
+    connector.expect(r"^desktop says: say it twice$")
+    child.expect_exact("Sent CHAT message.")
+    child.expect_exact("desktop> ")
+    child.send(UP)
+    child.expect_exact("say it twice")
+    child.send("\r")
+    connector.expect(r"^desktop says: say it twice$")
+    assert says(connector.out, "desktop") == ["say it twice", "say it twice"]
+    leave_from_terminal(child, connector, "desktop")
+
+
+# --- First run ---------------------------------------------------------------------------------
+
+
+def answer_first_run(child: pexpect.spawn, port: int, default_port: int) -> tuple[str, str]:
+    """Accept the defaults except the port; return (username, printed key)."""
+    child.expect(r"Your username \[([^\]\r\n]+)\]: ")
+    username = child.match.group(1)
+    child.sendline("")
+    child.expect_exact(f"Port to listen on [{default_port}]: ")
+    child.sendline(str(port))
+    child.expect_exact("Address to listen on (0.0.0.0 = all interfaces) [0.0.0.0]: ")
+    child.sendline("")
+    child.expect_exact("Saved config.ini (readable only by you).")
+    child.expect_exact("Your new key (give it to your peer privately")
+    child.expect(r"\n    ([A-Za-z0-9_-]{43}=)\r?\n")
+    key = child.match.group(1)
+    child.expect(r"Your IP and port are: (\S+)\r?\n")
+    assert not child.match.group(1).startswith("0.0.0.0:")
+    child.expect_exact(f"Listening on 0.0.0.0:{port};")
+    return username, key
+
+
+def check_saved_config(path: Path, port: int, username: str, key: str) -> None:
+    assert path.stat().st_mode & 0o777 == 0o600
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path, encoding="utf-8")
+    fields = dict(parser.items("parameters"))
+    assert fields == {"ip": "0.0.0.0", "port": str(port), "fernet_key": key, "username": username}
+
+
+def chat_with_new_listener(
+    child: pexpect.spawn, spawn: Spawn, tmp_path: Path, port: int, username: str
+) -> None:
+    """A pipe-driven laptop with the key from config.ini connects and both sides talk."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(tmp_path / "config.ini", encoding="utf-8")
+    key = parser.get("parameters", "fernet_key")
+    write_config(tmp_path, "laptop.ini", port=port, key=key, username="laptop")
+    connector = spawn("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
+    connector.expect(rf"^WELCOME Welcome to the chat! I am {re.escape(username)}$")
+    child.expect(r"Connected by \('127\.0\.0\.1', \d+\)")
+    child.expect_exact("laptop joined the chat.")
+    connector.send("hi, new listener")
+    child.expect_exact("laptop says: hi, new listener")
+    child.sendline("hello laptop")
+    connector.expect(rf"^{re.escape(username)} says: hello laptop$")
+    leave_from_terminal(child, connector, username)
+
+
+def test_first_run_without_config_creates_it_and_listens(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    port = free_port()
+    child = terminal()
+    child.expect_exact("No config.ini here yet")
+    username, key = answer_first_run(child, port, default_port=50233)
+    check_saved_config(tmp_path / "config.ini", port, username, key)
+    chat_with_new_listener(child, spawn, tmp_path, port, username)
+
+
+def test_example_config_with_empty_key_gets_one_and_listens(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    shutil.copy(ROOT / "config.ini", tmp_path / "config.ini")
+    (tmp_path / "config.ini").chmod(0o644)  # as a checkout leaves it
+    port = free_port()
+    child = terminal()
+    child.expect_exact("config.ini has no fernet_key yet")
+    username, key = answer_first_run(child, port, default_port=50233)
+    check_saved_config(tmp_path / "config.ini", port, username, key)
+    chat_with_new_listener(child, spawn, tmp_path, port, username)
