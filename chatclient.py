@@ -9,16 +9,12 @@ carries a sequence number.  See README.md for the protocol.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import configparser
 import contextlib
-import getpass
 import hashlib
 import hmac
-import ipaddress
 import os
-import queue
 import re
 import signal
 import socket
@@ -31,17 +27,16 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from pathlib import Path
 from types import FrameType
-from typing import ClassVar, TextIO
+from typing import TYPE_CHECKING, ClassVar, TextIO
 
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import (
-    X25519PrivateKey,
-    X25519PublicKey,
-)
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+# cryptography is imported where it is first used, after the first prompt:
+# it is most of the start-up time (see README, Performance).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
 
 __version__ = "1.0.0"
 
@@ -107,12 +102,12 @@ class Config:
     port: int
     key: bytes  # the 32 raw bytes of fernet_key
     username: str
-    path: Path
+    path: str
 
 
 def generate_key() -> str:
     """A fresh random key in the urlsafe base64 form config.ini holds."""
-    return Fernet.generate_key().decode("ascii")
+    return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
 
 
 def decode_key(text: str, where: str = "config.ini") -> bytes:
@@ -157,11 +152,11 @@ def check_username(name: str, where: str) -> str:
     return name
 
 
-def read_config(path: Path) -> dict[str, str]:
+def read_config(path: str) -> dict[str, str]:
     """The raw [parameters] fields of an INI file (strings, possibly empty)."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        with path.open(encoding="utf-8") as file:
+        with open(path, encoding="utf-8") as file:
             parser.read_file(file)
     except FileNotFoundError:
         raise ConfigError(
@@ -181,7 +176,7 @@ def read_config(path: Path) -> dict[str, str]:
     return dict(parser.items(CONFIG_SECTION))
 
 
-def load_config(path: Path, fields: dict[str, str] | None = None) -> Config:
+def load_config(path: str, fields: dict[str, str] | None = None) -> Config:
     """Validate config.ini's fields into a Config, or raise ConfigError."""
     fields = read_config(path) if fields is None else fields
     for name in CONFIG_FIELDS:
@@ -202,12 +197,12 @@ def load_config(path: Path, fields: dict[str, str] | None = None) -> Config:
     )
 
 
-def permission_warning(path: Path) -> str | None:
+def permission_warning(path: str) -> str | None:
     """A warning when a config file holding a key is readable by others."""
     if os.name != "posix":
         return None
     try:
-        mode = path.stat().st_mode
+        mode = os.stat(path).st_mode
     except OSError:
         return None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -233,7 +228,7 @@ def render_config(ip: str, port: int, key: str, username: str) -> str:
     )
 
 
-def write_config(path: Path, text: str) -> None:
+def write_config(path: str, text: str) -> None:
     """Write config.ini readable and writable by its owner only."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -247,6 +242,8 @@ def write_config(path: Path, text: str) -> None:
 def login_name() -> str:
     """The user's login name as a safe default username."""
     try:
+        import getpass
+
         name = getpass.getuser()
     except (OSError, KeyError):
         name = ""
@@ -285,13 +282,28 @@ class Reject(IntEnum):
 
 def derive_psk(key: bytes) -> bytes:
     """The pre-shared key: the config key is never used raw."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=PSK_INFO).derive(key)
+    return hkdf_sha256(key, None, PSK_INFO, 32)
+
+
+def hkdf_sha256(ikm: bytes, salt: bytes | None, info: bytes, length: int) -> bytes:
+    """HKDF-SHA256 (RFC 5869) from the cryptography package."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
 
 
 def key_id(psk: bytes) -> str:
     """A short fingerprint of the PSK so two people can compare configs."""
     digest = hashlib.sha256(psk).hexdigest()
     return f"{digest[:4]}-{digest[4:8]}"
+
+
+def generate_private_key() -> X25519PrivateKey:
+    """A fresh ephemeral X25519 private key."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return X25519PrivateKey.generate()
 
 
 def public_bytes(private_key: X25519PrivateKey) -> bytes:
@@ -352,6 +364,8 @@ def check_peer_key(raw: bytes) -> X25519PublicKey:
     """The peer's X25519 key; all-zero keys are refused."""
     if raw == bytes(32):
         raise HandshakeError("the peer sent an all-zero key: refusing it")
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
     return X25519PublicKey.from_public_bytes(raw)
 
 
@@ -378,9 +392,7 @@ class SessionKeys:
 
 def derive_keys(secret: bytes, psk: bytes, th: bytes) -> tuple[bytes, bytes, bytes, str]:
     """okm split into: connector->listener, listener->connector, confirm, code."""
-    okm = HKDF(algorithm=hashes.SHA256(), length=OKM_SIZE, salt=psk, info=KEYS_INFO + th).derive(
-        secret
-    )
+    okm = hkdf_sha256(secret, psk, KEYS_INFO + th, OKM_SIZE)
     code = int.from_bytes(okm[96:100], "big") % 1_000_000
     return okm[0:32], okm[32:64], okm[64:96], f"{code:06d}"
 
@@ -395,7 +407,7 @@ class ConnectorHandshake:
 
     def __init__(self, psk: bytes, private_key: X25519PrivateKey | None = None) -> None:
         self._psk = psk
-        self._private = private_key or X25519PrivateKey.generate()
+        self._private = private_key or generate_private_key()
         self._public = public_bytes(self._private)
         self.m1 = MAGIC + bytes([VERSION]) + hashlib.sha256(self._public).digest()
 
@@ -414,7 +426,7 @@ class ListenerHandshake:
 
     def __init__(self, psk: bytes, private_key: X25519PrivateKey | None = None) -> None:
         self._psk = psk
-        self._private = private_key or X25519PrivateKey.generate()
+        self._private = private_key or generate_private_key()
         self._m1 = b""
         self.m2 = MAGIC + bytes([VERSION]) + public_bytes(self._private)
 
@@ -638,8 +650,11 @@ class Session:
 
     def __init__(self, keys: SessionKeys) -> None:
         self.keys = keys
+        from cryptography.fernet import Fernet, InvalidToken
+
         self._sender = Fernet(base64.urlsafe_b64encode(keys.send_key))
         self._receiver = Fernet(base64.urlsafe_b64encode(keys.recv_key))
+        self._invalid_token: type[Exception] = InvalidToken
         self._send_seq = 0
         self._recv_seq = 0
         self._send_phase = Phase.AWAIT_WELCOME
@@ -662,9 +677,9 @@ class Session:
             # Fernet's base64 decoding is lenient (it skips stray bytes and unused
             # bits); only the canonical encoding of a token is accepted here.
             if base64.urlsafe_b64encode(base64.urlsafe_b64decode(body)) != body:
-                raise InvalidToken
+                raise ValueError("not canonical base64")
             payload = self._receiver.decrypt(body)
-        except (InvalidToken, ValueError):
+        except (self._invalid_token, ValueError):
             raise ProtocolError(
                 "a message failed its integrity check (tampered with, replayed or "
                 "not from your peer)"
@@ -717,6 +732,8 @@ def format_host(host: str) -> str:
 def unmap(host: str) -> str:
     """An IPv4-mapped IPv6 address shown as plain IPv4."""
     with contextlib.suppress(ValueError):
+        import ipaddress
+
         address = ipaddress.ip_address(host)
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             return str(address.ipv4_mapped)
@@ -956,15 +973,17 @@ class Listener:
         self._seconds = seconds
         self._slots = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
         self._lock = threading.Lock()
-        self._admitted: queue.Queue[Peer] = queue.Queue()
+        self._admitted = threading.Event()
+        self._peer: Peer | None = None
         self._taken = False
         threading.Thread(target=self._accept_loop, name="accept", daemon=True).start()
 
     def wait(self) -> Peer:
         """Block until a peer has completed the handshake."""
-        while True:
-            with contextlib.suppress(queue.Empty):
-                return self._admitted.get(timeout=0.5)
+        while not self._admitted.wait(0.5):  # short waits keep Ctrl-C responsive
+            pass
+        assert self._peer is not None
+        return self._peer
 
     def _accept_loop(self) -> None:
         while True:
@@ -997,7 +1016,8 @@ class Listener:
         if taken:
             refuse(sock, Reject.BUSY)
         else:
-            self._admitted.put(peer)
+            self._peer = peer
+            self._admitted.set()
 
 
 def refuse(sock: socket.socket, reason: Reject) -> None:
@@ -1373,6 +1393,8 @@ examples:
 
 def parse_target(text: str) -> tuple[str, int | None]:
     """HOST:PORT, [IPv6]:PORT or a bare HOST (the port then comes from config.ini)."""
+    import argparse
+
     text = text.strip()
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
@@ -1396,14 +1418,36 @@ def parse_target(text: str) -> tuple[str, int | None]:
 
 def port_argument(text: str) -> int:
     """argparse type for --port."""
+    import argparse
+
     try:
         return parse_port(text, "--port")
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+@dataclass
+class Options:
+    """The command line; these defaults are what no flags mean."""
+
+    config: str = "config.ini"  # pathlib is not imported: start-up time
+    listen: bool = False
+    connect: tuple[str, int | None] | None = None
+    username: str | None = None
+    port: int | None = None
+    init: bool = False
+    key: str | None = None
+    genkey: bool = False
+    keepalive: float = KEEPALIVE_SECONDS
+
+
+def parse_args(argv: list[str] | None) -> Options:
     """The command line; with no flags the prompts ask what flags would answer."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        return Options()  # the usual start skips importing argparse (start-up time)
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="chatclient",
         description="Peer-to-peer end-to-end encrypted chat for the terminal. "
@@ -1413,8 +1457,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--config",
-        type=Path,
-        default=Path("config.ini"),
         metavar="PATH",
         help="settings file (default: config.ini in the current directory)",
     )
@@ -1444,7 +1486,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keepalive",
         type=float,
-        default=KEEPALIVE_SECONDS,
         metavar="SECONDS",
         help=f"idle seconds between keepalives; a peer silent {DEAD_AFTER_INTERVALS:g}x this long "
         f"is reported lost (default {KEEPALIVE_SECONDS:g})",
@@ -1452,7 +1493,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--version", action="version", version=f"chatclient {__version__} (protocol {VERSION})"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv, namespace=Options())
     if args.key is not None and not args.init:
         parser.error("--key only goes with --init")
     if args.keepalive <= 0:
@@ -1474,11 +1515,9 @@ def ask_until_valid(
         return answer
 
 
-def make_config(
-    args: argparse.Namespace, term: Terminal, fields: dict[str, str], ask: bool
-) -> Config:
+def make_config(args: Options, term: Terminal, fields: dict[str, str], ask: bool) -> Config:
     """Create (or complete) config.ini with a key; ask questions when `ask`."""
-    path: Path = args.config
+    path = args.config
     username = args.username or fields.get("username", "").strip() or login_name()
     port = str(args.port or fields.get("port", "").strip() or DEFAULT_PORT)
     ip = fields.get("ip", "").strip() or "0.0.0.0"
@@ -1526,14 +1565,14 @@ def ask_key(term: Terminal) -> str:
         return pasted
 
 
-def obtain_config(args: argparse.Namespace, term: Terminal) -> tuple[Config, bool]:
+def obtain_config(args: Options, term: Terminal) -> tuple[Config, bool]:
     """Load config.ini, or on a terminal create it; True when just created."""
-    path: Path = args.config
+    path = args.config
     fields: dict[str, str] = {}
     try:
         fields = read_config(path)
     except ConfigError:
-        if path.exists() or not term.interactive:
+        if os.path.exists(path) or not term.interactive:
             raise
         term.show(f"No {path} here yet: let's create one (Ctrl-C to cancel).")
         return make_config(args, term, fields, ask=True), True
@@ -1549,11 +1588,11 @@ def obtain_config(args: argparse.Namespace, term: Terminal) -> tuple[Config, boo
     return load_config(path, fields), False
 
 
-def init_config(args: argparse.Namespace, term: Terminal) -> None:
+def init_config(args: Options, term: Terminal) -> None:
     """--init: create config.ini without questions, never overwriting a key."""
-    path: Path = args.config
+    path = args.config
     fields: dict[str, str] = {}
-    if path.exists():
+    if os.path.exists(path):
         fields = read_config(path)
         if fields.get("fernet_key", "").strip():
             raise ConfigError(
@@ -1574,7 +1613,7 @@ def ask_mode(term: Terminal) -> str:
         term.error("Please type listen (or l) to wait for a peer, or connect (or c) to reach one.")
 
 
-def ask_target(term: Terminal, default_port: int) -> tuple[str, int]:
+def ask_target(term: Terminal) -> tuple[str, int]:
     """Ask the peer's address and port."""
     while not (host := term.ask("Enter peer IP: ").strip().strip("[]")):
         term.error("error: type the IP address (or host name) of your peer")
@@ -1598,17 +1637,22 @@ def wait_for_peer(config: Config, term: Terminal, psk: bytes) -> Peer:
         f"Listening on {format_host(config.ip)}:{config.port}; "
         "waiting for your peer (Ctrl-C to stop)."
     )
-    return Listener(server, psk, config.username, term.error).wait()
+    peer = Listener(server, psk, config.username, term.error).wait()
+    term.show(f"Connected by {peer.address!r}")
+    term.show(f"{sanitize(peer.name)} joined the chat.")
+    return peer
 
 
-def connect_to_peer(host: str, port: int, config: Config, psk: bytes) -> Peer:
+def connect_to_peer(host: str, port: int, config: Config, psk: bytes, term: Terminal) -> Peer:
     """Connect and complete the handshake, or raise a ChatError."""
     sock = connect_socket(host, port)
     try:
-        return handshake_as_connector(sock, psk, config.username)
+        peer = handshake_as_connector(sock, psk, config.username)
     except BaseException:
         sock.close()
         raise
+    term.show(f"WELCOME Welcome to the chat! I am {sanitize(peer.name)}")
+    return peer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1625,17 +1669,17 @@ def main(argv: list[str] | None = None) -> int:
             init_config(args, term)
             return 0
         config, just_created = obtain_config(args, term)
-        psk = derive_psk(config.key)
         term.show(f"Your IP and port are: {shown_address(config)}")
+        listening = args.listen or (
+            not args.connect and (just_created or ask_mode(term) == "listen")
+        )
+        target = None if listening else (args.connect or ask_target(term))
+        psk = derive_psk(config.key)  # the first use of cryptography: after the prompts
         term.show(f"Key ID: {key_id(psk)} (your peer must see the same ID, or your keys differ)")
-        if args.connect or (not args.listen and not just_created and ask_mode(term) == "connect"):
-            host, port = args.connect or ask_target(term, config.port)
-            peer = connect_to_peer(host, port or config.port, config, psk)
-            term.show(f"WELCOME Welcome to the chat! I am {sanitize(peer.name)}")
-        else:
+        if target is None:
             peer = wait_for_peer(config, term, psk)
-            term.show(f"Connected by {peer.address!r}")
-            term.show(f"{sanitize(peer.name)} joined the chat.")
+        else:
+            peer = connect_to_peer(target[0], target[1] or config.port, config, psk, term)
         term.show(
             f"Session code: {peer.session.keys.code} "
             "(compare with your peer; /verify shows it again)"
