@@ -1540,14 +1540,13 @@ def make_config(args: Options, term: Terminal, fields: dict[str, str], ask: bool
     write_config(path, render_config(config.ip, config.port, key, config.username))
     term.show(f"Saved {path} (readable only by you).")
     if generated:
-        shown = lan_address() if is_wildcard(config.ip) else config.ip
         term.show(
             "Your new key (give it to your peer privately: in person or through a password "
             "manager, never by plain email or in a chat; anyone who has it can join and read "
             f"your chats):\n    {key}\nYour peer saves it with:\n"
             f"    python chatclient.py --init --key {key} --username THEIR_NAME\n"
             "and connects with:\n"
-            f"    python chatclient.py --connect {format_host(shown)}:{config.port}"
+            f"    python chatclient.py --connect {shown_address(config)}"
         )
     return config
 
