@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import os
 import re
+import select
 import signal
 import socket
 import stat
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from types import FrameType
-from typing import TYPE_CHECKING, ClassVar, TextIO
+from typing import TYPE_CHECKING, ClassVar, NoReturn, TextIO
 
 # cryptography is imported where it is first used, after the first prompt:
 # it is most of the start-up time (see README, Performance).
@@ -159,21 +160,32 @@ def read_config(path: str) -> dict[str, str]:
         with open(path, encoding="utf-8") as file:
             parser.read_file(file)
     except FileNotFoundError:
+        init = "--init" if path == "config.ini" else f"--init --config {path}"
         raise ConfigError(
-            f"{path} not found: create it with `python chatclient.py --init` "
+            f"{path} not found: create it with `python chatclient.py {init}` "
             "(or copy the example config.ini and set fernet_key)"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it: {describe_os_error(exc)}") from exc
     except configparser.Error as exc:
-        first = str(exc).splitlines()[0]
-        raise ConfigError(f"{path} is not a valid INI file: {first}") from exc
+        raise ConfigError(f"{path} is not a valid INI file: {describe_ini_error(exc)}") from exc
     if not parser.has_section(CONFIG_SECTION):
         raise ConfigError(
             f"{path}: missing the [{CONFIG_SECTION}] section: "
             "see the example config.ini in README.md"
         )
     return dict(parser.items(CONFIG_SECTION))
+
+
+def describe_ini_error(exc: configparser.Error) -> str:
+    """configparser's complaint in one line, naming the line it concerns."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno}: text before the [{CONFIG_SECTION}] header"
+    errors = getattr(exc, "errors", None)
+    if errors:
+        lineno, line = errors[0]
+        return f"line {lineno}: {line} is not of the form name = value"
+    return str(exc).splitlines()[0]
 
 
 def load_config(path: str, fields: dict[str, str] | None = None) -> Config:
@@ -847,7 +859,7 @@ class Deadline:
 
 def read_frame(sock: socket.socket, decoder: FrameDecoder, deadline: Deadline, limit: int) -> bytes:
     """The next frame during the handshake, within the deadline and size limit."""
-    while (body := decoder.next_frame(limit)) is None:
+    while (body := next_handshake_frame(decoder, limit)) is None:
         sock.settimeout(deadline.remaining())
         try:
             data = sock.recv(4096)
@@ -862,6 +874,16 @@ def read_frame(sock: socket.socket, decoder: FrameDecoder, deadline: Deadline, l
             raise HandshakeError("the peer closed the connection during the handshake")
         decoder.feed(data)
     return body
+
+
+def next_handshake_frame(decoder: FrameDecoder, limit: int) -> bytes | None:
+    """decoder.next_frame, with an oversized frame named as a foreign protocol."""
+    try:
+        return decoder.next_frame(limit)
+    except ProtocolError as exc:
+        raise HandshakeError(
+            f"the other side is not speaking the chatclient protocol ({exc})"
+        ) from exc
 
 
 @dataclass
@@ -978,10 +1000,13 @@ class Listener:
         self._taken = False
         threading.Thread(target=self._accept_loop, name="accept", daemon=True).start()
 
-    def wait(self) -> Peer:
-        """Block until a peer has completed the handshake."""
-        while not self._admitted.wait(0.5):  # short waits keep Ctrl-C responsive
-            pass
+    def wait(self, watch: Callable[[threading.Event], None] | None = None) -> Peer:
+        """Block until a peer has completed the handshake; `watch` polls meanwhile."""
+        while not self._admitted.is_set():
+            if watch is None:
+                self._admitted.wait(0.5)  # short waits keep Ctrl-C responsive
+            else:
+                watch(self._admitted)
         assert self._peer is not None
         return self._peer
 
@@ -1171,6 +1196,24 @@ class Terminal:
         finally:
             with self._lock:
                 self._prompt = None
+
+    def watch_input(self, done: threading.Event) -> None:
+        """Wait a moment for `done` while nobody is connected yet.
+
+        End of input raises EOFError (the program ends quietly); a line typed
+        now has nobody to go to, so it is refused rather than sent later.
+        """
+        try:
+            fd = self.stdin.fileno()
+            readable, _, _ = select.select([fd], [], [], 0.1)
+        except (OSError, ValueError):  # no pollable stdin (closed, or Windows)
+            done.wait(0.5)
+            return
+        if not readable:
+            return
+        if not os.read(fd, 4096):
+            raise EOFError
+        self.error("Nobody is connected yet: that line was not sent.")
 
     def clear_prompt(self) -> None:
         """Wipe an abandoned prompt line (the chat ended while typing)."""
@@ -1448,7 +1491,11 @@ def parse_args(argv: list[str] | None) -> Options:
         return Options()  # the usual start skips importing argparse (start-up time)
     import argparse
 
-    parser = argparse.ArgumentParser(
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            self.exit(2, f"error: {message} (see python chatclient.py -h)\n")
+
+    parser = Parser(
         prog="chatclient",
         description="Peer-to-peer end-to-end encrypted chat for the terminal. "
         "One person listens, the other connects; both need the same fernet_key.",
@@ -1522,16 +1569,28 @@ def make_config(args: Options, term: Terminal, fields: dict[str, str], ask: bool
     port = str(args.port or fields.get("port", "").strip() or DEFAULT_PORT)
     ip = fields.get("ip", "").strip() or "0.0.0.0"
     key = args.key.strip() if args.key else ""
+    if args.key is not None:
+        decode_key(args.key, "--key")
+    if args.username is not None:
+        check_username(args.username, "--username")
     if ask:
         if not args.username:
             username = ask_until_valid(
                 term, "Your username", username, lambda v: check_username(v, "username")
             )
-        if not args.port:
-            port = ask_until_valid(term, "Port to listen on", port, lambda v: parse_port(v, "port"))
-        ip = ask_until_valid(
-            term, "Address to listen on (0.0.0.0 = all interfaces)", ip, lambda v: v
-        )
+        while True:
+            if not args.port:
+                port = ask_until_valid(
+                    term, "Port to listen on", port, lambda v: parse_port(v, "port")
+                )
+            ip = ask_until_valid(
+                term, "Address to listen on (0.0.0.0 = all interfaces)", ip, lambda v: v
+            )
+            if args.connect or (problem := listen_problem(ip, int(port))) is None:
+                break
+            if args.port:
+                raise NetworkError(problem)
+            term.error(f"error: {problem}")
         if args.connect and not key:
             key = ask_key(term)
     generated = not key
@@ -1541,14 +1600,23 @@ def make_config(args: Options, term: Terminal, fields: dict[str, str], ask: bool
     term.show(f"Saved {path} (readable only by you).")
     if generated:
         term.show(
-            "Your new key (give it to your peer privately: in person or through a password "
-            "manager, never by plain email or in a chat; anyone who has it can join and read "
-            f"your chats):\n    {key}\nYour peer saves it with:\n"
+            "Your new key is below. Give it to your peer privately (in person, or through a\n"
+            "password manager), never by plain e-mail or in a chat: anyone who has it can\n"
+            f"join and read your chats.\n    {key}\nYour peer saves it with:\n"
             f"    python chatclient.py --init --key {key} --username THEIR_NAME\n"
             "and connects with:\n"
             f"    python chatclient.py --connect {shown_address(config)}"
         )
     return config
+
+
+def listen_problem(ip: str, port: int) -> str | None:
+    """Why listening on ip:port would fail now, or None if it would work."""
+    try:
+        listen_socket(ip, port).close()
+    except NetworkError as exc:
+        return str(exc)
+    return None
 
 
 def ask_key(term: Terminal) -> str:
@@ -1580,8 +1648,8 @@ def obtain_config(args: Options, term: Terminal) -> tuple[Config, bool]:
         return make_config(args, term, fields, ask=True), True
     if (warning := permission_warning(path)) is not None:
         term.error(warning)
-    if args.username:
-        fields["username"] = args.username
+    if args.username is not None:
+        fields["username"] = check_username(args.username, "--username")
     if args.port:
         fields["port"] = str(args.port)
     return load_config(path, fields), False
@@ -1636,7 +1704,7 @@ def wait_for_peer(config: Config, term: Terminal, psk: bytes) -> Peer:
         f"Listening on {format_host(config.ip)}:{config.port}; "
         "waiting for your peer (Ctrl-C to stop)."
     )
-    peer = Listener(server, psk, config.username, term.error).wait()
+    peer = Listener(server, psk, config.username, term.error).wait(term.watch_input)
     term.show(f"Connected by {peer.address!r}")
     term.show(f"{sanitize(peer.name)} joined the chat.")
     return peer

@@ -394,7 +394,7 @@ def test_port_already_in_use(tmp_path: Path) -> None:
 
 
 def test_address_not_on_this_machine(tmp_path: Path) -> None:
-    write_config(tmp_path, ip="192.0.2.1", port=free_port())  # TEST-NET-1: never local
+    write_config(tmp_path, ip="203.0.113.77", port=free_port())  # TEST-NET-3: not local
     result = run("--listen", cwd=tmp_path)
     assert result.returncode != 0
     assert "that address is not on this machine" in one_error(result.stderr)
@@ -747,3 +747,101 @@ def test_keepalive_keeps_an_idle_chat_open(chat: Spawn, tmp_path: Path) -> None:
     assert finish(connector) == 0
     for proc in (listener, connector):
         assert not any("Connection lost" in line for line in proc.out + proc.err)
+
+
+# --- Mistakes a newcomer makes ---------------------------------------------------------------
+
+
+def test_end_of_input_while_listening_ends_quietly(chat: Spawn, tmp_path: Path) -> None:
+    write_config(tmp_path, port=free_port())
+    listener = chat("--listen")
+    listener.expect(r"^Listening on ")
+    listener.close_stdin()
+    assert finish(listener) == 1
+    assert listener.err == []
+
+
+def test_a_line_typed_while_listening_is_refused_not_sent_later(
+    chat: Spawn, tmp_path: Path
+) -> None:
+    port = free_port()
+    write_config(tmp_path, "desktop.ini", port=port, username="desktop")
+    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
+    listener = chat("--config", "desktop.ini", "--listen")
+    listener.expect(r"^Listening on ")
+    listener.send("too early")
+    listener.expect(r"^Nobody is connected yet: that line was not sent\.$", stream="err")
+    connector = chat("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
+    listener.expect(r"^laptop joined the chat\.$")
+    listener.send("on time")
+    connector.expect(r"^desktop says: on time$")
+    leave(connector)
+    assert finish(listener) == 0
+    assert says(connector.out, "desktop") == ["on time"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--port", "abc"), "--port must be a number from 1 to 65535, not 'abc'"),
+        (("--connect", "::1"), "brackets"),
+        (("--listen", "--connect", "127.0.0.1:1"), "not allowed with"),
+        (("--key", KEY), "--key only goes with --init"),
+        (("--bogus",), "unrecognized arguments: --bogus"),
+    ],
+)
+def test_a_mistake_in_the_flags_is_one_line(
+    tmp_path: Path, args: tuple[str, ...], words: str
+) -> None:
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert words in one_error(result.stderr)
+    assert result.stdout == ""
+
+
+def test_flag_values_are_named_in_errors(tmp_path: Path) -> None:
+    write_config(tmp_path, port=free_port())
+    line = one_error(run("--username", "a\x1b[31mb", "--listen", cwd=tmp_path).stderr)
+    assert line.startswith("error: --username: ")
+    line = one_error(run("--init", "--key", "abc", "--config", "new.ini", cwd=tmp_path).stderr)
+    assert line.startswith("error: --key: ")
+    assert not (tmp_path / "new.ini").exists()
+    line = one_error(run("--config", "elsewhere/x.ini", "--listen", cwd=tmp_path).stderr)
+    assert "--init --config elsewhere/x.ini" in line
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("junk\n[parameters]\n", "line 1: text before the [parameters] header"),
+        ("[parameters]\nip = 1\nfoo\n", "line 3: 'foo\\n' is not of the form name = value"),
+        ("[parameters]\n[parameters]\n", "[line  2]: section 'parameters' already exists"),
+    ],
+)
+def test_a_broken_ini_file_names_the_line(tmp_path: Path, text: str, words: str) -> None:
+    (tmp_path / "config.ini").write_text(text, encoding="utf-8")
+    result = run("--listen", cwd=tmp_path)
+    assert result.returncode == 1
+    assert words in one_error(result.stderr)
+
+
+def test_connecting_to_something_else_says_so(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(TIMEOUT)
+
+        def answer_like_a_web_server() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(TIMEOUT)
+                conn.recv(100)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        thread = threading.Thread(target=answer_like_a_web_server, daemon=True)
+        thread.start()
+        result = run("--connect", f"127.0.0.1:{server.getsockname()[1]}", cwd=tmp_path)
+        thread.join(TIMEOUT)
+    assert result.returncode == 1
+    assert "not speaking the chatclient protocol" in one_error(result.stderr)

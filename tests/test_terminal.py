@@ -9,7 +9,7 @@ import configparser
 import io
 import os
 import re
-import shutil
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -150,7 +150,7 @@ def answer_first_run(child: pexpect.spawn, port: int, default_port: int) -> tupl
     child.expect_exact("Address to listen on (0.0.0.0 = all interfaces) [0.0.0.0]: ")
     child.sendline("")
     child.expect_exact("Saved config.ini (readable only by you).")
-    child.expect_exact("Your new key (give it to your peer privately")
+    child.expect_exact("Your new key is below. Give it to your peer privately")
     child.expect(r"\n    ([A-Za-z0-9_-]{43}=)\r?\n")
     key = child.match.group(1)
     child.expect(r"Your IP and port are: (\S+)\r?\n")
@@ -200,7 +200,12 @@ def test_first_run_without_config_creates_it_and_listens(
 def test_example_config_with_empty_key_gets_one_and_listens(
     terminal: Terminal, spawn: Spawn, tmp_path: Path
 ) -> None:
-    shutil.copy(ROOT / "config.ini", tmp_path / "config.ini")
+    # The repository's example, with its key emptied again in case a first run
+    # in this checkout (README's quick start) has already filled it in.
+    example = (ROOT / "config.ini").read_text(encoding="utf-8")
+    assert "fernet_key =" in example
+    emptied = re.sub(r"(?m)^fernet_key *=.*$", "fernet_key =", example)
+    (tmp_path / "config.ini").write_text(emptied, encoding="utf-8")
     (tmp_path / "config.ini").chmod(0o644)  # as a checkout leaves it
     port = free_port()
     child = terminal()
@@ -208,3 +213,26 @@ def test_example_config_with_empty_key_gets_one_and_listens(
     username, key = answer_first_run(child, port, default_port=50233)
     check_saved_config(tmp_path / "config.ini", port, username, key)
     chat_with_new_listener(child, spawn, tmp_path, port, username)
+
+
+def test_first_run_asks_again_for_a_port_that_is_in_use(terminal: Terminal, tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        free = free_port()
+        child = terminal()
+        child.expect(r"Your username \[[^\]\r\n]+\]: ")
+        child.sendline("")
+        child.expect_exact("Port to listen on [50233]: ")
+        child.sendline(str(busy))
+        child.expect_exact("Address to listen on (0.0.0.0 = all interfaces) [0.0.0.0]: ")
+        child.sendline("")
+        child.expect_exact(f"error: port {busy} is already in use")
+        child.expect_exact(f"Port to listen on [{busy}]: ")
+        child.sendline(str(free))
+        child.expect_exact("Address to listen on (0.0.0.0 = all interfaces) [0.0.0.0]: ")
+        child.sendline("")
+        child.expect_exact("Saved config.ini (readable only by you).")
+        child.expect_exact(f"Listening on 0.0.0.0:{free};")
+    assert f"port = {free}" in (tmp_path / "config.ini").read_text(encoding="utf-8")
