@@ -31,8 +31,8 @@ from enum import Enum, IntEnum
 from types import FrameType
 from typing import TYPE_CHECKING, ClassVar, NoReturn, TextIO
 
-# cryptography is imported where it is first used, after the first prompt:
-# it is most of the start-up time (see README, Performance).
+# cryptography's modules are imported where first used, so the start-up only
+# loads what the Key ID needs (see README, Performance).
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.x25519 import (
         X25519PrivateKey,
@@ -1736,13 +1736,13 @@ def main(argv: list[str] | None = None) -> int:
             init_config(args, term)
             return 0
         config, just_created = obtain_config(args, term)
+        psk = derive_psk(config.key)
         term.show(f"Your IP and port are: {shown_address(config)}")
+        term.show(f"Key ID: {key_id(psk)} (your peer must see the same ID, or your keys differ)")
         listening = args.listen or (
             not args.connect and (just_created or ask_mode(term) == "listen")
         )
         target = None if listening else (args.connect or ask_target(term))
-        psk = derive_psk(config.key)  # the first use of cryptography: after the prompts
-        term.show(f"Key ID: {key_id(psk)} (your peer must see the same ID, or your keys differ)")
         if target is None:
             peer = wait_for_peer(config, term, psk)
         else:

@@ -164,23 +164,22 @@ def test_transcript_through_the_prompts(chat: Spawn, tmp_path: Path) -> None:
 
     assert listener.out[:4] == [
         f"Your IP and port are: 127.0.0.1:{port}",
+        listener.out[1],  # Key ID
         MODE_PROMPT,
         MODE_PROMPT,
-        listener.out[3],  # Key ID, once the prompts are answered
     ]
-    assert listener.out[3].startswith("Key ID: ")
+    assert listener.out[1].startswith("Key ID: ")
     assert listener.err == [
         "Please type listen (or l) to wait for a peer, or connect (or c) to reach one."
     ]
     prompts = connector.out[connector.out.index(MODE_PROMPT) :]
-    assert prompts[:5] == [
+    assert prompts[:4] == [
         MODE_PROMPT,
         "Enter peer IP: ",
         "Enter peer port: ",
-        prompts[3],
         "WELCOME Welcome to the chat! I am desktop",
     ]
-    assert prompts[3] == listener.out[3]  # the same Key ID on both sides
+    assert connector.out[1] == listener.out[1]  # the same Key ID on both sides
     assert connector.out[-3:] == [
         "Enter goodbye text (optional): ",
         "Sent TERMINATE message.",
