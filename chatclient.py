@@ -944,9 +944,17 @@ def handshake_as_connector(
 
 
 def handshake_as_listener(
-    sock: socket.socket, psk: bytes, username: str, seconds: float = HANDSHAKE_SECONDS
+    sock: socket.socket,
+    psk: bytes,
+    username: str,
+    seconds: float = HANDSHAKE_SECONDS,
+    claim: Callable[[], bool] = lambda: True,
 ) -> Peer:
-    """Run the listener's side on an accepted socket; return the admitted peer."""
+    """Run the listener's side on an accepted socket; return the admitted peer.
+
+    `claim` is asked once the connector has proven the key, before WELCOME:
+    when it says no (someone else got in first), the connector is told busy.
+    """
     deadline = Deadline(seconds)
     decoder = FrameDecoder()
     handshake = ListenerHandshake(psk)
@@ -965,6 +973,10 @@ def handshake_as_listener(
         with contextlib.suppress(OSError):
             sock.sendall(encode_frame(reject_frame(Reject.KEY_MISMATCH)))
         raise
+    if not claim():
+        with contextlib.suppress(OSError):
+            sock.sendall(encode_frame(reject_frame(Reject.BUSY)))
+        raise HandshakeError("another peer got in first")
     session = Session(keys)
     send_all(sock, session.encode(Welcome(username)))
     welcome = session.decode(read_frame(sock, decoder, deadline, MAX_FRAME))
@@ -975,9 +987,10 @@ def handshake_as_listener(
 class Listener:
     """Accept connections and run their handshakes concurrently.
 
-    At most MAX_PENDING_HANDSHAKES run at once, so silent or slow connections
-    never block a real peer; the first to finish is admitted, later ones are
-    told the listener is busy.
+    At most MAX_PENDING_HANDSHAKES run at once; a new connection beyond that
+    evicts the oldest unfinished one, so silent or slow connections never lock
+    a real peer out. The first to prove the key claims the chat; later ones
+    are told the listener is busy.
     """
 
     def __init__(
@@ -993,11 +1006,12 @@ class Listener:
         self._username = username
         self._report = report
         self._seconds = seconds
-        self._slots = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
         self._lock = threading.Lock()
+        self._pending: dict[socket.socket, float] = {}  # handshakes under way, by start
+        self._evicted: set[socket.socket] = set()
+        self._taken = False
         self._admitted = threading.Event()
         self._peer: Peer | None = None
-        self._taken = False
         threading.Thread(target=self._accept_loop, name="accept", daemon=True).start()
 
     def wait(self, watch: Callable[[threading.Event], None] | None = None) -> Peer:
@@ -1016,33 +1030,70 @@ class Listener:
                 sock, address = self._server.accept()
             except OSError:
                 return
-            if self._taken:
+            with self._lock:
+                busy = self._taken
+                if not busy:
+                    self._make_room()
+                    self._pending[sock] = time.monotonic()
+            if busy:
                 refuse(sock, Reject.BUSY)
-                continue
-            if not self._slots.acquire(blocking=False):
-                sock.close()  # too many handshakes under way: shed load
                 continue
             threading.Thread(
                 target=self._admit, args=(sock, address), name="handshake", daemon=True
             ).start()
 
-    def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        shown = (unmap(address[0]), address[1])
-        try:
-            peer = handshake_as_listener(sock, self._psk, self._username, self._seconds)
-        except ChatError as exc:
-            sock.close()
-            self._report(f"Refused a connection from {shown!r}: {exc}")
+    def _make_room(self) -> None:
+        """Evict the oldest unfinished handshake when all slots are taken (lock held)."""
+        if len(self._pending) < MAX_PENDING_HANDSHAKES:
             return
-        finally:
-            self._slots.release()
+        oldest = min(self._pending, key=self._pending.__getitem__)
+        del self._pending[oldest]
+        self._evicted.add(oldest)
+        with contextlib.suppress(OSError):
+            oldest.shutdown(socket.SHUT_RDWR)  # wakes its handshake thread
+
+    def _claim(self) -> bool:
+        """Take the one chat slot, or False if another peer has it."""
         with self._lock:
             taken, self._taken = self._taken, True
-        if taken:
-            refuse(sock, Reject.BUSY)
-        else:
-            self._peer = peer
-            self._admitted.set()
+        return not taken
+
+    def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        claimed = False
+
+        def claim() -> bool:
+            nonlocal claimed
+            claimed = self._claim()
+            return claimed
+
+        try:
+            peer = handshake_as_listener(sock, self._psk, self._username, self._seconds, claim)
+        except ChatError as exc:
+            sock.close()
+            with self._lock:
+                self._pending.pop(sock, None)
+                evicted = sock in self._evicted
+                self._evicted.discard(sock)
+                if claimed:
+                    self._taken = False
+                chatting = self._taken  # then stay quiet: the chat is on screen
+            if not chatting:
+                self._report(self._refusal(address, exc, evicted))
+            return
+        with self._lock:
+            self._pending.pop(sock, None)
+        self._peer = peer
+        self._admitted.set()
+
+    @staticmethod
+    def _refusal(address: tuple[str, int], exc: ChatError, evicted: bool) -> str:
+        shown = (unmap(address[0]), address[1])
+        if evicted:
+            return (
+                f"Dropped a connection from {shown!r}: it was the oldest of "
+                f"{MAX_PENDING_HANDSHAKES} unfinished handshakes"
+            )
+        return f"Refused a connection from {shown!r}: {exc}"
 
 
 def refuse(sock: socket.socket, reason: Reject) -> None:

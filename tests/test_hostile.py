@@ -669,3 +669,43 @@ def test_listener_vanishing_right_after_its_welcome_leaves_no_traceback_on_the_c
     assert any(
         line.startswith(("error: ", "Connection lost: ")) for line in connector.out + connector.err
     )
+
+
+def test_more_silent_connections_than_slots_do_not_lock_out_a_real_peer(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    listener, port = start_listener(spawn, tmp_path)
+    silent = [connect(port) for _ in range(chatclient.MAX_PENDING_HANDSHAKES + 4)]
+    try:
+        started = time.monotonic()
+        friend = start_connector(spawn, tmp_path, port)
+        joined(listener, friend)
+        elapsed = time.monotonic() - started
+        chat_both_ways(listener, friend, "beside twenty silent ones")
+        assert elapsed < 5.0, f"the real peer took {elapsed:.1f} s to get in"
+    finally:
+        for sock in silent:
+            sock.close()
+    assert any(line.startswith("Dropped a connection from") for line in listener.err)
+
+
+def test_a_connector_that_proves_the_key_after_another_got_in_is_told_busy() -> None:
+    psk = chatclient.derive_psk(chatclient.decode_key(KEY))
+    listening, connecting = socket.socketpair()
+    listening.settimeout(TIMEOUT)
+    connecting.settimeout(TIMEOUT)
+    errors: list[chatclient.ChatError] = []
+
+    def listen() -> None:
+        try:
+            chatclient.handshake_as_listener(listening, psk, "desktop", claim=lambda: False)
+        except chatclient.ChatError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    with listening, connecting:
+        with pytest.raises(chatclient.HandshakeError, match="already chatting"):
+            chatclient.handshake_as_connector(connecting, psk, "laptop")
+        thread.join(TIMEOUT)
+    assert [str(exc) for exc in errors] == ["another peer got in first"]
