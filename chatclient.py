@@ -244,6 +244,8 @@ def write_config(path: str, text: str) -> None:
     """Write config.ini readable and writable by its owner only."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)  # an existing file loses its wider mode before the key lands
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
         os.chmod(path, 0o600)
@@ -770,6 +772,13 @@ def lan_address() -> str:
         address = "127.0.0.1"
     finally:
         probe.close()
+    if not address.startswith("127."):
+        return address
+    # No route to that probe (a LAN without a gateway): ask the host name.
+    with contextlib.suppress(OSError, UnicodeError):
+        for candidate in socket.gethostbyname_ex(socket.gethostname())[2]:
+            if not candidate.startswith("127."):
+                return candidate
     return address
 
 
@@ -1185,6 +1194,7 @@ class Terminal:
         self._prompt: str | None = None
         self._line_buffer: Callable[[], str] = str
         self._redraw: Callable[[], None] | None = None
+        self._clear_line: Callable[[], None] | None = None
         if self.interactive:
             self._load_readline()
 
@@ -1198,7 +1208,9 @@ class Terminal:
         try:  # readline's own full redraw keeps the cursor where the user left it
             import ctypes
 
-            library = ctypes.CDLL(readline.__file__)
+            # PyDLL keeps the GIL during the call, so a redraw never runs while
+            # the main thread is inside readline handling a keypress.
+            library = ctypes.PyDLL(readline.__file__)
             new_line, forced = library.rl_on_new_line, library.rl_forced_update_display
         except (ImportError, OSError, AttributeError):
             return
@@ -1208,24 +1220,25 @@ class Terminal:
             forced()
 
         self._redraw = redraw
+        with contextlib.suppress(AttributeError):  # readline 7 and later
+            self._clear_line = library.rl_clear_visible_line
 
     def show(self, line: str, stream: TextIO | None = None) -> None:
         """Print a line; on a terminal, redraw the prompt and typed text below it."""
         out = stream or self.stdout
         with self._lock:
             if self._prompt is None or not self.interactive:
-                out.write(line + "\n")
-                out.flush()
+                write(out, line + "\n")
                 return
-            self.stdout.write("\r\x1b[2K")
-            self.stdout.flush()
-            out.write(line + "\n")
-            out.flush()
+            if self._clear_line is not None:
+                self._clear_line()  # every row of a long, wrapped input line
+            else:
+                write(self.stdout, "\r\x1b[2K")
+            write(out, line + "\n")
             if self._redraw is not None:
                 self._redraw()
             else:
-                self.stdout.write(self._prompt + self._line_buffer())
-                self.stdout.flush()
+                write(self.stdout, self._prompt + self._line_buffer())
 
     def error(self, line: str) -> None:
         """Print a line on stderr."""
@@ -1240,8 +1253,7 @@ class Terminal:
         with self._lock:
             self._prompt = prompt
             if prompt and not self.interactive:
-                self.stdout.write(prompt + "\n")
-                self.stdout.flush()
+                write(self.stdout, prompt + "\n")
         try:
             return input(prompt if self.interactive else "")
         finally:
@@ -1270,15 +1282,35 @@ class Terminal:
         """Wipe an abandoned prompt line (the chat ended while typing)."""
         if self.interactive:
             with self._lock:
-                self.stdout.write("\r\x1b[2K")
-                self.stdout.flush()
+                write(self.stdout, "\r\x1b[2K")
 
     def newline(self) -> None:
         """End a line left open by Ctrl-C or Ctrl-D at a terminal prompt."""
         if self.interactive:
             with self._lock:
-                self.stdout.write("\n")
-                self.stdout.flush()
+                write(self.stdout, "\n")
+
+
+def write(stream: TextIO, text: str) -> None:
+    """Write and flush; a reader that went away (closed pipe) silences the stream."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+
+
+def ensure_std_streams() -> None:
+    """Stand /dev/null in for a closed stdin, stdout or stderr (e.g. `>&-`)."""
+    if sys.stdin is None:
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
 
 
 # --- Chat: the receiver thread and the input loop ------------------------------
@@ -1378,11 +1410,20 @@ class Conversation:
                 self._send_chat(line[1:] if line.startswith("//") else line)
 
     def _ask_goodbye(self) -> str:
-        try:
-            return self.term.ask("Enter goodbye text (optional): ")
-        except (EOFError, KeyboardInterrupt):
-            self.term.newline()
-            return ""
+        """The goodbye text, asked again until it can be sent."""
+        while True:
+            try:
+                text = self.term.ask("Enter goodbye text (optional): ")
+                encode_text(text, MAX_TEXT, "goodbye text")
+            except (EOFError, KeyboardInterrupt):
+                self.term.newline()
+                return ""
+            except UnicodeDecodeError:
+                self.term.error("error: that line is not valid UTF-8 text: type it again")
+            except ChatError as exc:
+                self.term.error(f"error: {exc}")
+            else:
+                return text
 
     def _send_chat(self, text: str) -> None:
         try:
@@ -1594,8 +1635,8 @@ def parse_args(argv: list[str] | None) -> Options:
     args = parser.parse_args(argv, namespace=Options())
     if args.key is not None and not args.init:
         parser.error("--key only goes with --init")
-    if args.keepalive <= 0:
-        parser.error("--keepalive must be a positive number of seconds")
+    if not 0 < args.keepalive <= 3600:  # also refuses nan and inf
+        parser.error("--keepalive must be a number of seconds above 0 and at most 3600")
     return args
 
 
@@ -1697,7 +1738,8 @@ def obtain_config(args: Options, term: Terminal) -> tuple[Config, bool]:
     if not fields.get("fernet_key", "").strip() and term.interactive:
         term.show(f"{path} has no fernet_key yet: let's make one and save it (Ctrl-C to cancel).")
         return make_config(args, term, fields, ask=True), True
-    if (warning := permission_warning(path)) is not None:
+    has_key = bool(fields.get("fernet_key", "").strip())
+    if has_key and (warning := permission_warning(path)) is not None:
         term.error(warning)
     if args.username is not None:
         fields["username"] = check_username(args.username, "--username")
@@ -1775,6 +1817,7 @@ def connect_to_peer(host: str, port: int, config: Config, psk: bytes, term: Term
 
 def main(argv: list[str] | None = None) -> int:
     """Load config, listen or connect, handshake, chat, report how it ended."""
+    ensure_std_streams()
     args = parse_args(argv)
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]

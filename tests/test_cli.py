@@ -11,6 +11,7 @@ import io
 import ipaddress
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -787,6 +788,8 @@ def test_a_line_typed_while_listening_is_refused_not_sent_later(
         (("--listen", "--connect", "127.0.0.1:1"), "not allowed with"),
         (("--key", KEY), "--key only goes with --init"),
         (("--bogus",), "unrecognized arguments: --bogus"),
+        (("--keepalive", "nan"), "--keepalive must be a number of seconds above 0"),
+        (("--keepalive", "inf"), "--keepalive must be a number of seconds above 0"),
     ],
 )
 def test_a_mistake_in_the_flags_is_one_line(
@@ -844,3 +847,69 @@ def test_connecting_to_something_else_says_so(tmp_path: Path) -> None:
         thread.join(TIMEOUT)
     assert result.returncode == 1
     assert "not speaking the chatclient protocol" in one_error(result.stderr)
+
+
+def test_a_goodbye_that_cannot_be_sent_is_asked_again(chat: Spawn, tmp_path: Path) -> None:
+    listener, connector = start_pair(chat, tmp_path)
+    connector.send("exit", "x" * (64 * 1024 + 1))
+    connector.expect(r"^error: the goodbye text is 65537 bytes; the limit is 65536", stream="err")
+    connector.send("bye after all")
+    connector.expect(r"^Connection closed by you\.$")
+    listener.expect(r"^laptop left the chat: bye after all$")
+    assert finish(listener) == 0
+    assert finish(connector) == 0
+
+
+def test_closed_standard_streams_are_no_traceback(tmp_path: Path) -> None:
+    for redirect in (">&-", "<&- >/dev/null", "2>&- >/dev/null"):
+        result = subprocess.run(
+            ["sh", "-c", f'exec "$0" "$1" --genkey {redirect}', sys.executable, str(SCRIPT)],
+            cwd=tmp_path,
+            capture_output=redirect != ">&-",
+            timeout=TIMEOUT,
+        )
+        assert result.returncode == 0, redirect
+        assert b"Traceback" not in (result.stderr or b""), redirect
+    write_config(tmp_path, port=free_port())
+    result = subprocess.run(
+        ["sh", "-c", 'exec "$0" "$1" --listen <&-', sys.executable, str(SCRIPT)],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 1  # no standard input: ends quietly while listening
+    assert b"Traceback" not in result.stdout + result.stderr
+
+
+def test_a_reader_that_goes_away_is_no_traceback(chat: Spawn, tmp_path: Path) -> None:
+    port = free_port()
+    write_config(tmp_path, "desktop.ini", port=port, username="desktop")
+    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
+    listener = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--config", "desktop.ini", "--listen"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert listener.stdout is not None and listener.stderr is not None
+        seen = b""
+        deadline = time.monotonic() + TIMEOUT
+        while b"Listening on" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([listener.stdout], [], [], 0.5)
+            if ready:
+                seen += os.read(listener.stdout.fileno(), 4096)
+        assert b"Listening on" in seen
+        listener.stdout.close()  # nobody reads the listener's output any more
+        connector = chat("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
+        connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+        for n in range(200):  # far more than a pipe buffer holds
+            connector.send(f"message {n} " + "z" * 400)
+        leave(connector)
+        assert listener.wait(TIMEOUT) == 0
+        assert b"Traceback" not in listener.stderr.read()
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait(TIMEOUT)
