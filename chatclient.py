@@ -516,6 +516,13 @@ class FrameDecoder:
         """Bytes held waiting for the rest of a frame."""
         return len(self._buffer)
 
+    def has_frame(self) -> bool:
+        """True when a complete frame is buffered, so the next one needs no read."""
+        if len(self._buffer) < FRAME_HEADER.size:
+            return False
+        (length,) = FRAME_HEADER.unpack_from(self._buffer)
+        return len(self._buffer) >= FRAME_HEADER.size + int(length)
+
 
 class MessageType(IntEnum):
     """Wire tags of the message types."""
@@ -1195,6 +1202,11 @@ class Terminal:
         self._line_buffer: Callable[[], str] = str
         self._redraw: Callable[[], None] | None = None
         self._clear_line: Callable[[], None] | None = None
+        self._main = threading.get_ident()
+        self._relay = False  # lines from other threads are printed by the main thread
+        self._posted: list[tuple[str, TextIO, threading.Event]] = []
+        self._posted_lock = threading.RLock()  # RLock: a signal handler may nest
+        self._printing_posted = False
         if self.interactive:
             self._load_readline()
 
@@ -1205,12 +1217,18 @@ class Terminal:
         except ImportError:
             return
         self._line_buffer = readline.get_line_buffer
+        # readline is not thread-safe and Python runs it without the GIL, so
+        # another thread must never redraw: lines from other threads are handed
+        # to the main thread, whose signal handler runs between keypresses.
+        if threading.current_thread() is threading.main_thread() and hasattr(
+            signal, "pthread_kill"
+        ):
+            signal.signal(signal.SIGUSR2, self._print_posted)
+            self._relay = True
         try:  # readline's own full redraw keeps the cursor where the user left it
             import ctypes
 
-            # PyDLL keeps the GIL during the call, so a redraw never runs while
-            # the main thread is inside readline handling a keypress.
-            library = ctypes.PyDLL(readline.__file__)
+            library = ctypes.CDLL(readline.__file__)
             new_line, forced = library.rl_on_new_line, library.rl_forced_update_display
         except (ImportError, OSError, AttributeError):
             return
@@ -1226,6 +1244,42 @@ class Terminal:
     def show(self, line: str, stream: TextIO | None = None) -> None:
         """Print a line; on a terminal, redraw the prompt and typed text below it."""
         out = stream or self.stdout
+        if self._relay and threading.get_ident() != self._main:
+            self._post(line, out)
+        else:
+            self._print(line, out)
+
+    def _post(self, line: str, out: TextIO) -> None:
+        """Have the main thread print a line, and wait until it has."""
+        printed = threading.Event()
+        with self._posted_lock:
+            self._posted.append((line, out, printed))
+        # readline runs signal handlers only when its wait for a key is
+        # interrupted, so repeat the signal until the line is out.
+        while True:
+            try:
+                signal.pthread_kill(self._main, signal.SIGUSR2)
+            except OSError:  # the main thread is gone: the program is ending
+                return
+            if printed.wait(0.01):
+                return
+
+    def _print_posted(self, signum: int, frame: FrameType | None) -> None:
+        if self._printing_posted:  # a nested signal: the outer call prints in order
+            return
+        self._printing_posted = True
+        try:
+            while True:
+                with self._posted_lock:
+                    if not self._posted:
+                        return
+                    line, out, printed = self._posted.pop(0)
+                self._print(line, out)
+                printed.set()
+        finally:
+            self._printing_posted = False
+
+    def _print(self, line: str, out: TextIO) -> None:
         with self._lock:
             if self._prompt is None or not self.interactive:
                 write(out, line + "\n")
@@ -1474,15 +1528,20 @@ class Conversation:
 
     def _receive(self) -> None:
         name = sanitize(self.conn.peer.name)
+        lines: list[str] = []  # shown together once no further frame is already here
         try:
             for message in self.conn.messages():
                 if isinstance(message, Chat):
-                    self.term.show(f"{name} says: {sanitize(message.text)}")
+                    lines.append(f"{name} says: {sanitize(message.text)}")
                 elif isinstance(message, Terminate):
                     text = sanitize(message.text)
-                    self.term.show(
+                    lines.append(
                         f"{name} left the chat: {text}" if text else f"{name} left the chat."
                     )
+                if lines and not self.conn.peer.decoder.has_frame():
+                    self.term.show("\n".join(lines))
+                    lines = []
+                if isinstance(message, Terminate):
                     self._end_from_receiver(0, "Connection closed by peer.")
         except ConnectionLost as exc:
             self._end_from_receiver(1, f"Connection lost: {exc}")

@@ -236,3 +236,19 @@ def test_first_run_asks_again_for_a_port_that_is_in_use(terminal: Terminal, tmp_
         child.expect_exact("Saved config.ini (readable only by you).")
         child.expect_exact(f"Listening on 0.0.0.0:{free};")
     assert f"port = {free}" in (tmp_path / "config.ini").read_text(encoding="utf-8")
+
+
+def test_typing_while_a_stream_of_messages_arrives_never_garbles_the_line(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    child, connector = start_listening_terminal(terminal, spawn, tmp_path)
+    typed = "the quick brown fox jumps over the lazy dog"
+    count = 300
+    connector.send(*(f"stream {n}" for n in range(count)))
+    for ch in typed:  # keystrokes interleave with the incoming lines
+        child.send(ch)
+    for n in range(count):
+        child.expect_exact(f"laptop says: stream {n}\r\n")
+    child.sendline("")
+    connector.expect(rf"^desktop says: {typed}$")
+    leave_from_terminal(child, connector, "desktop")
