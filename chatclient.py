@@ -1544,6 +1544,8 @@ class Conversation:
                 if isinstance(message, Terminate):
                     self._end_from_receiver(0, "Connection closed by peer.")
         except ConnectionLost as exc:
+            if lines:  # messages that verified before the frame that broke the session
+                self.term.show("\n".join(lines))
             self._end_from_receiver(1, f"Connection lost: {exc}")
         finally:
             self.ended.set()

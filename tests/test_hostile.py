@@ -709,3 +709,17 @@ def test_a_connector_that_proves_the_key_after_another_got_in_is_told_busy() -> 
             chatclient.handshake_as_connector(connecting, psk, "laptop")
         thread.join(TIMEOUT)
     assert [str(exc) for exc in errors] == ["another peer got in first"]
+
+
+def test_messages_that_verified_are_shown_even_when_the_next_frame_in_the_read_breaks(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    listener, port = start_listener(spawn, tmp_path)
+    with connect(port) as sock:
+        mallory = chatclient.handshake_as_connector(sock, PSK, "mallory")
+        listener.expect(r"^mallory joined the chat\.$")
+        good = b"".join(mallory.session.encode(chatclient.Chat(f"fine {n}")) for n in range(3))
+        sock.sendall(good + frame(b"not a token"))  # one write: read as one chunk
+        listener.expect(r"^Connection lost: .*integrity")
+        assert listener.wait() != 0
+    assert says(listener) == [f"mallory says: fine {n}" for n in range(3)]
