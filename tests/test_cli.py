@@ -125,6 +125,16 @@ def leave(proc: ChatProcess, goodbye: str = "") -> None:
     proc.expect(r"^Connection closed by you\.$")
 
 
+def closed_without_goodbye(connector: ChatProcess, listener: ChatProcess) -> None:
+    """The connector left with no goodbye text; both sides say so and exit with 0."""
+    connector.expect(r"^Sent TERMINATE message\.$")
+    connector.expect(r"^Connection closed by you\.$")
+    listener.expect(r"^laptop left the chat\.$")
+    listener.expect(r"^Connection closed by peer\.$")
+    assert finish(connector) == 0
+    assert finish(listener) == 0
+
+
 # --- The transcript of issue 2 -------------------------------------------------------------
 
 
@@ -265,12 +275,7 @@ def test_a_line_arriving_at_the_goodbye_prompt_is_a_line_of_its_own(
 def test_eof_on_stdin_closes_the_chat_like_exit(chat: Spawn, tmp_path: Path) -> None:
     listener, connector = start_pair(chat, tmp_path)
     connector.close_stdin()
-    connector.expect(r"^Sent TERMINATE message\.$")
-    connector.expect(r"^Connection closed by you\.$")
-    listener.expect(r"^laptop left the chat\.$")
-    listener.expect(r"^Connection closed by peer\.$")
-    assert finish(connector) == 0
-    assert finish(listener) == 0
+    closed_without_goodbye(connector, listener)
 
 
 def test_sigint_while_chatting_closes_the_chat_like_exit(chat: Spawn, tmp_path: Path) -> None:
@@ -282,12 +287,7 @@ def test_sigint_while_chatting_closes_the_chat_like_exit(chat: Spawn, tmp_path: 
     listener.send("are you there?")
     connector.expect(r"^desktop says: are you there\?$")
     connector.signal(signal.SIGINT)
-    connector.expect(r"^Sent TERMINATE message\.$")
-    connector.expect(r"^Connection closed by you\.$")
-    listener.expect(r"^laptop left the chat\.$")
-    listener.expect(r"^Connection closed by peer\.$")
-    assert finish(connector) == 0
-    assert finish(listener) == 0
+    closed_without_goodbye(connector, listener)
 
 
 def test_sigint_while_listening_ends_quietly(chat: Spawn, tmp_path: Path) -> None:
@@ -568,10 +568,7 @@ def test_slash_commands(chat: Spawn, tmp_path: Path) -> None:
     listener.expect(r"^laptop says: /text$")
 
     connector.send("/quit", "")
-    listener.expect(r"^laptop left the chat\.$")
-    listener.expect(r"^Connection closed by peer\.$")
-    assert finish(listener) == 0
-    assert finish(connector) == 0
+    closed_without_goodbye(connector, listener)
     assert says(listener.out, "laptop") == ["/text"]
     assert connector.err == [hint]
 

@@ -186,15 +186,20 @@ def chat_with_new_listener(
     leave_from_terminal(child, connector, username)
 
 
-def test_first_run_without_config_creates_it_and_listens(
-    terminal: Terminal, spawn: Spawn, tmp_path: Path
-) -> None:
+def first_run_then_chat(terminal: Terminal, spawn: Spawn, tmp_path: Path, greeting: str) -> None:
+    """Start with no flags, see `greeting`, take the defaults but a free port, then chat."""
     port = free_port()
     child = terminal()
-    child.expect_exact("No config.ini here yet")
+    child.expect_exact(greeting)
     username, key = answer_first_run(child, port, default_port=50233)
     check_saved_config(tmp_path / "config.ini", port, username, key)
     chat_with_new_listener(child, spawn, tmp_path, port, username)
+
+
+def test_first_run_without_config_creates_it_and_listens(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    first_run_then_chat(terminal, spawn, tmp_path, "No config.ini here yet")
 
 
 def test_example_config_with_empty_key_gets_one_and_listens(
@@ -207,12 +212,7 @@ def test_example_config_with_empty_key_gets_one_and_listens(
     emptied = re.sub(r"(?m)^fernet_key *=.*$", "fernet_key =", example)
     (tmp_path / "config.ini").write_text(emptied, encoding="utf-8")
     (tmp_path / "config.ini").chmod(0o644)  # as a checkout leaves it
-    port = free_port()
-    child = terminal()
-    child.expect_exact("config.ini has no fernet_key yet")
-    username, key = answer_first_run(child, port, default_port=50233)
-    check_saved_config(tmp_path / "config.ini", port, username, key)
-    chat_with_new_listener(child, spawn, tmp_path, port, username)
+    first_run_then_chat(terminal, spawn, tmp_path, "config.ini has no fernet_key yet")
 
 
 def test_first_run_asks_again_for_a_port_that_is_in_use(terminal: Terminal, tmp_path: Path) -> None:
