@@ -923,6 +923,12 @@ def peer_address(sock: socket.socket) -> tuple[str, int]:
     return unmap(host), port
 
 
+def send_reject(sock: socket.socket, reason: Reject) -> None:
+    """Send a rejection frame, best effort: the connector may already be gone."""
+    with contextlib.suppress(OSError):
+        sock.sendall(encode_frame(reject_frame(reason)))
+
+
 def send_all(sock: socket.socket, data: bytes) -> None:
     """sendall, with the failure named as a handshake error."""
     try:
@@ -978,20 +984,17 @@ def handshake_as_listener(
     try:
         m2 = handshake.receive_commit(m1)
     except HandshakeError:
-        with contextlib.suppress(OSError):
-            sock.sendall(encode_frame(reject_frame(Reject.BAD_VERSION)))
+        send_reject(sock, Reject.BAD_VERSION)
         raise
     send_all(sock, encode_frame(m2))
     m3 = read_frame(sock, decoder, deadline, MAX_HELLO_SIZE)
     try:
         keys = handshake.receive_confirm(m3)
     except KeyMismatch:
-        with contextlib.suppress(OSError):
-            sock.sendall(encode_frame(reject_frame(Reject.KEY_MISMATCH)))
+        send_reject(sock, Reject.KEY_MISMATCH)
         raise
     if not claim():
-        with contextlib.suppress(OSError):
-            sock.sendall(encode_frame(reject_frame(Reject.BUSY)))
+        send_reject(sock, Reject.BUSY)
         raise HandshakeError("another peer got in first")
     session = Session(keys)
     send_all(sock, session.encode(Welcome(username)))
@@ -1113,10 +1116,10 @@ class Listener:
 
 
 def refuse(sock: socket.socket, reason: Reject) -> None:
-    """Tell a connection why it is refused (best effort) and close it."""
+    """Tell a connection why it is refused, without waiting on it, and close it."""
     with contextlib.suppress(OSError):
         sock.setblocking(False)
-        sock.send(encode_frame(reject_frame(reason)))
+    send_reject(sock, reason)
     sock.close()
 
 
