@@ -1223,9 +1223,7 @@ class Terminal:
         # readline is not thread-safe and Python runs it without the GIL, so
         # another thread must never redraw: lines from other threads are handed
         # to the main thread, whose signal handler runs between keypresses.
-        if threading.current_thread() is threading.main_thread() and hasattr(
-            signal, "pthread_kill"
-        ):
+        if main_thread_can_be_signalled():
             signal.signal(signal.SIGUSR2, self._print_posted)
             self._relay = True
         try:  # readline's own full redraw keeps the cursor where the user left it
@@ -1257,15 +1255,7 @@ class Terminal:
         printed = threading.Event()
         with self._posted_lock:
             self._posted.append((line, out, printed))
-        # readline runs signal handlers only when its wait for a key is
-        # interrupted, so repeat the signal until the line is out.
-        while True:
-            try:
-                signal.pthread_kill(self._main, signal.SIGUSR2)
-            except OSError:  # the main thread is gone: the program is ending
-                return
-            if printed.wait(0.01):
-                return
+        signal_until(self._main, signal.SIGUSR2, printed)
 
     def _print_posted(self, signum: int, frame: FrameType | None) -> None:
         if self._printing_posted:  # a nested signal: the outer call prints in order
@@ -1348,6 +1338,27 @@ class Terminal:
                 write(self.stdout, "\n")
 
 
+def main_thread_can_be_signalled() -> bool:
+    """True in the main thread where other threads can signal it (POSIX)."""
+    return threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_kill")
+
+
+def signal_until(thread: int, signum: signal.Signals, done: threading.Event) -> None:
+    """Signal a thread until `done` is set.
+
+    A signal landing just before a blocking read starts (input(), or
+    readline's wait for a key) is only handled when the read ends, so it is
+    repeated until the handler has run.
+    """
+    while True:
+        try:
+            signal.pthread_kill(thread, signum)
+        except OSError:  # the thread is gone: the program is ending
+            return
+        if done.wait(0.01):
+            return
+
+
 def write(stream: TextIO, text: str) -> None:
     """Write and flush; a reader that went away (closed pipe) silences the stream."""
     try:
@@ -1411,9 +1422,7 @@ class Conversation:
         When the receiver ends the chat it interrupts the main thread (SIGUSR1
         raising PeerEnded), so a pending input() never waits for a keypress.
         """
-        if threading.current_thread() is threading.main_thread() and hasattr(
-            signal, "pthread_kill"
-        ):
+        if main_thread_can_be_signalled():
             signal.signal(signal.SIGUSR1, self._on_interrupt)
             self._can_interrupt = True
         try:
@@ -1556,12 +1565,7 @@ class Conversation:
     def _end_from_receiver(self, status: int, line: str) -> None:
         if not (self._decide(status, line) and self._can_interrupt):
             return
-        # A signal landing just before input() blocks in read() is only handled
-        # when read() returns, so repeat it until the main thread has taken it.
-        while True:
-            signal.pthread_kill(self._main, signal.SIGUSR1)
-            if self._interrupted.wait(0.05):
-                return
+        signal_until(self._main, signal.SIGUSR1, self._interrupted)
 
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
         if not self._interrupted.is_set():
