@@ -5,6 +5,11 @@ One person listens, the other connects; both share one Fernet key in
 config.ini.  A short handshake (X25519 + HKDF, keyed by the shared key) gives
 every session fresh keys per direction; every message is a Fernet token that
 carries a sequence number.  See README.md for the protocol.
+
+The file reads top to bottom in the order data flows: configuration, keys and
+handshake, frames and messages, one connection's state machine (all pure: no
+sockets, no threads, no clock of their own), the listener's admission rules,
+then the one network thread, the terminal, the commands and main().
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import hmac
 import os
 import re
 import select
+import selectors
 import signal
 import socket
 import stat
@@ -25,11 +31,12 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from types import FrameType
-from typing import TYPE_CHECKING, ClassVar, NoReturn, TextIO
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, NoReturn, Protocol, TextIO
 
 # cryptography's modules are imported where first used, so the start-up only
 # loads what the Key ID needs (see README, Performance).
@@ -39,15 +46,20 @@ if TYPE_CHECKING:
         X25519PublicKey,
     )
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 DEFAULT_PORT = 50233
 HANDSHAKE_SECONDS = 10.0
 MAX_PENDING_HANDSHAKES = 16
+MAX_HANDSHAKES_PER_ADDRESS = 2
+LISTEN_BACKLOG = 128
 KEEPALIVE_SECONDS = 10.0
 # A peer is declared lost after this many keepalive intervals of silence.
 DEAD_AFTER_INTERVALS = 2.5
 GOODBYE_DRAIN_SECONDS = 2.0
+REFUSAL_SUMMARY_SECONDS = 10.0
+# What may wait unsent for one peer; a peer that lets more pile up is not reading.
+MAX_OUTGOING = 16 * 1024 * 1024
 
 ReportFn = Callable[[str], None]
 
@@ -93,6 +105,10 @@ CONFIG_SECTION = "parameters"
 CONFIG_FIELDS = ("ip", "port", "fernet_key", "username")
 MAX_NAME_BYTES = 64
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}=")
+# Keys printed in the original example config and in earlier READMEs: public, so refused.
+PUBLIC_KEYS = frozenset({"DN80giegpRHpNHLClZep_maYg2iXRGHsbq9Uy1Cobi0="})
+# What `--key -` means: read the key from standard input, never from the command line.
+KEY_FROM_INPUT = "-"
 
 
 @dataclass(frozen=True)
@@ -130,7 +146,29 @@ def decode_key(text: str, where: str = "config.ini") -> bytes:
             f"{where}: fernet_key is not canonical base64 (its last character before "
             "'=' is off): copy the key exactly as it was generated"
         )
+    if text in PUBLIC_KEYS:
+        raise ConfigError(
+            f"{where}: fernet_key is a published example key that anyone can read: "
+            "make your own with `python chatclient.py --genkey`"
+        )
+    if raw == raw[:1] * len(raw):
+        raise ConfigError(
+            f"{where}: fernet_key is 32 identical bytes, which anyone could guess: "
+            "make a random one with `python chatclient.py --genkey`"
+        )
     return raw
+
+
+def read_secret(prompt: str, stdin: TextIO, interactive: bool) -> str:
+    """One line holding a secret: a hidden prompt on a terminal, else a line of stdin."""
+    if interactive:
+        import getpass
+
+        return getpass.getpass(prompt)
+    line = stdin.readline()
+    if not line:
+        raise EOFError
+    return line.strip()
 
 
 def parse_port(text: str, what: str) -> int:
@@ -340,7 +378,7 @@ def parse_reject(body: bytes) -> HandshakeError | None:
     if reason == Reject.BAD_VERSION:
         return HandshakeError(f"the peer does not support protocol version {VERSION}")
     if reason == Reject.KEY_MISMATCH:
-        return KeyMismatch(KEY_MISMATCH_TEXT)
+        return KeyMismatch(UNAUTHENTICATED_TEXT)
     if reason == Reject.BUSY:
         return HandshakeError(
             "the peer is already chatting with someone (two people per chat for now)"
@@ -351,6 +389,12 @@ def parse_reject(body: bytes) -> HandshakeError | None:
 KEY_MISMATCH_TEXT = (
     "the peer's fernet_key differs from yours (or the connection was tampered "
     "with): compare the Key IDs both of you see at start-up"
+)
+# A rejection is plaintext that anyone on the path can forge, and a WELCOME that
+# does not decrypt may be tampering too: the connector cannot tell which.
+UNAUTHENTICATED_TEXT = (
+    "could not authenticate the peer: your fernet_keys differ, "
+    "or someone tampered with the connection"
 )
 
 
@@ -466,7 +510,7 @@ class ListenerHandshake:
         return SessionKeys(send_key=l2c, recv_key=c2l, code=code, transcript=th)
 
 
-# --- Frames and messages (pure) --------------------------------------------
+# --- Frames, fields and messages (pure) --------------------------------------
 
 FRAME_HEADER = struct.Struct("!I")
 MAX_FRAME = 128 * 1024
@@ -524,64 +568,22 @@ class FrameDecoder:
         return len(self._buffer) >= FRAME_HEADER.size + int(length)
 
 
-class MessageType(IntEnum):
-    """Wire tags of the message types."""
-
-    WELCOME = 1
-    CHAT = 2
-    TERMINATE = 3
-    KEEPALIVE = 4
-
-
-@dataclass(frozen=True)
-class Message:
-    """Base of everything that travels inside an encrypted frame."""
-
-    TYPE: ClassVar[MessageType]
-
-    def body(self) -> bytes:
-        """The message's bytes after the payload header."""
-        return b""
+# The field codec: messages with several fields write each as a fixed-width
+# integer or a length-prefixed byte string; a single text field, or the last
+# one, may take the rest of the body. Reading is strict: every length is
+# checked against its limit before the bytes are taken, and nothing may be
+# left over.
+FIELD_LENGTH = struct.Struct("!I")
 
 
-@dataclass(frozen=True)
-class Welcome(Message):
-    """The first message each side sends: who it is."""
-
-    TYPE: ClassVar[MessageType] = MessageType.WELCOME
-    name: str
-
-    def body(self) -> bytes:
-        return encode_text(self.name, MAX_NAME_BYTES, "username")
+def int_field(value: int, size: int) -> bytes:
+    """A fixed-width big-endian unsigned integer."""
+    return value.to_bytes(size, "big")
 
 
-@dataclass(frozen=True)
-class Chat(Message):
-    """A line of text typed by a person."""
-
-    TYPE: ClassVar[MessageType] = MessageType.CHAT
-    text: str
-
-    def body(self) -> bytes:
-        return encode_text(self.text, MAX_TEXT, "message")
-
-
-@dataclass(frozen=True)
-class Terminate(Message):
-    """The last message of a side that leaves, with optional goodbye text."""
-
-    TYPE: ClassVar[MessageType] = MessageType.TERMINATE
-    text: str = ""
-
-    def body(self) -> bytes:
-        return encode_text(self.text, MAX_TEXT, "goodbye text")
-
-
-@dataclass(frozen=True)
-class Keepalive(Message):
-    """Sent on an idle link so a vanished peer is noticed."""
-
-    TYPE: ClassVar[MessageType] = MessageType.KEEPALIVE
+def bytes_field(data: bytes) -> bytes:
+    """A length-prefixed byte string (4-byte big-endian length)."""
+    return FIELD_LENGTH.pack(len(data)) + data
 
 
 def encode_text(text: str, limit: int, what: str) -> bytes:
@@ -608,37 +610,54 @@ def decode_text(data: bytes, limit: int, what: str) -> str:
         raise ProtocolError(f"the peer's {what} is not valid UTF-8") from exc
 
 
-def encode_payload(seq: int, message: Message) -> bytes:
-    """The plaintext inside a Fernet token: sequence, type, body."""
-    return PAYLOAD_HEADER.pack(seq, message.TYPE) + message.body()
+class FieldReader:
+    """Reads a message body field by field; any violation is a ProtocolError."""
 
+    def __init__(self, data: bytes, what: str) -> None:
+        self._data = data
+        self._offset = 0
+        self._what = what
 
-def decode_payload(data: bytes) -> tuple[int, Message]:
-    """Parse a decrypted payload into its sequence number and message."""
-    if len(data) < PAYLOAD_HEADER.size:
-        raise ProtocolError("the peer sent a truncated message")
-    seq, tag = PAYLOAD_HEADER.unpack_from(data)
-    body = data[PAYLOAD_HEADER.size :]
-    message: Message
-    if tag == MessageType.WELCOME:
-        name = decode_text(body, MAX_NAME_BYTES, "username")
-        if not name:
-            raise ProtocolError("the peer sent an empty username")
-        message = Welcome(name)
-    elif tag == MessageType.CHAT:
-        message = Chat(decode_text(body, MAX_TEXT, "message"))
-    elif tag == MessageType.TERMINATE:
-        message = Terminate(decode_text(body, MAX_TEXT, "goodbye text"))
-    elif tag == MessageType.KEEPALIVE:
-        if body:
-            raise ProtocolError("the peer sent a keepalive with a body")
-        message = Keepalive()
-    else:
-        raise ProtocolError(f"the peer sent an unknown message type {tag}")
-    return seq, message
+    def integer(self, size: int, name: str) -> int:
+        """A fixed-width big-endian unsigned integer."""
+        return int.from_bytes(self._take(size, name), "big")
 
+    def blob(self, limit: int, name: str) -> bytes:
+        """A length-prefixed byte string of at most `limit` bytes."""
+        length = FIELD_LENGTH.unpack(self._take(FIELD_LENGTH.size, name))[0]
+        if length > limit:
+            raise ProtocolError(
+                f"the peer's {self._what} has a {length}-byte {name}, over the {limit} limit"
+            )
+        return self._take(length, name)
 
-# --- Session rules (pure) --------------------------------------------------
+    def text(self, limit: int, name: str) -> str:
+        """A length-prefixed UTF-8 string of at most `limit` bytes."""
+        return decode_text(self.blob(limit, name), limit, name)
+
+    def rest_text(self, limit: int, name: str) -> str:
+        """The rest of the body as UTF-8 text."""
+        data = self._data[self._offset :]
+        self._offset = len(self._data)
+        return decode_text(data, limit, name)
+
+    @property
+    def remaining(self) -> int:
+        """Bytes not read yet."""
+        return len(self._data) - self._offset
+
+    def end(self) -> None:
+        """Nothing may follow the last field."""
+        if self._offset != len(self._data):
+            extra = len(self._data) - self._offset
+            raise ProtocolError(f"the peer's {self._what} has {extra} unexpected bytes at its end")
+
+    def _take(self, size: int, name: str) -> bytes:
+        if len(self._data) - self._offset < size:
+            raise ProtocolError(f"the peer's {self._what} is cut short in its {name}")
+        data = self._data[self._offset : self._offset + size]
+        self._offset += size
+        return data
 
 
 class Phase(Enum):
@@ -649,21 +668,141 @@ class Phase(Enum):
     CLOSED = "after its goodbye"
 
 
-# Which message may follow in each phase, and the phase it leads to.
-TRANSITIONS: dict[Phase, dict[type[Message], Phase]] = {
-    Phase.AWAIT_WELCOME: {Welcome: Phase.OPEN},
-    Phase.OPEN: {Chat: Phase.OPEN, Keepalive: Phase.OPEN, Terminate: Phase.CLOSED},
-    Phase.CLOSED: {},
-}
+# Every message class registers itself here under its wire tag.
+MESSAGES: dict[int, type[Message]] = {}
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of everything that travels inside an encrypted frame.
+
+    A subclass names its wire TAG, the phase it may be sent in (AFTER) and the
+    phase it leads to (LEADS_TO), and encodes and decodes its own body; defining
+    it is all it takes to add a message type.
+    """
+
+    TAG: ClassVar[int] = 0
+    AFTER: ClassVar[Phase] = Phase.OPEN
+    LEADS_TO: ClassVar[Phase] = Phase.OPEN
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.TAG in MESSAGES or not 0 < cls.TAG < 256:
+            raise TypeError(f"{cls.__name__}: wire tag {cls.TAG} is taken or out of range")
+        MESSAGES[cls.TAG] = cls
+
+    @classmethod
+    def kind(cls) -> str:
+        """The message's name as errors show it, e.g. CHAT."""
+        return cls.__name__.upper()
+
+    def encode_body(self) -> bytes:
+        """The message's bytes after the payload header."""
+        return b""
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        """The message from its body; ProtocolError if the body is not exactly right."""
+        body.end()
+        return cls()
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """The first message each side sends: who it is."""
+
+    TAG: ClassVar[int] = 1
+    AFTER: ClassVar[Phase] = Phase.AWAIT_WELCOME
+    name: str
+
+    def encode_body(self) -> bytes:
+        return encode_text(self.name, MAX_NAME_BYTES, "username")
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        name = body.rest_text(MAX_NAME_BYTES, "username")
+        if not name:
+            raise ProtocolError("the peer sent an empty username")
+        return cls(name)
+
+
+@dataclass(frozen=True)
+class Chat(Message):
+    """A line of text typed by a person."""
+
+    TAG: ClassVar[int] = 2
+    text: str
+
+    def encode_body(self) -> bytes:
+        return encode_text(self.text, MAX_TEXT, "message")
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        return cls(body.rest_text(MAX_TEXT, "message"))
+
+
+@dataclass(frozen=True)
+class Terminate(Message):
+    """The last message of a side that leaves, with optional goodbye text."""
+
+    TAG: ClassVar[int] = 3
+    LEADS_TO: ClassVar[Phase] = Phase.CLOSED
+    text: str = ""
+
+    def encode_body(self) -> bytes:
+        return encode_text(self.text, MAX_TEXT, "goodbye text")
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        return cls(body.rest_text(MAX_TEXT, "goodbye text"))
+
+
+@dataclass(frozen=True)
+class Keepalive(Message):
+    """Sent on an idle link so a vanished peer is noticed."""
+
+    TAG: ClassVar[int] = 4
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        if body.remaining:
+            raise ProtocolError("the peer sent a keepalive with a body")
+        return cls()
+
+
+def encode_payload(seq: int, message: Message) -> bytes:
+    """The plaintext inside a Fernet token: sequence, type, body."""
+    return PAYLOAD_HEADER.pack(seq, message.TAG) + message.encode_body()
+
+
+def decode_payload(data: bytes) -> tuple[int, Message]:
+    """Parse a decrypted payload into its sequence number and message."""
+    if len(data) < PAYLOAD_HEADER.size:
+        raise ProtocolError("the peer sent a truncated message")
+    seq, tag = PAYLOAD_HEADER.unpack_from(data)
+    kind = MESSAGES.get(tag)
+    if kind is None:
+        raise ProtocolError(f"the peer sent an unknown message type {tag}")
+    body = FieldReader(data[PAYLOAD_HEADER.size :], kind.kind())
+    return seq, kind.decode_body(body)
+
+
+# --- Session rules (pure) ----------------------------------------------------
+
+
+def transitions() -> dict[Phase, dict[type[Message], Phase]]:
+    """Which message may follow in each phase, and the phase it leads to."""
+    table: dict[Phase, dict[type[Message], Phase]] = {phase: {} for phase in Phase}
+    for kind in MESSAGES.values():
+        table[kind.AFTER][kind] = kind.LEADS_TO
+    return table
 
 
 def advance(phase: Phase, message: Message, who: str) -> Phase:
     """The next phase, or ProtocolError naming the message and the phase."""
-    following = TRANSITIONS[phase].get(type(message))
-    if following is None:
-        name = type(message).__name__.upper()
-        raise ProtocolError(f"{who} sent {name} {phase.value}")
-    return following
+    if type(message).AFTER is not phase:
+        raise ProtocolError(f"{who} sent {message.kind()} {phase.value}")
+    return type(message).LEADS_TO
 
 
 class Session:
@@ -680,6 +819,16 @@ class Session:
         self._recv_seq = 0
         self._send_phase = Phase.AWAIT_WELCOME
         self._recv_phase = Phase.AWAIT_WELCOME
+
+    @property
+    def we_left(self) -> bool:
+        """True once this side has sent its TERMINATE."""
+        return self._send_phase is Phase.CLOSED
+
+    @property
+    def peer_left(self) -> bool:
+        """True once the peer's TERMINATE has arrived."""
+        return self._recv_phase is Phase.CLOSED
 
     def encode(self, message: Message) -> bytes:
         """The complete frame carrying `message`; each call uses the next sequence."""
@@ -735,7 +884,388 @@ def _safe_char(ch: str) -> str:
     return ch
 
 
-# --- Transport: sockets and threads ----------------------------------------
+# --- Peer protocol: one connection's state machine (pure) ---------------------
+#
+# Shaped like h11's Connection: bytes in with receive_data(), events out with
+# next_event(), bytes out with send() and data_to_send(), and the clock passed
+# in, so the handshake order, its deadline and the keepalive and silence rules
+# all live here and are tested without sockets.
+
+
+class Role(Enum):
+    """Which end of the connection this side is."""
+
+    CONNECTOR = "connector"
+    LISTENER = "listener"
+
+
+class Stage(Enum):
+    """Where a connection stands, in the order the handshake goes through."""
+
+    HELLO = "before the hello"  # listener: waits for M1; connector: waits for M2
+    CONFIRM = "before the confirmation"  # listener: waits for M3
+    PROVEN = "waiting to be admitted"  # listener: key proven; admit() or refuse()
+    WELCOME = "before the welcome"  # both: wait for the peer's WELCOME
+    OPEN = "chatting"
+    CLOSED = "closed"
+
+
+HANDSHAKE_STAGES = frozenset({Stage.HELLO, Stage.CONFIRM, Stage.PROVEN, Stage.WELCOME})
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened on a connection."""
+
+
+@dataclass(frozen=True)
+class KeyProven(Event):
+    """The connector proved it holds the key (listener only): admit() or refuse() it."""
+
+
+@dataclass(frozen=True)
+class Established(Event):
+    """Both WELCOMEs went through: the peer's name and the session code."""
+
+    name: str
+    code: str
+
+
+@dataclass(frozen=True)
+class MessageReceived(Event):
+    """A verified message from the peer (keepalives are not reported)."""
+
+    message: Message
+
+
+@dataclass(frozen=True)
+class Closed(Event):
+    """The connection ended cleanly: end of stream after a goodbye."""
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    """The connection failed; nothing more comes from it."""
+
+    error: ChatError
+
+
+class PeerProtocol:
+    """One connection: handshake, frame decoder, session and timers, with no I/O."""
+
+    def __init__(
+        self,
+        role: Role,
+        psk: bytes,
+        name: str,
+        now: float,
+        *,
+        handshake_seconds: float = HANDSHAKE_SECONDS,
+        keepalive: float = KEEPALIVE_SECONDS,
+        private_key: X25519PrivateKey | None = None,
+    ) -> None:
+        self.role = role
+        self.name = name
+        self.stage = Stage.HELLO
+        self.peer_name = ""
+        self.code = ""
+        self.greeted = False  # a valid M1 arrived (listener): evicted after silent ones
+        self.keepalive = keepalive
+        self.silence_limit = keepalive * DEAD_AFTER_INTERVALS
+        self._handshake_seconds = handshake_seconds
+        self._deadline = now + handshake_seconds
+        self._last_received = now
+        self._last_sent = now
+        self._decoder = FrameDecoder()
+        self._events: deque[Event] = deque()
+        self._outgoing = bytearray()
+        self._session: Session | None = None
+        self._keys: SessionKeys | None = None
+        self._connector: ConnectorHandshake | None = None
+        self._listener: ListenerHandshake | None = None
+        if role is Role.CONNECTOR:
+            self._connector = ConnectorHandshake(psk, private_key)
+            self._outgoing += encode_frame(self._connector.m1)
+        else:
+            self._listener = ListenerHandshake(psk, private_key)
+
+    # Bytes and events -------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes from the peer; b"" means the peer closed its end."""
+        if self.stage is Stage.CLOSED:
+            return
+        if not data:
+            self._end_of_stream()
+            return
+        self._last_received = now
+        self._decoder.feed(data)
+        self._process()
+
+    def next_event(self) -> Event | None:
+        """The oldest event not yet taken, or None."""
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> Iterator[Event]:
+        """Every event not yet taken, oldest first."""
+        while (event := self.next_event()) is not None:
+            yield event
+
+    def data_to_send(self) -> bytes:
+        """Bytes this side owes the peer (hellos, WELCOME, rejections, keepalives)."""
+        data = bytes(self._outgoing)
+        self._outgoing.clear()
+        return data
+
+    def send(self, message: Message, now: float) -> bytes:
+        """The frame carrying `message`, for the transport to write after data_to_send()."""
+        if self.stage is not Stage.OPEN or self._session is None:
+            raise ProtocolError(f"cannot send {message.kind()} {self.stage.value}")
+        frame = self._session.encode(message)
+        self._last_sent = now
+        return frame
+
+    # The listener's decision once the key is proven -------------------------
+
+    def admit(self) -> None:
+        """Let a proven connector in: send our WELCOME and go on reading."""
+        if self.stage is not Stage.PROVEN or self._keys is None:
+            raise ProtocolError(f"cannot admit a connection {self.stage.value}")
+        self._session = Session(self._keys)
+        self._outgoing += self._session.encode(Welcome(self.name))
+        self.stage = Stage.WELCOME
+        self._process()
+
+    def refuse(self, reason: Reject) -> None:
+        """Tell the connector why it is refused; the connection is over."""
+        self._outgoing += encode_frame(reject_frame(reason))
+        self.stage = Stage.CLOSED
+
+    # Time ---------------------------------------------------------------------
+
+    def timers(self, now: float) -> float | None:
+        """Apply the deadlines due by `now`; the time of the next one, or None.
+
+        The handshake has one deadline from the start, so a peer trickling bytes
+        cannot stretch it. An open chat sends a keepalive after `keepalive` idle
+        seconds and gives up on a peer silent for `silence_limit`.
+        """
+        if self.stage in HANDSHAKE_STAGES:
+            if now >= self._deadline:
+                self._fail(
+                    HandshakeError(
+                        f"the handshake did not finish within {self._handshake_seconds:g} s"
+                    )
+                )
+                return None
+            return self._deadline
+        if self.stage is not Stage.OPEN or self._session is None:
+            return None
+        if now - self._last_received >= self.silence_limit:
+            self._fail(
+                ConnectionLost(
+                    f"nothing heard from the peer for {self.silence_limit:g} s "
+                    "(it may be offline or the network is down)"
+                )
+            )
+            return None
+        silence_due = self._last_received + self.silence_limit
+        if self._session.we_left:
+            return silence_due
+        if now - self._last_sent >= self.keepalive:
+            self._outgoing += self._session.encode(Keepalive())
+            self._last_sent = now
+        return min(silence_due, self._last_sent + self.keepalive)
+
+    def connection_failed(self, reason: str) -> None:
+        """The transport broke (reset, unreachable): report it as this stage's failure."""
+        if self.stage in HANDSHAKE_STAGES:
+            self._fail(HandshakeError(f"the connection failed during the handshake: {reason}"))
+        elif self.stage is Stage.OPEN:
+            self._fail(ConnectionLost(reason))
+
+    @property
+    def peer_left(self) -> bool:
+        """True once the peer's goodbye (TERMINATE) has arrived."""
+        return self._session is not None and self._session.peer_left
+
+    # The handshake order ------------------------------------------------------
+
+    def _process(self) -> None:
+        """Handle every complete frame, in the order the stages allow."""
+        try:
+            while self.stage not in (Stage.PROVEN, Stage.CLOSED):
+                body = self._next_frame()
+                if body is None:
+                    return
+                self._handle(body)
+        except ChatError as exc:
+            self._fail(exc)
+
+    def _next_frame(self) -> bytes | None:
+        if self.stage is Stage.OPEN:
+            return self._decoder.next_frame(MAX_FRAME)
+        limit = MAX_FRAME if self.stage is Stage.WELCOME else MAX_HELLO_SIZE
+        try:
+            return self._decoder.next_frame(limit)
+        except ProtocolError as exc:
+            raise HandshakeError(
+                f"the other side is not speaking the chatclient protocol ({exc})"
+            ) from exc
+
+    def _handle(self, body: bytes) -> None:
+        if self.stage is Stage.OPEN:
+            self._on_message(body)
+        elif self.stage is Stage.HELLO and self._listener is not None:
+            self._on_commit(self._listener, body)
+        elif self.stage is Stage.HELLO and self._connector is not None:
+            self._on_listener_hello(self._connector, body)
+        elif self.stage is Stage.CONFIRM and self._listener is not None:
+            self._on_confirm(self._listener, body)
+        elif self.stage is Stage.WELCOME:
+            self._on_welcome(body)
+
+    def _on_commit(self, handshake: ListenerHandshake, m1: bytes) -> None:
+        try:
+            m2 = handshake.receive_commit(m1)
+        except HandshakeError:
+            self._outgoing += encode_frame(reject_frame(Reject.BAD_VERSION))
+            raise
+        self.greeted = True
+        self._outgoing += encode_frame(m2)
+        self.stage = Stage.CONFIRM
+
+    def _on_listener_hello(self, handshake: ConnectorHandshake, m2: bytes) -> None:
+        if (refusal := parse_reject(m2)) is not None:
+            raise refusal
+        m3, self._keys = handshake.respond(m2)
+        self._outgoing += encode_frame(m3)
+        self._session = Session(self._keys)
+        self.stage = Stage.WELCOME
+
+    def _on_confirm(self, handshake: ListenerHandshake, m3: bytes) -> None:
+        try:
+            self._keys = handshake.receive_confirm(m3)
+        except KeyMismatch:
+            self._outgoing += encode_frame(reject_frame(Reject.KEY_MISMATCH))
+            raise
+        self.stage = Stage.PROVEN
+        self._events.append(KeyProven())
+
+    def _on_welcome(self, body: bytes) -> None:
+        assert self._session is not None and self._keys is not None
+        if self.role is Role.LISTENER:
+            welcome = self._session.decode(body)
+        else:
+            # The connector counts the listener as proven when its WELCOME decrypts.
+            if (refusal := parse_reject(body)) is not None:
+                raise refusal
+            try:
+                welcome = self._session.decode(body)
+            except ProtocolError as exc:
+                raise KeyMismatch(UNAUTHENTICATED_TEXT) from exc
+            self._outgoing += self._session.encode(Welcome(self.name))
+        assert isinstance(welcome, Welcome)  # the session's phase table guarantees it
+        self.peer_name, self.code = welcome.name, self._keys.code
+        self.stage = Stage.OPEN
+        self._events.append(Established(welcome.name, self._keys.code))
+
+    def _on_message(self, body: bytes) -> None:
+        assert self._session is not None
+        message = self._session.decode(body)
+        if not isinstance(message, Keepalive):
+            self._events.append(MessageReceived(message))
+
+    def _end_of_stream(self) -> None:
+        if self.stage in HANDSHAKE_STAGES:
+            self._fail(HandshakeError("the peer closed the connection during the handshake"))
+        elif self._session is not None and (self._session.peer_left or self._session.we_left):
+            self.stage = Stage.CLOSED
+            self._events.append(Closed())
+        else:
+            self._fail(ConnectionLost("the peer closed the connection without saying goodbye"))
+
+    def _fail(self, error: ChatError) -> None:
+        if self.stage is Stage.OPEN and not isinstance(error, ConnectionLost):
+            error = ConnectionLost(str(error))
+        self.stage = Stage.CLOSED
+        self._events.append(Failed(error))
+
+
+# --- Listener: admission rules (pure) -----------------------------------------
+
+
+class Pending(NamedTuple):
+    """An unfinished handshake as the admission rules see it."""
+
+    host: str
+    since: float
+    greeted: bool  # it sent a valid M1, as a real connector does at once
+    key: int  # which connection (the transport's own handle)
+
+
+def handshake_to_evict(pending: Sequence[Pending], host: str) -> tuple[Pending, str] | None:
+    """Which unfinished handshake makes room for a new connection from `host`, and why.
+
+    At most MAX_HANDSHAKES_PER_ADDRESS per source address, so one host's flood
+    only ever competes with itself; at most MAX_PENDING_HANDSHAKES in all, where
+    a connection that never sent a valid hello goes before one that did.
+    """
+    same = [p for p in pending if p.host == host]
+    if len(same) >= MAX_HANDSHAKES_PER_ADDRESS:
+        victim = min(same, key=lambda p: (p.greeted, p.since))
+        reason = f"{MAX_HANDSHAKES_PER_ADDRESS} unfinished handshakes from {host}"
+    elif len(pending) >= MAX_PENDING_HANDSHAKES:
+        victim = min(pending, key=lambda p: (p.greeted, p.since))
+        reason = f"{MAX_PENDING_HANDSHAKES} unfinished handshakes"
+    else:
+        return None
+    kind = "the oldest" if victim.greeted else "the oldest silent one"
+    return victim, f"it was {kind} of {reason}"
+
+
+class RefusalLog:
+    """Refusal lines that stay readable in a flood.
+
+    The first refusal from an address is shown in full; after that, at most one
+    summary line per address every REFUSAL_SUMMARY_SECONDS.
+    """
+
+    def __init__(self, window: float = REFUSAL_SUMMARY_SECONDS) -> None:
+        self._window = window
+        self._hosts: dict[str, tuple[float, int]] = {}  # window start, refusals held back
+
+    def refused(self, host: str, line: str, now: float) -> str | None:
+        """The line to show for this refusal now, or None when it is counted instead."""
+        if host not in self._hosts:
+            self._hosts[host] = (now, 0)
+            return line
+        since, count = self._hosts[host]
+        self._hosts[host] = (since, count + 1)
+        return None
+
+    def summaries(self, now: float) -> list[str]:
+        """Summary lines of the windows that have ended by `now`."""
+        lines = []
+        for host, (since, count) in list(self._hosts.items()):
+            if now - since < self._window:
+                continue
+            if count:
+                lines.append(
+                    f"Refused {count} more connection{'s' if count != 1 else ''} from {host} "
+                    f"in the last {self._window:g} s"
+                )
+                self._hosts[host] = (now, 0)
+            else:
+                del self._hosts[host]  # quiet for a whole window: the next one is shown
+        return lines
+
+    def next_deadline(self) -> float | None:
+        """When the next window ends, or None when nothing is held."""
+        return min((since + self._window for since, _ in self._hosts.values()), default=None)
+
+
+# --- Network: sockets, selectors, timers --------------------------------------
 
 
 def describe_os_error(exc: BaseException) -> str:
@@ -813,7 +1343,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         server.bind(address)
-        server.listen(MAX_PENDING_HANDSHAKES * 2)
+        server.listen(LISTEN_BACKLOG)
     except OSError as exc:
         server.close()
         where = f"{format_host(host)}:{port}"
@@ -858,60 +1388,369 @@ def connect_socket(host: str, port: int, timeout: float = HANDSHAKE_SECONDS) -> 
     return sock
 
 
-class Deadline:
-    """One deadline for a whole exchange, checked before every read."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._end = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        """Seconds left, or HandshakeError when the time is up."""
-        left = self._end - time.monotonic()
-        if left <= 0:
-            raise HandshakeError(f"the handshake did not finish within {self.seconds:g} s")
-        return left
-
-
-def read_frame(sock: socket.socket, decoder: FrameDecoder, deadline: Deadline, limit: int) -> bytes:
-    """The next frame during the handshake, within the deadline and size limit."""
-    while (body := next_handshake_frame(decoder, limit)) is None:
-        sock.settimeout(deadline.remaining())
-        try:
-            data = sock.recv(4096)
-        except TimeoutError:
-            deadline.remaining()
-            continue
-        except OSError as exc:
-            raise HandshakeError(
-                f"the connection failed during the handshake: {describe_os_error(exc)}"
-            ) from exc
-        if not data:
-            raise HandshakeError("the peer closed the connection during the handshake")
-        decoder.feed(data)
-    return body
-
-
-def next_handshake_frame(decoder: FrameDecoder, limit: int) -> bytes | None:
-    """decoder.next_frame, with an oversized frame named as a foreign protocol."""
-    try:
-        return decoder.next_frame(limit)
-    except ProtocolError as exc:
-        raise HandshakeError(
-            f"the other side is not speaking the chatclient protocol ({exc})"
-        ) from exc
-
-
-@dataclass
-class Peer:
-    """An admitted peer: its socket and the session both sides agreed on."""
+@dataclass(eq=False)
+class Link:
+    """One TCP connection and its protocol object; only the network thread touches it."""
 
     sock: socket.socket
-    decoder: FrameDecoder
-    session: Session
     address: tuple[str, int]
-    name: str
-    connected_at: float = field(default_factory=time.monotonic)
+    peer: PeerProtocol
+    since: float
+    fd: int = -1
+    outgoing: bytearray = field(default_factory=bytearray)
+    last_write: float = 0.0
+    claimed: bool = False  # a place in the chat (listener), or our own connection
+    established: bool = False  # both WELCOMEs went through: its events go to the user
+    leave_by: float | None = None  # we said goodbye: close when the peer has, or by then
+    write_shut: bool = False
+
+    @property
+    def host(self) -> str:
+        """The peer's address without the port."""
+        return self.address[0]
+
+
+class NetworkUser(Protocol):
+    """What the network thread reports to (the conversation, or a benchmark)."""
+
+    def connection_events(self, link: Link, events: list[Event]) -> None:
+        """Events of a connection in the chat: Established, MessageReceived, Closed, Failed."""
+
+    def refused(self, line: str) -> None:
+        """A line about a connection that was refused or dropped."""
+
+
+class Network:
+    """The one thread that owns every socket, around one `selectors` loop.
+
+    It accepts, runs every handshake, reads into each PeerProtocol, writes each
+    peer's bounded outgoing buffer and runs the timers. Other threads never
+    touch a socket: they post() commands, which a wake-up socket delivers.
+    """
+
+    def __init__(
+        self,
+        psk: bytes,
+        username: str,
+        user: NetworkUser,
+        *,
+        keepalive: float = KEEPALIVE_SECONDS,
+        handshake_seconds: float = HANDSHAKE_SECONDS,
+        capacity: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._psk, self._username, self._user = psk, username, user
+        self._keepalive, self._handshake_seconds = keepalive, handshake_seconds
+        self._capacity, self._clock = capacity, clock
+        self._selector = selectors.DefaultSelector()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        for end in (self._wake_reader, self._wake_writer):
+            end.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
+        self._commands: deque[Callable[[float], None]] = deque()
+        self._links: dict[int, Link] = {}
+        self._server: socket.socket | None = None
+        self._accept_paused_until: float | None = None
+        self._refusals = RefusalLog()
+        self._leaving = False
+        self._running = True
+        self.finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="network", daemon=True)
+
+    # Called by other threads ------------------------------------------------
+
+    def listen(self, server: socket.socket) -> None:
+        """Accept connections on `server` (call before start())."""
+        server.setblocking(False)
+        self._server = server
+        self._selector.register(server, selectors.EVENT_READ, server)
+
+    def connect(self, sock: socket.socket) -> None:
+        """Run the connector's side on a connected socket (call before start())."""
+        now = self._clock()
+        link = self._add(sock, peer_address(sock), Role.CONNECTOR, now)
+        link.claimed = True
+
+    def start(self) -> None:
+        """Start the network thread."""
+        self._thread.start()
+
+    def post(self, command: Callable[[float], None]) -> None:
+        """Run `command(now)` on the network thread."""
+        self._commands.append(command)
+        with contextlib.suppress(OSError):  # a full wake-up buffer already means "wake up"
+            self._wake_writer.send(b"\0")
+
+    def send(self, message: Message) -> None:
+        """Send a message to everyone in the chat."""
+        self.post(lambda now: self._broadcast(message, now))
+
+    def leave(self, goodbye: str) -> None:
+        """Say goodbye to everyone, stop accepting, and finish once they have closed."""
+        self.post(lambda now: self._leave(goodbye, now))
+
+    def stop(self, timeout: float = GOODBYE_DRAIN_SECONDS) -> None:
+        """Close every socket and end the thread."""
+        self.post(self._stop)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    # The loop ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while self._running:
+                timeout = self._run_timers(self._clock())
+                ready = self._selector.select(timeout)
+                now = self._clock()
+                for key, mask in ready:
+                    self._dispatch(key.data, mask, now)
+                while self._commands:
+                    self._commands.popleft()(now)
+        except Exception as exc:  # a bug: end the chat visibly rather than hang it
+            for link in list(self._links.values()):
+                if link.claimed:
+                    lost = ConnectionLost(f"internal error in the network thread: {exc!r}")
+                    self._user.connection_events(link, [Failed(lost)])
+            raise
+        finally:
+            self._close_everything()
+            self.finished.set()
+
+    def _dispatch(self, data: object, mask: int, now: float) -> None:
+        if data is None:
+            with contextlib.suppress(OSError):
+                while self._wake_reader.recv(4096):
+                    pass
+        elif data is self._server:
+            self._accept(now)
+        elif isinstance(data, Link) and data.fd in self._links:
+            if mask & selectors.EVENT_READ:
+                self._read(data, now)
+            if mask & selectors.EVENT_WRITE and data.fd in self._links:
+                self._settle(data, now)
+
+    def _run_timers(self, now: float) -> float | None:
+        """Apply every deadline due now; seconds until the next one (None: no deadline)."""
+        deadlines: list[float] = []
+        for link in list(self._links.values()):
+            if (due := link.peer.timers(now)) is not None:
+                deadlines.append(due)
+            if link.outgoing:
+                stalled = link.last_write + link.peer.silence_limit
+                if now >= stalled:
+                    link.outgoing.clear()
+                    link.peer.connection_failed(
+                        f"the peer has not read anything for {link.peer.silence_limit:g} s"
+                    )
+                deadlines.append(stalled)
+            if link.leave_by is not None:
+                if now >= link.leave_by:
+                    self._close(link)
+                    continue
+                deadlines.append(link.leave_by)
+            self._settle(link, now)
+        for line in self._refusals.summaries(now):
+            self._user.refused(line)
+        if (due := self._refusals.next_deadline()) is not None:
+            deadlines.append(due)
+        if self._accept_paused_until is not None:
+            if now >= self._accept_paused_until:
+                self._resume_accepting()
+            else:
+                deadlines.append(self._accept_paused_until)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - now)
+
+    # Connections ----------------------------------------------------------------
+
+    def _accept(self, now: float) -> None:
+        assert self._server is not None
+        for _ in range(LISTEN_BACKLOG):  # a batch, then the other sockets get a turn
+            try:
+                sock, address = self._server.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:  # out of file descriptors: pause rather than spin
+                self._user.refused(f"Not accepting connections for 1 s: {describe_os_error(exc)}")
+                self._selector.unregister(self._server)
+                self._accept_paused_until = now + 1.0
+                return
+            host, port = unmap(str(address[0])), int(address[1])
+            pending = [
+                Pending(link.host, link.since, link.peer.greeted, link.fd)
+                for link in self._links.values()
+                if not link.claimed and link.peer.stage in HANDSHAKE_STAGES
+            ]
+            if (eviction := handshake_to_evict(pending, host)) is not None:
+                victim, reason = eviction
+                self._report(self._links[victim.key], "Dropped a connection from", reason, now)
+                self._close(self._links[victim.key])
+            self._add(sock, (host, port), Role.LISTENER, now)
+
+    def _resume_accepting(self) -> None:
+        self._accept_paused_until = None
+        if self._server is not None and not self._leaving:
+            self._selector.register(self._server, selectors.EVENT_READ, self._server)
+
+    def _add(self, sock: socket.socket, address: tuple[str, int], role: Role, now: float) -> Link:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = PeerProtocol(
+            role,
+            self._psk,
+            self._username,
+            now,
+            handshake_seconds=self._handshake_seconds,
+            keepalive=self._keepalive,
+        )
+        link = Link(sock, address, peer, since=now, fd=sock.fileno(), last_write=now)
+        self._links[link.fd] = link
+        self._selector.register(sock, selectors.EVENT_READ, link)
+        self._settle(link, now)
+        return link
+
+    def _read(self, link: Link, now: float) -> None:
+        try:
+            data = link.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            link.peer.connection_failed(describe_os_error(exc))
+        else:
+            link.peer.receive_data(data, now)
+        self._settle(link, now)
+
+    def _settle(self, link: Link, now: float) -> None:
+        """Pass the link's events on, write what it owes, close it once it is over."""
+        while True:
+            self._hand_over_events(link, now)
+            if self._write(link, now):
+                break
+        if link.peer.stage is Stage.CLOSED and not (link.leave_by and link.outgoing):
+            self._close(link)
+        elif link.fd in self._links:
+            wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.outgoing else 0)
+            if self._selector.get_key(link.sock).events != wanted:
+                self._selector.modify(link.sock, wanted, link)
+
+    def _hand_over_events(self, link: Link, now: float) -> None:
+        shown: list[Event] = []
+        while (event := link.peer.next_event()) is not None:
+            if isinstance(event, KeyProven):
+                self._admit_or_refuse(link)
+            elif isinstance(event, Established) or link.established:
+                link.established = True
+                shown.append(event)
+            elif link.peer.role is Role.CONNECTOR:
+                shown.append(event)  # our own connection failed: the user says why
+            elif isinstance(event, Failed):
+                link.claimed = False  # an admitted connector that vanished frees its place
+                self._report(link, "Refused a connection from", str(event.error), now)
+        link.outgoing += link.peer.data_to_send()
+        if shown:
+            self._user.connection_events(link, shown)
+
+    def _admit_or_refuse(self, link: Link) -> None:
+        # The place is claimed before our WELCOME goes out, so when two proven
+        # connectors race, the second is told "busy" rather than cut off.
+        if not self._leaving and self._members() < self._capacity:
+            link.claimed = True
+            link.peer.admit()
+        else:
+            link.peer.refuse(Reject.BUSY)
+
+    def _write(self, link: Link, now: float) -> bool:
+        """Write what the socket takes now; False when writing failed (events to pass on)."""
+        if len(link.outgoing) > MAX_OUTGOING:
+            link.outgoing.clear()
+            link.peer.connection_failed(
+                f"the peer is not reading: over {MAX_OUTGOING // 2**20} MiB waiting for it"
+            )
+            return False
+        if link.outgoing:
+            try:
+                sent = link.sock.send(link.outgoing)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                link.outgoing.clear()
+                link.peer.connection_failed(describe_os_error(exc))
+                return False
+            if sent:
+                del link.outgoing[:sent]
+                link.last_write = now
+        if not link.outgoing:
+            link.last_write = now
+            if link.leave_by is not None and not link.write_shut:
+                link.write_shut = True  # the peer reads our goodbye, then end of stream
+                with contextlib.suppress(OSError):
+                    link.sock.shutdown(socket.SHUT_WR)
+        return True
+
+    def _close(self, link: Link) -> None:
+        if self._links.pop(link.fd, None) is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(link.sock)
+        if link.outgoing and link.peer.stage is Stage.CLOSED:  # a refusal not written yet
+            with contextlib.suppress(OSError):
+                link.sock.send(link.outgoing)
+        link.sock.close()
+        if self._leaving and not any(other.claimed for other in self._links.values()):
+            self._running = False
+
+    def _members(self) -> int:
+        return sum(1 for link in self._links.values() if link.claimed)
+
+    def _report(self, link: Link, what: str, reason: str, now: float) -> None:
+        """A refusal line, unless the chat is full (then it is on screen: stay quiet)."""
+        if self._members() >= self._capacity:
+            return
+        line = f"{what} {link.address!r}: {reason}"
+        if (shown := self._refusals.refused(link.host, line, now)) is not None:
+            self._user.refused(shown)
+
+    # Commands (run on the network thread) ------------------------------------------
+
+    def _broadcast(self, message: Message, now: float) -> None:
+        for link in list(self._links.values()):
+            if link.claimed and link.peer.stage is Stage.OPEN:
+                link.outgoing += link.peer.data_to_send()
+                link.outgoing += link.peer.send(message, now)
+                self._settle(link, now)
+
+    def _leave(self, goodbye: str, now: float) -> None:
+        self._leaving = True
+        if self._server is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self._server)
+            self._server.close()
+            self._server = None
+        for link in list(self._links.values()):
+            if link.claimed and link.peer.stage is Stage.OPEN:
+                link.leave_by = now + GOODBYE_DRAIN_SECONDS
+                link.outgoing += link.peer.data_to_send()
+                link.outgoing += link.peer.send(Terminate(goodbye), now)
+                self._settle(link, now)
+            else:
+                self._close(link)
+        if not any(link.claimed for link in self._links.values()):
+            self._running = False
+
+    def _stop(self, now: float) -> None:
+        self._running = False
+
+    def _close_everything(self) -> None:
+        for link in list(self._links.values()):
+            self._close(link)
+        if self._server is not None:
+            self._server.close()
+        self._selector.close()
+        self._wake_reader.close()
+        self._wake_writer.close()
 
 
 def peer_address(sock: socket.socket) -> tuple[str, int]:
@@ -921,271 +1760,6 @@ def peer_address(sock: socket.socket) -> tuple[str, int]:
     except OSError as exc:
         raise HandshakeError("the peer vanished right after the handshake") from exc
     return unmap(host), port
-
-
-def send_reject(sock: socket.socket, reason: Reject) -> None:
-    """Send a rejection frame, best effort: the connector may already be gone."""
-    with contextlib.suppress(OSError):
-        sock.sendall(encode_frame(reject_frame(reason)))
-
-
-def send_all(sock: socket.socket, data: bytes) -> None:
-    """sendall, with the failure named as a handshake error."""
-    try:
-        sock.sendall(data)
-    except OSError as exc:
-        raise HandshakeError(
-            f"the connection failed during the handshake: {describe_os_error(exc)}"
-        ) from exc
-
-
-def handshake_as_connector(
-    sock: socket.socket, psk: bytes, username: str, seconds: float = HANDSHAKE_SECONDS
-) -> Peer:
-    """Run the connector's side on a connected socket; return the admitted peer."""
-    deadline = Deadline(seconds)
-    decoder = FrameDecoder()
-    handshake = ConnectorHandshake(psk)
-    send_all(sock, encode_frame(handshake.m1))
-    m2 = read_frame(sock, decoder, deadline, MAX_HELLO_SIZE)
-    if (refusal := parse_reject(m2)) is not None:
-        raise refusal
-    m3, keys = handshake.respond(m2)
-    send_all(sock, encode_frame(m3))
-    first = read_frame(sock, decoder, deadline, MAX_FRAME)
-    if (refusal := parse_reject(first)) is not None:
-        raise refusal
-    session = Session(keys)
-    try:
-        welcome = session.decode(first)
-    except ProtocolError as exc:
-        raise KeyMismatch(KEY_MISMATCH_TEXT) from exc
-    assert isinstance(welcome, Welcome)  # the session's phase table guarantees it
-    send_all(sock, session.encode(Welcome(username)))
-    return Peer(sock, decoder, session, peer_address(sock), welcome.name)
-
-
-def handshake_as_listener(
-    sock: socket.socket,
-    psk: bytes,
-    username: str,
-    seconds: float = HANDSHAKE_SECONDS,
-    claim: Callable[[], bool] = lambda: True,
-) -> Peer:
-    """Run the listener's side on an accepted socket; return the admitted peer.
-
-    `claim` is asked once the connector has proven the key, before WELCOME:
-    when it says no (someone else got in first), the connector is told busy.
-    """
-    deadline = Deadline(seconds)
-    decoder = FrameDecoder()
-    handshake = ListenerHandshake(psk)
-    m1 = read_frame(sock, decoder, deadline, MAX_HELLO_SIZE)
-    try:
-        m2 = handshake.receive_commit(m1)
-    except HandshakeError:
-        send_reject(sock, Reject.BAD_VERSION)
-        raise
-    send_all(sock, encode_frame(m2))
-    m3 = read_frame(sock, decoder, deadline, MAX_HELLO_SIZE)
-    try:
-        keys = handshake.receive_confirm(m3)
-    except KeyMismatch:
-        send_reject(sock, Reject.KEY_MISMATCH)
-        raise
-    if not claim():
-        send_reject(sock, Reject.BUSY)
-        raise HandshakeError("another peer got in first")
-    session = Session(keys)
-    send_all(sock, session.encode(Welcome(username)))
-    welcome = session.decode(read_frame(sock, decoder, deadline, MAX_FRAME))
-    assert isinstance(welcome, Welcome)  # the session's phase table guarantees it
-    return Peer(sock, decoder, session, peer_address(sock), welcome.name)
-
-
-class Listener:
-    """Accept connections and run their handshakes concurrently.
-
-    At most MAX_PENDING_HANDSHAKES run at once; a new connection beyond that
-    evicts the oldest unfinished one, so silent or slow connections never lock
-    a real peer out. The first to prove the key claims the chat; later ones
-    are told the listener is busy.
-    """
-
-    def __init__(
-        self,
-        server: socket.socket,
-        psk: bytes,
-        username: str,
-        report: ReportFn,
-        seconds: float = HANDSHAKE_SECONDS,
-    ) -> None:
-        self._server = server
-        self._psk = psk
-        self._username = username
-        self._report = report
-        self._seconds = seconds
-        self._lock = threading.Lock()
-        self._pending: dict[socket.socket, float] = {}  # handshakes under way, by start
-        self._evicted: set[socket.socket] = set()
-        self._taken = False
-        self._admitted = threading.Event()
-        self._peer: Peer | None = None
-        threading.Thread(target=self._accept_loop, name="accept", daemon=True).start()
-
-    def wait(self, watch: Callable[[threading.Event], None] | None = None) -> Peer:
-        """Block until a peer has completed the handshake; `watch` polls meanwhile."""
-        while not self._admitted.is_set():
-            if watch is None:
-                self._admitted.wait(0.5)  # short waits keep Ctrl-C responsive
-            else:
-                watch(self._admitted)
-        assert self._peer is not None
-        return self._peer
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                sock, address = self._server.accept()
-            except OSError:
-                return
-            with self._lock:
-                busy = self._taken
-                if not busy:
-                    self._make_room()
-                    self._pending[sock] = time.monotonic()
-            if busy:
-                refuse(sock, Reject.BUSY)
-                continue
-            threading.Thread(
-                target=self._admit, args=(sock, address), name="handshake", daemon=True
-            ).start()
-
-    def _make_room(self) -> None:
-        """Evict the oldest unfinished handshake when all slots are taken (lock held)."""
-        if len(self._pending) < MAX_PENDING_HANDSHAKES:
-            return
-        oldest = min(self._pending, key=self._pending.__getitem__)
-        del self._pending[oldest]
-        self._evicted.add(oldest)
-        with contextlib.suppress(OSError):
-            oldest.shutdown(socket.SHUT_RDWR)  # wakes its handshake thread
-
-    def _claim(self) -> bool:
-        """Take the one chat slot, or False if another peer has it."""
-        with self._lock:
-            taken, self._taken = self._taken, True
-        return not taken
-
-    def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        claimed = False
-
-        def claim() -> bool:
-            nonlocal claimed
-            claimed = self._claim()
-            return claimed
-
-        try:
-            peer = handshake_as_listener(sock, self._psk, self._username, self._seconds, claim)
-        except ChatError as exc:
-            sock.close()
-            with self._lock:
-                self._pending.pop(sock, None)
-                evicted = sock in self._evicted
-                self._evicted.discard(sock)
-                if claimed:
-                    self._taken = False
-                chatting = self._taken  # then stay quiet: the chat is on screen
-            if not chatting:
-                self._report(self._refusal(address, exc, evicted))
-            return
-        with self._lock:
-            self._pending.pop(sock, None)
-        self._peer = peer
-        self._admitted.set()
-
-    @staticmethod
-    def _refusal(address: tuple[str, int], exc: ChatError, evicted: bool) -> str:
-        shown = (unmap(address[0]), address[1])
-        if evicted:
-            return (
-                f"Dropped a connection from {shown!r}: it was the oldest of "
-                f"{MAX_PENDING_HANDSHAKES} unfinished handshakes"
-            )
-        return f"Refused a connection from {shown!r}: {exc}"
-
-
-def refuse(sock: socket.socket, reason: Reject) -> None:
-    """Tell a connection why it is refused, without waiting on it, and close it."""
-    with contextlib.suppress(OSError):
-        sock.setblocking(False)
-    send_reject(sock, reason)
-    sock.close()
-
-
-class Connection:
-    """An admitted peer's socket carrying the chat, safe to send from two threads."""
-
-    def __init__(self, peer: Peer, keepalive: float = KEEPALIVE_SECONDS) -> None:
-        self.peer = peer
-        self.keepalive = keepalive
-        self.silence_limit = keepalive * DEAD_AFTER_INTERVALS
-        self._send_lock = threading.Lock()
-        self._last_send = time.monotonic()
-        peer.sock.settimeout(self.silence_limit)
-
-    def send(self, message: Message) -> None:
-        """Encrypt and send one message, or raise ConnectionLost."""
-        with self._send_lock:
-            frame = self.peer.session.encode(message)
-            try:
-                self.peer.sock.sendall(frame)
-            except TimeoutError as exc:
-                raise ConnectionLost(
-                    f"the peer has not read anything for {self.silence_limit:g} s"
-                ) from exc
-            except OSError as exc:
-                raise ConnectionLost(describe_os_error(exc)) from exc
-            self._last_send = time.monotonic()
-
-    def send_keepalive_if_idle(self) -> None:
-        """Send a keepalive when nothing was sent for a keepalive interval."""
-        if time.monotonic() - self._last_send >= self.keepalive:
-            self.send(Keepalive())
-
-    def messages(self) -> Iterator[Message]:
-        """Messages from the peer in order; ends with ConnectionLost or after Terminate."""
-        sock, decoder, session = self.peer.sock, self.peer.decoder, self.peer.session
-        while True:
-            try:
-                for body in decoder.frames():
-                    message = session.decode(body)
-                    yield message
-                    if isinstance(message, Terminate):
-                        return
-            except ProtocolError as exc:
-                raise ConnectionLost(str(exc)) from exc
-            try:
-                data = sock.recv(65536)
-            except TimeoutError as exc:
-                raise ConnectionLost(
-                    f"nothing heard from the peer for {self.silence_limit:g} s "
-                    "(it may be offline or the network is down)"
-                ) from exc
-            except OSError as exc:
-                raise ConnectionLost(describe_os_error(exc)) from exc
-            if not data:
-                raise ConnectionLost("the peer closed the connection without saying goodbye")
-            decoder.feed(data)
-
-    def finish_sending(self) -> None:
-        """Half-close: the peer gets EOF after everything sent so far."""
-        with contextlib.suppress(OSError):
-            self.peer.sock.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.peer.sock.close()
 
 
 # --- Terminal ----------------------------------------------------------------
@@ -1274,6 +1848,8 @@ class Terminal:
 
     def _print(self, line: str, out: TextIO) -> None:
         with self._lock:
+            if self.interactive:
+                line = wrap_for_terminal(line, terminal_width(self.stdout))
             if self._prompt is None or not self.interactive:
                 write(out, line + "\n")
                 return
@@ -1338,6 +1914,49 @@ class Terminal:
                 write(self.stdout, "\n")
 
 
+# Rows after the first of a wrapped line start with this, so no row of a peer's
+# text can pass for a line of its own (say, "Connection closed by peer.").
+CONTINUATION = "  "
+
+
+def char_width(ch: str) -> int:
+    """Columns a character takes on a terminal: 0 for combining marks, 2 for wide ones."""
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def wrap_rows(line: str, width: int) -> list[str]:
+    """One line cut into rows of at most `width` columns, continuation rows indented."""
+    width = max(width, len(CONTINUATION) + 8)
+    rows: list[str] = []
+    row: list[str] = []
+    used = 0
+    for ch in line:
+        columns = char_width(ch)
+        if used + columns > width and used > len(CONTINUATION):
+            rows.append("".join(row))
+            row, used = [CONTINUATION], len(CONTINUATION)
+        row.append(ch)
+        used += columns
+    rows.append("".join(row))
+    return rows
+
+
+def wrap_for_terminal(text: str, width: int) -> str:
+    """Every line of `text` wrapped by wrap_rows (the terminal never wraps it itself)."""
+    return "\n".join(row for line in text.split("\n") for row in wrap_rows(line, width))
+
+
+def terminal_width(stream: TextIO) -> int:
+    """Usable columns: one less than the terminal's, so no row ends at the last column."""
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        columns = 80
+    return max(columns - 1, 1)
+
+
 def main_thread_can_be_signalled() -> bool:
     """True in the main thread where other threads can signal it (POSIX)."""
     return threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_kill")
@@ -1381,62 +2000,121 @@ def ensure_std_streams() -> None:
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
 
 
-# --- Chat: the receiver thread and the input loop ------------------------------
+# --- Chat: what the person at this terminal sees and types ----------------------
 
 
 class PeerEnded(BaseException):
-    """Raised in the main thread when the receiver has ended the chat."""
+    """Raised in the main thread when the network has ended the chat."""
 
 
-HELP = """\
-Type a line and press Enter to send it. Commands:
-  /help            this help
-  /who             who you are talking to, from where, for how long
-  /verify          the session code to compare with your peer
-  /quit or exit    leave the chat (asks for optional goodbye text)
-  //text           send a line that starts with '/'
-Ctrl-D or Ctrl-C also leave the chat."""
+@dataclass(frozen=True)
+class PeerInfo:
+    """Who we are chatting with, as /who shows it."""
+
+    name: str
+    address: tuple[str, int]
+    code: str
+    since: float
 
 
 class Conversation:
-    """One chat: a receiver thread prints what arrives; the main thread sends.
+    """One chat: the network thread reports what arrives; the main thread sends.
 
-    Exactly one side decides how the chat ended (`outcome`): the receiver
+    Exactly one side decides how the chat ended (`outcome`): the network thread
     (goodbye or loss from the peer) or the input loop (we left).
     """
 
-    def __init__(self, conn: Connection, term: Terminal, username: str) -> None:
-        self.conn = conn
+    def __init__(self, term: Terminal, username: str) -> None:
         self.term = term
         self.prompt = f"{username}> " if term.interactive else ""
+        self.net: Network | None = None
+        self.peer: PeerInfo | None = None
+        self.failure: ChatError | None = None  # our connection never got into the chat
         self.outcome: int | None = None
-        self.ended = threading.Event()
+        self.started = threading.Event()  # in the chat, or failed to get there
+        self.ended = threading.Event()  # the peer's side of the chat is over
         self._lock = threading.Lock()
         self._main = threading.get_ident()
         self._can_interrupt = False
         self._interrupted = threading.Event()
 
-    def run(self) -> int:
+    # Reported by the network thread ---------------------------------------------
+
+    def connection_events(self, link: Link, events: list[Event]) -> None:
+        """Show what happened on the chat's connection; end the chat when it is over."""
+        lines: list[str] = []
+        ending: tuple[int, str] | None = None
+        for event in events:
+            if isinstance(event, Established):
+                self.peer = PeerInfo(event.name, link.address, event.code, time.monotonic())
+                lines += self._arrival_lines(link, sanitize(event.name), event.code)
+            elif isinstance(event, MessageReceived):
+                lines += self._message_lines(event.message)
+                if isinstance(event.message, Terminate):
+                    ending = (0, "Connection closed by peer.")
+            elif isinstance(event, Failed) and self.peer is None:
+                self.failure = event.error
+            elif isinstance(event, Failed):
+                ending = (1, f"Connection lost: {event.error}")
+        if lines:  # shown together: a burst of messages is one redraw
+            self.term.show("\n".join(lines))
+        self.started.set()
+        if ending is not None:
+            self._end_from_network(*ending)
+        if ending is not None or any(isinstance(e, (Closed, Failed)) for e in events):
+            self.ended.set()
+
+    def refused(self, line: str) -> None:
+        """A refused or dropped connection, on stderr."""
+        self.term.error(line)
+
+    def _arrival_lines(self, link: Link, name: str, code: str) -> list[str]:
+        if link.peer.role is Role.LISTENER:
+            arrival = [f"Connected by {link.address!r}", f"{name} joined the chat."]
+        else:
+            arrival = [f"WELCOME Welcome to the chat! I am {name}"]
+        return [*arrival, f"Session code: {code} (compare with your peer; /verify shows it again)"]
+
+    def _message_lines(self, message: Message) -> list[str]:
+        name = sanitize(self.peer.name) if self.peer else "the peer"
+        if isinstance(message, Chat):
+            return [f"{name} says: {sanitize(message.text)}"]
+        if isinstance(message, Terminate):
+            text = sanitize(message.text)
+            return [f"{name} left the chat: {text}" if text else f"{name} left the chat."]
+        return []
+
+    # The main thread ------------------------------------------------------------------
+
+    def wait_until_started(self, listening: bool) -> None:
+        """Block until the chat starts; while listening, refuse lines typed meanwhile."""
+        while not self.started.is_set():
+            if listening:
+                self.term.watch_input(self.started)
+            else:
+                self.started.wait(0.1)  # short waits keep Ctrl-C responsive
+        if self.failure is not None:
+            raise self.failure
+
+    def run(self, net: Network) -> int:
         """Chat until someone leaves; return the exit status.
 
-        When the receiver ends the chat it interrupts the main thread (SIGUSR1
+        When the network ends the chat it interrupts the main thread (SIGUSR1
         raising PeerEnded), so a pending input() never waits for a keypress.
         """
-        if main_thread_can_be_signalled():
-            signal.signal(signal.SIGUSR1, self._on_interrupt)
-            self._can_interrupt = True
+        self.net = net
+        with self._lock:
+            if self.outcome is not None:  # the chat ended before we got here
+                return self.status()
+            if main_thread_can_be_signalled():
+                signal.signal(signal.SIGUSR1, self._on_interrupt)
+                self._can_interrupt = True
         try:
-            threading.Thread(target=self._receive, name="receiver", daemon=True).start()
-            threading.Thread(target=self._keep_alive, name="keepalive", daemon=True).start()
             try:
                 goodbye = self._read_until_exit()
             except KeyboardInterrupt:  # Ctrl-C while sending or printing
                 self.term.newline()
                 goodbye = ""
-            except ConnectionLost as exc:
-                self.ended.wait(GOODBYE_DRAIN_SECONDS)
-                self._decide(1, f"Connection lost: {exc}")
-                return self.status()
             self._leave(goodbye)
         except PeerEnded:
             self.term.clear_prompt()
@@ -1460,27 +2138,33 @@ class Conversation:
             except UnicodeDecodeError:
                 self.term.error("error: that line is not valid UTF-8 text: not sent")
                 continue
-            command = line.strip()
-            if command in ("exit", "/quit"):
+            stripped = line.strip()
+            if stripped == "exit":
                 return self._ask_goodbye()
-            if command in ("/help", "/?"):
-                self.term.show(HELP)
-            elif command in ("/who", "/verify"):
-                self.term.show(self._describe_peer())
-            elif line.startswith("/") and not line.startswith("//"):
-                self.term.error(
-                    f"unknown command {sanitize(line.split()[0])}: type /help for the "
-                    "commands, or start with // to send a line beginning with /"
-                )
-            elif line:
+            if stripped.startswith("/") and not stripped.startswith("//"):
+                if self._run_command(stripped):
+                    return self._ask_goodbye()
+            elif stripped:  # a line of only whitespace is not sent
                 self._send_chat(line[1:] if line.startswith("//") else line)
+
+    def _run_command(self, line: str) -> bool:
+        """Run a slash command; True when it means leaving the chat."""
+        word, _, argument = line[1:].partition(" ")
+        command = COMMAND_INDEX.get(word.lower())
+        if command is None:
+            self.term.error(
+                f"unknown command {sanitize(line.split()[0])}: type /help for the "
+                "commands, or start with // to send a line beginning with /"
+            )
+            return False
+        return command.run(self, argument.strip())
 
     def _ask_goodbye(self) -> str:
         """The goodbye text, asked again until it can be sent."""
         while True:
             try:
                 text = self.term.ask("Enter goodbye text (optional): ")
-                encode_text(text, MAX_TEXT, "goodbye text")
+                Terminate(text).encode_body()
             except (EOFError, KeyboardInterrupt):
                 self.term.newline()
                 return ""
@@ -1492,41 +2176,27 @@ class Conversation:
                 return text
 
     def _send_chat(self, text: str) -> None:
+        message = Chat(text)
         try:
-            self.conn.send(Chat(text))
-        except ConnectionLost:
-            raise
+            message.encode_body()  # a line too long is refused here, before it is queued
         except ChatError as exc:
             self.term.error(f"error: {exc}")
             return
+        assert self.net is not None
+        self.net.send(message)
         self.term.show("Sent CHAT message.")
-
-    def _describe_peer(self) -> str:
-        peer = self.conn.peer
-        minutes, seconds = divmod(int(time.monotonic() - peer.connected_at), 60)
-        host, port = peer.address
-        return (
-            f"Talking to {sanitize(peer.name)} at {format_host(host)}:{port}, connected "
-            f"{minutes} min {seconds} s. Session code: {peer.session.keys.code} "
-            "(the same on both screens means nobody is in the middle)"
-        )
 
     def _leave(self, goodbye: str) -> None:
         if not self._decide(0, None):
             self.ended.wait(GOODBYE_DRAIN_SECONDS)  # the peer ended it first
             return
-        try:
-            self.conn.send(Terminate(goodbye))
-        except ChatError as exc:
-            self.outcome = 1
-            self.term.show(f"Connection lost: {exc}")
-            return
+        assert self.net is not None
+        self.net.leave(goodbye)
         self.term.show("Sent TERMINATE message.")
-        self.conn.finish_sending()
         self.term.show("Connection closed by you.")
-        # Wait for the peer to close too, so nothing in flight is cut off.
-        self.ended.wait(GOODBYE_DRAIN_SECONDS)
-        self.conn.close()
+        # The network half-closes after the goodbye and waits for the peer to
+        # close too, so nothing in flight is cut off.
+        self.net.finished.wait(GOODBYE_DRAIN_SECONDS + 1.0)
 
     def _decide(self, status: int, line: str | None) -> bool:
         """Record how the chat ended and print its line, unless already decided."""
@@ -1538,46 +2208,87 @@ class Conversation:
                 self.term.show(line)
             return True
 
-    def _receive(self) -> None:
-        name = sanitize(self.conn.peer.name)
-        lines: list[str] = []  # shown together once no further frame is already here
-        try:
-            for message in self.conn.messages():
-                if isinstance(message, Chat):
-                    lines.append(f"{name} says: {sanitize(message.text)}")
-                elif isinstance(message, Terminate):
-                    text = sanitize(message.text)
-                    lines.append(
-                        f"{name} left the chat: {text}" if text else f"{name} left the chat."
-                    )
-                if lines and not self.conn.peer.decoder.has_frame():
-                    self.term.show("\n".join(lines))
-                    lines = []
-                if isinstance(message, Terminate):
-                    self._end_from_receiver(0, "Connection closed by peer.")
-        except ConnectionLost as exc:
-            if lines:  # messages that verified before the frame that broke the session
-                self.term.show("\n".join(lines))
-            self._end_from_receiver(1, f"Connection lost: {exc}")
-        finally:
-            self.ended.set()
-
-    def _end_from_receiver(self, status: int, line: str) -> None:
-        if not (self._decide(status, line) and self._can_interrupt):
+    def _end_from_network(self, status: int, line: str) -> None:
+        if not self._decide(status, line):
             return
-        signal_until(self._main, signal.SIGUSR1, self._interrupted)
+        with self._lock:
+            can_interrupt = self._can_interrupt
+        if can_interrupt:
+            signal_until(self._main, signal.SIGUSR1, self._interrupted)
 
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
         if not self._interrupted.is_set():
             self._interrupted.set()
             raise PeerEnded
 
-    def _keep_alive(self) -> None:
-        while not self.ended.wait(self.conn.keepalive / 2):
-            try:
-                self.conn.send_keepalive_if_idle()
-            except ChatError:
-                return
+    # Commands -----------------------------------------------------------------------
+
+    def show_help(self, argument: str) -> bool:
+        """/help: the commands, from the table."""
+        self.term.show(help_text())
+        return False
+
+    def show_peer(self, argument: str) -> bool:
+        """/who and /verify: who, from where, for how long, and the session code."""
+        peer = self.peer
+        if peer is None:
+            self.term.error("Nobody is connected yet.")
+            return False
+        minutes, seconds = divmod(int(time.monotonic() - peer.since), 60)
+        host, port = peer.address
+        self.term.show(
+            f"Talking to {sanitize(peer.name)} at {format_host(host)}:{port}, connected "
+            f"{minutes} min {seconds} s. Session code: {peer.code} "
+            "(the same on both screens means nobody is in the middle)"
+        )
+        return False
+
+    def quit(self, argument: str) -> bool:
+        """/quit and /exit: leave (any argument is ignored)."""
+        return True
+
+
+# --- Commands ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """A slash command: its name, aliases, one line of help, and what it does."""
+
+    name: str
+    aliases: tuple[str, ...]
+    summary: str
+    run: Callable[[Conversation, str], bool]  # True: leave the chat
+
+
+COMMANDS = (
+    Command("help", ("?",), "this help", Conversation.show_help),
+    Command("who", (), "who you are talking to, from where, for how long", Conversation.show_peer),
+    Command("verify", (), "the session code to compare with your peer", Conversation.show_peer),
+    Command(
+        "quit", ("exit",), "leave the chat (asks for optional goodbye text)", Conversation.quit
+    ),
+)
+# Commands are case-insensitive: /QUIT and /Quit are /quit.
+COMMAND_INDEX = {word: command for command in COMMANDS for word in (command.name, *command.aliases)}
+
+
+def help_text() -> str:
+    """/help, generated from the command table."""
+    rows = [
+        (" or ".join(f"/{word}" for word in (command.name, *command.aliases)), command.summary)
+        for command in COMMANDS
+    ]
+    rows.append(("exit", "leave the chat, as /quit does"))
+    rows.append(("//text", "send a line that starts with '/'"))
+    width = max(len(usage) for usage, _ in rows) + 2
+    return "\n".join(
+        [
+            "Type a line and press Enter to send it. Commands:",
+            *(f"  {usage:<{width}}{summary}" for usage, summary in rows),
+            "Ctrl-D or Ctrl-C also leave the chat.",
+        ]
+    )
 
 
 # --- main ----------------------------------------------------------------------
@@ -1589,7 +2300,7 @@ examples:
   python chatclient.py --connect 192.168.1.112:50233
   python chatclient.py --connect [::1]:50233    IPv6 in brackets
   python chatclient.py --init --username laptop --port 50233
-  python chatclient.py --init --key KEY_FROM_PEER --username laptop
+  python chatclient.py --init --key - --username laptop   paste your peer's key when asked
   python chatclient.py --genkey                 print a new key
 """
 
@@ -1686,8 +2397,10 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     parser.add_argument(
         "--key",
-        metavar="KEY",
-        help="with --init: save this key (from your peer) instead of a new one",
+        metavar="-",
+        help="with --init: save the key your peer gave you instead of a new one; "
+        "'-' reads it from standard input (hidden on a terminal), so it never shows in "
+        "your shell history or in `ps`",
     )
     parser.add_argument("--genkey", action="store_true", help="print a new key and exit")
     parser.add_argument(
@@ -1729,8 +2442,11 @@ def make_config(args: Options, term: Terminal, fields: dict[str, str], ask: bool
     port = str(args.port or fields.get("port", "").strip() or DEFAULT_PORT)
     ip = fields.get("ip", "").strip() or "0.0.0.0"
     key = args.key.strip() if args.key else ""
+    if key == KEY_FROM_INPUT:
+        prompt = "Paste the key your peer gave you (it is not shown): "
+        key = read_secret(prompt, term.stdin, term.interactive).strip()
     if args.key is not None:
-        decode_key(args.key, "--key")
+        decode_key(key, "--key")
     if args.username is not None:
         check_username(args.username, "--username")
     if ask:
@@ -1763,7 +2479,8 @@ def make_config(args: Options, term: Terminal, fields: dict[str, str], ask: bool
             "Your new key is below. Give it to your peer privately (in person, or through a\n"
             "password manager), never by plain e-mail or in a chat: anyone who has it can\n"
             f"join and read your chats.\n    {key}\nYour peer saves it with:\n"
-            f"    python chatclient.py --init --key {key} --username THEIR_NAME\n"
+            "    python chatclient.py --init --key - --username THEIR_NAME\n"
+            "(it asks for the key, which stays off the screen and out of the shell history)\n"
             "and connects with:\n"
             f"    python chatclient.py --connect {shown_address(config)}"
         )
@@ -1780,9 +2497,13 @@ def listen_problem(ip: str, port: int) -> str | None:
 
 
 def ask_key(term: Terminal) -> str:
-    """A key pasted by the user, checked; empty means make a new one."""
+    """A key pasted by the user (not echoed on a terminal), checked; empty makes a new one."""
     while True:
-        pasted = term.ask("Paste the key your peer gave you (Enter makes a new one): ").strip()
+        pasted = read_secret(
+            "Paste the key your peer gave you, it is not shown (Enter makes a new one): ",
+            term.stdin,
+            term.interactive,
+        ).strip()
         try:
             if pasted:
                 decode_key(pasted, "that key")
@@ -1858,31 +2579,6 @@ def shown_address(config: Config) -> str:
     return f"{format_host(host)}:{config.port}"
 
 
-def wait_for_peer(config: Config, term: Terminal, psk: bytes) -> Peer:
-    """Listen until a peer completes the handshake."""
-    server = listen_socket(config.ip, config.port)
-    term.show(
-        f"Listening on {format_host(config.ip)}:{config.port}; "
-        "waiting for your peer (Ctrl-C to stop)."
-    )
-    peer = Listener(server, psk, config.username, term.error).wait(term.watch_input)
-    term.show(f"Connected by {peer.address!r}")
-    term.show(f"{sanitize(peer.name)} joined the chat.")
-    return peer
-
-
-def connect_to_peer(host: str, port: int, config: Config, psk: bytes, term: Terminal) -> Peer:
-    """Connect and complete the handshake, or raise a ChatError."""
-    sock = connect_socket(host, port)
-    try:
-        peer = handshake_as_connector(sock, psk, config.username)
-    except BaseException:
-        sock.close()
-        raise
-    term.show(f"WELCOME Welcome to the chat! I am {sanitize(peer.name)}")
-    return peer
-
-
 def main(argv: list[str] | None = None) -> int:
     """Load config, listen or connect, handshake, chat, report how it ended."""
     ensure_std_streams()
@@ -1905,19 +2601,24 @@ def main(argv: list[str] | None = None) -> int:
             not args.connect and (just_created or ask_mode(term) == "listen")
         )
         target = None if listening else (args.connect or ask_target(term))
+        conversation = Conversation(term, config.username)
+        network = Network(psk, config.username, conversation, keepalive=args.keepalive)
         if target is None:
-            peer = wait_for_peer(config, term, psk)
+            network.listen(listen_socket(config.ip, config.port))
+            term.show(
+                f"Listening on {format_host(config.ip)}:{config.port}; "
+                "waiting for your peer (Ctrl-C to stop)."
+            )
         else:
-            peer = connect_to_peer(target[0], target[1] or config.port, config, psk, term)
-        term.show(
-            f"Session code: {peer.session.keys.code} "
-            "(compare with your peer; /verify shows it again)"
-        )
-        conversation = Conversation(Connection(peer, args.keepalive), term, config.username)
+            network.connect(connect_socket(target[0], target[1] or config.port))
+        network.start()
         try:
-            return conversation.run()
-        except PeerEnded:  # the receiver's interrupt landed as run() returned
+            conversation.wait_until_started(listening)
+            return conversation.run(network)
+        except PeerEnded:  # the network's interrupt landed as run() returned
             return conversation.status()
+        finally:
+            network.stop()
     except ChatError as exc:
         term.error(f"error: {exc}")
         return 1
