@@ -1895,7 +1895,7 @@ class Terminal:
         except (OSError, ValueError):  # no pollable stdin (closed, or Windows)
             done.wait(0.5)
             return
-        if not readable:
+        if not readable or done.is_set():  # once connected, input() reads it
             return
         if not os.read(fd, 4096):
             raise EOFError
@@ -2056,9 +2056,11 @@ class Conversation:
                 self.failure = event.error
             elif isinstance(event, Failed):
                 ending = (1, f"Connection lost: {event.error}")
+        # Set before anything is shown: a line typed in answer to what is shown
+        # is then never taken for one typed while nobody was connected.
+        self.started.set()
         if lines:  # shown together: a burst of messages is one redraw
             self.term.show("\n".join(lines))
-        self.started.set()
         if ending is not None:
             self._end_from_network(*ending)
         if ending is not None or any(isinstance(e, (Closed, Failed)) for e in events):

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "chatclient.py"
 sys.path.insert(0, str(ROOT))
 
-KEY = "DN80giegpRHpNHLClZep_maYg2iXRGHsbq9Uy1Cobi0="
+KEY = "9RB_8x-fOAeLY6_W-0ykarW4-4i-GomhsITSbtRJuXs="
 OTHER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 TIMEOUT = 15.0
 

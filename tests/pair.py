@@ -6,25 +6,40 @@ exercises the same pure code the sockets do, with no socket in sight.
 
 from __future__ import annotations
 
+import socket
+import time
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from chatclient import (
     MAX_HELLO_SIZE,
+    MESSAGES,
     ConnectorHandshake,
+    Event,
+    Failed,
     FrameDecoder,
+    KeyProven,
     ListenerHandshake,
     Message,
+    PeerProtocol,
+    Role,
     Session,
     SessionKeys,
+    Stage,
     Welcome,
     decode_key,
     derive_psk,
     encode_frame,
 )
 
-KEY = "DN80giegpRHpNHLClZep_maYg2iXRGHsbq9Uy1Cobi0="
+# The wire tags as an enum, derived from the registry (tests name and list them).
+MessageType = IntEnum(  # type: ignore[misc]
+    "MessageType", {kind.kind(): tag for tag, kind in MESSAGES.items()}
+)
+
+KEY = "9RB_8x-fOAeLY6_W-0ykarW4-4i-GomhsITSbtRJuXs="
 OTHER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 PSK = derive_psk(decode_key(KEY))
 OTHER_PSK = derive_psk(decode_key(OTHER_KEY))
@@ -94,3 +109,84 @@ class ConnectionPair:
         """Encode messages at `sender`, deliver the bytes; what the peer received."""
         wire = b"".join(sender.session.encode(message) for message in messages)
         return self.peer(sender).receive(wire)
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+class PeerPair:
+    """Two PeerProtocol objects joined by an in-memory link and a fake clock."""
+
+    def __init__(
+        self,
+        *,
+        connector_psk: bytes = PSK,
+        listener_psk: bytes = PSK,
+        keepalive: float = 10.0,
+        handshake_seconds: float = 10.0,
+    ) -> None:
+        self.clock = FakeClock()
+        options = {"keepalive": keepalive, "handshake_seconds": handshake_seconds}
+        self.connector = PeerProtocol(
+            Role.CONNECTOR, connector_psk, "laptop", self.clock.now, **options
+        )
+        self.listener = PeerProtocol(
+            Role.LISTENER, listener_psk, "desktop", self.clock.now, **options
+        )
+        self.events: dict[PeerProtocol, list[Event]] = {self.connector: [], self.listener: []}
+
+    def other(self, side: PeerProtocol) -> PeerProtocol:
+        return self.listener if side is self.connector else self.connector
+
+    def pump(self, *, admit: bool = True) -> None:
+        """Deliver bytes both ways until nothing moves; the listener admits proven peers."""
+        moved = True
+        while moved:
+            moved = False
+            for side in (self.connector, self.listener):
+                data = side.data_to_send()
+                if data:
+                    moved = True
+                    self.other(side).receive_data(data, self.clock.now)
+                for event in side.events():
+                    self.events[side].append(event)
+                    if isinstance(event, KeyProven) and admit:
+                        side.admit()
+                        moved = True
+
+    def established(self) -> bool:
+        return self.connector.stage is Stage.OPEN and self.listener.stage is Stage.OPEN
+
+
+def drive(
+    sock: socket.socket, peer: PeerProtocol, until: type[Event], timeout: float = 15.0
+) -> list[Event]:
+    """Run a PeerProtocol over a blocking socket until an event of type `until` or Failed.
+
+    Real-socket tests use it to play a well-behaved (or, stopped early, a
+    misbehaving) peer against a real chatclient process.
+    """
+    sock.settimeout(timeout)
+    seen: list[Event] = []
+    while True:
+        if data := peer.data_to_send():
+            sock.sendall(data)
+        for event in peer.events():
+            seen.append(event)
+            if isinstance(event, KeyProven):
+                peer.admit()
+            if isinstance(event, (until, Failed)):
+                if data := peer.data_to_send():
+                    sock.sendall(data)
+                return seen
+        if peer.stage is Stage.CLOSED:
+            return seen
+        peer.receive_data(sock.recv(65536), time.monotonic())

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import os
 import random
+import re
 import resource
 import signal
 import socket
@@ -27,12 +28,14 @@ from pathlib import Path
 
 import pytest
 from conftest import KEY, OTHER_KEY, TIMEOUT, ChatProcess, free_port, write_config
+from pair import OTHER_PSK, drive
 
 import chatclient
 
 Spawn = Callable[..., ChatProcess]
 
 PSK = chatclient.derive_psk(chatclient.decode_key(KEY))
+Role = chatclient.Role
 # Memory may grow this much (KiB) while a huge frame is refused.
 GROWTH_KIB = 20 * 1024
 # Keepalives would shift the frame numbers the relay's transforms count on.
@@ -132,9 +135,14 @@ def reap(process: ChatProcess, timeout: float = TIMEOUT) -> tuple[int, int]:
 # --- Plain sockets -------------------------------------------------------------
 
 
-def connect(port: int) -> socket.socket:
-    """A plain TCP connection to 127.0.0.1:port, every operation bounded."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A plain TCP connection to 127.0.0.1:port from `source`, every operation bounded.
+
+    All of 127.0.0.0/8 is loopback, so 127.0.0.2 and up play other hosts.
+    """
+    sock = socket.create_connection(
+        ("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0)
+    )
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -452,12 +460,11 @@ def test_wrong_key_is_refused_on_both_sides_and_the_listener_goes_on(
 def test_silent_connection_does_not_delay_a_real_peer(spawn: Spawn, tmp_path: Path) -> None:
     listener, port = start_listener(spawn, tmp_path)
     with connect(port) as silent:
-        started = time.monotonic()
         friend = start_connector(spawn, tmp_path, port)
         joined(listener, friend)
-        elapsed = time.monotonic() - started
         chat_both_ways(listener, friend, "beside a silent one")
-        assert elapsed < 5.0, f"the real peer took {elapsed:.1f} s to get in"
+        # The silent one is still waiting for its deadline: the real peer never queued behind it.
+        assert not any("did not finish" in line for line in listener.err)
         silent.settimeout(0.1)
         with pytest.raises(TimeoutError):
             silent.recv(1)  # the listener answered the silent connection nothing
@@ -470,10 +477,8 @@ def test_huge_length_prefix_before_the_handshake_is_refused_without_memory(
     pid = listener.proc.pid
     rss_before, peak_before = memory_kib(pid, "VmRSS"), memory_kib(pid, "VmHWM")
     with connect(port) as sock:
-        started = time.monotonic()
         sock.sendall(b"\xff\xff\xff\xff")
         assert read_until_closed(sock, 3.0) == b""
-        assert time.monotonic() - started < 3.0
     listener.expect(r"^Refused a connection from .*4294967295-byte frame", stream="err")
     rss_after, peak_after = memory_kib(pid, "VmRSS"), memory_kib(pid, "VmHWM")
     assert rss_after - rss_before < GROWTH_KIB, (rss_before, rss_after)
@@ -489,10 +494,11 @@ def test_huge_length_prefix_from_an_authenticated_peer_ends_the_chat_without_mem
 ) -> None:
     listener, port = start_listener(spawn, tmp_path)
     with connect(port) as sock:
-        mallory = chatclient.handshake_as_connector(sock, PSK, "mallory")
-        assert mallory.name == "desktop"
+        mallory = chatclient.PeerProtocol(Role.CONNECTOR, PSK, "mallory", time.monotonic())
+        drive(sock, mallory, chatclient.Established)
+        assert mallory.peer_name == "desktop"
         listener.expect(r"^mallory joined the chat\.$")
-        sock.sendall(mallory.session.encode(chatclient.Chat("I am in")))
+        sock.sendall(mallory.send(chatclient.Chat("I am in"), time.monotonic()))
         listener.expect(r"^mallory says: I am in$")
         rss_before = memory_kib(listener.proc.pid, "VmRSS")
         inherited = memory_kib(os.getpid(), "VmHWM")  # pytest's own peak, see reap()
@@ -516,7 +522,6 @@ def test_trickling_hello_is_dropped_at_the_handshake_deadline(spawn: Spawn, tmp_
     closed = threading.Event()
     received: list[bytes] = []
     with connect(port) as sock:
-        connected = time.monotonic()
 
         def watch() -> None:
             with suppress(OSError):
@@ -532,9 +537,9 @@ def test_trickling_hello_is_dropped_at_the_handshake_deadline(spawn: Spawn, tmp_
                 break
             if closed.wait(0.3):
                 break
-        assert closed.wait(max(0.0, connected + 12.0 - time.monotonic()))
-        elapsed = time.monotonic() - connected
-    assert 9.0 <= elapsed <= 12.0, f"closed after {elapsed:.1f} s"
+        assert closed.wait(TIMEOUT)
+    # When it closes is the pure protocol's deadline, tested with a fake clock
+    # (test_peer.py); here: the trickler got no M2 and the listener says why.
     assert received == [b""]  # no M2: the hello never completed
     listener.expect(r"^Refused a connection from .*did not finish within 10 s", stream="err")
 
@@ -564,13 +569,16 @@ def test_garbage_connections_are_refused_and_the_listener_goes_on(
         (b"", r"closed the connection during the handshake"),
     ]
     listener, port = start_listener(spawn, tmp_path)
-    for data, reason in garbage:
-        with connect(port) as sock:
+    # Each from an address of its own: refusals from one address are summarised.
+    for number, (data, reason) in enumerate(garbage, start=2):
+        source = f"127.0.0.{number}"
+        with connect(port, source) as sock:
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
             read_until_closed(sock, 5.0)
         listener.expect(
-            rf"^Refused a connection from \('127\.0\.0\.1', \d+\): .*{reason}", stream="err"
+            rf"^Refused a connection from \('{re.escape(source)}', \d+\): .*{reason}",
+            stream="err",
         )
 
     friend = start_connector(spawn, tmp_path, port)
@@ -584,11 +592,19 @@ def test_third_connection_is_refused_while_two_are_chatting(spawn: Spawn, tmp_pa
     friend = start_connector(spawn, tmp_path, port)
     joined(listener, friend)
 
+    # "Busy" is only told to a connector that proved the key: a stranger who
+    # sends a hello learns nothing about whether a chat is going on.
     with connect(port) as sock:
-        started = time.monotonic()
-        busy = read_until_closed(sock, 3.0)
-        assert time.monotonic() - started < 3.0
-    assert busy == frame(chatclient.MAGIC + bytes([chatclient.VERSION, chatclient.Reject.BUSY]))
+        stranger = chatclient.PeerProtocol(Role.CONNECTOR, OTHER_PSK, "stranger", time.monotonic())
+        events = drive(sock, stranger, chatclient.Established)
+        assert isinstance(events[-1], chatclient.Failed)
+        assert "could not authenticate" in str(events[-1].error)
+        assert "chatting" not in str(events[-1].error)
+    with connect(port) as sock:
+        knows_key = chatclient.PeerProtocol(Role.CONNECTOR, PSK, "third", time.monotonic())
+        busy = drive(sock, knows_key, chatclient.Established)[-1]
+        assert isinstance(busy, chatclient.Failed)
+        assert "already chatting" in str(busy.error)
 
     intruder = start_connector(spawn, tmp_path, port, name="intruder")
     intruder.expect(r"^error: .*already chatting", stream="err")
@@ -677,38 +693,14 @@ def test_more_silent_connections_than_slots_do_not_lock_out_a_real_peer(
     listener, port = start_listener(spawn, tmp_path)
     silent = [connect(port) for _ in range(chatclient.MAX_PENDING_HANDSHAKES + 4)]
     try:
-        started = time.monotonic()
         friend = start_connector(spawn, tmp_path, port)
         joined(listener, friend)
-        elapsed = time.monotonic() - started
         chat_both_ways(listener, friend, "beside twenty silent ones")
-        assert elapsed < 5.0, f"the real peer took {elapsed:.1f} s to get in"
+        assert not any("did not finish" in line for line in listener.err)
     finally:
         for sock in silent:
             sock.close()
     assert any(line.startswith("Dropped a connection from") for line in listener.err)
-
-
-def test_a_connector_that_proves_the_key_after_another_got_in_is_told_busy() -> None:
-    psk = chatclient.derive_psk(chatclient.decode_key(KEY))
-    listening, connecting = socket.socketpair()
-    listening.settimeout(TIMEOUT)
-    connecting.settimeout(TIMEOUT)
-    errors: list[chatclient.ChatError] = []
-
-    def listen() -> None:
-        try:
-            chatclient.handshake_as_listener(listening, psk, "desktop", claim=lambda: False)
-        except chatclient.ChatError as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=listen, daemon=True)
-    thread.start()
-    with listening, connecting:
-        with pytest.raises(chatclient.HandshakeError, match="already chatting"):
-            chatclient.handshake_as_connector(connecting, psk, "laptop")
-        thread.join(TIMEOUT)
-    assert [str(exc) for exc in errors] == ["another peer got in first"]
 
 
 def test_messages_that_verified_are_shown_even_when_the_next_frame_in_the_read_breaks(
@@ -716,9 +708,10 @@ def test_messages_that_verified_are_shown_even_when_the_next_frame_in_the_read_b
 ) -> None:
     listener, port = start_listener(spawn, tmp_path)
     with connect(port) as sock:
-        mallory = chatclient.handshake_as_connector(sock, PSK, "mallory")
+        mallory = chatclient.PeerProtocol(Role.CONNECTOR, PSK, "mallory", time.monotonic())
+        drive(sock, mallory, chatclient.Established)
         listener.expect(r"^mallory joined the chat\.$")
-        good = b"".join(mallory.session.encode(chatclient.Chat(f"fine {n}")) for n in range(3))
+        good = b"".join(mallory.send(chatclient.Chat(f"fine {n}"), 0.0) for n in range(3))
         sock.sendall(good + frame(b"not a token"))  # one write: read as one chunk
         listener.expect(r"^Connection lost: .*integrity")
         assert listener.wait() != 0

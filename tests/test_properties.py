@@ -9,7 +9,7 @@ import unicodedata
 from cryptography.fernet import Fernet
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from pair import ConnectionPair, Endpoint, handshake_keys
+from pair import ConnectionPair, Endpoint, MessageType, handshake_keys
 
 from chatclient import (
     FRAME_HEADER,
@@ -17,7 +17,6 @@ from chatclient import (
     FrameDecoder,
     Keepalive,
     Message,
-    MessageType,
     ProtocolError,
     Session,
     Terminate,

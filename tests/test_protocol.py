@@ -6,11 +6,21 @@ import argparse
 import base64
 import hashlib
 import re
+from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from pair import KEY, OTHER_PSK, PSK, ConnectionPair, Endpoint, handshake_keys, one_frame
+from pair import (
+    KEY,
+    OTHER_PSK,
+    PSK,
+    ConnectionPair,
+    Endpoint,
+    MessageType,
+    handshake_keys,
+    one_frame,
+)
 
 from chatclient import (
     FRAME_HEADER,
@@ -32,7 +42,6 @@ from chatclient import (
     ListenerHandshake,
     Message,
     MessageTooLong,
-    MessageType,
     Phase,
     ProtocolError,
     Reject,
@@ -530,9 +539,9 @@ def test_decode_key_refuses_wrong_length_or_alphabet(text: str) -> None:
 
 
 def test_decode_key_refuses_non_canonical_last_character() -> None:
-    assert KEY[-2] == "0"
-    # '1' differs from '0' only in the two bits a 32-byte key leaves unused.
-    noncanonical = KEY[:-2] + "1="
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # Flipping the lowest bit changes only the two bits a 32-byte key leaves unused.
+    noncanonical = KEY[:-2] + alphabet[alphabet.index(KEY[-2]) ^ 1] + "="
     assert base64.urlsafe_b64decode(noncanonical) == base64.urlsafe_b64decode(KEY)
     with pytest.raises(ConfigError, match="canonical"):
         decode_key(noncanonical)
@@ -844,3 +853,25 @@ def test_has_frame_tells_whether_the_next_frame_is_already_buffered() -> None:
     assert decoder.has_frame()
     assert decoder.next_frame() == b"world"
     assert not decoder.has_frame()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "DN80giegpRHpNHLClZep_maYg2iXRGHsbq9Uy1Cobi0=",  # the original example config's key
+        base64.urlsafe_b64encode(bytes(32)).decode("ascii"),
+        base64.urlsafe_b64encode(b"A" * 32).decode("ascii"),
+        base64.urlsafe_b64encode(b"\xff" * 32).decode("ascii"),
+    ],
+)
+def test_decode_key_refuses_public_and_weak_keys_and_says_to_run_genkey(text: str) -> None:
+    with pytest.raises(ConfigError, match="--genkey") as caught:
+        decode_key(text)
+    assert "fernet_key" in str(caught.value)
+
+
+def test_readme_prints_no_key_that_would_be_accepted() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for candidate in set(re.findall(r"[A-Za-z0-9_-]{43}=", readme)):
+        with pytest.raises(ConfigError, match="--genkey"):
+            decode_key(candidate)
