@@ -60,6 +60,10 @@ GOODBYE_DRAIN_SECONDS = 2.0
 REFUSAL_SUMMARY_SECONDS = 10.0
 # What may wait unsent for one peer; a peer that lets more pile up is not reading.
 MAX_OUTGOING = 16 * 1024 * 1024
+# Above this much unsent, the network thread takes no more messages from this side
+# until the peer has read some, and a sender waits once this many are queued.
+HIGH_WATER = 1024 * 1024
+MAX_QUEUED_COMMANDS = 4096
 
 ReportFn = Callable[[str], None]
 
@@ -338,11 +342,18 @@ def derive_psk(key: bytes) -> bytes:
 
 
 def hkdf_sha256(ikm: bytes, salt: bytes | None, info: bytes, length: int) -> bytes:
-    """HKDF-SHA256 (RFC 5869) from the cryptography package."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    """HKDF-SHA256 (RFC 5869), extract then expand.
 
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+    Written with hmac rather than taken from cryptography: importing that
+    package's KDF costs about 5 ms of start-up, for a few lines of code that
+    the known-answer test checks against the RFC and against cryptography.
+    """
+    prk = hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
+    okm, block = b"", b""
+    for counter in range(1, -(-length // 32) + 1):
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        okm += block
+    return okm[:length]
 
 
 def key_id(psk: bytes) -> str:
@@ -1013,9 +1024,15 @@ class PeerProtocol:
 
     def data_to_send(self) -> bytes:
         """Bytes this side owes the peer (hellos, WELCOME, rejections, keepalives)."""
+        if not self._outgoing:
+            return b""
         data = bytes(self._outgoing)
         self._outgoing.clear()
         return data
+
+    def pending(self) -> bool:
+        """True when events or bytes are waiting to be taken."""
+        return bool(self._events or self._outgoing)
 
     def send(self, message: Message, now: float) -> bytes:
         """The frame carrying `message`, for the transport to write after data_to_send()."""
@@ -1401,8 +1418,9 @@ class Link:
     last_write: float = 0.0
     claimed: bool = False  # a place in the chat (listener), or our own connection
     established: bool = False  # both WELCOMEs went through: its events go to the user
-    leave_by: float | None = None  # we said goodbye: close when the peer has, or by then
-    write_shut: bool = False
+    leaving: bool = False  # we said goodbye: half-close once it is written
+    leave_by: float | None = None  # half-closed: close when the peer has, or by then
+    mask: int = selectors.EVENT_READ  # what the selector watches for
 
     @property
     def host(self) -> str:
@@ -1448,6 +1466,9 @@ class Network:
             end.setblocking(False)
         self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
         self._commands: deque[Callable[[float], None]] = deque()
+        self._wake_pending = False
+        self._dirty: dict[int, Link] = {}  # links written to by this pass's commands
+        self._room = threading.Condition()  # senders wait here while the queue is long
         self._links: dict[int, Link] = {}
         self._server: socket.socket | None = None
         self._accept_paused_until: float | None = None
@@ -1478,12 +1499,27 @@ class Network:
     def post(self, command: Callable[[float], None]) -> None:
         """Run `command(now)` on the network thread."""
         self._commands.append(command)
+        if threading.get_ident() == self._thread.ident or self._wake_pending:
+            return  # the loop runs it in this pass, or a wake-up is already on its way
+        self._wake_pending = True
         with contextlib.suppress(OSError):  # a full wake-up buffer already means "wake up"
             self._wake_writer.send(b"\0")
 
     def send(self, message: Message) -> None:
-        """Send a message to everyone in the chat."""
+        """Send a message to everyone in the chat; waits while many are still queued.
+
+        The wait is how a peer that reads slowly slows this side down instead of
+        letting unsent messages pile up without bound.
+        """
         self.post(lambda now: self._broadcast(message, now))
+        if len(self._commands) <= MAX_QUEUED_COMMANDS:
+            return
+        if threading.get_ident() == self._thread.ident:
+            return
+        with self._room:
+            self._room.wait_for(
+                lambda: len(self._commands) <= MAX_QUEUED_COMMANDS // 2 or self.finished.is_set()
+            )
 
     def leave(self, goodbye: str) -> None:
         """Say goodbye to everyone, stop accepting, and finish once they have closed."""
@@ -1505,8 +1541,7 @@ class Network:
                 now = self._clock()
                 for key, mask in ready:
                     self._dispatch(key.data, mask, now)
-                while self._commands:
-                    self._commands.popleft()(now)
+                self._run_commands(now)
         except Exception as exc:  # a bug: end the chat visibly rather than hang it
             for link in list(self._links.values()):
                 if link.claimed:
@@ -1516,24 +1551,58 @@ class Network:
         finally:
             self._close_everything()
             self.finished.set()
+            with self._room:
+                self._room.notify_all()
+
+    def _run_commands(self, now: float) -> None:
+        # Cleared first: a command posted from now on sends a wake-up of its own.
+        self._wake_pending = False
+        while self._commands and not self._backlogged():
+            self._commands.popleft()(now)
+        # Written once per pass, however many messages the commands queued.
+        dirty, self._dirty = self._dirty, {}
+        for link in dirty.values():
+            if self._is_open(link):
+                self._settle(link, now)
+        if len(self._commands) <= MAX_QUEUED_COMMANDS // 2:
+            with self._room:
+                self._room.notify_all()
+
+    def _backlogged(self) -> bool:
+        """True while a peer in the chat has over HIGH_WATER unsent: its reads set the pace.
+
+        The rest of the commands wait in the queue; a writable socket wakes the
+        loop again, so they run as soon as the peer has read some.
+        """
+        for link in self._dirty.values():
+            if len(link.outgoing) > HIGH_WATER and self._is_open(link):
+                self._settle(link, self._clock())  # write what the socket takes now
+                if len(link.outgoing) > HIGH_WATER:
+                    return True
+        return False
 
     def _dispatch(self, data: object, mask: int, now: float) -> None:
         if data is None:
             with contextlib.suppress(OSError):
-                while self._wake_reader.recv(4096):
-                    pass
+                self._wake_reader.recv(4096)  # one byte per wake-up: one read empties it
         elif data is self._server:
             self._accept(now)
-        elif isinstance(data, Link) and data.fd in self._links:
+        elif isinstance(data, Link) and self._is_open(data):
             if mask & selectors.EVENT_READ:
                 self._read(data, now)
-            if mask & selectors.EVENT_WRITE and data.fd in self._links:
+            if mask & selectors.EVENT_WRITE and self._is_open(data):
                 self._settle(data, now)
+
+    def _is_open(self, link: Link) -> bool:
+        # By identity: a closed link's descriptor number may already be a new link's.
+        return self._links.get(link.fd) is link
 
     def _run_timers(self, now: float) -> float | None:
         """Apply every deadline due now; seconds until the next one (None: no deadline)."""
         deadlines: list[float] = []
         for link in list(self._links.values()):
+            if not self._is_open(link):
+                continue  # closed by an earlier link's turn in this loop
             if (due := link.peer.timers(now)) is not None:
                 deadlines.append(due)
             if link.outgoing:
@@ -1549,7 +1618,8 @@ class Network:
                     self._close(link)
                     continue
                 deadlines.append(link.leave_by)
-            self._settle(link, now)
+            if link.peer.pending() or link.peer.stage is Stage.CLOSED:
+                self._settle(link, now)
         for line in self._refusals.summaries(now):
             self._user.refused(line)
         if (due := self._refusals.next_deadline()) is not None:
@@ -1629,11 +1699,12 @@ class Network:
             self._hand_over_events(link, now)
             if self._write(link, now):
                 break
-        if link.peer.stage is Stage.CLOSED and not (link.leave_by and link.outgoing):
+        if link.peer.stage is Stage.CLOSED:
             self._close(link)
-        elif link.fd in self._links:
+        elif self._is_open(link):
             wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.outgoing else 0)
-            if self._selector.get_key(link.sock).events != wanted:
+            if link.mask != wanted:
+                link.mask = wanted
                 self._selector.modify(link.sock, wanted, link)
 
     def _hand_over_events(self, link: Link, now: float) -> None:
@@ -1684,15 +1755,18 @@ class Network:
                 link.last_write = now
         if not link.outgoing:
             link.last_write = now
-            if link.leave_by is not None and not link.write_shut:
-                link.write_shut = True  # the peer reads our goodbye, then end of stream
+            if link.leaving and link.leave_by is None:
+                # Everything up to our goodbye is written: the peer reads it, then end
+                # of stream; it has GOODBYE_DRAIN_SECONDS to close its end too.
+                link.leave_by = now + GOODBYE_DRAIN_SECONDS
                 with contextlib.suppress(OSError):
                     link.sock.shutdown(socket.SHUT_WR)
         return True
 
     def _close(self, link: Link) -> None:
-        if self._links.pop(link.fd, None) is None:
+        if not self._is_open(link):
             return
+        del self._links[link.fd]
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(link.sock)
         if link.outgoing and link.peer.stage is Stage.CLOSED:  # a refusal not written yet
@@ -1720,7 +1794,7 @@ class Network:
             if link.claimed and link.peer.stage is Stage.OPEN:
                 link.outgoing += link.peer.data_to_send()
                 link.outgoing += link.peer.send(message, now)
-                self._settle(link, now)
+                self._dirty[link.fd] = link
 
     def _leave(self, goodbye: str, now: float) -> None:
         self._leaving = True
@@ -1731,7 +1805,7 @@ class Network:
             self._server = None
         for link in list(self._links.values()):
             if link.claimed and link.peer.stage is Stage.OPEN:
-                link.leave_by = now + GOODBYE_DRAIN_SECONDS
+                link.leaving = True
                 link.outgoing += link.peer.data_to_send()
                 link.outgoing += link.peer.send(Terminate(goodbye), now)
                 self._settle(link, now)
@@ -2198,7 +2272,7 @@ class Conversation:
         self.term.show("Connection closed by you.")
         # The network half-closes after the goodbye and waits for the peer to
         # close too, so nothing in flight is cut off.
-        self.net.finished.wait(GOODBYE_DRAIN_SECONDS + 1.0)
+        self.net.finished.wait()  # bounded by the network: a stalled write or the drain limit
 
     def _decide(self, status: int, line: str | None) -> bool:
         """Record how the chat ended and print its line, unless already decided."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import re
 import signal
 import socket
@@ -26,10 +27,22 @@ TIMEOUT = 15.0
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port that nothing uses right now, below the kernel's ephemeral range.
+
+    Port 0 would hand out an ephemeral port, which a test's own outgoing
+    connections (thousands of them in the flood tests) may be using a moment
+    later; the listeners under test bind 0.0.0.0 too, so the whole wildcard
+    must be free.
+    """
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
 
 
 def write_config(

@@ -26,6 +26,7 @@ import pytest
 from conftest import (
     KEY,
     OTHER_KEY,
+    ROOT,
     SCRIPT,
     TIMEOUT,
     ChatProcess,
@@ -355,6 +356,11 @@ BAD_CONFIGS = {
     "empty fernet_key": (with_field("fernet_key", ""), r"fernet_key is empty.*--init"),
     "invalid key": (with_field("fernet_key", "not-a-key"), r"fernet_key is not a valid key"),
     "non-canonical key": (with_field("fernet_key", KEY[:42] + "1="), r"not canonical"),
+    "published key": (
+        with_field("fernet_key", "DN80giegpRHpNHLClZep_maYg2iXRGHsbq9Uy1Cobi0="),
+        r"published example key.*--genkey",
+    ),
+    "weak key": (with_field("fernet_key", "A" * 43 + "="), r"32 identical bytes.*--genkey"),
     "port abc": (with_field("port", "abc"), r"port must be a number from 1 to 65535, not 'abc'"),
     "port 0": (with_field("port", "0"), r"port must be a number from 1 to 65535, not '0'"),
     "port 70000": (with_field("port", "70000"), r"from 1 to 65535, not '70000'"),
@@ -576,6 +582,22 @@ def test_slash_commands(chat: Spawn, tmp_path: Path) -> None:
     assert connector.err == [hint]
 
 
+def test_commands_are_case_insensitive_take_aliases_and_blank_lines_are_not_sent(
+    chat: Spawn, tmp_path: Path
+) -> None:
+    listener, connector = start_pair(chat, tmp_path)
+    connector.send("/WHO")
+    connector.expect(r"^Talking to desktop at ")
+    connector.send("/Verify please")  # an argument a command does not take is ignored
+    connector.expect(r"^Talking to desktop at .* Session code: \d{6} ")
+    connector.send("   ", "\t", "after blanks")
+    listener.expect(r"^laptop says: after blanks$")
+    connector.send("/EXIT now", "")
+    closed_without_goodbye(connector, listener)
+    assert says(listener.out, "laptop") == ["after blanks"]
+    assert connector.err == []
+
+
 # --- Flags -----------------------------------------------------------------------------------
 
 
@@ -642,6 +664,31 @@ def test_init_with_key_saves_that_key(tmp_path: Path) -> None:
     assert read_ini(path)["fernet_key"] == OTHER_KEY
     assert read_ini(path)["username"] == "laptop"
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_init_with_key_dash_reads_the_key_from_standard_input(tmp_path: Path) -> None:
+    result = run(
+        "--init", "--key", "-", "--username", "laptop", cwd=tmp_path, stdin=OTHER_KEY + "\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert read_ini(tmp_path / "config.ini")["fernet_key"] == OTHER_KEY
+    assert OTHER_KEY not in result.stdout + result.stderr
+
+
+def test_init_with_key_dash_and_no_input_writes_nothing(tmp_path: Path) -> None:
+    result = run("--init", "--key", "-", cwd=tmp_path, stdin="")
+    assert result.returncode != 0
+    assert not (tmp_path / "config.ini").exists()
+
+
+def test_the_hints_for_the_peer_never_put_the_key_on_a_command_line(tmp_path: Path) -> None:
+    result = run("--init", "--username", "desktop", cwd=tmp_path)
+    key = read_ini(tmp_path / "config.ini")["fernet_key"]
+    assert "--init --key - --username" in result.stdout
+    assert f"--key {key}" not in result.stdout
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    keys_in_readme = re.findall(r"--key ([^\s`\]]+)", readme)
+    assert keys_in_readme and all(word == "-" for word in keys_in_readme), keys_in_readme
 
 
 def test_init_with_an_invalid_key_writes_nothing(tmp_path: Path) -> None:

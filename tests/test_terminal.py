@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pexpect
+import pyte
 import pytest
-from conftest import ROOT, SCRIPT, TIMEOUT, ChatProcess, free_port, write_config
+from conftest import KEY, SCRIPT, TIMEOUT, ChatProcess, free_port, write_config
 
 Spawn = Callable[..., ChatProcess]
 Terminal = Callable[..., pexpect.spawn]
@@ -30,7 +31,7 @@ def terminal(tmp_path: Path) -> Iterator[Terminal]:
     """terminal(*args, cwd=tmp_path) -> chatclient on a pty; each is closed at the end."""
     children: list[tuple[pexpect.spawn, io.StringIO]] = []
 
-    def start(*args: str, cwd: Path | None = None) -> pexpect.spawn:
+    def start(*args: str, cwd: Path | None = None, columns: int = 200) -> pexpect.spawn:
         log = io.StringIO()
         child = pexpect.spawn(
             sys.executable,
@@ -40,7 +41,7 @@ def terminal(tmp_path: Path) -> Iterator[Terminal]:
             encoding="utf-8",
             codec_errors="replace",
             timeout=TIMEOUT,
-            dimensions=(24, 200),
+            dimensions=(24, columns),
         )
         child.logfile_read = log
         children.append((child, log))
@@ -53,13 +54,13 @@ def terminal(tmp_path: Path) -> Iterator[Terminal]:
 
 
 def start_listening_terminal(
-    terminal: Terminal, spawn: Spawn, tmp_path: Path
+    terminal: Terminal, spawn: Spawn, tmp_path: Path, columns: int = 200
 ) -> tuple[pexpect.spawn, ChatProcess]:
     """desktop on a terminal listening, laptop on pipes connected to it, both at the chat."""
     port = free_port()
     write_config(tmp_path, "desktop.ini", port=port, username="desktop")
     write_config(tmp_path, "laptop.ini", port=port, username="laptop")
-    child = terminal("--config", "desktop.ini", "--listen")
+    child = terminal("--config", "desktop.ini", "--listen", columns=columns)
     child.expect_exact("Listening on ")
     connector = spawn("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
     connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
@@ -205,12 +206,10 @@ def test_first_run_without_config_creates_it_and_listens(
 def test_example_config_with_empty_key_gets_one_and_listens(
     terminal: Terminal, spawn: Spawn, tmp_path: Path
 ) -> None:
-    # The repository's example, with its key emptied again in case a first run
-    # in this checkout (README's quick start) has already filled it in.
-    example = (ROOT / "config.ini").read_text(encoding="utf-8")
-    assert "fernet_key =" in example
-    emptied = re.sub(r"(?m)^fernet_key *=.*$", "fernet_key =", example)
-    (tmp_path / "config.ini").write_text(emptied, encoding="utf-8")
+    # Shaped like the repository's example; never the checkout's own file, which
+    # README's quick start fills in.
+    example = "[parameters]\nip = 0.0.0.0\nport = 50233\nfernet_key =\nusername =\n"
+    (tmp_path / "config.ini").write_text(example, encoding="utf-8")
     (tmp_path / "config.ini").chmod(0o644)  # as a checkout leaves it
     first_run_then_chat(terminal, spawn, tmp_path, "config.ini has no fernet_key yet")
 
@@ -252,3 +251,59 @@ def test_typing_while_a_stream_of_messages_arrives_never_garbles_the_line(
     child.sendline("")
     connector.expect(rf"^desktop says: {typed}$")
     leave_from_terminal(child, connector, "desktop")
+
+
+# --- What a peer cannot do to the screen ---------------------------------------------------
+
+
+def screen_rows(child: pexpect.spawn, columns: int) -> list[str]:
+    """The terminal's rows as a person sees them (everything printed, replayed by pyte)."""
+    screen = pyte.Screen(columns, 24)
+    pyte.Stream(screen).feed(child.logfile_read.getvalue())
+    return [row.rstrip() for row in screen.display]
+
+
+def test_a_padded_message_cannot_fake_whole_lines_by_wrapping(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    child, connector = start_listening_terminal(terminal, spawn, tmp_path, columns=80)
+    # On an 80-column terminal that wraps by itself, the padding would put these
+    # two texts at the start of rows of their own while the chat goes on.
+    spoof = " " * 67 + "laptop left the chat: bye" + " " * 55 + "Connection closed by peer."
+    connector.send(spoof)
+    child.expect_exact("peer.")
+    connector.send("still here")
+    child.expect_exact("laptop says: still here")
+    rows = screen_rows(child, 80)
+    assert any(row.startswith("laptop says: ") for row in rows)
+    assert not any(row.startswith(("laptop left", "Connection closed")) for row in rows), rows
+    assert any(row.strip() == "laptop left the chat: bye" for row in rows)  # shown, indented
+    leave_from_terminal(child, connector, "desktop")
+
+
+def test_a_key_pasted_at_the_prompt_is_not_shown(terminal: Terminal, tmp_path: Path) -> None:
+    port = free_port()
+    child = terminal("--connect", f"127.0.0.1:{port}")
+    child.expect(r"Your username \[[^\]\r\n]+\]: ")
+    child.sendline("laptop")
+    child.expect_exact("Port to listen on [50233]: ")
+    child.sendline("")
+    child.expect_exact("Address to listen on (0.0.0.0 = all interfaces) [0.0.0.0]: ")
+    child.sendline("")
+    child.expect_exact("it is not shown (Enter makes a new one): ")
+    child.sendline(KEY)
+    child.expect_exact("Saved config.ini (readable only by you).")
+    child.expect(pexpect.EOF)  # nobody listens there: connection refused
+    assert KEY not in child.logfile_read.getvalue()
+    assert f"fernet_key = {KEY}" in (tmp_path / "config.ini").read_text(encoding="utf-8")
+
+
+def test_init_with_key_from_input_asks_without_echo(terminal: Terminal, tmp_path: Path) -> None:
+    child = terminal("--init", "--key", "-", "--username", "laptop")
+    child.expect_exact("Paste the key your peer gave you (it is not shown): ")
+    child.sendline(KEY)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert KEY not in child.logfile_read.getvalue()
+    assert f"fernet_key = {KEY}" in (tmp_path / "config.ini").read_text(encoding="utf-8")

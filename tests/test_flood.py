@@ -1,0 +1,150 @@
+"""A hardened listener: floods from one host never lock out a real peer, thousands of
+connections leave threads and memory flat, and refusals are summarised per address.
+
+Real `python chatclient.py --listen` processes on 127.0.0.1; 127.0.0.2 plays the
+flooding host (all of 127.0.0.0/8 is loopback). Every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import KEY, TIMEOUT, ChatProcess, free_port, write_config
+from pair import PSK, drive
+
+import chatclient
+
+Spawn = Callable[..., ChatProcess]
+FLOODER = "127.0.0.2"
+
+
+def start_listener(spawn: Spawn, tmp_path: Path) -> tuple[ChatProcess, int]:
+    port = free_port()
+    write_config(tmp_path, "desktop.ini", port=port, username="desktop", key=KEY)
+    listener = spawn("--config", "desktop.ini", "--listen")
+    listener.expect(r"^Listening on 127\.0\.0\.1:")
+    return listener, port
+
+
+def status_field(pid: int, name: str) -> int:
+    """A number from /proc/PID/status (Threads, or VmRSS in KiB)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"{name} not in /proc/{pid}/status")
+
+
+class Flood:
+    """Silent and garbage connections from FLOODER, as fast as one thread can make them."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.count = 0
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Flood:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(TIMEOUT)
+
+    def _run(self) -> None:
+        rng = random.Random(8)
+        held: list[socket.socket] = []  # silent ones stay open a while
+        try:
+            while not self.stop.is_set():
+                try:
+                    sock = socket.create_connection(
+                        ("127.0.0.1", self.port), timeout=2.0, source_address=(FLOODER, 0)
+                    )
+                except OSError:
+                    continue
+                self.count += 1
+                if self.count % 2:
+                    held.append(sock)
+                    if len(held) > 64:
+                        held.pop(0).close()
+                else:
+                    try:
+                        sock.sendall(rng.randbytes(rng.randrange(1, 200)))
+                    except OSError:
+                        pass
+                    sock.close()
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def connect_slowly(port: int, pause: threading.Event) -> list[chatclient.Event]:
+    """A real connector from 127.0.0.1 that waits 150 ms between M2 and M3."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.settimeout(TIMEOUT)
+        peer = chatclient.PeerProtocol(chatclient.Role.CONNECTOR, PSK, "laptop", time.monotonic())
+        sock.sendall(peer.data_to_send())  # M1
+        while peer.stage is chatclient.Stage.HELLO:
+            peer.receive_data(sock.recv(65536), time.monotonic())
+        pause.wait(0.15)  # a slow M3, as from a busy laptop on Wi-Fi
+        events = drive(sock, peer, chatclient.Established)
+        if isinstance(events[-1], chatclient.Established):
+            sock.sendall(peer.send(chatclient.Terminate("thanks"), time.monotonic()))
+        return events
+
+
+def test_a_flood_from_one_host_never_locks_out_a_slow_real_peer(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    never = threading.Event()
+    for attempt in range(5):
+        listener, port = start_listener(spawn, tmp_path)
+        with Flood(port) as flood:
+            while flood.count < 200:  # the flood is well under way
+                assert not flood.stop.wait(0.01)
+            events = connect_slowly(port, never)
+        assert isinstance(events[-1], chatclient.Established), (attempt, events, listener.err)
+        listener.expect(r"^laptop joined the chat\.$")
+        listener.expect(r"^laptop left the chat: thanks$")
+        assert listener.wait() == 0
+        assert flood.count >= 200
+
+
+def test_six_thousand_connections_leave_threads_and_memory_flat(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    listener, port = start_listener(spawn, tmp_path)
+    pid = listener.proc.pid
+    for _ in range(50):  # warm up: the first connections load what refusals need
+        with socket.create_connection(("127.0.0.1", port), source_address=(FLOODER, 0)):
+            pass
+    threads, rss = status_field(pid, "Threads"), status_field(pid, "VmRSS")
+    rng = random.Random(6000)
+    for n in range(6000):
+        with socket.create_connection(
+            ("127.0.0.1", port), timeout=TIMEOUT, source_address=(FLOODER, 0)
+        ) as sock:
+            if n % 3 == 0:
+                sock.sendall(rng.randbytes(64))
+    # Every one refused or dropped; the listener still answers, with no more threads.
+    summary = listener.expect(r"^Refused \d+ more connections? from 127\.0\.0\.2 in the last 10 s$")
+    assert int(re.findall(r"\d+", summary)[0]) > 100
+    assert status_field(pid, "Threads") == threads
+    assert status_field(pid, "VmRSS") - rss < 20 * 1024, (rss, status_field(pid, "VmRSS"))
+    detailed = [line for line in listener.err if "127.0.0.2" in line and "more" not in line]
+    assert len(detailed) == 1, detailed  # the first refusal in full, then only summaries
+
+    friend_config = write_config(tmp_path, "laptop.ini", port=port, username="laptop", key=KEY)
+    friend = spawn("--config", str(friend_config), "--connect", f"127.0.0.1:{port}")
+    friend.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+    listener.expect(r"^laptop joined the chat\.$")
+    assert "Traceback" not in listener.all_output()
+    assert os.path.exists(f"/proc/{pid}")
