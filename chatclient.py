@@ -1483,6 +1483,7 @@ class Network:
             end.setblocking(False)
         self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
         self._commands: deque[Callable[[float], None]] = deque()
+        self._urgent: deque[Callable[[float], None]] = deque()  # run first, never held back
         self._wake_pending = False
         self._dirty: dict[int, Link] = {}  # links written to by this pass's commands
         self._room = threading.Condition()  # senders wait here while the queue is long
@@ -1514,11 +1515,17 @@ class Network:
         """Start the network thread."""
         self._thread.start()
 
-    def post(self, command: Callable[[float], None]) -> None:
-        """Run `command(now)` on the network thread."""
-        self._commands.append(command)
-        if threading.get_ident() == self._thread.ident or self._wake_pending:
-            return  # the loop runs it in this pass, or a wake-up is already on its way
+    def post(self, command: Callable[[float], None], *, urgent: bool = False) -> None:
+        """Run `command(now)` on the network thread, in order; `urgent` ones first.
+
+        Urgent commands are not held back while a slow peer sets the pace, and
+        always send a wake-up, so one can never wait behind a stale flag.
+        """
+        (self._urgent if urgent else self._commands).append(command)
+        if threading.get_ident() == self._thread.ident:
+            return  # the loop runs it in this pass
+        if self._wake_pending and not urgent:
+            return  # a wake-up is already on its way
         self._wake_pending = True
         with contextlib.suppress(OSError):  # a full wake-up buffer already means "wake up"
             self._wake_writer.send(b"\0")
@@ -1546,12 +1553,15 @@ class Network:
                 self._senders_waiting -= 1
 
     def leave(self, goodbye: str) -> None:
-        """Say goodbye to everyone, stop accepting, and finish once they have closed."""
+        """After what is queued, say goodbye, stop accepting, and finish once all have closed."""
         self.post(lambda now: self._leave(goodbye, now))
+        # Always a wake-up of its own: Ctrl-C (the usual way to leave) may have
+        # stopped an earlier post() between setting the flag and waking the loop.
+        self.post(lambda now: None, urgent=True)
 
     def stop(self, timeout: float = GOODBYE_DRAIN_SECONDS) -> None:
-        """Close every socket and end the thread."""
-        self.post(self._stop)
+        """Close every socket and end the thread, whatever is still queued."""
+        self.post(self._stop, urgent=True)
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -1581,7 +1591,9 @@ class Network:
     def _run_commands(self, now: float) -> None:
         # Cleared first: a command posted from now on sends a wake-up of its own.
         self._wake_pending = False
-        while self._commands and not self._backlogged():
+        while self._urgent:
+            self._urgent.popleft()(now)
+        while self._commands and self._running and not self._backlogged():
             self._commands.popleft()(now)
         # Written once per pass, however many messages the commands queued.
         dirty, self._dirty = self._dirty, {}
@@ -1593,17 +1605,21 @@ class Network:
                 self._room.notify_all()
 
     def _backlogged(self) -> bool:
-        """True while a peer in the chat has over HIGH_WATER unsent: its reads set the pace.
+        """True while every peer written to has over HIGH_WATER unsent: they set the pace.
 
         The rest of the commands wait in the queue; a writable socket wakes the
-        loop again, so they run as soon as the peer has read some.
+        loop again, so they run as soon as a peer has read some. One slow peer
+        among faster ones holds nobody back: its buffer grows to MAX_OUTGOING
+        and it is dropped as not reading.
         """
-        for link in self._dirty.values():
+        if not self._dirty:
+            return False
+        for link in list(self._dirty.values()):
             if len(link.outgoing) > HIGH_WATER and self._is_open(link):
                 self._settle(link, self._clock())  # write what the socket takes now
-                if len(link.outgoing) > HIGH_WATER:
-                    return True
-        return False
+            if len(link.outgoing) <= HIGH_WATER or not self._is_open(link):
+                return False
+        return True
 
     def _dispatch(self, data: object, mask: int, now: float) -> None:
         if data is None:
@@ -1815,7 +1831,7 @@ class Network:
 
     def _broadcast(self, message: Message, now: float) -> None:
         for link in self._links.values():  # only queued here: nothing closes meanwhile
-            if link.claimed and link.peer.stage is Stage.OPEN:
+            if link.claimed and link.peer.stage is Stage.OPEN and not link.leaving:
                 link.outgoing += link.peer.data_to_send()
                 link.outgoing += link.peer.send(message, now)
                 self._dirty[link.fd] = link
@@ -1930,6 +1946,9 @@ class Terminal:
     def _print_posted(self, signum: int, frame: FrameType | None) -> None:
         if self._printing_posted:  # a nested signal: the outer call prints in order
             return
+        # The poster waits for each line's `printed`: Ctrl-C must not land between
+        # taking a line and setting it, so SIGINT waits until these lines are out.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         self._printing_posted = True
         try:
             while True:
@@ -1937,10 +1956,13 @@ class Terminal:
                     if not self._posted:
                         return
                     line, out, printed = self._posted.pop(0)
-                self._print(line, out)
-                printed.set()
+                try:
+                    self._print(line, out)
+                finally:
+                    printed.set()
         finally:
             self._printing_posted = False
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def _print(self, line: str, out: TextIO) -> None:
         with self._lock:
@@ -2015,8 +2037,18 @@ class Terminal:
 CONTINUATION = "  "
 
 
+EMOJI_PRESENTATION = "\ufe0f"  # variation selector 16: the character before it drawn wide
+
+
 def char_width(ch: str) -> int:
-    """Columns a character takes on a terminal: 0 for combining marks, 2 for wide ones."""
+    """Columns a character takes on a terminal: 0 for combining marks, 2 for wide ones.
+
+    Variation selector 16 counts 1, for the column it adds to the character
+    before it (❤️ is drawn 2 wide); where a terminal draws narrower than
+    counted, a row only wraps early, never past the edge.
+    """
+    if ch == EMOJI_PRESENTATION:
+        return 1
     if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
         return 0
     return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
@@ -2537,7 +2569,14 @@ def make_config(args: Options, term: Terminal, fields: dict[str, str], ask: bool
     key = args.key.strip() if args.key else ""
     if key == KEY_FROM_INPUT:
         prompt = "Paste the key your peer gave you (it is not shown): "
-        key = read_secret(prompt, term.stdin, term.interactive).strip()
+        try:
+            key = read_secret(prompt, term.stdin, term.interactive).strip()
+        except EOFError:
+            raise ConfigError(
+                "--key -: no key on standard input: pipe it in "
+                "(e.g. `pass show chat-key | python chatclient.py --init --key -`), "
+                "or run this on a terminal and paste it when asked"
+            ) from None
     if args.key is not None:
         decode_key(key, "--key")
     if args.username is not None:

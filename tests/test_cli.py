@@ -678,6 +678,7 @@ def test_init_with_key_dash_reads_the_key_from_standard_input(tmp_path: Path) ->
 def test_init_with_key_dash_and_no_input_writes_nothing(tmp_path: Path) -> None:
     result = run("--init", "--key", "-", cwd=tmp_path, stdin="")
     assert result.returncode != 0
+    assert one_error(result.stderr).startswith("error: --key -: no key on standard input")
     assert not (tmp_path / "config.ini").exists()
 
 

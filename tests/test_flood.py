@@ -7,6 +7,7 @@ flooding host (all of 127.0.0.0/8 is loopback). Every wait has a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -76,10 +77,8 @@ class Flood:
                     if len(held) > 64:
                         held.pop(0).close()
                 else:
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.sendall(rng.randbytes(rng.randrange(1, 200)))
-                    except OSError:
-                        pass
                     sock.close()
         finally:
             for sock in held:

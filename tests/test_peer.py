@@ -411,6 +411,7 @@ def test_a_padded_line_cannot_fake_a_line_of_its_own() -> None:
 
 def test_wide_and_combining_characters_are_measured() -> None:
     assert char_width("界") == 2 and char_width("\u0301") == 0 and char_width("a") == 1
+    assert sum(char_width(ch) for ch in "\u2764\ufe0f") == 2  # a red heart, drawn wide
     rows = wrap_rows("界" * 30, 20)
     assert [sum(char_width(ch) for ch in row) for row in rows][:2] == [20, 20]
 

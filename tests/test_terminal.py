@@ -307,3 +307,22 @@ def test_init_with_key_from_input_asks_without_echo(terminal: Terminal, tmp_path
     assert child.exitstatus == 0
     assert KEY not in child.logfile_read.getvalue()
     assert f"fernet_key = {KEY}" in (tmp_path / "config.ini").read_text(encoding="utf-8")
+
+
+def test_ctrl_c_while_a_burst_arrives_leaves_cleanly(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    # Ctrl-C lands while lines are being handed to the main thread to print:
+    # it must leave as Ctrl-C always does, never hang or print a traceback.
+    for attempt in range(3):
+        child, connector = start_listening_terminal(terminal, spawn, tmp_path)
+        connector.send(*(f"burst {n}" for n in range(20000)))
+        child.expect_exact(f"laptop says: burst {200 + 100 * attempt}")
+        child.sendintr()
+        connector.expect(r"^desktop left the chat\.$", timeout=30)
+        connector.expect(r"^Connection closed by peer\.$")
+        child.expect(pexpect.EOF, timeout=30)
+        child.close()
+        assert child.exitstatus == 0, attempt
+        assert connector.wait() == 0
+        assert "Traceback" not in child.logfile_read.getvalue()
