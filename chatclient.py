@@ -22,7 +22,6 @@ import ctypes
 import getpass
 import hashlib
 import hmac
-import ipaddress
 import os
 import re
 import select
@@ -1317,11 +1316,10 @@ def format_host(host: str) -> str:
 
 
 def unmap(host: str) -> str:
-    """An IPv4-mapped IPv6 address shown as plain IPv4."""
-    with contextlib.suppress(ValueError):
-        address = ipaddress.ip_address(host)
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            return str(address.ipv4_mapped)
+    """An IPv4-mapped IPv6 address (as getpeername gives it) shown as plain IPv4."""
+    prefix = "::ffff:"
+    if host.lower().startswith(prefix) and host.count(".") == 3:
+        return host[len(prefix) :]
     return host
 
 
