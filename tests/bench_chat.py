@@ -355,18 +355,30 @@ def ping_chat(out: WorkerQueue, port: int, rounds: int, warmup: int) -> None:
     net = join_chat(port, user)
     message = Chat("x" * TEXT_SIZE)
     echoed = MessageReceived(message)
+
+    def exchange() -> object:
+        net.send(message)
+        return user.next_event()
+
+    samples = time_round_trips(exchange, echoed, rounds, warmup)
+    leave_chat(net)
+    out.put(("result", samples))
+
+
+def time_round_trips(
+    exchange: Callable[[], object], expected: object, rounds: int, warmup: int
+) -> list[int]:
+    """Nanoseconds of each of `rounds` calls of `exchange` after `warmup`; each must echo."""
     samples: list[int] = []
     for i in range(warmup + rounds):
         start = time.perf_counter_ns()
-        net.send(message)
-        reply = user.next_event()
+        reply = exchange()
         elapsed = time.perf_counter_ns() - start
-        if reply != echoed:
+        if reply != expected:
             raise BenchError(f"the echo returned {reply!r}")
         if i >= warmup:
             samples.append(elapsed)
-    leave_chat(net)
-    out.put(("result", samples))
+    return samples
 
 
 def receive_chat_burst(out: WorkerQueue, count: int) -> None:
@@ -475,16 +487,12 @@ def ping_framed(out: WorkerQueue, port: int, rounds: int, warmup: int, fernet: b
     sock = connect_plain(port)
     incoming = plain_frames(sock)
     body = b"x" * TEXT_SIZE
-    samples: list[int] = []
-    for i in range(warmup + rounds):
-        start = time.perf_counter_ns()
+
+    def exchange() -> object:
         sock.sendall(encode_frame(seal(body)))
-        reply = unseal(next(incoming))
-        elapsed = time.perf_counter_ns() - start
-        if reply != body:
-            raise BenchError(f"the echo returned {reply!r}")
-        if i >= warmup:
-            samples.append(elapsed)
+        return unseal(next(incoming))
+
+    samples = time_round_trips(exchange, body, rounds, warmup)
     await_close(sock)
     out.put(("result", samples))
 
