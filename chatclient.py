@@ -22,6 +22,7 @@ import ctypes
 import getpass
 import hashlib
 import hmac
+import importlib.util
 import os
 import re
 import select
@@ -36,7 +37,7 @@ import time
 import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 from types import FrameType
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, NoReturn, Protocol, TextIO
@@ -83,6 +84,10 @@ class ConfigError(ChatError):
     """config.ini is missing, unreadable or holds a bad value."""
 
 
+class ConfigMissing(ConfigError):
+    """There is no config file yet (a first run on a terminal creates one)."""
+
+
 class NetworkError(ChatError):
     """Listening or connecting failed before any chat began."""
 
@@ -107,27 +112,125 @@ class MessageTooLong(ChatError):
     """A message typed here is larger than the protocol allows."""
 
 
-# --- Configuration ---------------------------------------------------------
+# --- Configuration -------------------------------------------------------------
+#
+# One Config value: read from the file, flags laid over it (dataclasses.replace),
+# the file rendered from it. The first-run questions, further down, only fill
+# one in.
 
 CONFIG_SECTION = "parameters"
-CONFIG_FIELDS = ("ip", "port", "fernet_key", "username")
+REQUIRED_FIELDS = ("ip", "port", "fernet_key", "username")
 MAX_NAME_BYTES = 64
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}=")
 # Keys printed in the original example config and in earlier READMEs: public, so refused.
 PUBLIC_KEYS = frozenset({"DN80giegpRHpNHLClZep_maYg2iXRGHsbq9Uy1Cobi0="})
 # What `--key -` means: read the key from standard input, never from the command line.
 KEY_FROM_INPUT = "-"
+# Every package the program needs beyond the standard library, checked before anything.
+DEPENDENCIES = ("cryptography",)
+# The command as the person ran it, for every hint the program prints; main() sets it.
+PROGRAM = "python chatclient.py"
 
 
 @dataclass(frozen=True)
 class Config:
-    """The four settings of config.ini, validated."""
+    """config.ini as one value: its file, its fields (validated), and the optional ones."""
 
-    ip: str
-    port: int
-    key: bytes  # the 32 raw bytes of fernet_key
-    username: str
     path: str
+    ip: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    key: bytes | None = None  # the 32 raw bytes of fernet_key; None until one is made
+    username: str = ""
+    timestamps: bool = False
+    bell: bool = False
+
+    @property
+    def fernet_key(self) -> str:
+        """The key as config.ini holds it (empty when there is none yet)."""
+        return base64.urlsafe_b64encode(self.key).decode("ascii") if self.key else ""
+
+
+def missing_dependencies() -> list[str]:
+    """The packages in DEPENDENCIES that this Python cannot import."""
+    return [name for name in DEPENDENCIES if importlib.util.find_spec(name) is None]
+
+
+def dependency_error(missing: list[str], executable: str) -> str:
+    """One line: what is missing, and the commands that fix it."""
+    names = " ".join(missing)
+    return (
+        f"error: chatclient needs {names}, which this Python ({executable}) does not have: "
+        f"install it with `{executable} -m pip install {names}`, or use the virtual "
+        "environment from README (`python3 -m venv .venv && .venv/bin/pip install .`, "
+        "then `.venv/bin/python chatclient.py`)"
+    )
+
+
+def program_name(argv0: str, executable: str, cwd: str, search_path: str) -> str:
+    """The command the person ran, as a hint should repeat it.
+
+    `python chatclient.py` names its Python (by path if it lives below the
+    current folder, as .venv/bin/python does); the `chatclient` console script
+    is its bare name when PATH finds it, else its path.
+    """
+    name = os.path.basename(argv0)
+    if name.endswith(".py"):
+        python = os.path.basename(executable) or "python"
+        if executable.startswith(cwd.rstrip(os.sep) + os.sep):
+            python = os.path.relpath(executable, cwd)
+        return f"{python} {shown_path(argv0, cwd)}"
+    for folder in search_path.split(os.pathsep):
+        candidate = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            if folder and os.path.samefile(candidate, argv0):
+                return name
+    return shown_path(argv0, cwd)
+
+
+def shown_path(path: str, cwd: str) -> str:
+    """A path relative to the current folder when it lies below it, else as given."""
+    absolute = os.path.abspath(path)
+    if absolute.startswith(cwd.rstrip(os.sep) + os.sep):
+        return os.path.relpath(absolute, cwd)
+    return path
+
+
+def user_config_path() -> str:
+    """The per-user config.ini: XDG on Linux, Application Support on macOS, APPDATA on Windows."""
+    home = os.path.expanduser("~")
+    if sys.platform == "win32":
+        base = os.environ.get("APPDATA") or os.path.join(home, "AppData", "Roaming")
+    elif sys.platform == "darwin":
+        base = os.path.join(home, "Library", "Application Support")
+    else:
+        xdg = os.environ.get("XDG_CONFIG_HOME", "")
+        base = xdg if os.path.isabs(xdg) else os.path.join(home, ".config")
+    return os.path.join(base, "chatclient", "config.ini")
+
+
+def choose_config_path(explicit: str | None, console_script: bool) -> str:
+    """Which config.ini to use: --config, then ./config.ini, then the per-user one.
+
+    With none of them there yet, a first run creates ./config.ini (the original
+    script's place), except that the console script run outside a checkout
+    creates the per-user one, so every folder shares one key.
+    """
+    if explicit is not None:
+        return explicit
+    user = user_config_path()
+    if os.path.exists("config.ini"):
+        return "config.ini"
+    if os.path.exists(user):
+        return user
+    if console_script and not os.path.exists("chatclient.py"):
+        return user
+    return "config.ini"
+
+
+def config_flag(path: str) -> str:
+    """` --config PATH` when the path is not the one found without it, else ''."""
+    found = choose_config_path(None, not PROGRAM.endswith(".py"))
+    return "" if os.path.abspath(path) == os.path.abspath(found) else f" --config {path}"
 
 
 def generate_key() -> str:
@@ -136,17 +239,17 @@ def generate_key() -> str:
 
 
 def decode_key(text: str, where: str = "config.ini") -> bytes:
-    """Decode fernet_key strictly: canonical urlsafe base64 of exactly 32 bytes."""
+    """Decode fernet_key strictly: canonical urlsafe base64 of exactly 32 secret bytes."""
     text = text.strip()
     if not text:
         raise ConfigError(
             f"{where}: fernet_key is empty: create one with "
-            "`python chatclient.py --init` (or paste the key your peer gave you)"
+            f"`{PROGRAM} --init{config_flag(where)}` (or paste the key your peer gave you)"
         )
     if not _KEY_PATTERN.fullmatch(text):
         raise ConfigError(
             f"{where}: fernet_key is not a valid key (it must be 44 characters of "
-            "urlsafe base64 ending in '='): make one with `python chatclient.py --genkey`"
+            f"urlsafe base64 ending in '='): make one with `{PROGRAM} --genkey`"
         )
     raw = base64.urlsafe_b64decode(text)
     if base64.urlsafe_b64encode(raw).decode("ascii") != text:
@@ -157,12 +260,12 @@ def decode_key(text: str, where: str = "config.ini") -> bytes:
     if text in PUBLIC_KEYS:
         raise ConfigError(
             f"{where}: fernet_key is a published example key that anyone can read: "
-            "make your own with `python chatclient.py --genkey`"
+            f"make your own with `{PROGRAM} --genkey`"
         )
     if raw == raw[:1] * len(raw):
         raise ConfigError(
             f"{where}: fernet_key is 32 identical bytes, which anyone could guess: "
-            "make a random one with `python chatclient.py --genkey`"
+            f"make a random one with `{PROGRAM} --genkey`"
         )
     return raw
 
@@ -178,64 +281,42 @@ def read_secret(prompt: str, stdin: TextIO, interactive: bool) -> str:
 
 
 def parse_port(text: str, what: str) -> int:
-    """A TCP port from 1 to 65535, or a ChatError naming `what`."""
+    """A TCP port from 1 to 65535, or a ConfigError naming `what`."""
     text = text.strip()
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         raise ConfigError(f"{what} must be a number from 1 to 65535, not {text!r}")
     return int(text)
 
 
-def check_username(name: str, where: str) -> str:
-    """A username that fits the protocol and prints safely."""
+def check_username(name: str, where: str = "") -> str:
+    """A username that fits the protocol and prints safely; `where` prefixes errors."""
     name = name.strip()
+    prefix = f"{where}: " if where else ""
     if not name:
-        raise ConfigError(f"{where}: username is empty: set a name your peer will see")
+        raise ConfigError(f"{prefix}username is empty: set a name your peer will see")
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        raise ConfigError(f"{where}: username is longer than {MAX_NAME_BYTES} bytes")
+        raise ConfigError(f"{prefix}username is longer than {MAX_NAME_BYTES} bytes")
     if sanitize(name) != name:
-        raise ConfigError(f"{where}: username must not contain control characters")
+        raise ConfigError(f"{prefix}username must not contain control characters")
     return name
 
 
-def read_config(path: str) -> dict[str, str]:
-    """The raw [parameters] fields of an INI file (strings, possibly empty)."""
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        with open(path, encoding="utf-8") as file:
-            parser.read_file(file)
-    except FileNotFoundError:
-        init = "--init" if path == "config.ini" else f"--init --config {path}"
-        raise ConfigError(
-            f"{path} not found: create it with `python chatclient.py {init}` "
-            "(or copy the example config.ini and set fernet_key)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read it: {describe_os_error(exc)}") from exc
-    except configparser.Error as exc:
-        raise ConfigError(f"{path} is not a valid INI file: {describe_ini_error(exc)}") from exc
-    if not parser.has_section(CONFIG_SECTION):
-        raise ConfigError(
-            f"{path}: missing the [{CONFIG_SECTION}] section: "
-            "see the example config.ini in README.md"
-        )
-    return dict(parser.items(CONFIG_SECTION))
+_SWITCHES = {"yes": True, "on": True, "true": True, "1": True}
+_SWITCHES.update({"no": False, "off": False, "false": False, "0": False, "": False})
 
 
-def describe_ini_error(exc: configparser.Error) -> str:
-    """configparser's complaint in one line, naming the line it concerns."""
-    if isinstance(exc, configparser.MissingSectionHeaderError):
-        return f"line {exc.lineno}: text before the [{CONFIG_SECTION}] header"
-    errors = getattr(exc, "errors", None)
-    if errors:
-        lineno, line = errors[0]
-        return f"line {lineno}: {line} is not of the form name = value"
-    return str(exc).splitlines()[0]
+def parse_switch(text: str, where: str) -> bool:
+    """An optional yes/no field."""
+    value = _SWITCHES.get(text.strip().lower())
+    if value is None:
+        raise ConfigError(f"{where} must be yes or no, not {text.strip()!r}")
+    return value
 
 
-def load_config(path: str, fields: dict[str, str] | None = None) -> Config:
-    """Validate config.ini's fields into a Config, or raise ConfigError."""
-    fields = read_config(path) if fields is None else fields
-    for name in CONFIG_FIELDS:
+def read_config(path: str) -> Config:
+    """config.ini as a Config; an empty key or username is left for the caller to fill."""
+    fields = read_fields(path)
+    for name in REQUIRED_FIELDS:
         if name not in fields:
             raise ConfigError(
                 f"{path}: missing field '{name}' in [{CONFIG_SECTION}]: "
@@ -244,13 +325,71 @@ def load_config(path: str, fields: dict[str, str] | None = None) -> Config:
     ip = fields["ip"].strip().strip("[]")
     if not ip:
         raise ConfigError(f"{path}: ip is empty: use 0.0.0.0 to listen on all interfaces")
+    key_text = fields["fernet_key"].strip()
     return Config(
+        path=path,
         ip=ip,
         port=parse_port(fields["port"], f"{path}: port"),
-        key=decode_key(fields["fernet_key"], str(path)),
-        username=check_username(fields["username"], str(path)),
-        path=path,
+        key=decode_key(key_text, path) if key_text else None,
+        username=check_username(fields["username"], path) if fields["username"].strip() else "",
+        timestamps=parse_switch(fields.get("timestamps", ""), f"{path}: timestamps"),
+        bell=parse_switch(fields.get("bell", ""), f"{path}: bell"),
     )
+
+
+def read_fields(path: str) -> dict[str, str]:
+    """The raw [parameters] fields of an INI file (strings, possibly empty)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as file:
+            parser.read_file(file)
+    except FileNotFoundError:
+        raise ConfigMissing(
+            f"{path} not found: create it with `{PROGRAM} --init{config_flag(path)}` "
+            "(or copy the example config.ini and set fernet_key)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it: {describe_os_error(exc)}") from exc
+    except configparser.Error as exc:
+        raise ConfigError(describe_ini_error(path, exc)) from exc
+    if not parser.has_section(CONFIG_SECTION):
+        raise ConfigError(
+            f"{path}: missing the [{CONFIG_SECTION}] section: "
+            "see the example config.ini in README.md"
+        )
+    return dict(parser.items(CONFIG_SECTION))
+
+
+def describe_ini_error(path: str, exc: configparser.Error) -> str:
+    """configparser's complaint in one line, naming the line it concerns."""
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"{path} line {exc.lineno}: {exc.option} appears twice: keep one"
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"{path} line {exc.lineno}: [{exc.section}] appears twice: keep one"
+    invalid = f"{path} is not a valid INI file"
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"{invalid}: line {exc.lineno}: text before the [{CONFIG_SECTION}] header"
+    errors = getattr(exc, "errors", None)
+    if errors:
+        lineno, line = errors[0]
+        return f"{invalid}: line {lineno}: {line} is not of the form name = value"
+    return f"{invalid}: {str(exc).splitlines()[0]}"
+
+
+def field_line(path: str, name: str) -> int | None:
+    """The line number of `name = ...` in an INI file, for messages that point at it."""
+    with contextlib.suppress(OSError, UnicodeDecodeError), open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if line.split("=", 1)[0].strip().lower() == name:
+                return number
+    return None
+
+
+def complete(config: Config) -> Config:
+    """The config, once it has what a chat needs: a key and a username."""
+    decode_key(config.fernet_key, config.path)  # an empty key: says how to make one
+    check_username(config.username, config.path)
+    return config
 
 
 def permission_warning(path: str) -> str | None:
@@ -269,29 +408,35 @@ def permission_warning(path: str) -> str | None:
     return None
 
 
-def render_config(ip: str, port: int, key: str, username: str) -> str:
+def render_config(config: Config) -> str:
     """The text of a config.ini file."""
     return (
         "# chatclient configuration. Keep this file secret: fernet_key lets anyone\n"
         "# who has it read and join your chats.\n"
         f"[{CONFIG_SECTION}]\n"
         "# Address to listen on; 0.0.0.0 (or ::) means all interfaces.\n"
-        f"ip = {ip}\n"
-        f"port = {port}\n"
-        "# Both people need the same key: python chatclient.py --genkey makes one.\n"
-        f"fernet_key = {key}\n"
-        f"username = {username}\n"
+        f"ip = {config.ip}\n"
+        f"port = {config.port}\n"
+        f"# Both people need the same key: `{PROGRAM} --genkey` makes one.\n"
+        f"fernet_key = {config.fernet_key}\n"
+        f"username = {config.username}\n"
+        "# Optional: [14:03] before incoming lines, and the terminal bell for each.\n"
+        f"timestamps = {'yes' if config.timestamps else 'no'}\n"
+        f"bell = {'yes' if config.bell else 'no'}\n"
     )
 
 
-def write_config(path: str, text: str) -> None:
-    """Write config.ini readable and writable by its owner only."""
+def write_config(config: Config) -> None:
+    """Write config.ini readable and writable by its owner only (its folder too, if new)."""
+    path = config.path
     try:
+        if folder := os.path.dirname(path):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         if hasattr(os, "fchmod"):
             os.fchmod(fd, 0o600)  # an existing file loses its wider mode before the key lands
         with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
+            file.write(render_config(config))
         os.chmod(path, 0o600)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {describe_os_error(exc)}") from exc
@@ -791,6 +936,21 @@ class Keepalive(Message):
         return cls()
 
 
+@dataclass(frozen=True)
+class Action(Message):
+    """An action in the third person (`/me waves`), shown as `* laptop waves`."""
+
+    TAG: ClassVar[int] = 5
+    text: str
+
+    def encode_body(self) -> bytes:
+        return encode_text(self.text, MAX_TEXT, "action")
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        return cls(body.rest_text(MAX_TEXT, "action"))
+
+
 def encode_payload(seq: int, message: Message) -> bytes:
     """The plaintext inside a Fernet token: sequence, type, body."""
     return PAYLOAD_HEADER.pack(seq, message.TAG) + message.encode_body()
@@ -896,6 +1056,16 @@ class Session:
         return message
 
 
+def peer_text(text: str) -> str:
+    """A message's text as shown: tabs as spaces, each further line indented, made safe.
+
+    A message may hold several lines (a paste); each line after the first is
+    indented like a wrapped row, so it can never pass for a line of its own.
+    """
+    lines = text.replace("\r\n", "\n").split("\n")
+    return f"\n{CONTINUATION}".join(sanitize(line.expandtabs(4)) for line in lines)
+
+
 def sanitize(text: str) -> str:
     """Peer text made safe to print: control and format characters escaped."""
     if text.isprintable():
@@ -904,6 +1074,10 @@ def sanitize(text: str) -> str:
 
 
 _JOINERS = frozenset("\u200c\u200d")  # needed by emoji and some scripts
+# Rows after the first of a wrapped line, and the further lines of a message,
+# start with this, so no row of a peer's text can pass for a line of its own
+# (say, "Connection closed by peer.").
+CONTINUATION = "  "
 
 
 def _safe_char(ch: str) -> str:
@@ -1393,9 +1567,27 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return server
 
 
-def connect_socket(host: str, port: int, timeout: float = HANDSHAKE_SECONDS) -> socket.socket:
-    """A TCP connection to host:port, or NetworkError saying what to check."""
-    where = f"{format_host(host)}:{port}"
+def connect_socket(
+    host: str,
+    port: int,
+    timeout: float = HANDSHAKE_SECONDS,
+    proxy: tuple[str, int] | None = None,
+) -> socket.socket:
+    """A TCP connection to host:port (through a SOCKS5 proxy if given), or NetworkError."""
+    if proxy is None:
+        return open_connection(host, port, timeout, proxied=False)
+    sock = open_connection(proxy[0], proxy[1], timeout, proxied=True)
+    try:
+        socks5_connect(sock, host, port)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_connection(host: str, port: int, timeout: float, proxied: bool) -> socket.socket:
+    """A plain TCP connection to a peer (or to a proxy); errors say what to check."""
+    where = f"{'the proxy at ' if proxied else ''}{format_host(host)}:{port}"
     family, address = resolve(host, port, passive=False)
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -1409,15 +1601,93 @@ def connect_socket(host: str, port: int, timeout: float = HANDSHAKE_SECONDS) -> 
         ) from exc
     except ConnectionRefusedError as exc:
         sock.close()
-        raise NetworkError(
-            f"connection to {where} refused: is the peer listening on that port? "
-            "(they must start first and choose listen)"
-        ) from exc
+        check = (
+            "is the proxy running? (check --proxy)"
+            if proxied
+            else "is the peer listening on that port? (they must start first and choose listen)"
+        )
+        raise NetworkError(f"connection to {where} refused: {check}") from exc
     except OSError as exc:
         sock.close()
         raise NetworkError(f"cannot connect to {where}: {describe_os_error(exc)}") from exc
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+# SOCKS5 (RFC 1928), no authentication, CONNECT only. A host name is passed to the
+# proxy as a name, so the proxy resolves it (what Tor and `ssh -D` expect).
+SOCKS_REPLIES = {
+    1: "the proxy failed",
+    2: "the proxy's rules do not allow it",
+    3: "network unreachable",
+    4: "host unreachable",
+    5: "connection refused: is the peer listening on that port?",
+    6: "it timed out",
+    7: "the proxy does not support CONNECT",
+    8: "the proxy does not support that address type",
+}
+
+
+def socks5_request(host: str, port: int) -> bytes:
+    """The CONNECT request for host:port: an address as an address, a name as a name."""
+    for family, kind in ((socket.AF_INET, 1), (socket.AF_INET6, 4)):
+        with contextlib.suppress(OSError):
+            address = socket.inet_pton(family, host)
+            return bytes([5, 1, 0, kind]) + address + port.to_bytes(2, "big")
+    try:
+        name = host.encode("idna")
+    except UnicodeError:
+        raise NetworkError(f"{host!r} is not a host name a SOCKS5 proxy can look up") from None
+    if not 0 < len(name) < 256:
+        raise NetworkError(f"the host name {host!r} is too long for a SOCKS5 proxy")
+    return bytes([5, 1, 0, 3, len(name)]) + name + port.to_bytes(2, "big")
+
+
+def socks5_connect(sock: socket.socket, host: str, port: int) -> None:
+    """Ask the proxy on `sock` to connect to host:port; NetworkError says why it did not."""
+    where = f"{format_host(host)}:{port}"
+    try:
+        sock.sendall(b"\x05\x01\x00")  # version 5, one method: no authentication
+        version, method = receive_exactly(sock, 2)
+        if version != 5:
+            raise NetworkError("that is not a SOCKS5 proxy (check --proxy)")
+        if method != 0:
+            raise NetworkError("the proxy wants a login, which chatclient does not support")
+        sock.sendall(socks5_request(host, port))
+        _, reply, _, kind = receive_exactly(sock, 4)
+        if reply != 0:
+            reason = SOCKS_REPLIES.get(reply, f"reply {reply}")
+            raise NetworkError(f"the proxy could not connect to {where}: {reason}")
+        length = {1: 4, 4: 16}.get(kind) or receive_exactly(sock, 1)[0]
+        receive_exactly(sock, length + 2)  # the address the proxy bound: not needed
+    except TimeoutError as exc:
+        raise NetworkError("the proxy did not answer in time (check --proxy)") from exc
+    except OSError as exc:
+        raise NetworkError(f"the proxy failed: {describe_os_error(exc)}") from exc
+
+
+def receive_exactly(sock: socket.socket, size: int) -> bytes:
+    """Exactly `size` bytes (the socket's timeout bounds each read), or NetworkError."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise NetworkError("the proxy closed the connection (check --proxy)")
+        data += chunk
+    return data
+
+
+def parse_proxy(text: str) -> tuple[str, int]:
+    """--proxy socks5://HOST:PORT (socks5h:// too: the proxy always resolves names)."""
+    scheme, separator, rest = text.strip().partition("://")
+    if not separator or scheme.lower() not in ("socks5", "socks5h"):
+        raise argparse.ArgumentTypeError(
+            f"use socks5://HOST:PORT (e.g. socks5://127.0.0.1:9050), not {text!r}"
+        )
+    host, port = parse_target(rest.rstrip("/"))
+    if port is None:
+        raise argparse.ArgumentTypeError(f"the proxy needs a port, e.g. socks5://{host}:1080")
+    return host, port
 
 
 @dataclass(eq=False)
@@ -2023,16 +2293,21 @@ class Terminal:
             with self._lock:
                 write(self.stdout, "\r\x1b[2K")
 
+    def typed_text(self) -> str:
+        """What is typed at the prompt but not yet sent ('' off a terminal)."""
+        return self._line_buffer() if self.interactive else ""
+
+    def bell(self) -> None:
+        """Ring the terminal bell (only on a terminal: piped output stays plain)."""
+        if self.interactive:
+            with self._lock:
+                write(self.stdout, "\a")
+
     def newline(self) -> None:
         """End a line left open by Ctrl-C or Ctrl-D at a terminal prompt."""
         if self.interactive:
             with self._lock:
                 write(self.stdout, "\n")
-
-
-# Rows after the first of a wrapped line start with this, so no row of a peer's
-# text can pass for a line of its own (say, "Connection closed by peer.").
-CONTINUATION = "  "
 
 
 EMOJI_PRESENTATION = "\ufe0f"  # variation selector 16: the character before it drawn wide
@@ -2150,9 +2425,10 @@ class Conversation:
     (goodbye or loss from the peer) or the input loop (we left).
     """
 
-    def __init__(self, term: Terminal, username: str) -> None:
+    def __init__(self, term: Terminal, config: Config) -> None:
         self.term = term
-        self.prompt = f"{username}> " if term.interactive else ""
+        self.config = config
+        self.prompt = f"{config.username}> " if term.interactive else ""
         self.net: Network | None = None
         self.peer: PeerInfo | None = None
         self.failure: ChatError | None = None  # our connection never got into the chat
@@ -2187,6 +2463,8 @@ class Conversation:
         self.started.set()
         if lines:  # shown together: a burst of messages is one redraw
             self.term.show("\n".join(lines))
+            if self.config.bell and any(isinstance(e, MessageReceived) for e in events):
+                self.term.bell()
         if ending is not None:
             self._end_from_network(*ending)
         if ending is not None or any(isinstance(e, (Closed, Failed)) for e in events):
@@ -2205,11 +2483,15 @@ class Conversation:
 
     def _message_lines(self, message: Message) -> list[str]:
         name = sanitize(self.peer.name) if self.peer else "the peer"
+        stamp = time.strftime("[%H:%M] ") if self.config.timestamps else ""
         if isinstance(message, Chat):
-            return [f"{name} says: {sanitize(message.text)}"]
+            return [f"{stamp}{name} says: {peer_text(message.text)}"]
+        if isinstance(message, Action):
+            return [f"{stamp}* {name} {peer_text(message.text)}"]
         if isinstance(message, Terminate):
-            text = sanitize(message.text)
-            return [f"{name} left the chat: {text}" if text else f"{name} left the chat."]
+            text = peer_text(message.text)
+            left = f"{name} left the chat: {text}" if text else f"{name} left the chat."
+            return [stamp + left]
         return []
 
     # The main thread ------------------------------------------------------------------
@@ -2245,7 +2527,10 @@ class Conversation:
                 goodbye = ""
             self._leave(goodbye)
         except PeerEnded:
+            typed = self.term.typed_text()
             self.term.clear_prompt()
+            if typed.strip():  # a half-typed line is never thrown away silently
+                self.term.show(f"Not sent (the chat had ended): {sanitize(typed)}")
             self.ended.wait(GOODBYE_DRAIN_SECONDS)
         finally:
             self._interrupted.set()
@@ -2266,14 +2551,31 @@ class Conversation:
             except UnicodeDecodeError:
                 self.term.error("error: that line is not valid UTF-8 text: not sent")
                 continue
+            if self.outcome is not None:  # ended while input() waited (no signals here)
+                raise PeerEnded
+            line = self._continued(line)
             stripped = line.strip()
             if stripped == "exit":
                 return self._ask_goodbye()
-            if stripped.startswith("/") and not stripped.startswith("//"):
+            if stripped.startswith("/") and not stripped.startswith("//") and "\n" not in line:
                 if self._run_command(stripped):
                     return self._ask_goodbye()
             elif stripped:  # a line of only whitespace is not sent
-                self._send_chat(line[1:] if line.startswith("//") else line)
+                self._send(Chat(line[1:] if line.startswith("//") else line))
+
+    def _continued(self, line: str) -> str:
+        """On a terminal, a line ending in a backslash goes on in the next one.
+
+        A bracketed paste arrives as one line holding its newlines already.
+        """
+        line = line.replace("\r\n", "\n").replace("\r", "\n")
+        while self.term.interactive and line.endswith("\\") and not line.endswith("\\\\"):
+            try:
+                more = self.term.ask("... ")
+            except EOFError:
+                break
+            line = f"{line[:-1]}\n{more}"
+        return line
 
     def _run_command(self, line: str) -> bool:
         """Run a slash command; True when it means leaving the chat."""
@@ -2303,8 +2605,7 @@ class Conversation:
             else:
                 return text
 
-    def _send_chat(self, text: str) -> None:
-        message = Chat(text)
+    def _send(self, message: Chat | Action) -> None:
         try:
             message.encode_body()  # a line too long is refused here, before it is queued
         except ChatError as exc:
@@ -2312,7 +2613,7 @@ class Conversation:
             return
         assert self.net is not None
         self.net.send(message)
-        self.term.show("Sent CHAT message.")
+        self.term.show(f"Sent {message.kind()} message.")
 
     def _leave(self, goodbye: str) -> None:
         if not self._decide(0, None):
@@ -2343,6 +2644,8 @@ class Conversation:
             can_interrupt = self._can_interrupt
         if can_interrupt:
             signal_until(self._main, signal.SIGUSR1, self._interrupted)
+        elif self.net is not None:  # input() cannot be interrupted here (no signals)
+            self.term.show("Press Enter to exit.")
 
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
         if not self._interrupted.is_set():
@@ -2371,6 +2674,14 @@ class Conversation:
         )
         return False
 
+    def act(self, argument: str) -> bool:
+        """/me: an action, shown to the peer as `* name text`."""
+        if argument:
+            self._send(Action(argument))
+        else:
+            self.term.error("try again: /me needs text, e.g. /me waves")
+        return False
+
     def quit(self, argument: str) -> bool:
         """/quit and /exit: leave (any argument is ignored)."""
         return True
@@ -2393,6 +2704,7 @@ COMMANDS = (
     Command("help", ("?",), "this help", Conversation.show_help),
     Command("who", (), "who you are talking to, from where, for how long", Conversation.show_peer),
     Command("verify", (), "the session code to compare with your peer", Conversation.show_peer),
+    Command("me", (), "an action: /me waves shows * yourname waves", Conversation.act),
     Command(
         "quit", ("exit",), "leave the chat (asks for optional goodbye text)", Conversation.quit
     ),
@@ -2419,18 +2731,235 @@ def help_text() -> str:
     )
 
 
+# --- First run: questions that fill in a Config ------------------------------------
+
+
+def ask_until_valid(
+    term: Terminal, prompt: str, default: str, check: Callable[[str], object]
+) -> str:
+    """Ask with a default until `check` accepts the answer."""
+    while True:
+        answer = term.ask(f"{prompt} [{default}]: ").strip() or default
+        try:
+            check(answer)
+        except ChatError as exc:
+            term.error(f"try again: {exc}")
+            continue
+        return answer
+
+
+def first_run(config: Config, args: Options, term: Terminal) -> Config:
+    """The questions a first run asks on a terminal; every answer has a default."""
+    username = args.username or config.username or login_name()
+    if not args.username:
+        username = ask_until_valid(
+            term, "Your username", username, lambda v: check_username(v, "username")
+        )
+    port, ip = config.port, config.ip
+    while True:
+        if not args.port:
+            port = int(
+                ask_until_valid(
+                    term, "Port to listen on", str(port), lambda v: parse_port(v, "port")
+                )
+            )
+        ip = ask_until_valid(
+            term, "Address to listen on (0.0.0.0 = all interfaces)", ip, lambda v: v
+        )
+        if args.connect or (problem := listen_problem(ip, port)) is None:
+            break
+        if args.port:
+            raise NetworkError(problem)
+        term.error(f"try again: {problem}")
+        port = free_port_near(ip, port)  # offered as the next default, not the busy one
+    key = config.key
+    if args.connect and key is None:
+        key = ask_key(term)
+    return replace(config, username=check_username(username, "username"), port=port, ip=ip, key=key)
+
+
+def listen_problem(ip: str, port: int) -> str | None:
+    """Why listening on ip:port would fail now, or None if it would work."""
+    try:
+        listen_socket(ip, port).close()
+    except NetworkError as exc:
+        return str(exc)
+    return None
+
+
+def free_port_near(ip: str, port: int) -> int:
+    """The first port after `port` that can be listened on (or `port` if none of 20)."""
+    for candidate in range(port + 1, min(port + 21, 65536)):
+        if listen_problem(ip, candidate) is None:
+            return candidate
+    return port
+
+
+def ask_key(term: Terminal) -> bytes | None:
+    """A key pasted by the user (not echoed on a terminal), checked; None makes a new one."""
+    while True:
+        pasted = read_secret(
+            "Paste the key your peer gave you, it is not shown (Enter makes a new one): ",
+            term.stdin,
+            term.interactive,
+        ).strip()
+        if not pasted:
+            return None
+        try:
+            return decode_key(pasted, "that key")
+        except ConfigError as exc:
+            term.error(f"try again: {exc}")
+
+
+def key_from_input(term: Terminal) -> bytes:
+    """`--key -`: the key from a hidden prompt, or one line of standard input."""
+    try:
+        pasted = read_secret(
+            "Paste the key your peer gave you (it is not shown): ", term.stdin, term.interactive
+        )
+    except EOFError:
+        raise ConfigError(
+            "--key -: no key on standard input: pipe it in "
+            f"(e.g. `pass show chat-key | {PROGRAM} --init --key -`), "
+            "or run this on a terminal and paste it when asked"
+        ) from None
+    return decode_key(pasted, "--key -")
+
+
+def save_new_config(config: Config, term: Terminal) -> Config:
+    """Write the config, making a key if it has none; say where, and what to hand over."""
+    generated = config.key is None
+    if generated:
+        config = replace(config, key=base64.urlsafe_b64decode(generate_key()))
+    write_config(config)
+    term.show(f"Saved {config.path} (readable only by you).")
+    if generated:
+        term.show(
+            "Your new key is below. Give it to your peer privately (in person, or through a\n"
+            "password manager), never by plain e-mail or in a chat: anyone who has it can\n"
+            f"join and read your chats.\n    {config.fernet_key}\nYour peer saves it with:\n"
+            f"    {PROGRAM} --init --key - --username THEIR_NAME\n"
+            "(it asks for the key, which stays off the screen and out of the shell history)\n"
+            "and connects with:\n"
+            f"    {PROGRAM} --connect {shown_address(config)}"
+        )
+    return config
+
+
+def obtain_config(args: Options, term: Terminal) -> tuple[Config, bool]:
+    """The config for this chat: read, flags laid over it, or on a terminal created."""
+    path = choose_config_path(args.config, not PROGRAM.endswith(".py"))
+    try:
+        config = read_config(path)
+    except ConfigMissing:
+        if not term.interactive:
+            raise
+        here = "here " if not os.path.dirname(path) else ""
+        term.show(f"No {path} {here}yet: let's create one (Ctrl-C to cancel).")
+        config = Config(path=path)
+    else:
+        if config.key is None and term.interactive:
+            term.show(
+                f"{path} has no fernet_key yet: let's make one and save it (Ctrl-C to cancel)."
+            )
+        elif config.key is not None and (warning := permission_warning(path)) is not None:
+            term.error(warning)
+    config = apply_flags(config, args)
+    if config.key is None and term.interactive:
+        return save_new_config(first_run(config, args, term), term), True
+    return complete(config), False
+
+
+def apply_flags(config: Config, args: Options) -> Config:
+    """The flags laid over the file's values (they were checked when parsed)."""
+    changes: dict[str, object] = {}
+    if args.username is not None:
+        changes["username"] = args.username
+    if args.port is not None:
+        changes["port"] = args.port
+    if args.timestamps is not None:
+        changes["timestamps"] = args.timestamps
+    if args.bell is not None:
+        changes["bell"] = args.bell
+    return replace(config, **changes)  # type: ignore[arg-type]
+
+
+def init_config(args: Options, term: Terminal) -> None:
+    """--init: create the config without questions, never overwriting a key."""
+    path = choose_config_path(args.config, not PROGRAM.endswith(".py"))
+    config = Config(path=path)
+    if os.path.exists(path):
+        config = read_config(path)
+        if config.key is not None:
+            where = f" (line {line})" if (line := field_line(path, "fernet_key")) else ""
+            raise ConfigError(
+                f"{path} already has a fernet_key{where}: to replace it, delete that line "
+                "(or the whole file) first, or choose another file with --config"
+            )
+    config = apply_flags(config, args)
+    if args.key == KEY_FROM_INPUT:
+        config = replace(config, key=key_from_input(term))
+    elif args.key is not None:
+        config = replace(config, key=decode_key(args.key, "--key"))
+    config = save_new_config(replace(config, username=config.username or login_name()), term)
+    assert config.key is not None
+    term.show(
+        f"Key ID: {key_id(derive_psk(config.key))} (your peer must see the same ID, "
+        "or your keys differ)"
+    )
+
+
+def ask_mode(term: Terminal) -> str:
+    """Ask listen or connect until the answer is one of them."""
+    while True:
+        answer = term.ask("Do you want to listen or connect? (listen/connect): ").strip().lower()
+        if answer in ("listen", "l"):
+            return "listen"
+        if answer in ("connect", "c"):
+            return "connect"
+        term.error("Please type listen (or l) to wait for a peer, or connect (or c) to reach one.")
+
+
+def ask_target(term: Terminal) -> tuple[str, int]:
+    """Ask the peer's address and port."""
+    while not (host := term.ask("Enter peer IP: ").strip().strip("[]")):
+        term.error("try again: type the IP address (or host name) of your peer")
+    while True:
+        try:
+            return host, parse_port(term.ask("Enter peer port: "), "peer port")
+        except ConfigError as exc:
+            term.error(f"try again: {exc}")
+
+
+def shown_address(config: Config) -> str:
+    """ip:port as a peer should type it (a LAN address instead of a wildcard)."""
+    host = lan_address() if is_wildcard(config.ip) else config.ip
+    return f"{format_host(host)}:{config.port}"
+
+
 # --- main ----------------------------------------------------------------------
 
-EXAMPLES = """\
-examples:
-  python chatclient.py                          ask whether to listen or connect
-  python chatclient.py --listen                 wait for your peer
-  python chatclient.py --connect 192.168.1.112:50233
-  python chatclient.py --connect [::1]:50233    IPv6 in brackets
-  python chatclient.py --init --username laptop --port 50233
-  python chatclient.py --init --key - --username laptop   paste your peer's key when asked
-  python chatclient.py --genkey                 print a new key
-"""
+
+def examples() -> str:
+    """The -h epilog, naming the command as it was run."""
+    return "\n".join(
+        [
+            "examples:",
+            f"  {PROGRAM}                     ask whether to listen or connect",
+            f"  {PROGRAM} --listen            wait for your peer",
+            f"  {PROGRAM} --connect 192.168.1.112:50233",
+            f"  {PROGRAM} --connect [::1]:50233            IPv6 in brackets",
+            f"  {PROGRAM} --connect peer.example:50233 --proxy socks5://127.0.0.1:9050",
+            f"  {PROGRAM} --init --username laptop --port 50233",
+            f"  {PROGRAM} --init --key - --username laptop  (paste your peer's key when asked)",
+            f"  {PROGRAM} --genkey            print a new key",
+        ]
+    )
+
+
+DESCRIPTION = """\
+Peer-to-peer, end-to-end encrypted chat for the terminal. One person listens,
+the other connects; both need the same fernet_key in their config.ini."""
 
 
 def parse_target(text: str) -> tuple[str, int | None]:
@@ -2456,27 +2985,48 @@ def parse_target(text: str) -> tuple[str, int | None]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def flag_type(check: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type from a checker: its ConfigError becomes the flag's error (exit 2)."""
+
+    def convert(text: str) -> object:
+        try:
+            return check(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
 def port_argument(text: str) -> int:
-    """argparse type for --port."""
-    try:
-        return parse_port(text, "--port")
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    """--port: argparse names the flag, so the message does not."""
+    if not (text.strip().isascii() and text.strip().isdigit()) or not 1 <= int(text) <= 65535:
+        raise ConfigError(f"must be a number from 1 to 65535, not {text.strip()!r}")
+    return int(text)
+
+
+def key_argument(text: str) -> str:
+    """--key: '-' (read it from input) or a valid key."""
+    if text.strip() != KEY_FROM_INPUT:
+        decode_key(text, "the key given")
+    return text.strip()
 
 
 @dataclass
 class Options:
     """The command line; these defaults are what no flags mean."""
 
-    config: str = "config.ini"  # pathlib is not imported: start-up time
+    config: str | None = None  # None: ./config.ini, else the per-user one
     listen: bool = False
     connect: tuple[str, int | None] | None = None
+    proxy: tuple[str, int] | None = None
     username: str | None = None
     port: int | None = None
     init: bool = False
     key: str | None = None
     genkey: bool = False
     keepalive: float = KEEPALIVE_SECONDS
+    timestamps: bool | None = None
+    bell: bool | None = None
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -2487,19 +3037,19 @@ def parse_args(argv: list[str] | None) -> Options:
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> NoReturn:
-            self.exit(2, f"error: {message} (see python chatclient.py -h)\n")
+            self.exit(2, f"error: {message} (see {PROGRAM} -h)\n")
 
     parser = Parser(
-        prog="chatclient",
-        description="Peer-to-peer end-to-end encrypted chat for the terminal. "
-        "One person listens, the other connects; both need the same fernet_key.",
-        epilog=EXAMPLES,
+        prog=PROGRAM,
+        description=DESCRIPTION,
+        epilog=examples(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "--config",
         metavar="PATH",
-        help="settings file (default: config.ini in the current directory)",
+        help="settings file (default: ./config.ini, else the per-user one)",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--listen", action="store_true", help="wait for a peer (skips the question)")
@@ -2509,209 +3059,75 @@ def parse_args(argv: list[str] | None) -> Options:
         metavar="HOST:PORT",
         help="connect to a listening peer, e.g. 192.168.1.112:50233 or [::1]:50233",
     )
-    parser.add_argument(
-        "--username", metavar="NAME", help="name your peer sees (overrides config.ini)"
+    add(
+        "--proxy",
+        type=parse_proxy,
+        metavar="socks5://HOST:PORT",
+        help="with --connect: go through a SOCKS5 proxy (ssh -D, Tor), which resolves the name",
     )
-    parser.add_argument(
-        "--port", type=port_argument, metavar="N", help="port to listen on (overrides config.ini)"
+    add(
+        "--username",
+        type=flag_type(check_username),
+        metavar="NAME",
+        help="name your peer sees (overrides config.ini)",
     )
-    parser.add_argument(
-        "--init", action="store_true", help="create config.ini with a new key, asking nothing"
+    add(
+        "--port",
+        type=flag_type(port_argument),
+        metavar="N",
+        help="port to listen on (overrides config.ini)",
     )
-    parser.add_argument(
+    add("--init", action="store_true", help="create config.ini with a new key, asking nothing")
+    add(
         "--key",
+        type=flag_type(key_argument),
         metavar="-",
         help="with --init: save the key your peer gave you instead of a new one; "
         "'-' reads it from standard input (hidden on a terminal), so it never shows in "
         "your shell history or in `ps`",
     )
-    parser.add_argument("--genkey", action="store_true", help="print a new key and exit")
-    parser.add_argument(
+    add("--genkey", action="store_true", help="print a new key and exit")
+    add(
         "--keepalive",
         type=float,
         metavar="SECONDS",
         help=f"idle seconds between keepalives; a peer silent {DEAD_AFTER_INTERVALS:g}x this long "
         f"is reported lost (default {KEEPALIVE_SECONDS:g})",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"chatclient {__version__} (protocol {VERSION})"
+    add(
+        "--timestamps",
+        action=argparse.BooleanOptionalAction,
+        help="show [14:03] before incoming lines (config.ini: timestamps = yes)",
+    )
+    add(
+        "--bell",
+        action=argparse.BooleanOptionalAction,
+        help="ring the terminal bell for each incoming message (config.ini: bell = yes)",
+    )
+    add(
+        "-V",
+        "--version",
+        action="version",
+        version=f"chatclient {__version__} (protocol {VERSION})",
     )
     args = parser.parse_args(argv, namespace=Options())
     if args.key is not None and not args.init:
         parser.error("--key only goes with --init")
+    if args.proxy is not None and args.connect is None:
+        parser.error("--proxy only goes with --connect")
     if not 0 < args.keepalive <= 3600:  # also refuses nan and inf
         parser.error("--keepalive must be a number of seconds above 0 and at most 3600")
     return args
 
 
-def ask_until_valid(
-    term: Terminal, prompt: str, default: str, check: Callable[[str], object]
-) -> str:
-    """Ask with a default until `check` accepts the answer."""
-    while True:
-        answer = term.ask(f"{prompt} [{default}]: ").strip() or default
-        try:
-            check(answer)
-        except ChatError as exc:
-            term.error(f"error: {exc}")
-            continue
-        return answer
-
-
-def make_config(args: Options, term: Terminal, fields: dict[str, str], ask: bool) -> Config:
-    """Create (or complete) config.ini with a key; ask questions when `ask`."""
-    path = args.config
-    username = args.username or fields.get("username", "").strip() or login_name()
-    port = str(args.port or fields.get("port", "").strip() or DEFAULT_PORT)
-    ip = fields.get("ip", "").strip() or "0.0.0.0"
-    key = args.key.strip() if args.key else ""
-    if key == KEY_FROM_INPUT:
-        prompt = "Paste the key your peer gave you (it is not shown): "
-        try:
-            key = read_secret(prompt, term.stdin, term.interactive).strip()
-        except EOFError:
-            raise ConfigError(
-                "--key -: no key on standard input: pipe it in "
-                "(e.g. `pass show chat-key | python chatclient.py --init --key -`), "
-                "or run this on a terminal and paste it when asked"
-            ) from None
-    if args.key is not None:
-        decode_key(key, "--key")
-    if args.username is not None:
-        check_username(args.username, "--username")
-    if ask:
-        if not args.username:
-            username = ask_until_valid(
-                term, "Your username", username, lambda v: check_username(v, "username")
-            )
-        while True:
-            if not args.port:
-                port = ask_until_valid(
-                    term, "Port to listen on", port, lambda v: parse_port(v, "port")
-                )
-            ip = ask_until_valid(
-                term, "Address to listen on (0.0.0.0 = all interfaces)", ip, lambda v: v
-            )
-            if args.connect or (problem := listen_problem(ip, int(port))) is None:
-                break
-            if args.port:
-                raise NetworkError(problem)
-            term.error(f"error: {problem}")
-        if args.connect and not key:
-            key = ask_key(term)
-    generated = not key
-    key = key or generate_key()
-    config = load_config(path, dict(zip(CONFIG_FIELDS, (ip, port, key, username), strict=True)))
-    write_config(path, render_config(config.ip, config.port, key, config.username))
-    term.show(f"Saved {path} (readable only by you).")
-    if generated:
-        term.show(
-            "Your new key is below. Give it to your peer privately (in person, or through a\n"
-            "password manager), never by plain e-mail or in a chat: anyone who has it can\n"
-            f"join and read your chats.\n    {key}\nYour peer saves it with:\n"
-            "    python chatclient.py --init --key - --username THEIR_NAME\n"
-            "(it asks for the key, which stays off the screen and out of the shell history)\n"
-            "and connects with:\n"
-            f"    python chatclient.py --connect {shown_address(config)}"
-        )
-    return config
-
-
-def listen_problem(ip: str, port: int) -> str | None:
-    """Why listening on ip:port would fail now, or None if it would work."""
-    try:
-        listen_socket(ip, port).close()
-    except NetworkError as exc:
-        return str(exc)
-    return None
-
-
-def ask_key(term: Terminal) -> str:
-    """A key pasted by the user (not echoed on a terminal), checked; empty makes a new one."""
-    while True:
-        pasted = read_secret(
-            "Paste the key your peer gave you, it is not shown (Enter makes a new one): ",
-            term.stdin,
-            term.interactive,
-        ).strip()
-        try:
-            if pasted:
-                decode_key(pasted, "that key")
-        except ConfigError as exc:
-            term.error(f"error: {exc}")
-            continue
-        return pasted
-
-
-def obtain_config(args: Options, term: Terminal) -> tuple[Config, bool]:
-    """Load config.ini, or on a terminal create it; True when just created."""
-    path = args.config
-    fields: dict[str, str] = {}
-    try:
-        fields = read_config(path)
-    except ConfigError:
-        if os.path.exists(path) or not term.interactive:
-            raise
-        term.show(f"No {path} here yet: let's create one (Ctrl-C to cancel).")
-        return make_config(args, term, fields, ask=True), True
-    if not fields.get("fernet_key", "").strip() and term.interactive:
-        term.show(f"{path} has no fernet_key yet: let's make one and save it (Ctrl-C to cancel).")
-        return make_config(args, term, fields, ask=True), True
-    has_key = bool(fields.get("fernet_key", "").strip())
-    if has_key and (warning := permission_warning(path)) is not None:
-        term.error(warning)
-    if args.username is not None:
-        fields["username"] = check_username(args.username, "--username")
-    if args.port:
-        fields["port"] = str(args.port)
-    return load_config(path, fields), False
-
-
-def init_config(args: Options, term: Terminal) -> None:
-    """--init: create config.ini without questions, never overwriting a key."""
-    path = args.config
-    fields: dict[str, str] = {}
-    if os.path.exists(path):
-        fields = read_config(path)
-        if fields.get("fernet_key", "").strip():
-            raise ConfigError(
-                f"{path} already has a fernet_key: delete it first to replace it, "
-                "or choose another file with --config"
-            )
-    make_config(args, term, fields, ask=False)
-
-
-def ask_mode(term: Terminal) -> str:
-    """Ask listen or connect until the answer is one of them."""
-    while True:
-        answer = term.ask("Do you want to listen or connect? (listen/connect): ").strip().lower()
-        if answer in ("listen", "l"):
-            return "listen"
-        if answer in ("connect", "c"):
-            return "connect"
-        term.error("Please type listen (or l) to wait for a peer, or connect (or c) to reach one.")
-
-
-def ask_target(term: Terminal) -> tuple[str, int]:
-    """Ask the peer's address and port."""
-    while not (host := term.ask("Enter peer IP: ").strip().strip("[]")):
-        term.error("error: type the IP address (or host name) of your peer")
-    while True:
-        try:
-            return host, parse_port(term.ask("Enter peer port: "), "peer port")
-        except ConfigError as exc:
-            term.error(f"error: {exc}")
-
-
-def shown_address(config: Config) -> str:
-    """ip:port as a peer should type it (a LAN address instead of a wildcard)."""
-    host = lan_address() if is_wildcard(config.ip) else config.ip
-    return f"{format_host(host)}:{config.port}"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Load config, listen or connect, handshake, chat, report how it ended."""
     ensure_std_streams()
+    if missing := missing_dependencies():
+        write(sys.stderr, dependency_error(missing, sys.executable) + "\n")
+        return 1
+    global PROGRAM
+    PROGRAM = program_name(sys.argv[0], sys.executable, os.getcwd(), os.environ.get("PATH", ""))
     args = parse_args(argv)
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
@@ -2724,6 +3140,7 @@ def main(argv: list[str] | None = None) -> int:
             init_config(args, term)
             return 0
         config, just_created = obtain_config(args, term)
+        assert config.key is not None  # complete() or the first run saw to it
         psk = derive_psk(config.key)
         term.show(f"Your IP and port are: {shown_address(config)}")
         term.show(f"Key ID: {key_id(psk)} (your peer must see the same ID, or your keys differ)")
@@ -2731,7 +3148,7 @@ def main(argv: list[str] | None = None) -> int:
             not args.connect and (just_created or ask_mode(term) == "listen")
         )
         target = None if listening else (args.connect or ask_target(term))
-        conversation = Conversation(term, config.username)
+        conversation = Conversation(term, config)
         network = Network(psk, config.username, conversation, keepalive=args.keepalive)
         if target is None:
             network.listen(listen_socket(config.ip, config.port))
@@ -2740,7 +3157,8 @@ def main(argv: list[str] | None = None) -> int:
                 "waiting for your peer (Ctrl-C to stop)."
             )
         else:
-            network.connect(connect_socket(target[0], target[1] or config.port))
+            host, port = target[0], target[1] or config.port
+            network.connect(connect_socket(host, port, proxy=args.proxy))
         network.start()
         try:
             conversation.wait_until_started(listening)

@@ -304,7 +304,7 @@ def test_sigint_at_a_prompt_ends_quietly(chat: Spawn, tmp_path: Path) -> None:
     write_config(tmp_path, port=free_port())
     proc = chat()
     proc.send("c", "127.0.0.1", "abc")  # the port is asked again: the program waits at it
-    proc.expect(r"^error: peer port must be a number", stream="err")
+    proc.expect(r"^try again: peer port must be a number", stream="err")
     proc.signal(signal.SIGINT)
     assert finish(proc) == 130
     assert len(proc.err) == 1
@@ -425,8 +425,9 @@ def test_wrong_peer_port_at_the_prompt_is_asked_again(tmp_path: Path) -> None:
     write_config(tmp_path)
     result = run(cwd=tmp_path, stdin="c\n127.0.0.1\n99999\n")  # then end of input
     assert result.returncode == 1
-    line = one_error(result.stderr)
-    assert line == "error: peer port must be a number from 1 to 65535, not '99999'"
+    assert result.stderr.splitlines() == [
+        "try again: peer port must be a number from 1 to 65535, not '99999'"
+    ]  # asked again, not the end: no `error:`
     assert result.stdout.splitlines().count("Enter peer port: ") == 2
 
 
@@ -440,7 +441,7 @@ def test_wrong_peer_port_then_the_right_one_connects(chat: Spawn, tmp_path: Path
     connector.send("c", "127.0.0.1", "port", str(port))
     connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
     listener.expect(r"^laptop joined the chat\.$")
-    assert connector.err == ["error: peer port must be a number from 1 to 65535, not 'port'"]
+    assert connector.err == ["try again: peer port must be a number from 1 to 65535, not 'port'"]
     assert connector.out.count("Enter peer port: ") == 2
     leave(connector)
     assert finish(listener) == 0
@@ -831,7 +832,7 @@ def test_a_line_typed_while_listening_is_refused_not_sent_later(
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (("--port", "abc"), "--port must be a number from 1 to 65535, not 'abc'"),
+        (("--port", "abc"), "argument --port: must be a number from 1 to 65535, not 'abc'"),
         (("--connect", "::1"), "brackets"),
         (("--listen", "--connect", "127.0.0.1:1"), "not allowed with"),
         (("--key", KEY), "--key only goes with --init"),
@@ -852,9 +853,9 @@ def test_a_mistake_in_the_flags_is_one_line(
 def test_flag_values_are_named_in_errors(tmp_path: Path) -> None:
     write_config(tmp_path, port=free_port())
     line = one_error(run("--username", "a\x1b[31mb", "--listen", cwd=tmp_path).stderr)
-    assert line.startswith("error: --username: ")
+    assert line.startswith("error: argument --username: username must not contain control")
     line = one_error(run("--init", "--key", "abc", "--config", "new.ini", cwd=tmp_path).stderr)
-    assert line.startswith("error: --key: ")
+    assert line.startswith("error: argument --key: ")
     assert not (tmp_path / "new.ini").exists()
     line = one_error(run("--config", "elsewhere/x.ini", "--listen", cwd=tmp_path).stderr)
     assert "--init --config elsewhere/x.ini" in line
@@ -865,7 +866,11 @@ def test_flag_values_are_named_in_errors(tmp_path: Path) -> None:
     [
         ("junk\n[parameters]\n", "line 1: text before the [parameters] header"),
         ("[parameters]\nip = 1\nfoo\n", "line 3: 'foo\\n' is not of the form name = value"),
-        ("[parameters]\n[parameters]\n", "[line  2]: section 'parameters' already exists"),
+        ("[parameters]\n[parameters]\n", "config.ini line 2: [parameters] appears twice"),
+        (
+            "[parameters]\nip = 1\nport = 1\nfernet_key =\nusername = a\nusername = b\n",
+            "config.ini line 6: username appears twice",
+        ),
     ],
 )
 def test_a_broken_ini_file_names_the_line(tmp_path: Path, text: str, words: str) -> None:

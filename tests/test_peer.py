@@ -17,6 +17,7 @@ from chatclient import (
     MAX_HANDSHAKES_PER_ADDRESS,
     MAX_PENDING_HANDSHAKES,
     MESSAGES,
+    Action,
     Chat,
     Closed,
     Established,
@@ -282,7 +283,12 @@ def test_no_keepalive_after_our_goodbye() -> None:
 
 
 def test_every_registered_message_round_trips_through_its_tag() -> None:
-    samples = {Welcome: Welcome("laptop"), Chat: Chat("hi"), Terminate: Terminate("bye")}
+    samples = {
+        Welcome: Welcome("laptop"),
+        Chat: Chat("hi"),
+        Terminate: Terminate("bye"),
+        Action: Action("waves"),
+    }
     for tag, kind in MESSAGES.items():
         message = samples[kind] if kind in samples else kind()
         assert tag == kind.TAG
@@ -292,7 +298,12 @@ def test_every_registered_message_round_trips_through_its_tag() -> None:
 def test_the_phase_table_is_derived_from_the_classes() -> None:
     assert transitions() == {
         Phase.AWAIT_WELCOME: {Welcome: Phase.OPEN},
-        Phase.OPEN: {Chat: Phase.OPEN, Terminate: Phase.CLOSED, Keepalive: Phase.OPEN},
+        Phase.OPEN: {
+            Chat: Phase.OPEN,
+            Terminate: Phase.CLOSED,
+            Keepalive: Phase.OPEN,
+            Action: Phase.OPEN,
+        },
         Phase.CLOSED: {},
     }
 

@@ -165,7 +165,14 @@ def check_saved_config(path: Path, port: int, username: str, key: str) -> None:
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(path, encoding="utf-8")
     fields = dict(parser.items("parameters"))
-    assert fields == {"ip": "0.0.0.0", "port": str(port), "fernet_key": key, "username": username}
+    assert fields == {
+        "ip": "0.0.0.0",
+        "port": str(port),
+        "fernet_key": key,
+        "username": username,
+        "timestamps": "no",
+        "bell": "no",
+    }
 
 
 def chat_with_new_listener(
@@ -227,8 +234,9 @@ def test_first_run_asks_again_for_a_port_that_is_in_use(terminal: Terminal, tmp_
         child.sendline(str(busy))
         child.expect_exact("Address to listen on (0.0.0.0 = all interfaces) [0.0.0.0]: ")
         child.sendline("")
-        child.expect_exact(f"error: port {busy} is already in use")
-        child.expect_exact(f"Port to listen on [{busy}]: ")
+        child.expect_exact(f"try again: port {busy} is already in use")
+        child.expect(r"Port to listen on \[(\d+)\]: ")
+        assert int(child.match.group(1)) != busy  # the busy port is not offered again
         child.sendline(str(free))
         child.expect_exact("Address to listen on (0.0.0.0 = all interfaces) [0.0.0.0]: ")
         child.sendline("")
