@@ -334,3 +334,105 @@ def test_ctrl_c_while_a_burst_arrives_leaves_cleanly(
         assert child.exitstatus == 0, attempt
         assert connector.wait() == 0
         assert "Traceback" not in child.logfile_read.getvalue()
+
+
+# --- Pasting, leaving mid-line, the bell -------------------------------------------------
+
+
+def test_a_bracketed_paste_is_one_message_shown_with_indented_lines(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    child, connector = start_listening_terminal(terminal, spawn, tmp_path)
+    child.send("\x1b[200~first line\nsecond line\n\tindented\x1b[201~\r")
+    child.expect_exact("Sent CHAT message.")
+    connector.expect(r"^desktop says: first line$")
+    connector.expect(r"^  second line$")
+    connector.expect(r"^      indented$")
+    assert connector.out.count("desktop says: first line") == 1
+    child.expect_exact("desktop> ")
+    child.sendline("one\\")  # a trailing backslash goes on in the next line
+    child.expect_exact("... ")
+    child.sendline("two")
+    connector.expect(r"^desktop says: one$")
+    connector.expect(r"^  two$")
+    leave_from_terminal(child, connector, "desktop")
+
+
+def test_a_half_typed_line_is_shown_as_not_sent_when_the_peer_leaves(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    child, connector = start_listening_terminal(terminal, spawn, tmp_path)
+    child.send("I was just about to say")
+    child.expect_exact("I was just about to say")
+    connector.send("exit", "bye")
+    child.expect_exact("Connection closed by peer.")
+    child.expect_exact("Not sent (the chat had ended): I was just about to say")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert connector.wait() == 0
+
+
+def test_the_bell_rings_for_incoming_messages_only_when_asked(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    port = free_port()
+    write_config(tmp_path, "desktop.ini", port=port, username="desktop")
+    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
+    child = terminal("--config", "desktop.ini", "--listen", "--bell")
+    child.expect_exact("Listening on ")
+    connector = spawn("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
+    child.expect_exact("desktop> ")
+    before = child.logfile_read.getvalue().count("\a")
+    connector.send("ding")
+    child.expect_exact("laptop says: ding")
+    child.expect_exact("\a")
+    child.sendline("no bell for what I send")
+    connector.expect(r"^desktop says: no bell for what I send$")
+    child.expect_exact("Sent CHAT message.")
+    assert child.logfile_read.getvalue().count("\a") == before + 1
+    leave_from_terminal(child, connector, "desktop")
+
+
+# --- Without readline and without signals (macOS libedit, Windows) -----------------------
+
+
+def test_without_readline_and_signals_it_runs_line_by_line(spawn: Spawn, tmp_path: Path) -> None:
+    """Both facilities are taken away before the program starts, as on Windows."""
+    port = free_port()
+    write_config(tmp_path, "desktop.ini", port=port, username="desktop")
+    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
+    bootstrap = (
+        "import runpy, signal, sys; sys.modules['readline'] = None; del signal.pthread_kill; "
+        f"sys.argv = [{str(SCRIPT)!r}, '--config', 'desktop.ini', '--listen']; "
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
+    )
+    log = io.StringIO()
+    child = pexpect.spawn(
+        sys.executable,
+        ["-c", bootstrap],
+        cwd=str(tmp_path),
+        env={**os.environ, "TERM": "xterm", "PYTHONUNBUFFERED": "1"},
+        encoding="utf-8",
+        timeout=TIMEOUT,
+    )
+    child.logfile_read = log
+    try:
+        child.expect_exact("Listening on ")
+        connector = spawn("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
+        child.expect_exact("laptop joined the chat.")
+        connector.send("plain lines")
+        child.expect_exact("laptop says: plain lines")
+        child.sendline("and back")
+        connector.expect(r"^desktop says: and back$")
+        connector.send("exit", "")
+        child.expect_exact("Connection closed by peer.")
+        child.expect_exact("Press Enter to exit.")  # input() cannot be interrupted here
+        child.sendline("")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+        assert "Traceback" not in log.getvalue()
+        assert "Sent CHAT message." in log.getvalue()
+    finally:
+        child.close(force=True)
