@@ -65,6 +65,28 @@ def write_config(
     return path
 
 
+def run(
+    *args: str,
+    cwd: Path,
+    stdin: str = "",
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run chatclient to its end with stdin piped (as `python chatclient.py` unless
+    `command`); it must never print a traceback."""
+    result = subprocess.run(
+        [*(command or [sys.executable, str(SCRIPT)]), *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    return result
+
+
 class ChatProcess:
     """`python chatclient.py` on pipes; stdout and stderr read by threads into queues."""
 

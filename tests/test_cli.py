@@ -31,6 +31,7 @@ from conftest import (
     TIMEOUT,
     ChatProcess,
     free_port,
+    run,
     start_pair,
     write_config,
 )
@@ -73,21 +74,6 @@ def finish(proc: ChatProcess, timeout: float = TIMEOUT) -> int:
         proc.expect(NEVER, timeout=5.0)
     assert time.monotonic() - started < 5.0, "output streams still open after the exit"
     return status
-
-
-def run(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """Run chatclient to its end with stdin piped; it must never print a traceback."""
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
-    return result
 
 
 def one_error(stderr: str) -> str:
@@ -614,8 +600,9 @@ def test_genkey_prints_a_valid_key(tmp_path: Path) -> None:
     assert not (tmp_path / "config.ini").exists()
 
 
-def test_version(tmp_path: Path) -> None:
-    result = run("--version", cwd=tmp_path)
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version(tmp_path: Path, flag: str) -> None:
+    result = run(flag, cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.startswith(f"chatclient {chatclient.__version__}")
 

@@ -13,33 +13,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import OTHER_KEY, SCRIPT, TIMEOUT, ChatProcess, free_port, start_pair, write_config
+from conftest import (
+    OTHER_KEY,
+    SCRIPT,
+    TIMEOUT,
+    ChatProcess,
+    free_port,
+    run,
+    start_pair,
+    write_config,
+)
 from socks5 import Socks5Server
 
 import chatclient
 
 Spawn = Callable[..., ChatProcess]
-
-
-def run(
-    *args: str,
-    cwd: Path,
-    stdin: str = "",
-    env: dict[str, str] | None = None,
-    command: list[str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run chatclient to its end (as `python chatclient.py` unless `command`); no traceback."""
-    result = subprocess.run(
-        [*(command or [sys.executable, str(SCRIPT)]), *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
-    return result
 
 
 def console_script(tmp_path: Path) -> Path:
@@ -190,12 +178,6 @@ def test_every_flag_mistake_exits_2_with_one_line(
     assert line.startswith("error: ") and words in line, line
     assert line.count("--port") <= 1
     assert not (tmp_path / "config.ini").exists()
-
-
-def test_dash_capital_v_is_the_version(tmp_path: Path) -> None:
-    result = run("-V", cwd=tmp_path)
-    assert result.returncode == 0
-    assert result.stdout.startswith(f"chatclient {chatclient.__version__}")
 
 
 def test_help_fits_an_80_column_terminal(tmp_path: Path) -> None:
