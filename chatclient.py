@@ -22,6 +22,7 @@ import ctypes
 import getpass
 import hashlib
 import hmac
+import importlib
 import importlib.util
 import os
 import re
@@ -126,8 +127,9 @@ _KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}=")
 PUBLIC_KEYS = frozenset({"DN80giegpRHpNHLClZep_maYg2iXRGHsbq9Uy1Cobi0="})
 # What `--key -` means: read the key from standard input, never from the command line.
 KEY_FROM_INPUT = "-"
-# Every package the program needs beyond the standard library, checked before anything.
-DEPENDENCIES = ("cryptography",)
+# Every package the program needs beyond the standard library, with the oldest
+# version that has what it uses (X25519 public_bytes_raw), checked before anything.
+DEPENDENCIES = {"cryptography": (41,)}
 # The command as the person ran it, for every hint the program prints; main() sets it.
 PROGRAM = "python chatclient.py"
 
@@ -151,18 +153,40 @@ class Config:
 
 
 def missing_dependencies() -> list[str]:
-    """The packages in DEPENDENCIES that this Python cannot import."""
-    return [name for name in DEPENDENCIES if importlib.util.find_spec(name) is None]
+    """What this Python lacks of DEPENDENCIES: 'name>=version', with what it has if older."""
+    missing = []
+    for name, oldest in DEPENDENCIES.items():
+        wanted = f"{name}>={'.'.join(map(str, oldest))}"
+        if importlib.util.find_spec(name) is None:
+            missing.append(wanted)
+            continue
+        version = str(getattr(importlib.import_module(name), "__version__", "0"))
+        if version_numbers(version) < oldest:
+            missing.append(f"{wanted} (it has {version})")
+    return missing
+
+
+def version_numbers(version: str) -> tuple[int, ...]:
+    """The leading numbers of a version: '41.0.1rc1' -> (41, 0, 1)."""
+    numbers = []
+    for part in version.split("."):
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        numbers.append(int(digits[0]))
+    return tuple(numbers)
 
 
 def dependency_error(missing: list[str], executable: str) -> str:
     """One line: what is missing, and the commands that fix it."""
-    names = " ".join(missing)
+    needs = ", ".join(missing)
+    specs = " ".join(f"'{item.split(' ')[0]}'" for item in missing)
     return (
-        f"error: chatclient needs {names}, which this Python ({executable}) does not have: "
-        f"install it with `{executable} -m pip install {names}`, or use the virtual "
-        "environment from README (`python3 -m venv .venv && .venv/bin/pip install .`, "
-        "then `.venv/bin/python chatclient.py`)"
+        f"error: chatclient needs {needs}, which this Python ({executable}) does not have: "
+        f"install it with `{executable} -m pip install {specs}`, or (where the system "
+        "refuses that) use the virtual environment README sets up: "
+        "`python3 -m venv .venv && .venv/bin/pip install .`, "
+        "then run `.venv/bin/python chatclient.py`"
     )
 
 
@@ -173,18 +197,19 @@ def program_name(argv0: str, executable: str, cwd: str, search_path: str) -> str
     current folder, as .venv/bin/python does); the `chatclient` console script
     is its bare name when PATH finds it, else its path.
     """
-    name = os.path.basename(argv0)
-    if name.endswith(".py"):
-        python = os.path.basename(executable) or "python"
-        if executable.startswith(cwd.rstrip(os.sep) + os.sep):
-            python = os.path.relpath(executable, cwd)
-        return f"{python} {shown_path(argv0, cwd)}"
+    if os.path.basename(argv0).endswith(".py"):
+        return f"{command_path(executable, cwd, search_path)} {shown_path(argv0, cwd)}"
+    return command_path(argv0, cwd, search_path)
+
+
+def command_path(path: str, cwd: str, search_path: str) -> str:
+    """A program as it can be typed: its bare name if PATH finds that very file, else a path."""
+    name = os.path.basename(path)
     for folder in search_path.split(os.pathsep):
-        candidate = os.path.join(folder, name)
         with contextlib.suppress(OSError):
-            if folder and os.path.samefile(candidate, argv0):
+            if folder and os.path.samefile(os.path.join(folder, name), path):
                 return name
-    return shown_path(argv0, cwd)
+    return shown_path(path, cwd)
 
 
 def shown_path(path: str, cwd: str) -> str:
@@ -1722,6 +1747,9 @@ class NetworkUser(Protocol):
     def refused(self, line: str) -> None:
         """A line about a connection that was refused or dropped."""
 
+    def network_failed(self, error: ChatError) -> None:
+        """The network thread itself failed (a bug): nothing more will be reported."""
+
 
 class Network:
     """The one thread that owns every socket, around one `selectors` loop.
@@ -1844,11 +1872,10 @@ class Network:
                 for key, mask in ready:
                     self._dispatch(key.data, mask, now)
                 self._run_commands(now)
-        except Exception as exc:  # a bug: end the chat visibly rather than hang it
-            for link in list(self._links.values()):
-                if link.claimed:
-                    lost = ConnectionLost(f"internal error in the network thread: {exc!r}")
-                    self._user.connection_events(link, [Failed(lost)])
+        except Exception as exc:  # a bug: end the chat (or the wait for one), never hang
+            self._user.network_failed(
+                ConnectionLost(f"internal error in the network thread: {exc!r} (please report it)")
+            )
             raise
         finally:
             self._close_everything()
@@ -2176,6 +2203,10 @@ class Terminal:
         except ImportError:
             return
         self._line_buffer = readline.get_line_buffer
+        # CPython turns bracketed paste off; on, the terminal marks a paste, and
+        # readline takes it as one line with its newlines: one message.
+        with contextlib.suppress(Exception):
+            readline.parse_and_bind("set enable-bracketed-paste on")
         # readline is not thread-safe and Python runs it without the GIL, so
         # another thread must never redraw: lines from other threads are handed
         # to the main thread, whose signal handler runs between keypresses.
@@ -2328,16 +2359,27 @@ def char_width(ch: str) -> int:
 
 
 def wrap_rows(line: str, width: int) -> list[str]:
-    """One line cut into rows of at most `width` columns, continuation rows indented."""
+    """One line cut into rows of at most `width` columns, continuation rows indented.
+
+    A row ends after its last space when it has one (words stay whole), else
+    wherever the width runs out.
+    """
     width = max(width, len(CONTINUATION) + 8)
+    indent = len(CONTINUATION)
     rows: list[str] = []
     row: list[str] = []
     used = 0
     for ch in line:
         columns = char_width(ch)
-        if used + columns > width and used > len(CONTINUATION):
-            rows.append("".join(row))
-            row, used = [CONTINUATION], len(CONTINUATION)
+        if used + columns > width and used > indent:
+            start = indent if rows else 0
+            cut = max((i + 1 for i in range(start, len(row)) if row[i] == " "), default=len(row))
+            carried = row[cut:]
+            if indent + sum(map(char_width, carried)) + columns > width:
+                cut, carried = len(row), []  # no room to carry the word: cut it here
+            rows.append("".join(row[:cut]))
+            row = [CONTINUATION, *carried]
+            used = indent + sum(map(char_width, carried))
         row.append(ch)
         used += columns
     rows.append("".join(row))
@@ -2473,6 +2515,15 @@ class Conversation:
     def refused(self, line: str) -> None:
         """A refused or dropped connection, on stderr."""
         self.term.error(line)
+
+    def network_failed(self, error: ChatError) -> None:
+        """The network thread failed: end the chat, or the wait for it, with the reason."""
+        if self.peer is None:
+            self.failure = error
+            self.started.set()
+        else:
+            self._end_from_network(1, f"Connection lost: {error}")
+        self.ended.set()
 
     def _arrival_lines(self, link: Link, name: str, code: str) -> list[str]:
         if link.peer.role is Role.LISTENER:

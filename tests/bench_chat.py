@@ -226,6 +226,10 @@ class BenchUser:
         """A refused connection: the peer's main thread raises it as a BenchError."""
         self.inbox.put(line)
 
+    def network_failed(self, error: Exception) -> None:
+        """The network thread failed: the main thread raises it as a BenchError."""
+        self.inbox.put(f"the network thread failed: {error}")
+
     def handle(self, event: Event) -> bool:
         """Deal with `event` on the network thread; False passes it on to the inbox."""
         return False

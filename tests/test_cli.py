@@ -691,9 +691,8 @@ def test_config_readable_by_others_gives_a_warning(chat: Spawn, tmp_path: Path) 
     path = write_config(tmp_path, "shared.ini", port=free_port(), mode=0o644)
     listener = chat("--config", str(path), "--listen")
     listener.expect(r"^Listening on ")
-    assert len(listener.err) == 1, listener.err
-    warning = listener.err[0]
-    assert warning.startswith("warning: ")
+    warning = listener.expect(r"^warning: ", stream="err")  # stderr is read by its own thread
+    assert listener.err == [warning]
     assert str(path) in warning
     assert f"chmod 600 {path}" in warning
     listener.signal(signal.SIGINT)

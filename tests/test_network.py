@@ -15,6 +15,7 @@ from pair import PSK, drive
 from chatclient import (
     HIGH_WATER,
     Chat,
+    ChatError,
     Established,
     Event,
     Link,
@@ -42,6 +43,11 @@ class Recorder:
     def refused(self, line: str) -> None:
         with self.changed:
             self.refusals.append(line)
+            self.changed.notify_all()
+
+    def network_failed(self, error: ChatError) -> None:
+        with self.changed:
+            self.refusals.append(f"network failed: {error}")
             self.changed.notify_all()
 
     def wait_for(self, kind: type[Event]) -> Event:
@@ -122,3 +128,25 @@ def test_a_peer_that_stops_reading_slows_the_sender_and_stop_still_stops(
         assert net.finished.wait(TIMEOUT)
         sender.join(TIMEOUT)
         assert not sender.is_alive()  # a waiting sender is released when the network ends
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failing_network_thread_ends_the_wait_instead_of_hanging() -> None:
+    class Broken(Recorder):
+        def connection_events(self, link: Link, events: list[Event]) -> None:
+            raise RuntimeError("a bug in what handles events")
+
+    server = socket.create_server(("127.0.0.1", 0))
+    user = Broken()
+    net = Network(PSK, "desktop", user)
+    net.listen(server)
+    net.start()
+    try:
+        sock, _ = join(server.getsockname()[1])
+        sock.close()
+        assert net.finished.wait(TIMEOUT)
+        with user.changed:
+            assert user.changed.wait_for(lambda: bool(user.refusals), TIMEOUT)
+        assert "internal error in the network thread" in user.refusals[0]
+    finally:
+        net.stop()

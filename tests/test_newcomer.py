@@ -68,10 +68,31 @@ def test_a_python_without_cryptography_gets_one_line_and_writes_nothing(tmp_path
     assert result.returncode == 1
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
-    assert line.startswith("error: chatclient needs cryptography")
-    assert f"{sys.executable} -m pip install cryptography" in line
-    assert ".venv" in line
+    assert line.startswith("error: chatclient needs cryptography>=41, which this Python")
+    assert f"{sys.executable} -m pip install 'cryptography>=41'" in line
+    assert "python3 -m venv .venv && .venv/bin/pip install ." in line
     assert list(tmp_path.iterdir()) == []  # no question asked, no config written
+
+
+def test_a_cryptography_too_old_for_chatclient_is_named_with_its_version(tmp_path: Path) -> None:
+    # Debian 12's python3-cryptography is 38.0.4: it lacks X25519's public_bytes_raw.
+    fake = tmp_path / "old" / "cryptography"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "38.0.4"\n', encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-S", str(SCRIPT), "--listen"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "old")},
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: chatclient needs cryptography>=41 (it has 38.0.4)")
+    assert list(work.iterdir()) == []
 
 
 def test_program_name_is_the_command_as_run() -> None:
@@ -86,6 +107,10 @@ def test_program_name_is_the_command_as_run() -> None:
     )
     assert chatclient.program_name("/nowhere/bin/chatclient", "/x/python", cwd, "") == (
         "/nowhere/bin/chatclient"
+    )
+    # A Python that PATH would not find is named by its path, so the hint works as typed.
+    assert chatclient.program_name("chatclient.py", "/other/.venv/bin/python", cwd, "/usr/bin") == (
+        "/other/.venv/bin/python chatclient.py"
     )
 
 

@@ -420,6 +420,17 @@ def test_a_padded_line_cannot_fake_a_line_of_its_own() -> None:
     assert all(sum(char_width(ch) for ch in row) <= 79 for row in rows)
 
 
+def test_rows_end_after_a_space_so_words_stay_whole() -> None:
+    line = "Session code: 123456 (the same on both screens means nobody is in the middle)"
+    rows = wrap_rows(line, 30)
+    assert rows == [
+        "Session code: 123456 (the ",
+        "  same on both screens means ",
+        "  nobody is in the middle)",
+    ]
+    assert wrap_rows("x" * 25, 10) == ["x" * 10, "  " + "x" * 8, "  " + "x" * 7]
+
+
 def test_wide_and_combining_characters_are_measured() -> None:
     assert char_width("界") == 2 and char_width("\u0301") == 0 and char_width("a") == 1
     assert sum(char_width(ch) for ch in "\u2764\ufe0f") == 2  # a red heart, drawn wide

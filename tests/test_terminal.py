@@ -343,6 +343,9 @@ def test_a_bracketed_paste_is_one_message_shown_with_indented_lines(
     terminal: Terminal, spawn: Spawn, tmp_path: Path
 ) -> None:
     child, connector = start_listening_terminal(terminal, spawn, tmp_path)
+    # The terminal is asked to mark pastes (CPython's readline leaves that off) ...
+    assert "\x1b[?2004h" in child.logfile_read.getvalue()
+    # ... and a marked paste is one message.
     child.send("\x1b[200~first line\nsecond line\n\tindented\x1b[201~\r")
     child.expect_exact("Sent CHAT message.")
     connector.expect(r"^desktop says: first line$")
