@@ -1458,6 +1458,40 @@ def handshake_to_evict(pending: Sequence[Pending], host: str) -> tuple[Pending, 
     return victim, f"it was {kind} of {reason}"
 
 
+class Room:
+    """The chat's places: the listener hands each proven connector one while it has room.
+
+    The capacity is 1 (a two-person chat) until group chat raises it; a place is
+    claimed before our WELCOME goes out and freed when that connection ends.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._members: set[object] = set()
+
+    def claim(self, member: object) -> bool:
+        """A place for `member`, or False when the room is full."""
+        if self.full:
+            return False
+        self._members.add(member)
+        return True
+
+    def release(self, member: object) -> None:
+        """Free `member`'s place (nothing happens if it had none)."""
+        self._members.discard(member)
+
+    def __contains__(self, member: object) -> bool:
+        return member in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    @property
+    def full(self) -> bool:
+        """True when every place is taken."""
+        return len(self._members) >= self.capacity
+
+
 class RefusalLog:
     """Refusal lines that stay readable in a flood.
 
@@ -1726,7 +1760,6 @@ class Link:
     fd: int = -1
     outgoing: bytearray = field(default_factory=bytearray)
     last_write: float = 0.0
-    claimed: bool = False  # a place in the chat (listener), or our own connection
     established: bool = False  # both WELCOMEs went through: its events go to the user
     leaving: bool = False  # we said goodbye: half-close once it is written
     leave_by: float | None = None  # half-closed: close when the peer has, or by then
@@ -1772,7 +1805,7 @@ class Network:
     ) -> None:
         self._psk, self._username, self._user = psk, username, user
         self._keepalive, self._handshake_seconds = keepalive, handshake_seconds
-        self._capacity, self._clock = capacity, clock
+        self._room, self._clock = Room(capacity), clock
         self._selector = selectors.DefaultSelector()
         self._wake_reader, self._wake_writer = socket.socketpair()
         for end in (self._wake_reader, self._wake_writer):
@@ -1782,7 +1815,7 @@ class Network:
         self._urgent: deque[Callable[[float], None]] = deque()  # run first, never held back
         self._wake_pending = False
         self._dirty: dict[int, Link] = {}  # links written to by this pass's commands
-        self._room = threading.Condition()  # senders wait here while the queue is long
+        self._senders = threading.Condition()  # senders wait here while the queue is long
         self._senders_waiting = 0
         self._links: dict[int, Link] = {}
         self._server: socket.socket | None = None
@@ -1805,7 +1838,7 @@ class Network:
         """Run the connector's side on a connected socket (call before start())."""
         now = self._clock()
         link = self._add(sock, peer_address(sock), Role.CONNECTOR, now)
-        link.claimed = True
+        self._room.claim(link)  # our own connection: the chat's one place
 
     def start(self) -> None:
         """Start the network thread."""
@@ -1837,10 +1870,10 @@ class Network:
             return
         if threading.get_ident() == self._thread.ident:
             return
-        with self._room:
+        with self._senders:
             self._senders_waiting += 1
             try:
-                self._room.wait_for(
+                self._senders.wait_for(
                     lambda: (
                         len(self._commands) <= MAX_QUEUED_COMMANDS // 2 or self.finished.is_set()
                     )
@@ -1880,8 +1913,8 @@ class Network:
         finally:
             self._close_everything()
             self.finished.set()
-            with self._room:
-                self._room.notify_all()
+            with self._senders:
+                self._senders.notify_all()
 
     def _run_commands(self, now: float) -> None:
         # Cleared first: a command posted from now on sends a wake-up of its own.
@@ -1896,8 +1929,8 @@ class Network:
             if self._is_open(link):
                 self._settle(link, now)
         if self._senders_waiting and len(self._commands) <= MAX_QUEUED_COMMANDS // 2:
-            with self._room:
-                self._room.notify_all()
+            with self._senders:
+                self._senders.notify_all()
 
     def _backlogged(self) -> bool:
         """True while every peer written to has over HIGH_WATER unsent: they set the pace.
@@ -1986,7 +2019,7 @@ class Network:
             pending = [
                 Pending(link.host, link.since, link.peer.greeted, link.fd)
                 for link in self._links.values()
-                if not link.claimed and link.peer.stage in HANDSHAKE_STAGES
+                if link not in self._room and link.peer.stage in HANDSHAKE_STAGES
             ]
             if (eviction := handshake_to_evict(pending, host)) is not None:
                 victim, reason = eviction
@@ -2053,7 +2086,7 @@ class Network:
             elif link.peer.role is Role.CONNECTOR:
                 shown.append(event)  # our own connection failed: the user says why
             elif isinstance(event, Failed):
-                link.claimed = False  # an admitted connector that vanished frees its place
+                self._room.release(link)  # an admitted connector that vanished frees its place
                 self._report(link, "Refused a connection from", str(event.error), now)
         link.outgoing += link.peer.data_to_send()
         if shown:
@@ -2062,8 +2095,7 @@ class Network:
     def _admit_or_refuse(self, link: Link) -> None:
         # The place is claimed before our WELCOME goes out, so when two proven
         # connectors race, the second is told "busy" rather than cut off.
-        if not self._leaving and self._members() < self._capacity:
-            link.claimed = True
+        if not self._leaving and self._room.claim(link):
             link.peer.admit()
         else:
             link.peer.refuse(Reject.BUSY)
@@ -2108,15 +2140,13 @@ class Network:
             with contextlib.suppress(OSError):
                 link.sock.send(link.outgoing)
         link.sock.close()
-        if self._leaving and not any(other.claimed for other in self._links.values()):
+        self._room.release(link)
+        if self._leaving and not self._room:
             self._running = False
-
-    def _members(self) -> int:
-        return sum(1 for link in self._links.values() if link.claimed)
 
     def _report(self, link: Link, what: str, reason: str, now: float) -> None:
         """A refusal line, unless the chat is full (then it is on screen: stay quiet)."""
-        if self._members() >= self._capacity:
+        if self._room.full:
             return
         line = f"{what} {link.address!r}: {reason}"
         if (shown := self._refusals.refused(link.host, line, now)) is not None:
@@ -2126,7 +2156,7 @@ class Network:
 
     def _broadcast(self, message: Message, now: float) -> None:
         for link in self._links.values():  # only queued here: nothing closes meanwhile
-            if link.claimed and link.peer.stage is Stage.OPEN and not link.leaving:
+            if link in self._room and link.peer.stage is Stage.OPEN and not link.leaving:
                 link.outgoing += link.peer.data_to_send()
                 link.outgoing += link.peer.send(message, now)
                 self._dirty[link.fd] = link
@@ -2139,14 +2169,14 @@ class Network:
             self._server.close()
             self._server = None
         for link in list(self._links.values()):
-            if link.claimed and link.peer.stage is Stage.OPEN:
+            if link in self._room and link.peer.stage is Stage.OPEN:
                 link.leaving = True
                 link.outgoing += link.peer.data_to_send()
                 link.outgoing += link.peer.send(Terminate(goodbye), now)
                 self._settle(link, now)
             else:
                 self._close(link)
-        if not any(link.claimed for link in self._links.values()):
+        if not self._room:
             self._running = False
 
     def _stop(self, now: float) -> None:

@@ -36,6 +36,7 @@ from chatclient import (
     RefusalLog,
     Reject,
     Role,
+    Room,
     Stage,
     Terminate,
     Welcome,
@@ -457,3 +458,14 @@ def test_help_is_generated_from_the_command_table() -> None:
     text = help_text()
     for word in ("/help", "/?", "/who", "/verify", "/quit", "/exit", "//text", "exit"):
         assert word in text
+
+
+def test_the_room_hands_out_places_up_to_its_capacity() -> None:
+    room = Room(capacity=1)
+    first, second = object(), object()
+    assert room.claim(first) and first in room and room.full
+    assert not room.claim(second)  # told busy: the place went to the first proven connector
+    room.release(first)
+    assert not room and room.claim(second)
+    room.release(object())  # releasing someone without a place changes nothing
+    assert len(room) == 1
