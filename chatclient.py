@@ -177,16 +177,16 @@ def version_numbers(version: str) -> tuple[int, ...]:
     return tuple(numbers)
 
 
-def dependency_error(missing: list[str], executable: str) -> str:
+def dependency_error(missing: list[str], executable: str, script: str) -> str:
     """One line: what is missing, and the commands that fix it."""
     needs = ", ".join(missing)
     specs = " ".join(f"'{item.split(' ')[0]}'" for item in missing)
     return (
-        f"error: chatclient needs {needs}, which this Python ({executable}) does not have: "
+        f"error: chatclient needs {needs}; this Python ({executable}) does not have it: "
         f"install it with `{executable} -m pip install {specs}`, or (where the system "
-        "refuses that) use the virtual environment README sets up: "
-        "`python3 -m venv .venv && .venv/bin/pip install .`, "
-        "then run `.venv/bin/python chatclient.py`"
+        "refuses that) in a virtual environment, as README does: "
+        f"`python3 -m venv .venv && .venv/bin/pip install {specs}`, "
+        f"then run `.venv/bin/python {script}`"
     )
 
 
@@ -217,7 +217,7 @@ def shown_path(path: str, cwd: str) -> str:
     absolute = os.path.abspath(path)
     if absolute.startswith(cwd.rstrip(os.sep) + os.sep):
         return os.path.relpath(absolute, cwd)
-    return path
+    return os.path.normpath(path)
 
 
 def user_config_path() -> str:
@@ -1584,22 +1584,27 @@ def lan_address() -> str:
     return address
 
 
-def resolve(host: str, port: int, passive: bool) -> tuple[socket.AddressFamily, tuple[str, int]]:
-    """The first socket address for host:port, or NetworkError."""
+def resolve(
+    host: str, port: int, passive: bool, what: str = "host"
+) -> tuple[socket.AddressFamily, tuple[str, int]]:
+    """The first socket address for host:port, or NetworkError naming `what` it is."""
     flags = socket.AI_PASSIVE if passive else 0
     lookup = None if passive and host == "*" else host
     try:
         infos = socket.getaddrinfo(lookup, port, 0, socket.SOCK_STREAM, 0, flags)
     except (socket.gaierror, UnicodeError) as exc:
         raise NetworkError(
-            f"cannot resolve host {host!r}: check the spelling, or use an IP address"
+            f"cannot resolve {what} {host!r}: check the spelling, or use an IP address"
         ) from exc
     family, _, _, _, address = infos[0]
     return family, (str(address[0]), int(address[1]))
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (:: also accepts IPv4)."""
+def listen_socket(host: str, port: int, source: str = "config.ini") -> socket.socket:
+    """A listening TCP socket on host:port (:: also accepts IPv4).
+
+    `source` says where the port came from (a config file, or --port), for the advice.
+    """
     family, address = resolve(host, port, passive=True)
     server = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -1613,14 +1618,16 @@ def listen_socket(host: str, port: int) -> socket.socket:
         server.close()
         where = f"{format_host(host)}:{port}"
         if getattr(exc, "errno", None) in (98, 48, 10048):  # EADDRINUSE
+            advice = f"choose another port in {source}" if source else "choose another port"
+            if source == "--port":
+                advice = "choose another --port"
             raise NetworkError(
-                f"port {port} is already in use on {where}: stop the other program "
-                "or choose another port in config.ini"
+                f"port {port} is already in use on {where}: stop the other program or {advice}"
             ) from exc
         if getattr(exc, "errno", None) in (99, 49, 10049):  # EADDRNOTAVAIL
             raise NetworkError(
                 f"cannot listen on {where}: that address is not on this machine; "
-                "set ip = 0.0.0.0 in config.ini to listen on all interfaces"
+                f"set ip = 0.0.0.0 in {source or 'the config'} to listen on all interfaces"
             ) from exc
         raise NetworkError(f"cannot listen on {where}: {describe_os_error(exc)}") from exc
     return server
@@ -1647,7 +1654,7 @@ def connect_socket(
 def open_connection(host: str, port: int, timeout: float, proxied: bool) -> socket.socket:
     """A plain TCP connection to a peer (or to a proxy); errors say what to check."""
     where = f"{'the proxy at ' if proxied else ''}{format_host(host)}:{port}"
-    family, address = resolve(host, port, passive=False)
+    family, address = resolve(host, port, False, "the proxy's host" if proxied else "host")
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -1713,7 +1720,9 @@ def socks5_connect(sock: socket.socket, host: str, port: int) -> None:
         if method != 0:
             raise NetworkError("the proxy wants a login, which chatclient does not support")
         sock.sendall(socks5_request(host, port))
-        _, reply, _, kind = receive_exactly(sock, 4)
+        version, reply, _, kind = receive_exactly(sock, 4)
+        if version != 5:
+            raise NetworkError("that is not a SOCKS5 proxy (check --proxy)")
         if reply != 0:
             reason = SOCKS_REPLIES.get(reply, f"reply {reply}")
             raise NetworkError(f"the proxy could not connect to {where}: {reason}")
@@ -2349,10 +2358,13 @@ class Terminal:
         self.error("Nobody is connected yet: that line was not sent.")
 
     def clear_prompt(self) -> None:
-        """Wipe an abandoned prompt line (the chat ended while typing)."""
+        """Wipe an abandoned prompt line, every row of it (the chat ended while typing)."""
         if self.interactive:
             with self._lock:
-                write(self.stdout, "\r\x1b[2K")
+                if self._clear_line is not None:
+                    self._clear_line()
+                else:
+                    write(self.stdout, "\r\x1b[2K")
 
     def typed_text(self) -> str:
         """What is typed at the prompt but not yet sent ('' off a terminal)."""
@@ -2511,6 +2523,7 @@ class Conversation:
         self._main = threading.get_ident()
         self._can_interrupt = False
         self._interrupted = threading.Event()
+        self._collected = ""  # lines of a message still being typed (a trailing backslash)
 
     # Reported by the network thread ---------------------------------------------
 
@@ -2608,10 +2621,10 @@ class Conversation:
                 goodbye = ""
             self._leave(goodbye)
         except PeerEnded:
-            typed = self.term.typed_text()
+            typed = "\n".join(part for part in (self._collected, self.term.typed_text()) if part)
             self.term.clear_prompt()
             if typed.strip():  # a half-typed line is never thrown away silently
-                self.term.show(f"Not sent (the chat had ended): {sanitize(typed)}")
+                self.term.show(f"Not sent (the chat had ended): {peer_text(typed)}")
             self.ended.wait(GOODBYE_DRAIN_SECONDS)
         finally:
             self._interrupted.set()
@@ -2633,6 +2646,7 @@ class Conversation:
                 self.term.error("error: that line is not valid UTF-8 text: not sent")
                 continue
             if self.outcome is not None:  # ended while input() waited (no signals here)
+                self._collected = line
                 raise PeerEnded
             line = self._continued(line)
             stripped = line.strip()
@@ -2647,15 +2661,21 @@ class Conversation:
     def _continued(self, line: str) -> str:
         """On a terminal, a line ending in a backslash goes on in the next one.
 
-        A bracketed paste arrives as one line holding its newlines already.
+        A bracketed paste arrives as one line holding its newlines already; a
+        line ending in two backslashes sends one. Lines taken so far are kept in
+        `self._collected`, so a chat that ends meanwhile can say they were not sent.
         """
-        line = line.replace("\r\n", "\n").replace("\r", "\n")
-        while self.term.interactive and line.endswith("\\") and not line.endswith("\\\\"):
+        line = line.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
+        while self.term.interactive and line.endswith("\\"):
+            if line.endswith("\\\\"):
+                return line[:-1]
+            self._collected = line[:-1]
             try:
                 more = self.term.ask("... ")
             except EOFError:
                 break
-            line = f"{line[:-1]}\n{more}"
+            line = f"{line[:-1]}\n{more}".rstrip("\n")
+        self._collected = ""
         return line
 
     def _run_command(self, line: str) -> bool:
@@ -2862,7 +2882,7 @@ def first_run(config: Config, args: Options, term: Terminal) -> Config:
 def listen_problem(ip: str, port: int) -> str | None:
     """Why listening on ip:port would fail now, or None if it would work."""
     try:
-        listen_socket(ip, port).close()
+        listen_socket(ip, port, source="").close()
     except NetworkError as exc:
         return str(exc)
     return None
@@ -2904,6 +2924,8 @@ def key_from_input(term: Terminal) -> bytes:
             f"(e.g. `pass show chat-key | {PROGRAM} --init --key -`), "
             "or run this on a terminal and paste it when asked"
         ) from None
+    if not pasted.strip():
+        raise ConfigError(f"--key -: {NO_KEY_GIVEN}")
     return decode_key(pasted, "--key -")
 
 
@@ -2998,7 +3020,9 @@ def ask_mode(term: Terminal) -> str:
             return "listen"
         if answer in ("connect", "c"):
             return "connect"
-        term.error("Please type listen (or l) to wait for a peer, or connect (or c) to reach one.")
+        term.error(
+            "try again: type listen (or l) to wait for a peer, or connect (or c) to reach one"
+        )
 
 
 def ask_target(term: Terminal) -> tuple[str, int]:
@@ -3078,6 +3102,17 @@ def flag_type(check: Callable[[str], object]) -> Callable[[str], object]:
     return convert
 
 
+def keepalive_argument(text: str) -> float:
+    """--keepalive: seconds above 0, at most an hour."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 3600:  # also refuses nan and inf
+        raise ConfigError(f"must be a number of seconds above 0 and at most 3600, not {text!r}")
+    return seconds
+
+
 def port_argument(text: str) -> int:
     """--port: argparse names the flag, so the message does not."""
     if not (text.strip().isascii() and text.strip().isdigit()) or not 1 <= int(text) <= 65535:
@@ -3087,9 +3122,17 @@ def port_argument(text: str) -> int:
 
 def key_argument(text: str) -> str:
     """--key: '-' (read it from input) or a valid key."""
+    if not text.strip():
+        raise ConfigError(NO_KEY_GIVEN)
     if text.strip() != KEY_FROM_INPUT:
         decode_key(text, "the key given")
     return text.strip()
+
+
+NO_KEY_GIVEN = (
+    "no key given: use --key - and paste the key your peer gave you, "
+    "or leave --key out to make a new one"
+)
 
 
 @dataclass
@@ -3170,7 +3213,7 @@ def parse_args(argv: list[str] | None) -> Options:
     add("--genkey", action="store_true", help="print a new key and exit")
     add(
         "--keepalive",
-        type=float,
+        type=flag_type(keepalive_argument),
         metavar="SECONDS",
         help=f"idle seconds between keepalives; a peer silent {DEAD_AFTER_INTERVALS:g}x this long "
         f"is reported lost (default {KEEPALIVE_SECONDS:g})",
@@ -3196,20 +3239,23 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error("--key only goes with --init")
     if args.proxy is not None and args.connect is None:
         parser.error("--proxy only goes with --connect")
-    if not 0 < args.keepalive <= 3600:  # also refuses nan and inf
-        parser.error("--keepalive must be a number of seconds above 0 and at most 3600")
+    if args.init and (args.listen or args.connect or args.genkey):
+        parser.error("--init only writes the config: run again without it to chat")
+    if args.genkey and (args.listen or args.connect):
+        parser.error("--genkey only prints a key: run again without it to chat")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Load config, listen or connect, handshake, chat, report how it ended."""
     ensure_std_streams()
-    if missing := missing_dependencies():
-        write(sys.stderr, dependency_error(missing, sys.executable) + "\n")
-        return 1
     global PROGRAM
     PROGRAM = program_name(sys.argv[0], sys.executable, os.getcwd(), os.environ.get("PATH", ""))
-    args = parse_args(argv)
+    args = parse_args(argv)  # -h and -V work even without the dependencies
+    if missing := missing_dependencies():
+        script = shown_path(sys.argv[0], os.getcwd())
+        write(sys.stderr, dependency_error(missing, sys.executable, script) + "\n")
+        return 1
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     term = Terminal(sys.stdin, sys.stdout, sys.stderr)
@@ -3232,7 +3278,8 @@ def main(argv: list[str] | None = None) -> int:
         conversation = Conversation(term, config)
         network = Network(psk, config.username, conversation, keepalive=args.keepalive)
         if target is None:
-            network.listen(listen_socket(config.ip, config.port))
+            source = "--port" if args.port is not None else config.path
+            network.listen(listen_socket(config.ip, config.port, source))
             term.show(
                 f"Listening on {format_host(config.ip)}:{config.port}; "
                 "waiting for your peer (Ctrl-C to stop)."

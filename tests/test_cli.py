@@ -132,7 +132,7 @@ def test_transcript_through_the_prompts(chat: Spawn, tmp_path: Path) -> None:
     listener = chat("--config", "desktop.ini")
     listener.expect(rf"^Your IP and port are: 127\.0\.0\.1:{port}$", stream="out")
     listener.send("maybe")  # not an answer: asked again
-    listener.expect(r"^Please type listen \(or l\)", stream="err")
+    listener.expect(r"^try again: type listen \(or l\)", stream="err")
     listener.send("l")
     listener.expect(r"^Listening on 127\.0\.0\.1:")
 
@@ -168,7 +168,7 @@ def test_transcript_through_the_prompts(chat: Spawn, tmp_path: Path) -> None:
     ]
     assert listener.out[1].startswith("Key ID: ")
     assert listener.err == [
-        "Please type listen (or l) to wait for a peer, or connect (or c) to reach one."
+        "try again: type listen (or l) to wait for a peer, or connect (or c) to reach one"
     ]
     prompts = connector.out[connector.out.index(MODE_PROMPT) :]
     assert prompts[:4] == [
@@ -823,8 +823,8 @@ def test_a_line_typed_while_listening_is_refused_not_sent_later(
         (("--listen", "--connect", "127.0.0.1:1"), "not allowed with"),
         (("--key", KEY), "--key only goes with --init"),
         (("--bogus",), "unrecognized arguments: --bogus"),
-        (("--keepalive", "nan"), "--keepalive must be a number of seconds above 0"),
-        (("--keepalive", "inf"), "--keepalive must be a number of seconds above 0"),
+        (("--keepalive", "nan"), "argument --keepalive: must be a number of seconds above 0"),
+        (("--keepalive", "inf"), "argument --keepalive: must be a number of seconds above 0"),
     ],
 )
 def test_a_mistake_in_the_flags_is_one_line(

@@ -68,9 +68,11 @@ def test_a_python_without_cryptography_gets_one_line_and_writes_nothing(tmp_path
     assert result.returncode == 1
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
-    assert line.startswith("error: chatclient needs cryptography>=41, which this Python")
+    assert line.startswith("error: chatclient needs cryptography>=41; this Python")
     assert f"{sys.executable} -m pip install 'cryptography>=41'" in line
-    assert "python3 -m venv .venv && .venv/bin/pip install ." in line
+    # works where only a copy of chatclient.py is: no pyproject needed
+    assert "python3 -m venv .venv && .venv/bin/pip install 'cryptography>=41'" in line
+    assert f"then run `.venv/bin/python {SCRIPT}`" in line
     assert list(tmp_path.iterdir()) == []  # no question asked, no config written
 
 
@@ -91,7 +93,7 @@ def test_a_cryptography_too_old_for_chatclient_is_named_with_its_version(tmp_pat
     )
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
-    assert line.startswith("error: chatclient needs cryptography>=41 (it has 38.0.4)")
+    assert line.startswith("error: chatclient needs cryptography>=41 (it has 38.0.4); this Python")
     assert list(work.iterdir()) == []
 
 
@@ -186,7 +188,11 @@ def test_init_prints_the_key_id_both_people_compare(tmp_path: Path) -> None:
         (("--port", "0"), "argument --port: must be a number from 1 to 65535, not '0'"),
         (("--connect", "::1"), "brackets"),
         (("--connect", ":5"), "no host"),
-        (("--keepalive", "0"), "--keepalive must be a number of seconds above 0"),
+        (("--keepalive", "0"), "argument --keepalive: must be a number of seconds above 0"),
+        (("--keepalive", "abc"), "argument --keepalive: must be a number of seconds above 0"),
+        (("--init", "--key", ""), "argument --key: no key given: use --key -"),
+        (("--init", "--listen"), "--init only writes the config"),
+        (("--genkey", "--connect", "127.0.0.1:1"), "--genkey only prints a key"),
         (("--proxy", "http://127.0.0.1:8080", "--connect", "127.0.0.1:1"), "use socks5://"),
         (("--proxy", "socks5://127.0.0.1:1080"), "--proxy only goes with --connect"),
         (("--key", "-"), "--key only goes with --init"),
@@ -210,6 +216,27 @@ def test_help_fits_an_80_column_terminal(tmp_path: Path) -> None:
     assert result.returncode == 0
     description = result.stdout.split("\n\n")[1]
     assert all(len(line) <= 80 for line in description.splitlines()), description
+
+
+def test_an_empty_key_pasted_for_init_says_so(tmp_path: Path) -> None:
+    result = run("--init", "--key", "-", cwd=tmp_path, stdin="\n")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: --key -: no key given")
+    assert not (tmp_path / "config.ini").exists()
+
+
+def test_a_busy_port_names_where_it_came_from(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        busy = holder.getsockname()[1]
+        write_config(tmp_path, "mine.ini", port=busy)
+        from_file = run("--config", "mine.ini", "--listen", cwd=tmp_path)
+        assert "choose another port in mine.ini" in from_file.stderr
+        write_config(tmp_path, "other.ini", port=free_port())
+        from_flag = run("--config", "other.ini", "--listen", "--port", str(busy), cwd=tmp_path)
+        assert "choose another --port" in from_flag.stderr
 
 
 def test_the_empty_key_hint_names_the_config_given(tmp_path: Path) -> None:

@@ -358,7 +358,23 @@ def test_a_bracketed_paste_is_one_message_shown_with_indented_lines(
     child.sendline("two")
     connector.expect(r"^desktop says: one$")
     connector.expect(r"^  two$")
+    child.sendline("C:\\\\")  # two backslashes at the end send one
+    connector.expect(r"^desktop says: C:\\$")
     leave_from_terminal(child, connector, "desktop")
+
+
+def test_lines_collected_after_a_backslash_are_not_lost_when_the_peer_leaves(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    child, connector = start_listening_terminal(terminal, spawn, tmp_path)
+    child.sendline("first part \\")
+    child.expect_exact("... ")
+    child.send("second")
+    child.expect_exact("second")
+    connector.send("exit", "")
+    child.expect_exact("Not sent (the chat had ended): first part")
+    child.expect_exact("  second")
+    child.expect(pexpect.EOF)
 
 
 def test_a_half_typed_line_is_shown_as_not_sent_when_the_peer_leaves(
