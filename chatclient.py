@@ -71,8 +71,6 @@ MAX_OUTGOING = 16 * 1024 * 1024
 HIGH_WATER = 1024 * 1024
 MAX_QUEUED_COMMANDS = 4096
 
-ReportFn = Callable[[str], None]
-
 
 # --- Errors ----------------------------------------------------------------
 
@@ -750,13 +748,6 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a frame."""
         return len(self._buffer) - self._start
-
-    def has_frame(self) -> bool:
-        """True when a complete frame is buffered, so the next one needs no read."""
-        if self.buffered < FRAME_HEADER.size:
-            return False
-        (length,) = FRAME_HEADER.unpack_from(self._buffer, self._start)
-        return self.buffered >= FRAME_HEADER.size + int(length)
 
 
 # The field codec: messages with several fields write each as a fixed-width

@@ -840,21 +840,6 @@ def test_session_refuses_handshake_frames() -> None:
             pair.listener.session.decode(body)
 
 
-def test_has_frame_tells_whether_the_next_frame_is_already_buffered() -> None:
-    decoder = FrameDecoder()
-    wire = encode_frame(b"hello") + encode_frame(b"world")
-    decoder.feed(wire[:3])
-    assert not decoder.has_frame()
-    decoder.feed(wire[3:9])
-    assert decoder.has_frame()
-    assert decoder.next_frame() == b"hello"
-    assert not decoder.has_frame()
-    decoder.feed(wire[9:])
-    assert decoder.has_frame()
-    assert decoder.next_frame() == b"world"
-    assert not decoder.has_frame()
-
-
 @pytest.mark.parametrize(
     "text",
     [
