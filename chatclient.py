@@ -2705,7 +2705,9 @@ class Conversation:
             return
         assert self.net is not None
         self.net.send(message)
-        self.term.show(f"Sent {message.kind()} message.")
+        self.term.show(
+            "Sent CHAT message." if isinstance(message, Chat) else "Sent ACTION message."
+        )
 
     def _leave(self, goodbye: str) -> None:
         if not self._decide(0, None):
