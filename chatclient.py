@@ -303,11 +303,12 @@ def read_secret(prompt: str, stdin: TextIO, interactive: bool) -> str:
     return line.strip()
 
 
-def parse_port(text: str, what: str) -> int:
-    """A TCP port from 1 to 65535, or a ConfigError naming `what`."""
+def parse_port(text: str, what: str = "") -> int:
+    """A TCP port from 1 to 65535, or a ConfigError naming `what` (if given)."""
     text = text.strip()
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
-        raise ConfigError(f"{what} must be a number from 1 to 65535, not {text!r}")
+        prefix = f"{what} " if what else ""
+        raise ConfigError(f"{prefix}must be a number from 1 to 65535, not {text!r}")
     return int(text)
 
 
@@ -3106,13 +3107,6 @@ def keepalive_argument(text: str) -> float:
     return seconds
 
 
-def port_argument(text: str) -> int:
-    """--port: argparse names the flag, so the message does not."""
-    if not (text.strip().isascii() and text.strip().isdigit()) or not 1 <= int(text) <= 65535:
-        raise ConfigError(f"must be a number from 1 to 65535, not {text.strip()!r}")
-    return int(text)
-
-
 def key_argument(text: str) -> str:
     """--key: '-' (read it from input) or a valid key."""
     if not text.strip():
@@ -3190,7 +3184,7 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     add(
         "--port",
-        type=flag_type(port_argument),
+        type=flag_type(parse_port),  # argparse names the flag, so the message does not
         metavar="N",
         help="port to listen on (overrides config.ini)",
     )

@@ -54,13 +54,17 @@ def terminal(tmp_path: Path) -> Iterator[Terminal]:
 
 
 def start_listening_terminal(
-    terminal: Terminal, spawn: Spawn, tmp_path: Path, columns: int = 200
+    terminal: Terminal,
+    spawn: Spawn,
+    tmp_path: Path,
+    columns: int = 200,
+    extra: tuple[str, ...] = (),
 ) -> tuple[pexpect.spawn, ChatProcess]:
     """desktop on a terminal listening, laptop on pipes connected to it, both at the chat."""
     port = free_port()
     write_config(tmp_path, "desktop.ini", port=port, username="desktop")
     write_config(tmp_path, "laptop.ini", port=port, username="laptop")
-    child = terminal("--config", "desktop.ini", "--listen", columns=columns)
+    child = terminal("--config", "desktop.ini", "--listen", *extra, columns=columns)
     child.expect_exact("Listening on ")
     connector = spawn("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
     connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
@@ -395,13 +399,7 @@ def test_a_half_typed_line_is_shown_as_not_sent_when_the_peer_leaves(
 def test_the_bell_rings_for_incoming_messages_only_when_asked(
     terminal: Terminal, spawn: Spawn, tmp_path: Path
 ) -> None:
-    port = free_port()
-    write_config(tmp_path, "desktop.ini", port=port, username="desktop")
-    write_config(tmp_path, "laptop.ini", port=port, username="laptop")
-    child = terminal("--config", "desktop.ini", "--listen", "--bell")
-    child.expect_exact("Listening on ")
-    connector = spawn("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
-    child.expect_exact("desktop> ")
+    child, connector = start_listening_terminal(terminal, spawn, tmp_path, extra=("--bell",))
     before = child.logfile_read.getvalue().count("\a")
     connector.send("ding")
     child.expect_exact("laptop says: ding")
