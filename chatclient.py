@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """chatclient: a peer-to-peer, end-to-end encrypted chat for the terminal.
 
-One person listens, the other connects; both share one Fernet key in
-config.ini.  A short handshake (X25519 + HKDF, keyed by the shared key) gives
-every session fresh keys per direction; every message is a Fernet token that
-carries a sequence number.  See README.md for the protocol.
+One person listens, the other connects. A short handshake (X25519 + HKDF, keyed
+by a shared Fernet key, by a one-time invite code through SPAKE2, or by nothing
+between contacts) gives every session fresh keys per direction, and each side
+signs the transcript with its long-term Ed25519 identity, pinned on first
+contact. Every message is a Fernet token that carries a sequence number. See
+README.md for the protocol.
 
 The file reads top to bottom in the order data flows: configuration, keys and
 handshake, frames and messages, one connection's state machine (all pure: no
@@ -28,6 +30,7 @@ import os
 import re
 import select
 import selectors
+import shlex
 import signal
 import socket
 import stat
@@ -47,12 +50,13 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple, NoReturn, Protocol, Text
 # 7 ms of start-up (measured), and nothing before the first prompt needs them.
 # readline is imported only on a terminal, where alone its escape sequences belong.
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.asymmetric.x25519 import (
         X25519PrivateKey,
         X25519PublicKey,
     )
 
-__version__ = "1.1.0"
+__version__ = "2.0.0"
 
 DEFAULT_PORT = 50233
 HANDSHAKE_SECONDS = 10.0
@@ -70,6 +74,8 @@ MAX_OUTGOING = 16 * 1024 * 1024
 # until the peer has read some, and a sender waits once this many are queued.
 HIGH_WATER = 1024 * 1024
 MAX_QUEUED_COMMANDS = 4096
+# An invite code is void after this many wrong tries.
+MAX_INVITE_FAILURES = 3
 
 
 # --- Errors ----------------------------------------------------------------
@@ -127,7 +133,7 @@ PUBLIC_KEYS = frozenset({"DN80giegpRHpNHLClZep_maYg2iXRGHsbq9Uy1Cobi0="})
 KEY_FROM_INPUT = "-"
 # Every package the program needs beyond the standard library, with the oldest
 # version that has what it uses (X25519 public_bytes_raw), checked before anything.
-DEPENDENCIES = {"cryptography": (41,)}
+DEPENDENCIES = {"cryptography": (41,), "spake2": (0, 9)}
 # The command as the person ran it, for every hint the program prints; main() sets it.
 PROGRAM = "python chatclient.py"
 
@@ -410,8 +416,7 @@ def field_line(path: str, name: str) -> int | None:
 
 
 def complete(config: Config) -> Config:
-    """The config, once it has what a chat needs: a key and a username."""
-    decode_key(config.fernet_key, config.path)  # an empty key: says how to make one
+    """The config, once it has what a chat needs: a username (a key is optional)."""
     check_username(config.username, config.path)
     return config
 
@@ -478,23 +483,39 @@ def login_name() -> str:
 
 # --- Keys and handshake (pure) ---------------------------------------------
 #
-# M1  connector -> listener : MAGIC, VERSION, SHA-256(connector public key)
-# M2  listener -> connector : MAGIC, VERSION, listener public key
+# M1  connector -> listener : MAGIC, VERSION, MODE, SHA-256(connector public key) [, SPAKE2 A]
+# M2  listener -> connector : MAGIC, VERSION, listener public key [, SPAKE2 B]
 # M3  connector -> listener : connector public key, HMAC(confirm, "connector" || th)
 # th  = SHA-256(M1 || M2 || connector public key)
-# okm = HKDF(X25519 secret, salt=PSK, info="chatclient/1 keys" || th)
+# okm = HKDF(X25519 secret, salt=PSK, info="chatclient/2 keys" || th)
+# PSK, by MODE: 1 HKDF(fernet_key); 2 HKDF(SPAKE2 key from the invite code, A and B
+# present only then); 3 a public constant: between contacts, the identities that
+# sign the WELCOMEs are what authenticates.
 
 MAGIC = b"CCHT"
-VERSION = 1
-HELLO_SIZE = len(MAGIC) + 1 + 32
+VERSION = 2
+HELLO_SIZE = len(MAGIC) + 1 + 32  # M2 without SPAKE2's message
+SPAKE_SIZE = 33
 CONFIRM_SIZE = 32 + 32
 REJECT_SIZE = len(MAGIC) + 2
 # Hello frames of other versions may differ in size; none may exceed this.
 MAX_HELLO_SIZE = 256
-PSK_INFO = b"chatclient/1 psk"
-KEYS_INFO = b"chatclient/1 keys"
+PSK_INFO = b"chatclient/2 psk"
+INVITE_INFO = b"chatclient/2 invite"
+CONTACT_INFO = b"chatclient/2 contacts"
+KEYS_INFO = b"chatclient/2 keys"
 CONFIRM_LABEL = b"connector"
-OKM_SIZE = 32 + 32 + 32 + 4
+WELCOME_LABEL = b"chatclient/2 welcome from the "
+SPAKE_IDS = {"idA": b"chatclient connector", "idB": b"chatclient listener"}
+OKM_SIZE = 32 + 32 + 32
+
+
+class Mode(IntEnum):
+    """How a connector proves it may join: M1's MODE byte."""
+
+    SHARED_KEY = 1
+    INVITE = 2
+    CONTACT = 3
 
 
 class Reject(IntEnum):
@@ -503,11 +524,26 @@ class Reject(IntEnum):
     KEY_MISMATCH = 1
     BAD_VERSION = 2
     BUSY = 3
+    NO_SHARED_KEY = 4  # a fernet_key tried on a listener that has none
+    NO_INVITE = 5  # an invite code tried where none is open (none made, used or void)
+
+
+class Rejected(HandshakeError):
+    """A handshake error the listener tells the connector about, with its reason."""
+
+    def __init__(self, reason: Reject, text: str) -> None:
+        super().__init__(text)
+        self.reason = reason
 
 
 def derive_psk(key: bytes) -> bytes:
     """The pre-shared key: the config key is never used raw."""
     return hkdf_sha256(key, None, PSK_INFO, 32)
+
+
+def contact_psk() -> bytes:
+    """Mode 3's PSK: public, so only the signed identities authenticate."""
+    return hkdf_sha256(b"", None, CONTACT_INFO, 32)
 
 
 def hkdf_sha256(ikm: bytes, salt: bytes | None, info: bytes, length: int) -> bytes:
@@ -563,6 +599,16 @@ def parse_reject(body: bytes) -> HandshakeError | None:
         return HandshakeError(
             "the peer is already chatting with someone (two people per chat for now)"
         )
+    if reason == Reject.NO_SHARED_KEY:
+        return HandshakeError(
+            "the peer has no fernet_key (it uses invite codes): ask it for one and add "
+            "--code CODE, or empty fernet_key in your config.ini if you are its contact"
+        )
+    if reason == Reject.NO_INVITE:
+        return HandshakeError(
+            "the peer has no open invite (it was used, or void after "
+            f"{MAX_INVITE_FAILURES} wrong tries): ask for a new code"
+        )
     return HandshakeError(f"the peer refused the connection (reason {reason})")
 
 
@@ -576,6 +622,10 @@ UNAUTHENTICATED_TEXT = (
     "could not authenticate the peer: your fernet_keys differ, "
     "or someone tampered with the connection"
 )
+WRONG_CODE_TEXT = (
+    "the invite code is wrong (or someone tampered with the connection): check it "
+    f"with the person who gave it; a code allows {MAX_INVITE_FAILURES} tries"
+)
 
 
 def version_mismatch(version: int) -> str:
@@ -587,15 +637,20 @@ def version_mismatch(version: int) -> str:
 
 
 def parse_hello(body: bytes) -> bytes:
-    """The 32-byte field of a hello (M1 or M2), after checking magic and version."""
+    """What follows magic and version in a hello (M1 or M2), after checking both."""
     if not body.startswith(MAGIC) or len(body) <= len(MAGIC):
         raise ProtocolError("the peer is not speaking the chatclient protocol")
     version = body[len(MAGIC)]
     if version != VERSION:
-        raise HandshakeError(version_mismatch(version))
-    if len(body) != HELLO_SIZE:
-        raise ProtocolError(f"hello of {len(body)} bytes, expected {HELLO_SIZE}")
+        raise Rejected(Reject.BAD_VERSION, version_mismatch(version))
     return body[len(MAGIC) + 1 :]
+
+
+def check_size(what: str, data: bytes, size: int) -> bytes:
+    """`data` if it is exactly `size` bytes, else ProtocolError."""
+    if len(data) != size:
+        raise ProtocolError(f"{what} of {len(data)} bytes, expected {size}")
+    return data
 
 
 def check_peer_key(raw: bytes) -> X25519PublicKey:
@@ -618,21 +673,39 @@ def shared_secret(private_key: X25519PrivateKey, peer: X25519PublicKey) -> bytes
     return secret
 
 
+def start_spake(code: str, side: Role) -> tuple[object, bytes]:
+    """SPAKE2 for an invite code: this side's state and its message."""
+    from spake2 import SPAKE2_A, SPAKE2_B  # type: ignore[import-untyped]
+
+    spake = (SPAKE2_A if side is Role.CONNECTOR else SPAKE2_B)(code.encode(), **SPAKE_IDS)
+    return spake, spake.start()
+
+
+def finish_spake(spake: object, message: bytes) -> bytes:
+    """The session's PSK from the peer's SPAKE2 message (the same on both sides only
+    when both typed the same code)."""
+    try:
+        key = spake.finish(check_size("SPAKE2 message", message, SPAKE_SIZE))  # type: ignore[attr-defined]
+    except ProtocolError:
+        raise
+    except Exception as exc:  # spake2 raises its own errors and ValueError for bad points
+        raise HandshakeError(f"the peer's SPAKE2 message is invalid ({exc})") from exc
+    return hkdf_sha256(key, None, INVITE_INFO, 32)
+
+
 @dataclass(frozen=True)
 class SessionKeys:
     """What a successful handshake yields, from the view of one side."""
 
     send_key: bytes
     recv_key: bytes
-    code: str  # six digits both sides show identically
-    transcript: bytes = field(repr=False)
+    transcript: bytes = field(repr=False)  # th: what each WELCOME signature covers
 
 
-def derive_keys(secret: bytes, psk: bytes, th: bytes) -> tuple[bytes, bytes, bytes, str]:
-    """okm split into: connector->listener, listener->connector, confirm, code."""
+def derive_keys(secret: bytes, psk: bytes, th: bytes) -> tuple[bytes, bytes, bytes]:
+    """okm split into: connector->listener, listener->connector, confirm."""
     okm = hkdf_sha256(secret, psk, KEYS_INFO + th, OKM_SIZE)
-    code = int.from_bytes(okm[96:100], "big") % 1_000_000
-    return okm[0:32], okm[32:64], okm[64:96], f"{code:06d}"
+    return okm[0:32], okm[32:64], okm[64:96]
 
 
 def confirm_tag(confirm_key: bytes, th: bytes) -> bytes:
@@ -640,54 +713,531 @@ def confirm_tag(confirm_key: bytes, th: bytes) -> bytes:
     return hmac.new(confirm_key, CONFIRM_LABEL + th, hashlib.sha256).digest()
 
 
-class ConnectorHandshake:
-    """The connector's side of the handshake: commit, then reveal and confirm."""
+def welcome_signed_data(sender: Role, th: bytes, name: str) -> bytes:
+    """What a WELCOME's signature covers: the sender's role, the transcript, its name.
 
-    def __init__(self, psk: bytes, private_key: X25519PrivateKey | None = None) -> None:
-        self._psk = psk
+    The role stops a signature being reflected to its sender, the transcript
+    stops it being replayed into another session.
+    """
+    return WELCOME_LABEL + sender.value.encode("ascii") + b"\0" + th + name.encode("utf-8")
+
+
+def verify_signature(identity: bytes, signature: bytes, data: bytes) -> None:
+    """HandshakeError unless `signature` is `identity`'s Ed25519 signature of `data`."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        Ed25519PublicKey.from_public_bytes(identity).verify(signature, data)
+    except (InvalidSignature, ValueError) as exc:
+        raise HandshakeError(
+            "the peer's WELCOME is not signed by the identity it announces (tampering, "
+            "or a message replayed from another session): connection refused"
+        ) from exc
+
+
+class ConnectorHandshake:
+    """The connector's side of the handshake: commit, then reveal and confirm.
+
+    With an invite `code` it runs SPAKE2 in M1 and M2; with neither code nor
+    PSK it connects as a contact.
+    """
+
+    def __init__(
+        self,
+        psk: bytes | None,
+        private_key: X25519PrivateKey | None = None,
+        *,
+        code: str | None = None,
+    ) -> None:
+        self.mode = Mode.INVITE if code else Mode.SHARED_KEY if psk else Mode.CONTACT
+        self._psk = psk or contact_psk()
         self._private = private_key or generate_private_key()
         self._public = public_bytes(self._private)
-        self.m1 = MAGIC + bytes([VERSION]) + hashlib.sha256(self._public).digest()
+        self._spake: object | None = None
+        spake_message = b""
+        if code:
+            self._spake, spake_message = start_spake(code, Role.CONNECTOR)
+        commitment = hashlib.sha256(self._public).digest()
+        self.m1 = MAGIC + bytes([VERSION, self.mode]) + commitment + spake_message
 
     def respond(self, m2: bytes) -> tuple[bytes, SessionKeys]:
         """Take the listener's hello; return M3 and this side's session keys."""
-        listener_key = check_peer_key(parse_hello(m2))
-        secret = shared_secret(self._private, listener_key)
+        size = 32 + (SPAKE_SIZE if self._spake is not None else 0)
+        body = check_size("hello", parse_hello(m2), size)
+        psk = self._psk if self._spake is None else finish_spake(self._spake, body[32:])
+        secret = shared_secret(self._private, check_peer_key(body[:32]))
         th = hashlib.sha256(self.m1 + m2 + self._public).digest()
-        c2l, l2c, confirm, code = derive_keys(secret, self._psk, th)
+        c2l, l2c, confirm = derive_keys(secret, psk, th)
         m3 = self._public + confirm_tag(confirm, th)
-        return m3, SessionKeys(send_key=c2l, recv_key=l2c, code=code, transcript=th)
+        return m3, SessionKeys(send_key=c2l, recv_key=l2c, transcript=th)
 
 
 class ListenerHandshake:
     """The listener's side: take the commitment, answer, then verify the reveal."""
 
-    def __init__(self, psk: bytes, private_key: X25519PrivateKey | None = None) -> None:
-        self._psk = psk
+    def __init__(
+        self,
+        psk: bytes | None,
+        private_key: X25519PrivateKey | None = None,
+        *,
+        invite: Invite | None = None,
+    ) -> None:
+        self._shared_psk = psk
+        self._psk = b""
+        self._invite = invite
+        self._trying = False  # this connection holds one of the invite's tries
         self._private = private_key or generate_private_key()
         self._m1 = b""
+        self.mode = Mode.SHARED_KEY
         self.m2 = MAGIC + bytes([VERSION]) + public_bytes(self._private)
 
     def receive_commit(self, m1: bytes) -> bytes:
         """Take M1 (the connector's commitment); return M2."""
-        parse_hello(m1)
+        body = parse_hello(m1)
+        if not body or body[0] not in {mode.value for mode in Mode}:
+            raise ProtocolError("the peer's hello names no known way to connect")
+        self.mode = Mode(body[0])
+        size = 1 + 32 + (SPAKE_SIZE if self.mode is Mode.INVITE else 0)
+        check_size("hello", body, size)
+        if self.mode is Mode.SHARED_KEY:
+            if self._shared_psk is None:
+                raise Rejected(
+                    Reject.NO_SHARED_KEY,
+                    "it tried a fernet_key, and this side has none (it uses invite codes)",
+                )
+            self._psk = self._shared_psk
+        elif self.mode is Mode.CONTACT:
+            self._psk = contact_psk()
+        else:
+            self._psk = self._take_invite(body[33:])
         self._m1 = m1
         return self.m2
 
+    def _take_invite(self, spake_message: bytes) -> bytes:
+        if self._invite is None or not self._invite.try_it():
+            raise Rejected(Reject.NO_INVITE, "it tried an invite code, and none is open")
+        self._trying = True
+        spake, answer = start_spake(self._invite.code, Role.LISTENER)
+        psk = finish_spake(spake, spake_message)
+        self.m2 += answer
+        return psk
+
     def receive_confirm(self, m3: bytes) -> SessionKeys:
         """Check M3 against the commitment and the PSK; return session keys."""
-        if len(m3) != CONFIRM_SIZE:
-            raise ProtocolError(f"confirmation of {len(m3)} bytes, expected {CONFIRM_SIZE}")
-        connector_public, tag = m3[:32], m3[32:]
-        commitment = self._m1[len(MAGIC) + 1 :]
+        connector_public, tag = check_size("confirmation", m3, CONFIRM_SIZE)[:32], m3[32:]
+        commitment = self._m1[len(MAGIC) + 2 : len(MAGIC) + 34]
         if not hmac.compare_digest(hashlib.sha256(connector_public).digest(), commitment):
             raise HandshakeError("the peer's key does not match its commitment (tampering)")
         secret = shared_secret(self._private, check_peer_key(connector_public))
         th = hashlib.sha256(self._m1 + self.m2 + connector_public).digest()
-        c2l, l2c, confirm, code = derive_keys(secret, self._psk, th)
+        c2l, l2c, confirm = derive_keys(secret, self._psk, th)
         if not hmac.compare_digest(confirm_tag(confirm, th), tag):
+            if self.mode is Mode.INVITE:
+                self.release(False)
+                raise KeyMismatch(wrong_code_text(self._invite))
             raise KeyMismatch(KEY_MISMATCH_TEXT)
-        return SessionKeys(send_key=l2c, recv_key=c2l, code=code, transcript=th)
+        self.release(True)
+        return SessionKeys(send_key=l2c, recv_key=c2l, transcript=th)
+
+    def release(self, worked: bool | None = None) -> None:
+        """End this connection's try of the invite, if it holds one."""
+        if self._trying and self._invite is not None:
+            self._trying = False
+            self._invite.tried(worked)
+
+
+def wrong_code_text(invite: Invite | None) -> str:
+    """The listener's line for a wrong invite code."""
+    left = MAX_INVITE_FAILURES - (invite.failures if invite else MAX_INVITE_FAILURES)
+    return f"it gave a wrong invite code ({left} of {MAX_INVITE_FAILURES} tries left)"
+
+
+# --- Identities, contacts and invite codes ------------------------------------
+#
+# identity.key, beside config.ini (mode 600): this user's long-term Ed25519 key.
+# known_peers, beside it (mode 600): the identities pinned on first contact, one
+# line per peer like SSH's known_hosts: NAME ed25519:KEY FIRST-SEEN TRUST.
+# The safety number of two people is computed from their two public keys only,
+# so a man in the middle cannot grind it; an invite code is a SPAKE2 password.
+
+IDENTITY_FILE = "identity.key"
+KNOWN_PEERS_FILE = "known_peers"
+IDENTITY_PREFIX = "ed25519-private:"
+PEER_KEY_PREFIX = "ed25519:"
+SAFETY_ITERATIONS = 5200  # as Signal's safety numbers: slows down a search for a match
+SAFETY_INFO = b"chatclient/2 safety number"
+# The PGP word list (public domain): even words for the first word, odd for the
+# second, so a swapped or dropped word is noticed before it costs a try.
+EVEN_WORDS = tuple(
+    (
+        "aardvark absurd accrue acme adrift adult afflict ahead aimless algol allow alone ammo "
+        "ancient apple artist assume athens atlas aztec baboon backfield backward banjo beaming "
+        "bedlamp beehive beeswax befriend belfast berserk billiard bison blackjack blockade "
+        "blowtorch bluebird bombast bookshelf brackish breadline breakup brickyard briefcase "
+        "burbank button buzzard cement chairlift chatter checkup chisel choking chopper "
+        "christmas clamshell classic classroom cleanup clockwork cobra commence concert cowbell "
+        "crackdown cranky crowfoot crucial crumpled crusade cubic dashboard deadbolt deckhand "
+        "dogsled dragnet drainage dreadful drifter dropper drumbeat drunken dupont dwelling "
+        "eating edict egghead eightball endorse endow enlist erase escape exceed eyeglass "
+        "eyetooth facial fallout flagpole flatfoot flytrap fracture framework freedom frighten "
+        "gazelle geiger glitter glucose goggles goldfish gremlin guidance hamlet highchair "
+        "hockey indoors indulge inverse involve island jawbone keyboard kickoff kiwi klaxon "
+        "locale lockup merit minnow miser mohawk mural music necklace neptune newborn nightbird "
+        "oakland obtuse offload optic orca payday peachy pheasant physique playhouse pluto "
+        "preclude prefer preshrunk printer prowler pupil puppy python quadrant quiver quota "
+        "ragtime ratchet rebirth reform regain reindeer rematch repay retouch revenge reward "
+        "rhythm ribcage ringbolt robust rocker ruffled sailboat sawdust scallion scenic "
+        "scorecard scotland seabird select sentence shadow shamrock showgirl skullcap skydive "
+        "slingshot slowdown snapline snapshot snowcap snowslide solo southward soybean spaniel "
+        "spearhead spellbind spheroid spigot spindle spyglass stagehand stagnate stairway "
+        "standard stapler steamship sterling stockman stopwatch stormy sugar surmount suspense "
+        "sweatband swelter tactics talon tapeworm tempest tiger tissue tonic topmost tracker "
+        "transit trauma treadmill trojan trouble tumor tunnel tycoon uncut unearth unwind "
+        "uproot upset upshot vapor village virus vulcan waffle wallet watchword wayside willow "
+        "woodlark zulu "
+    ).split()
+)
+ODD_WORDS = tuple(
+    (
+        "adroitness adviser aftermath aggregate alkali almighty amulet amusement antenna "
+        "applicant apollo armistice article asteroid atlantic atmosphere autopsy babylon "
+        "backwater barbecue belowground bifocals bodyguard bookseller borderline bottomless "
+        "bradbury bravado brazilian breakaway burlington businessman butterfat camelot "
+        "candidate cannonball capricorn caravan caretaker celebrate cellulose certify "
+        "chambermaid cherokee chicago clergyman coherence combustion commando company component "
+        "concurrent confidence conformist congregate consensus consulting corporate corrosion "
+        "councilman crossover crucifix cumbersome customer dakota decadence december decimal "
+        "designing detector detergent determine dictator dinosaur direction disable disbelief "
+        "disruptive distortion document embezzle enchanting enrollment enterprise equation "
+        "equipment escapade eskimo everyday examine existence exodus fascinate filament finicky "
+        "forever fortitude frequency gadgetry galveston getaway glossary gossamer graduate "
+        "gravity guitarist hamburger hamilton handiwork hazardous headwaters hemisphere "
+        "hesitate hideaway holiness hurricane hydraulic impartial impetus inception indigo "
+        "inertia infancy inferno informant insincere insurgent integrate intention inventive "
+        "istanbul jamaica jupiter leprosy letterhead liberty maritime matchmaker maverick "
+        "medusa megaton microscope microwave midsummer millionaire miracle misnomer molasses "
+        "molecule montana monument mosquito narrative nebula newsletter norwegian october ohio "
+        "onlooker opulent orlando outfielder pacific pandemic pandora paperweight paragon "
+        "paragraph paramount passenger pedigree pegasus penetrate perceptive performance "
+        "pharmacy phonetic photograph pioneer pocketful politeness positive potato processor "
+        "provincial proximate puberty publisher pyramid quantity racketeer rebellion recipe "
+        "recover repellent replica reproduce resistor responsive retraction retrieval "
+        "retrospect revenue revival revolver sandalwood sardonic saturday savagery scavenger "
+        "sensation sociable souvenir specialist speculate stethoscope stupendous supportive "
+        "surrender suspicious sympathy tambourine telephone therapist tobacco tolerance "
+        "tomorrow torpedo tradition travesty trombonist truncated typewriter ultimate undaunted "
+        "underfoot unicorn unify universe unravel upcoming vacancy vagabond vertigo virginia "
+        "visitor vocalist voyager warranty waterloo whimsical wichita wilmington wyoming "
+        "yesteryear yucatan "
+    ).split()
+)
+_INVITE_PATTERN = re.compile(r"([1-9][0-9]?)[-\s]+([a-z]+)[-\s]+([a-z]+)")
+
+
+class Trust(Enum):
+    """What known_peers says of an identity offered under a name."""
+
+    NEW = "first contact"
+    KNOWN = "known, not verified"
+    VERIFIED = "verified"
+    CHANGED = "a different identity is pinned under this name"
+
+
+@dataclass(frozen=True)
+class KnownPeer:
+    """One line of known_peers."""
+
+    name: str
+    key: bytes
+    first_seen: str
+    verified: bool
+    line: int = 0  # its line in the file (0: not written yet)
+
+    def render(self) -> str:
+        key = base64.b64encode(self.key).decode("ascii")
+        trust = "verified" if self.verified else "unverified"
+        return f"{self.name} {PEER_KEY_PREFIX}{key} {self.first_seen} {trust}"
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """How an identity offered under a name compares with known_peers."""
+
+    trust: Trust
+    pinned: KnownPeer | None  # the entry under this name, if any
+    aliases: tuple[str, ...] = ()  # other names this identity is known by
+
+
+class KnownPeers:
+    """The contents of known_peers: pure; read_known_peers and save_known_peers do the I/O."""
+
+    def __init__(self, path: str, peers: Sequence[KnownPeer] = ()) -> None:
+        self.path = path
+        self.peers = tuple(peers)
+
+    @classmethod
+    def parse(cls, path: str, text: str) -> KnownPeers:
+        """The file's lines, strictly: ConfigError naming the line and how to mend it."""
+        peers: list[KnownPeer] = []
+        seen: dict[str, int] = {}
+        for number, raw in enumerate(text.splitlines(), start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            problem = f"{path} line {number}"
+            fields = line.rsplit(None, 3)
+            if len(fields) != 4 or not fields[1].startswith(PEER_KEY_PREFIX):
+                raise ConfigError(
+                    f"{problem} is not of the form NAME {PEER_KEY_PREFIX}KEY DATE "
+                    "verified|unverified: mend it or delete the line"
+                )
+            name, key_text, first_seen, trust = fields
+            key = decode_base64_key(key_text[len(PEER_KEY_PREFIX) :], base64.b64encode)
+            if key is None or trust not in ("verified", "unverified"):
+                what = "key" if key is None else "trust (verified or unverified)"
+                raise ConfigError(f"{problem}: the {what} is not valid: mend it or delete the line")
+            if name in seen:
+                raise ConfigError(
+                    f"{problem}: {name} is also on line {seen[name]}: keep one of the two"
+                )
+            seen[name] = number
+            peers.append(KnownPeer(name, key, first_seen, trust == "verified", number))
+        return cls(path, peers)
+
+    def render(self) -> str:
+        """The text of the file."""
+        head = (
+            "# chatclient known peers: the identity first seen under each name.\n"
+            "# NAME ed25519:KEY FIRST-SEEN verified|unverified. To forget a peer,\n"
+            "# delete its line or run: chatclient.py --forget NAME\n"
+        )
+        return head + "".join(peer.render() + "\n" for peer in self.peers)
+
+    def named(self, name: str) -> KnownPeer | None:
+        """The entry under `name`, if any."""
+        return next((peer for peer in self.peers if peer.name == name), None)
+
+    def recognize(self, name: str, key: bytes) -> Recognition:
+        """How the identity `key`, offered under `name`, compares with what is pinned."""
+        pinned = self.named(name)
+        aliases = tuple(p.name for p in self.peers if p.key == key and p.name != name)
+        if pinned is None:
+            verified = any(p.verified for p in self.peers if p.key == key)
+            trust = Trust.NEW if not aliases else Trust.VERIFIED if verified else Trust.KNOWN
+        elif not hmac.compare_digest(pinned.key, key):
+            trust = Trust.CHANGED
+        else:
+            trust = Trust.VERIFIED if pinned.verified else Trust.KNOWN
+        return Recognition(trust, pinned, aliases)
+
+    def pin(self, name: str, key: bytes, verified: bool, when: str) -> KnownPeers:
+        """With `name` pinned to `key` (a verified entry stays verified)."""
+        old = self.named(name)
+        if old is not None and old.key == key:
+            entry = replace(old, verified=old.verified or verified)
+        else:
+            entry = KnownPeer(name, key, when, verified)
+        if old is None:
+            return KnownPeers(self.path, [*self.peers, entry])
+        return KnownPeers(self.path, [entry if p.name == name else p for p in self.peers])
+
+    def forget(self, name: str) -> KnownPeers:
+        """Without `name`; ConfigError if it is not there."""
+        if self.named(name) is None:
+            known = ", ".join(peer.name for peer in self.peers) or "none yet"
+            raise ConfigError(f"{self.path} has no peer named {name!r} (names there: {known})")
+        return KnownPeers(self.path, [peer for peer in self.peers if peer.name != name])
+
+
+def decode_base64_key(text: str, encode: Callable[[bytes], bytes]) -> bytes | None:
+    """32 bytes from their canonical base64 (as `encode` writes it), or None."""
+    try:
+        raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+    except ValueError:
+        return None
+    if len(raw) != 32 or encode(raw).decode("ascii") != text:
+        return None
+    return raw
+
+
+def fingerprint(public_key: bytes) -> str:
+    """An identity as people read it: 8 groups of 4 hex digits."""
+    digest = hashlib.sha256(b"chatclient identity" + public_key).hexdigest()[:32]
+    return " ".join(digest[i : i + 4] for i in range(0, 32, 4))
+
+
+def safety_number(ours: bytes, theirs: bytes) -> str:
+    """60 digits in 12 groups of 5 from two identity keys, the same on both screens."""
+    digits = "".join(_safety_half(key) for key in sorted((ours, theirs)))
+    return " ".join(digits[i : i + 5] for i in range(0, 60, 5))
+
+
+def _safety_half(public_key: bytes) -> str:
+    digest = hashlib.sha512(SAFETY_INFO + public_key).digest()
+    for _ in range(SAFETY_ITERATIONS):
+        digest = hashlib.sha512(digest + public_key).digest()
+    return "".join(
+        f"{int.from_bytes(digest[i : i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5)
+    )
+
+
+def new_invite_code() -> str:
+    """A one-time code: a number and two words, e.g. 7-gazelle-microwave."""
+    number = 1 + int.from_bytes(os.urandom(4), "big") % 99
+    first, second = os.urandom(2)
+    return f"{number}-{EVEN_WORDS[first]}-{ODD_WORDS[second]}"
+
+
+def parse_invite_code(text: str) -> str:
+    """The code in canonical form, or ConfigError saying what is wrong with it."""
+    match = _INVITE_PATTERN.fullmatch(text.strip().lower())
+    if match is None:
+        raise ConfigError(
+            f"{text.strip()!r} is not an invite code: it looks like 7-gazelle-microwave "
+            "(a number and two words)"
+        )
+    number, first, second = match.groups()
+    if first in ODD_WORDS and second in EVEN_WORDS:
+        raise ConfigError(
+            f"the words of {text.strip()!r} are swapped: try {number}-{second}-{first}"
+        )
+    for word, words in ((first, EVEN_WORDS), (second, ODD_WORDS)):
+        if word not in words:
+            raise ConfigError(
+                f"{word!r} is not a word invite codes use: check the code with the person "
+                "who gave it"
+            )
+    return f"{number}-{first}-{second}"
+
+
+class Invite:
+    """The listener's one-time invite: single use, void after MAX_INVITE_FAILURES.
+
+    Each connection that tries it holds one of the tries while its handshake runs,
+    so no more than MAX_INVITE_FAILURES guesses are ever in play.
+    """
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        self.failures = 0
+        self.used = False
+        self._trying = 0
+
+    @property
+    def void(self) -> bool:
+        """True once the code was guessed wrong MAX_INVITE_FAILURES times."""
+        return self.failures >= MAX_INVITE_FAILURES
+
+    def try_it(self) -> bool:
+        """Take one try; False when the code is used, void, or all its tries are in play."""
+        if self.used or self.failures + self._trying >= MAX_INVITE_FAILURES:
+            return False
+        self._trying += 1
+        return True
+
+    def tried(self, worked: bool | None) -> None:
+        """A try ended: the code matched, did not match, or (None) was never checked."""
+        self._trying -= 1
+        if worked:
+            self.used = True
+        elif worked is not None:
+            self.failures += 1
+
+
+def beside(config_path: str, name: str) -> str:
+    """A file kept in config.ini's folder."""
+    return os.path.join(os.path.dirname(config_path), name)
+
+
+def write_private_file(path: str, text: str, *, new: bool = False) -> None:
+    """Write `path` whole or not at all, readable by its owner only before anything goes in.
+
+    With `new`, FileExistsError if another process created it first (it wins).
+    """
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        if new:
+            os.link(temporary, path)  # never replaces: two first runs keep one identity
+        else:
+            os.replace(temporary, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {describe_os_error(exc)}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+
+def load_identity(path: str) -> tuple[Ed25519PrivateKey, bool]:
+    """This user's identity key, created if the file is missing; True when created.
+
+    A file that exists but cannot be read or parsed is an error, never replaced:
+    a new identity is something the person decides on.
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read(4096)
+    except FileNotFoundError:
+        key = Ed25519PrivateKey.generate()
+        encoded = base64.urlsafe_b64encode(key.private_bytes_raw()).decode("ascii")
+        public = fingerprint(key.public_key().public_bytes_raw())
+        try:
+            write_private_file(
+                path,
+                "# chatclient identity: your private key. Never share or copy this file;\n"
+                f"# your contacts know you by its public half: {public}\n"
+                f"{IDENTITY_PREFIX}{encoded}\n",
+                new=True,
+            )
+        except FileExistsError:
+            return load_identity(path)  # made meanwhile by another run beside this one
+        return key, True
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read your identity: {describe_os_error(exc)}") from exc
+    lines = [
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    ]
+    seed = None
+    if len(lines) == 1 and lines[0].startswith(IDENTITY_PREFIX):
+        seed = decode_base64_key(lines[0][len(IDENTITY_PREFIX) :], base64.urlsafe_b64encode)
+    if seed is None:
+        raise ConfigError(
+            f"{path} is damaged (it must hold one line {IDENTITY_PREFIX}KEY): restore it "
+            "from a backup, or move it away to start a new identity (your contacts will "
+            "then be warned that it changed)"
+        )
+    return Ed25519PrivateKey.from_private_bytes(seed), False
+
+
+def read_known_peers(path: str) -> KnownPeers:
+    """known_peers (empty when there is none yet); ConfigError if it cannot be used."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read(4 * 1024 * 1024)
+    except FileNotFoundError:
+        return KnownPeers(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it: {describe_os_error(exc)}") from exc
+    return KnownPeers.parse(path, text)
+
+
+def update_known_peers(path: str, change: Callable[[KnownPeers], KnownPeers]) -> KnownPeers:
+    """Read known_peers afresh, apply `change`, write it back; the new contents."""
+    peers = change(read_known_peers(path))
+    write_private_file(path, peers.render())
+    return peers
+
+
+def utc_now() -> str:
+    """The time, as known_peers records first contact."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 # --- Frames, fields and messages (pure) --------------------------------------
@@ -814,6 +1364,10 @@ class FieldReader:
             )
         return self._take(length, name)
 
+    def fixed(self, size: int, name: str) -> bytes:
+        """Exactly `size` bytes."""
+        return self._take(size, name)
+
     def text(self, limit: int, name: str) -> str:
         """A length-prefixed UTF-8 string of at most `limit` bytes."""
         return decode_text(self.blob(limit, name), limit, name)
@@ -866,6 +1420,7 @@ class Message:
 
     TAG: ClassVar[int] = 0
     AFTER: ClassVar[Phase] = Phase.OPEN
+    ALSO_AFTER: ClassVar[tuple[Phase, ...]] = ()  # further phases it may be sent in
     LEADS_TO: ClassVar[Phase] = Phase.OPEN
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -892,21 +1447,28 @@ class Message:
 
 @dataclass(frozen=True)
 class Welcome(Message):
-    """The first message each side sends: who it is."""
+    """The first message each side sends: who it is, signed by its identity key."""
 
     TAG: ClassVar[int] = 1
     AFTER: ClassVar[Phase] = Phase.AWAIT_WELCOME
     name: str
+    identity: bytes = bytes(32)  # Ed25519 public key
+    signature: bytes = bytes(64)  # over welcome_signed_data(sender's role, th, name)
 
     def encode_body(self) -> bytes:
-        return encode_text(self.name, MAX_NAME_BYTES, "username")
+        check_size("identity key", self.identity, 32)
+        check_size("signature", self.signature, 64)
+        name = encode_text(self.name, MAX_NAME_BYTES, "username")
+        return self.identity + self.signature + name
 
     @classmethod
     def decode_body(cls, body: FieldReader) -> Message:
+        identity = body.fixed(32, "identity key")
+        signature = body.fixed(64, "signature")
         name = body.rest_text(MAX_NAME_BYTES, "username")
         if not name:
             raise ProtocolError("the peer sent an empty username")
-        return cls(name)
+        return cls(name, identity, signature)
 
 
 @dataclass(frozen=True)
@@ -968,6 +1530,44 @@ class Action(Message):
         return cls(body.rest_text(MAX_TEXT, "action"))
 
 
+@dataclass(frozen=True)
+class Ready(Message):
+    """The connector accepts the listener's identity: the chat starts on both sides."""
+
+    TAG: ClassVar[int] = 6
+
+
+class Refuse(IntEnum):
+    """Why a side refuses the other's identity (a REFUSAL's reason)."""
+
+    IDENTITY_CHANGED = 1  # a different identity is pinned under the sender's name
+    NOT_A_CONTACT = 2  # no key, no code, and an identity the listener does not know
+    UNKNOWN_LISTENER = 3  # a connector expected a contact and met a stranger
+
+
+@dataclass(frozen=True)
+class Refusal(Message):
+    """A side refuses the other's identity, in place of its WELCOME or READY."""
+
+    TAG: ClassVar[int] = 7
+    AFTER: ClassVar[Phase] = Phase.AWAIT_WELCOME
+    ALSO_AFTER: ClassVar[tuple[Phase, ...]] = (Phase.OPEN,)
+    LEADS_TO: ClassVar[Phase] = Phase.CLOSED
+    reason: int
+    name: str  # who refuses: the connector has not seen the listener's WELCOME
+
+    def encode_body(self) -> bytes:
+        return int_field(self.reason, 1) + encode_text(self.name, MAX_NAME_BYTES, "username")
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        reason = body.integer(1, "reason")
+        name = body.rest_text(MAX_NAME_BYTES, "username")
+        if not name:
+            raise ProtocolError("the peer sent an empty username")
+        return cls(reason, name)
+
+
 def encode_payload(seq: int, message: Message) -> bytes:
     """The plaintext inside a Fernet token: sequence, type, body."""
     return PAYLOAD_HEADER.pack(seq, message.TAG) + message.encode_body()
@@ -992,15 +1592,17 @@ def transitions() -> dict[Phase, dict[type[Message], Phase]]:
     """Which message may follow in each phase, and the phase it leads to."""
     table: dict[Phase, dict[type[Message], Phase]] = {phase: {} for phase in Phase}
     for kind in MESSAGES.values():
-        table[kind.AFTER][kind] = kind.LEADS_TO
+        for phase in (kind.AFTER, *kind.ALSO_AFTER):
+            table[phase][kind] = kind.LEADS_TO
     return table
 
 
 def advance(phase: Phase, message: Message, who: str) -> Phase:
     """The next phase, or ProtocolError naming the message and the phase."""
-    if type(message).AFTER is not phase:
+    kind = type(message)
+    if phase is not kind.AFTER and phase not in kind.ALSO_AFTER:
         raise ProtocolError(f"{who} sent {message.kind()} {phase.value}")
-    return type(message).LEADS_TO
+    return kind.LEADS_TO
 
 
 # Canonical urlsafe base64: the alphabet, then at most two '=' of padding, and the
@@ -1126,11 +1728,48 @@ class Stage(Enum):
     CONFIRM = "before the confirmation"  # listener: waits for M3
     PROVEN = "waiting to be admitted"  # listener: key proven; admit() or refuse()
     WELCOME = "before the welcome"  # both: wait for the peer's WELCOME
+    READY = "before the peer is ready"  # listener: waits for the connector's READY
     OPEN = "chatting"
     CLOSED = "closed"
 
 
-HANDSHAKE_STAGES = frozenset({Stage.HELLO, Stage.CONFIRM, Stage.PROVEN, Stage.WELCOME})
+HANDSHAKE_STAGES = frozenset({Stage.HELLO, Stage.CONFIRM, Stage.PROVEN, Stage.WELCOME, Stage.READY})
+
+
+class IdentityRefused(HandshakeError):
+    """This side refuses the identity the peer offered; the peer is told why."""
+
+    def __init__(self, reason: Refuse, text: str) -> None:
+        super().__init__(text)
+        self.reason = reason
+
+
+# Decides whether the identity a peer offers under a name may in (for this mode):
+# returns, or raises IdentityRefused.
+Judge = Callable[[str, bytes, Mode], None]
+
+
+def accept_anyone(name: str, identity: bytes, mode: Mode) -> None:
+    """A judge that lets every identity in (tests, benchmarks)."""
+
+
+def refusal_error(refusal: Refusal, our_name: str) -> HandshakeError:
+    """What a peer's REFUSAL means, told from this side."""
+    them, us = sanitize(refusal.name), sanitize(our_name)
+    if refusal.reason == Refuse.NOT_A_CONTACT:
+        return HandshakeError(f"you are not one of {them}'s contacts: ask for an invite code")
+    if refusal.reason == Refuse.IDENTITY_CHANGED:
+        return HandshakeError(
+            f"{them} refused the connection: it knows a different identity under your name "
+            f"{us}. If you made a new identity, {them} can run --forget {us}; if not, "
+            "someone else may be using your name"
+        )
+    if refusal.reason == Refuse.UNKNOWN_LISTENER:
+        return HandshakeError(
+            f"{them} refused the connection: it connected to reach one of its contacts, "
+            "and your identity is not one of them"
+        )
+    return HandshakeError(f"{them} refused the connection (reason {refusal.reason})")
 
 
 @dataclass(frozen=True)
@@ -1145,10 +1784,11 @@ class KeyProven(Event):
 
 @dataclass(frozen=True)
 class Established(Event):
-    """Both WELCOMEs went through: the peer's name and the session code."""
+    """Both WELCOMEs went through: the peer's name and verified identity key."""
 
     name: str
-    code: str
+    identity: bytes
+    mode: Mode
 
 
 @dataclass(frozen=True)
@@ -1171,15 +1811,25 @@ class Failed(Event):
 
 
 class PeerProtocol:
-    """One connection: handshake, frame decoder, session and timers, with no I/O."""
+    """One connection: handshake, frame decoder, session and timers, with no I/O.
+
+    The order, once the keys are agreed: the connector sends M3 and its signed
+    WELCOME; the listener checks it and answers with its own WELCOME (or a
+    REFUSAL); the connector checks that and answers READY (or a REFUSAL). Each
+    side reports Established only when the other has accepted it.
+    """
 
     def __init__(
         self,
         role: Role,
-        psk: bytes,
+        psk: bytes | None,
         name: str,
         now: float,
         *,
+        identity: Ed25519PrivateKey | None = None,
+        judge: Judge = accept_anyone,
+        code: str | None = None,
+        invite: Invite | None = None,
         handshake_seconds: float = HANDSHAKE_SECONDS,
         keepalive: float = KEEPALIVE_SECONDS,
         private_key: X25519PrivateKey | None = None,
@@ -1188,10 +1838,18 @@ class PeerProtocol:
         self.name = name
         self.stage = Stage.HELLO
         self.peer_name = ""
-        self.code = ""
+        self.peer_identity = b""
         self.greeted = False  # a valid M1 arrived (listener): evicted after silent ones
+        self.abandoned = False  # the connector went away between M2 and M3 (listener)
         self.keepalive = keepalive
         self.silence_limit = keepalive * DEAD_AFTER_INTERVALS
+        if identity is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            identity = Ed25519PrivateKey.generate()
+        self._identity = identity
+        self.identity = identity.public_key().public_bytes_raw()
+        self._judge = judge
         self._handshake_seconds = handshake_seconds
         self._deadline = now + handshake_seconds
         self._last_received = now
@@ -1204,10 +1862,12 @@ class PeerProtocol:
         self._connector: ConnectorHandshake | None = None
         self._listener: ListenerHandshake | None = None
         if role is Role.CONNECTOR:
-            self._connector = ConnectorHandshake(psk, private_key)
+            self._connector = ConnectorHandshake(psk, private_key, code=code)
+            self.mode = self._connector.mode
             self._outgoing += encode_frame(self._connector.m1)
         else:
-            self._listener = ListenerHandshake(psk, private_key)
+            self._listener = ListenerHandshake(psk, private_key, invite=invite)
+            self.mode = Mode.SHARED_KEY  # until M1 says
 
     # Bytes and events -------------------------------------------------------
 
@@ -1254,11 +1914,10 @@ class PeerProtocol:
     # The listener's decision once the key is proven -------------------------
 
     def admit(self) -> None:
-        """Let a proven connector in: send our WELCOME and go on reading."""
+        """Let a proven connector on to its WELCOME (which may already be here)."""
         if self.stage is not Stage.PROVEN or self._keys is None:
             raise ProtocolError(f"cannot admit a connection {self.stage.value}")
         self._session = Session(self._keys)
-        self._outgoing += self._session.encode(Welcome(self.name))
         self.stage = Stage.WELCOME
         self._process()
 
@@ -1266,6 +1925,7 @@ class PeerProtocol:
         """Tell the connector why it is refused; the connection is over."""
         self._outgoing += encode_frame(reject_frame(reason))
         self.stage = Stage.CLOSED
+        self._release_invite()
 
     # Time ---------------------------------------------------------------------
 
@@ -1278,6 +1938,7 @@ class PeerProtocol:
         """
         if self.stage in HANDSHAKE_STAGES:
             if now >= self._deadline:
+                self.abandoned = self.stage is Stage.CONFIRM
                 self._fail(
                     HandshakeError(
                         f"the handshake did not finish within {self._handshake_seconds:g} s"
@@ -1306,6 +1967,7 @@ class PeerProtocol:
     def connection_failed(self, reason: str) -> None:
         """The transport broke (reset, unreachable): report it as this stage's failure."""
         if self.stage in HANDSHAKE_STAGES:
+            self.abandoned = self.stage is Stage.CONFIRM
             self._fail(HandshakeError(f"the connection failed during the handshake: {reason}"))
         elif self.stage is Stage.OPEN:
             self._fail(ConnectionLost(reason))
@@ -1331,7 +1993,7 @@ class PeerProtocol:
     def _next_frame(self) -> bytes | None:
         if self.stage is Stage.OPEN:
             return self._decoder.next_frame(MAX_FRAME)
-        limit = MAX_FRAME if self.stage is Stage.WELCOME else MAX_HELLO_SIZE
+        limit = MAX_FRAME if self.stage in (Stage.WELCOME, Stage.READY) else MAX_HELLO_SIZE
         try:
             return self._decoder.next_frame(limit)
         except ProtocolError as exc:
@@ -1350,13 +2012,16 @@ class PeerProtocol:
             self._on_confirm(self._listener, body)
         elif self.stage is Stage.WELCOME:
             self._on_welcome(body)
+        elif self.stage is Stage.READY:
+            self._on_ready(body)
 
     def _on_commit(self, handshake: ListenerHandshake, m1: bytes) -> None:
         try:
             m2 = handshake.receive_commit(m1)
-        except HandshakeError:
-            self._outgoing += encode_frame(reject_frame(Reject.BAD_VERSION))
+        except Rejected as exc:
+            self._outgoing += encode_frame(reject_frame(exc.reason))
             raise
+        self.mode = handshake.mode
         self.greeted = True
         self._outgoing += encode_frame(m2)
         self.stage = Stage.CONFIRM
@@ -1365,8 +2030,8 @@ class PeerProtocol:
         if (refusal := parse_reject(m2)) is not None:
             raise refusal
         m3, self._keys = handshake.respond(m2)
-        self._outgoing += encode_frame(m3)
         self._session = Session(self._keys)
+        self._outgoing += encode_frame(m3) + self._session.encode(self._welcome())
         self.stage = Stage.WELCOME
 
     def _on_confirm(self, handshake: ListenerHandshake, m3: bytes) -> None:
@@ -1379,31 +2044,77 @@ class PeerProtocol:
         self._events.append(KeyProven())
 
     def _on_welcome(self, body: bytes) -> None:
-        assert self._session is not None and self._keys is not None
+        assert self._session is not None
         if self.role is Role.LISTENER:
-            welcome = self._session.decode(body)
+            message = self._session.decode(body)
         else:
-            # The connector counts the listener as proven when its WELCOME decrypts.
+            # The listener counts as proven when its WELCOME decrypts.
             if (refusal := parse_reject(body)) is not None:
-                raise refusal
+                raise self._unauthenticated() if isinstance(refusal, KeyMismatch) else refusal
             try:
-                welcome = self._session.decode(body)
+                message = self._session.decode(body)
             except ProtocolError as exc:
-                raise KeyMismatch(UNAUTHENTICATED_TEXT) from exc
-            self._outgoing += self._session.encode(Welcome(self.name))
-        assert isinstance(welcome, Welcome)  # the session's phase table guarantees it
-        self.peer_name, self.code = welcome.name, self._keys.code
+                raise self._unauthenticated() from exc
+        if isinstance(message, Refusal):
+            raise refusal_error(message, self.name)
+        assert isinstance(message, Welcome)  # the session's phase table guarantees it
+        self._check_identity(message)
+        if self.role is Role.LISTENER:
+            self._outgoing += self._session.encode(self._welcome())
+            self.stage = Stage.READY
+        else:
+            self._outgoing += self._session.encode(Ready())
+            self._establish()
+
+    def _on_ready(self, body: bytes) -> None:
+        assert self._session is not None
+        message = self._session.decode(body)
+        if isinstance(message, Refusal):
+            raise refusal_error(message, self.name)
+        if not isinstance(message, Ready):
+            raise ProtocolError(f"the peer sent {message.kind()} before READY")
+        self._establish()
+
+    def _welcome(self) -> Welcome:
+        assert self._keys is not None
+        data = welcome_signed_data(self.role, self._keys.transcript, self.name)
+        return Welcome(self.name, self.identity, self._identity.sign(data))
+
+    def _check_identity(self, welcome: Welcome) -> None:
+        """Verify the peer's signature, then let the judge decide; refuse it if told to."""
+        assert self._keys is not None and self._session is not None
+        sender = Role.LISTENER if self.role is Role.CONNECTOR else Role.CONNECTOR
+        data = welcome_signed_data(sender, self._keys.transcript, welcome.name)
+        verify_signature(welcome.identity, welcome.signature, data)
+        try:
+            self._judge(welcome.name, welcome.identity, self.mode)
+        except IdentityRefused as exc:
+            self._outgoing += self._session.encode(Refusal(exc.reason, self.name))
+            raise
+        self.peer_name, self.peer_identity = welcome.name, welcome.identity
+
+    def _establish(self) -> None:
         self.stage = Stage.OPEN
-        self._events.append(Established(welcome.name, self._keys.code))
+        self._events.append(Established(self.peer_name, self.peer_identity, self.mode))
+
+    def _unauthenticated(self) -> HandshakeError:
+        if self.mode is Mode.INVITE:
+            return HandshakeError(WRONG_CODE_TEXT)
+        return KeyMismatch(UNAUTHENTICATED_TEXT)
 
     def _on_message(self, body: bytes) -> None:
         assert self._session is not None
         message = self._session.decode(body)
+        if isinstance(message, Refusal):
+            raise refusal_error(message, self.name)
+        if isinstance(message, Ready):
+            raise ProtocolError("the peer sent READY twice")
         if not isinstance(message, Keepalive):
             self._events.append(MessageReceived(message))
 
     def _end_of_stream(self) -> None:
         if self.stage in HANDSHAKE_STAGES:
+            self.abandoned = self.stage is Stage.CONFIRM
             self._fail(HandshakeError("the peer closed the connection during the handshake"))
         elif self._session is not None and (self._session.peer_left or self._session.we_left):
             self.stage = Stage.CLOSED
@@ -1415,7 +2126,12 @@ class PeerProtocol:
         if self.stage is Stage.OPEN and not isinstance(error, ConnectionLost):
             error = ConnectionLost(str(error))
         self.stage = Stage.CLOSED
+        self._release_invite()
         self._events.append(Failed(error))
+
+    def _release_invite(self) -> None:
+        if self._listener is not None:
+            self._listener.release()
 
 
 # --- Listener: admission rules (pure) -----------------------------------------
@@ -1523,6 +2239,50 @@ class RefusalLog:
     def next_deadline(self) -> float | None:
         """When the next window ends, or None when nothing is held."""
         return min((since + self._window for since, _ in self._hosts.values()), default=None)
+
+
+class AbandonLog:
+    """Handshakes abandoned between M2 and M3, counted per address.
+
+    That is where a man in the middle searching for a lucky handshake gives up,
+    so the count is worth showing: at once for an address, then at most once a
+    window while it grows.
+    """
+
+    def __init__(self, window: float = REFUSAL_SUMMARY_SECONDS) -> None:
+        self._window = window
+        self._counts: dict[str, int] = {}
+        self._shown: dict[str, tuple[float, int]] = {}  # when last shown, the count shown
+
+    def abandoned(self, host: str, now: float) -> str | None:
+        """The line to show for one more abandoned handshake, or None until the window ends."""
+        count = self._counts[host] = self._counts.get(host, 0) + 1
+        if host in self._shown and now - self._shown[host][0] < self._window:
+            return None
+        self._shown[host] = (now, count)
+        return self._line(host, count)
+
+    def summaries(self, now: float) -> list[str]:
+        """Lines for the counts that grew in windows ended by `now`."""
+        lines = []
+        for host, (since, shown) in list(self._shown.items()):
+            if now - since < self._window:
+                continue
+            if self._counts[host] > shown:
+                lines.append(self._line(host, self._counts[host]))
+                self._shown[host] = (now, self._counts[host])
+            else:  # a quiet window: forget the address
+                del self._shown[host], self._counts[host]
+        return lines
+
+    def next_deadline(self) -> float | None:
+        """When the next window with something to say ends."""
+        return min((since + self._window for since, _ in self._shown.values()), default=None)
+
+    @staticmethod
+    def _line(host: str, count: int) -> str:
+        noun, verb = ("handshake", "was") if count == 1 else ("handshakes", "were")
+        return f"{count} {noun} from {host} {verb} abandoned halfway"
 
 
 # --- Network: sockets, selectors, timers --------------------------------------
@@ -1784,6 +2544,9 @@ class NetworkUser(Protocol):
     def network_failed(self, error: ChatError) -> None:
         """The network thread itself failed (a bug): nothing more will be reported."""
 
+    def invite_void(self, line: str) -> None:
+        """The invite was guessed wrong too often: the listener stops."""
+
 
 class Network:
     """The one thread that owns every socket, around one `selectors` loop.
@@ -1795,16 +2558,22 @@ class Network:
 
     def __init__(
         self,
-        psk: bytes,
+        psk: bytes | None,
         username: str,
         user: NetworkUser,
         *,
+        identity: Ed25519PrivateKey | None = None,
+        judge: Judge = accept_anyone,
+        code: str | None = None,
+        invite: Invite | None = None,
         keepalive: float = KEEPALIVE_SECONDS,
         handshake_seconds: float = HANDSHAKE_SECONDS,
         capacity: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._psk, self._username, self._user = psk, username, user
+        self._identity, self._judge = identity, judge
+        self._code, self._invite = code, invite
         self._keepalive, self._handshake_seconds = keepalive, handshake_seconds
         self._room, self._clock = Room(capacity), clock
         self._selector = selectors.DefaultSelector()
@@ -1822,7 +2591,9 @@ class Network:
         self._server: socket.socket | None = None
         self._accept_paused_until: float | None = None
         self._refusals = RefusalLog()
+        self._abandoned = AbandonLog()
         self._leaving = False
+        self._invite_reported = False
         self._running = True
         self.finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="network", daemon=True)
@@ -1989,10 +2760,11 @@ class Network:
                 deadlines.append(link.leave_by)
             if link.peer.pending() or link.peer.stage is Stage.CLOSED:
                 self._settle(link, now)
-        for line in self._refusals.summaries(now):
-            self._user.refused(line)
-        if (due := self._refusals.next_deadline()) is not None:
-            deadlines.append(due)
+        for log in (self._refusals, self._abandoned):
+            for line in log.summaries(now):
+                self._user.refused(line)
+            if (due := log.next_deadline()) is not None:
+                deadlines.append(due)
         if self._accept_paused_until is not None:
             if now >= self._accept_paused_until:
                 self._resume_accepting()
@@ -2042,6 +2814,10 @@ class Network:
             self._psk,
             self._username,
             now,
+            identity=self._identity,
+            judge=self._judge,
+            code=self._code if role is Role.CONNECTOR else None,
+            invite=self._invite if role is Role.LISTENER else None,
             handshake_seconds=self._handshake_seconds,
             keepalive=self._keepalive,
         )
@@ -2088,7 +2864,7 @@ class Network:
                 shown.append(event)  # our own connection failed: the user says why
             elif isinstance(event, Failed):
                 self._room.release(link)  # an admitted connector that vanished frees its place
-                self._report(link, "Refused a connection from", str(event.error), now)
+                self._refused(link, event.error, now)
         link.outgoing += link.peer.data_to_send()
         if shown:
             self._user.connection_events(link, shown)
@@ -2134,6 +2910,8 @@ class Network:
     def _close(self, link: Link) -> None:
         if not self._is_open(link):
             return
+        if link.peer.stage in HANDSHAKE_STAGES:  # evicted: its invite try, if any, ends
+            link.peer.connection_failed("dropped by this side")
         del self._links[link.fd]
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(link.sock)
@@ -2144,6 +2922,25 @@ class Network:
         self._room.release(link)
         if self._leaving and not self._room:
             self._running = False
+
+    def _refused(self, link: Link, error: ChatError, now: float) -> None:
+        """A connector that did not get in: said once, counted if it gave up halfway."""
+        if link.peer.abandoned:
+            if (line := self._abandoned.abandoned(link.host, now)) is not None:
+                self._user.refused(line)
+        elif link.peer.mode is Mode.INVITE and isinstance(error, KeyMismatch):
+            # Each wrong code is shown: there are only MAX_INVITE_FAILURES of them.
+            self._user.refused(f"Refused a connection from {link.address!r}: {error}")
+        else:
+            self._report(link, "Refused a connection from", str(error), now)
+        invite = self._invite
+        if invite is not None and invite.void and not self._invite_reported:
+            self._invite_reported = True
+            self._user.invite_void(
+                f"the invite code {invite.code} is void: it was tried {MAX_INVITE_FAILURES} "
+                f"times with a wrong code, and nobody got in. Run {PROGRAM} --invite for a "
+                "new code"
+            )
 
     def _report(self, link: Link, what: str, reason: str, now: float) -> None:
         """A refusal line, unless the chat is full (then it is on screen: stay quiet)."""
@@ -2480,6 +3277,56 @@ def ensure_std_streams() -> None:
 # --- Chat: what the person at this terminal sees and types ----------------------
 
 
+def identity_judge(config_path: str, role: Role) -> Judge:
+    """The judge of this side's connections: known_peers, read afresh each time."""
+    known_path = beside(config_path, KNOWN_PEERS_FILE)
+
+    def judge(name: str, identity: bytes, mode: Mode) -> None:
+        seen = read_known_peers(known_path).recognize(name, identity)
+        if seen.trust is Trust.CHANGED and mode is not Mode.INVITE:
+            assert seen.pinned is not None
+            warning = changed_identity(config_path, seen.pinned, identity)
+            raise IdentityRefused(Refuse.IDENTITY_CHANGED, warning)
+        if mode is Mode.CONTACT and seen.trust is Trust.NEW:
+            shown = sanitize(name)
+            if role is Role.LISTENER:
+                raise IdentityRefused(
+                    Refuse.NOT_A_CONTACT,
+                    f"{shown} is not one of your contacts (no key, no invite code, and an "
+                    f"identity not in {known_path}): told to ask for an invite code",
+                )
+            raise IdentityRefused(
+                Refuse.UNKNOWN_LISTENER,
+                f"{shown} at that address is not one of your contacts (its identity "
+                f"{fingerprint(identity)} is not in {known_path}): ask for an invite code "
+                "and connect with --code CODE",
+            )
+
+    return judge
+
+
+def changed_identity(config_path: str, pinned: KnownPeer, offered: bytes) -> str:
+    """The warning for a known name with a new identity, in the spirit of SSH's."""
+    name = sanitize(pinned.name)
+    banner = "@" * 62
+    return "\n".join(
+        [
+            f"{name}'s identity has changed: connection refused",
+            banner,
+            f"@  WARNING: THE IDENTITY OF {name.upper()} HAS CHANGED!",
+            banner,
+            f"Someone may be pretending to be {name} (a man in the middle), or {name} made a "
+            "new identity.",
+            f"Pinned:  {fingerprint(pinned.key)} (first seen {pinned.first_seen}, "
+            f"line {pinned.line} of {beside(config_path, KNOWN_PEERS_FILE)})",
+            f"Offered: {fingerprint(offered)}",
+            "Nothing it sent is shown. If you are sure it is a new identity, delete line "
+            f"{pinned.line} of that file, or run: {PROGRAM}{config_flag(config_path)} "
+            f"--forget {shlex.quote(pinned.name)}",
+        ]
+    )
+
+
 class PeerEnded(BaseException):
     """Raised in the main thread when the network has ended the chat."""
 
@@ -2490,7 +3337,7 @@ class PeerInfo:
 
     name: str
     address: tuple[str, int]
-    code: str
+    identity: bytes
     since: float
 
 
@@ -2501,9 +3348,11 @@ class Conversation:
     (goodbye or loss from the peer) or the input loop (we left).
     """
 
-    def __init__(self, term: Terminal, config: Config) -> None:
+    def __init__(self, term: Terminal, config: Config, identity: bytes = bytes(32)) -> None:
         self.term = term
         self.config = config
+        self.identity = identity  # our public identity key, for the safety number
+        self.known_path = beside(config.path, KNOWN_PEERS_FILE)
         self.prompt = f"{config.username}> " if term.interactive else ""
         self.net: Network | None = None
         self.peer: PeerInfo | None = None
@@ -2525,8 +3374,8 @@ class Conversation:
         ending: tuple[int, str] | None = None
         for event in events:
             if isinstance(event, Established):
-                self.peer = PeerInfo(event.name, link.address, event.code, time.monotonic())
-                lines += self._arrival_lines(link, sanitize(event.name), event.code)
+                self.peer = PeerInfo(event.name, link.address, event.identity, time.monotonic())
+                lines += self._arrival_lines(link, event)
             elif isinstance(event, MessageReceived):
                 lines += self._message_lines(event.message)
                 if isinstance(event.message, Terminate):
@@ -2551,6 +3400,15 @@ class Conversation:
         """A refused or dropped connection, on stderr."""
         self.term.error(line)
 
+    def invite_void(self, line: str) -> None:
+        """The invite is void: stop waiting (a chat in progress goes on)."""
+        if self.peer is None:
+            self.failure = ChatError(line)
+            self.started.set()
+            self.ended.set()
+        else:
+            self.term.error(line)
+
     def network_failed(self, error: ChatError) -> None:
         """The network thread failed: end the chat, or the wait for it, with the reason."""
         if self.peer is None:
@@ -2560,12 +3418,66 @@ class Conversation:
             self._end_from_network(1, f"Connection lost: {error}")
         self.ended.set()
 
-    def _arrival_lines(self, link: Link, name: str, code: str) -> list[str]:
+    def _arrival_lines(self, link: Link, event: Established) -> list[str]:
+        """Who arrived, and what known_peers says of them (pinned here on first contact)."""
+        name, shown = event.name, sanitize(event.name)
+        try:
+            seen = read_known_peers(self.known_path).recognize(name, event.identity)
+            if event.identity == self.identity:  # two chats beside one config: nothing to pin
+                seen = Recognition(Trust.KNOWN, None)
+                trust = [
+                    f"{shown} has your own identity ({IDENTITY_FILE} is shared): fine for a "
+                    "test; two people need one each."
+                ]
+            else:
+                trust = self._pin(event, seen)
+        except ConfigError as exc:
+            seen, trust = Recognition(Trust.NEW, None), [f"error: {exc}"]
+        verified = seen.trust is Trust.VERIFIED or event.mode is Mode.INVITE
         if link.peer.role is Role.LISTENER:
-            arrival = [f"Connected by {link.address!r}", f"{name} joined the chat."]
+            joined = " (verified)." if verified else "."
+            arrival = [f"Connected by {link.address!r}", f"{shown} joined the chat{joined}"]
         else:
-            arrival = [f"WELCOME Welcome to the chat! I am {name}"]
-        return [*arrival, f"Session code: {code} (compare with your peer; /verify shows it again)"]
+            arrival = [f"WELCOME Welcome to the chat! I am {shown}"]
+            if verified and event.mode is not Mode.INVITE:
+                arrival.append(f"{shown} is verified (you compared safety numbers before).")
+        return arrival + trust
+
+    def _pin(self, event: Established, seen: Recognition) -> list[str]:
+        """Record the peer in known_peers as needed; the lines that say what happened."""
+        name, shown = event.name, sanitize(event.name)
+        identity = fingerprint(event.identity)
+        by_invite = event.mode is Mode.INVITE
+        lines = []
+        if seen.aliases:
+            lines.append(
+                f"{shown} has the identity you know as {sanitize(', '.join(seen.aliases))}: "
+                "the same person under a new name."
+            )
+        if seen.trust is Trust.CHANGED and by_invite:
+            lines.append(
+                f"{shown}'s identity changed; the invite code vouches for the new one, "
+                "which replaces the old."
+            )
+        if seen.pinned is None or seen.trust is Trust.CHANGED or by_invite:
+            # A new name for a known identity keeps that identity's trust.
+            verified = by_invite or seen.trust is Trust.VERIFIED
+            update_known_peers(
+                self.known_path, lambda p: p.pin(name, event.identity, verified, utc_now())
+            )
+        if by_invite:
+            lines.append(
+                f"{shown} is now a verified contact (the invite code proved it): identity "
+                f"{identity}."
+            )
+        elif seen.trust is Trust.NEW:
+            lines.append(
+                f"First contact with {shown}: identity {identity} saved (compare safety "
+                "numbers with /verify)."
+            )
+        elif seen.trust is Trust.KNOWN:
+            lines.append(f"{shown} is not verified yet: compare safety numbers with /verify.")
+        return lines
 
     def _message_lines(self, message: Message) -> list[str]:
         name = sanitize(self.peer.name) if self.peer else "the peer"
@@ -2755,7 +3667,7 @@ class Conversation:
         return False
 
     def show_peer(self, argument: str) -> bool:
-        """/who and /verify: who, from where, for how long, and the session code."""
+        """/who: who, from where, for how long, with which identity."""
         peer = self.peer
         if peer is None:
             self.term.error("Nobody is connected yet.")
@@ -2764,9 +3676,44 @@ class Conversation:
         host, port = peer.address
         self.term.show(
             f"Talking to {sanitize(peer.name)} at {format_host(host)}:{port}, connected "
-            f"{minutes} min {seconds} s. Session code: {peer.code} "
-            "(the same on both screens means nobody is in the middle)"
+            f"{minutes} min {seconds} s. Identity: {fingerprint(peer.identity)} "
+            "(/verify compares it)"
         )
+        return False
+
+    def verify(self, argument: str) -> bool:
+        """/verify [NAME] [ok]: the safety number; with ok, record the peer as verified."""
+        peer = self.peer
+        words = argument.split()
+        confirm = bool(words) and words[-1].lower() == "ok"
+        named = " ".join(words[:-1] if confirm else words)
+        if peer is None:
+            self.term.error("Nobody is connected yet.")
+        elif named and named != peer.name:
+            self.term.error(
+                f"try again: nobody named {sanitize(named)} is here (you are talking to "
+                f"{sanitize(peer.name)})"
+            )
+        elif confirm:
+            name, identity = peer.name, peer.identity
+            try:
+                update_known_peers(
+                    self.known_path, lambda p: p.pin(name, identity, True, utc_now())
+                )
+            except ConfigError as exc:
+                self.term.error(f"error: {exc}")
+            else:
+                self.term.show(
+                    f"{sanitize(name)} is now verified in {self.known_path}: later chats say so."
+                )
+        else:
+            self.term.show(
+                f"Safety number with {sanitize(peer.name)}:\n"
+                f"    {safety_number(self.identity, peer.identity)}\n"
+                "Compare all 60 digits with theirs, by voice or side by side: the same "
+                "digits mean nobody\nis in the middle. If they match, type /verify ok "
+                "(a few matching digits prove nothing)."
+            )
         return False
 
     def act(self, argument: str) -> bool:
@@ -2798,7 +3745,12 @@ class Command:
 COMMANDS = (
     Command("help", ("?",), "this help", Conversation.show_help),
     Command("who", (), "who you are talking to, from where, for how long", Conversation.show_peer),
-    Command("verify", (), "the session code to compare with your peer", Conversation.show_peer),
+    Command(
+        "verify",
+        (),
+        "the safety number to compare with your peer; /verify ok once it matches",
+        Conversation.verify,
+    ),
     Command("me", (), "an action: /me waves shows * yourname waves", Conversation.act),
     Command(
         "quit", ("exit",), "leave the chat (asks for optional goodbye text)", Conversation.quit
@@ -2867,10 +3819,7 @@ def first_run(config: Config, args: Options, term: Terminal) -> Config:
             raise NetworkError(problem)
         term.error(f"try again: {problem}")
         port = free_port_near(ip, port)  # offered as the next default, not the busy one
-    key = config.key
-    if args.connect and key is None:
-        key = ask_key(term)
-    return replace(config, username=check_username(username, "username"), port=port, ip=ip, key=key)
+    return replace(config, username=check_username(username, "username"), port=port, ip=ip)
 
 
 def listen_problem(ip: str, port: int) -> str | None:
@@ -2890,22 +3839,6 @@ def free_port_near(ip: str, port: int) -> int:
     return port
 
 
-def ask_key(term: Terminal) -> bytes | None:
-    """A key pasted by the user (not echoed on a terminal), checked; None makes a new one."""
-    while True:
-        pasted = read_secret(
-            "Paste the key your peer gave you, it is not shown (Enter makes a new one): ",
-            term.stdin,
-            term.interactive,
-        ).strip()
-        if not pasted:
-            return None
-        try:
-            return decode_key(pasted, "that key")
-        except ConfigError as exc:
-            term.error(f"try again: {exc}")
-
-
 def key_from_input(term: Terminal) -> bytes:
     """`--key -`: the key from a hidden prompt, or one line of standard input."""
     try:
@@ -2923,9 +3856,9 @@ def key_from_input(term: Terminal) -> bytes:
     return decode_key(pasted, "--key -")
 
 
-def save_new_config(config: Config, term: Terminal) -> Config:
-    """Write the config, making a key if it has none; say where, and what to hand over."""
-    generated = config.key is None
+def save_new_config(config: Config, term: Terminal, make_key: bool) -> Config:
+    """Write the config (with a new key if asked); say where, and what to hand over."""
+    generated = make_key and config.key is None
     if generated:
         config = replace(config, key=base64.urlsafe_b64decode(generate_key()))
     write_config(config)
@@ -2953,17 +3886,16 @@ def obtain_config(args: Options, term: Terminal) -> tuple[Config, bool]:
             raise
         here = "here " if not os.path.dirname(path) else ""
         term.show(f"No {path} {here}yet: let's create one (Ctrl-C to cancel).")
-        config = Config(path=path)
+        config, fresh = Config(path=path), True
     else:
-        if config.key is None and term.interactive:
-            term.show(
-                f"{path} has no fernet_key yet: let's make one and save it (Ctrl-C to cancel)."
-            )
+        fresh = not config.username
+        if fresh and term.interactive:
+            term.show(f"{path} is not filled in yet: let's do it (Ctrl-C to cancel).")
         elif config.key is not None and (warning := permission_warning(path)) is not None:
             term.error(warning)
     config = apply_flags(config, args)
-    if config.key is None and term.interactive:
-        return save_new_config(first_run(config, args, term), term), True
+    if fresh and term.interactive:
+        return save_new_config(first_run(config, args, term), term, make_key=False), True
     return complete(config), False
 
 
@@ -2998,11 +3930,69 @@ def init_config(args: Options, term: Terminal) -> None:
         config = replace(config, key=key_from_input(term))
     elif args.key is not None:
         config = replace(config, key=decode_key(args.key, "--key"))
-    config = save_new_config(replace(config, username=config.username or login_name()), term)
+    config = replace(config, username=config.username or login_name())
+    config = save_new_config(config, term, make_key=True)
     assert config.key is not None
     term.show(
         f"Key ID: {key_id(derive_psk(config.key))} (your peer must see the same ID, "
         "or your keys differ)"
+    )
+    open_identity(config, term)
+
+
+def open_identity(config: Config, term: Terminal) -> Ed25519PrivateKey:
+    """This user's identity, beside config.ini (made on first use); shown by fingerprint."""
+    path = beside(config.path, IDENTITY_FILE)
+    identity, created = load_identity(path)
+    if created:
+        term.show(f"Created your identity in {path} (readable only by you; never share it).")
+    term.show(f"Your identity: {fingerprint(identity.public_key().public_bytes_raw())}")
+    return identity
+
+
+def forget_peer(args: Options, term: Terminal) -> None:
+    """--forget NAME: drop a peer's pinned identity from known_peers."""
+    assert args.forget is not None
+    name = args.forget.strip()
+    path = beside(choose_config_path(args.config, not PROGRAM.endswith(".py")), KNOWN_PEERS_FILE)
+    entry = read_known_peers(path).named(name)
+    update_known_peers(path, lambda peers: peers.forget(name))
+    assert entry is not None  # forget() found it
+    term.show(
+        f"Forgot {sanitize(name)} (identity {fingerprint(entry.key)}): removed from {path}. "
+        "Its next connection is a first contact again."
+    )
+
+
+def ask_code(term: Terminal, psk: bytes | None, known: KnownPeers) -> str | None:
+    """The invite code to connect with: asked only with no key and no contacts yet.
+
+    No answer (Enter, or no input at all) connects as a contact, which a listener
+    that does not know this identity refuses with a line saying to ask for a code.
+    """
+    if psk is not None or known.peers:
+        return None
+    while True:
+        try:
+            answer = term.ask("Enter invite code: ")
+        except EOFError:
+            return None
+        if not answer.strip():
+            return None
+        try:
+            return parse_invite_code(answer)
+        except ConfigError as exc:
+            if not term.interactive:
+                raise
+            term.error(f"try again: {exc}")
+
+
+def show_invite(invite: Invite, config: Config, term: Terminal) -> None:
+    """The invite code, and the command the peer runs with it."""
+    term.show(f"Invite code: {invite.code}")
+    term.show(
+        f"Tell it to your peer (it works once, and is void after {MAX_INVITE_FAILURES} wrong "
+        f"tries), who runs:\n    {PROGRAM} --connect {shown_address(config)} --code {invite.code}"
     )
 
 
@@ -3046,19 +4036,23 @@ def examples() -> str:
             "examples:",
             f"  {PROGRAM}                     ask whether to listen or connect",
             f"  {PROGRAM} --listen            wait for your peer",
+            f"  {PROGRAM} --invite            wait for someone you share no key with",
+            f"  {PROGRAM} --connect 192.168.1.112:50233 --code 7-gazelle-microwave",
             f"  {PROGRAM} --connect 192.168.1.112:50233",
             f"  {PROGRAM} --connect [::1]:50233            IPv6 in brackets",
             f"  {PROGRAM} --connect peer.example:50233 --proxy socks5://127.0.0.1:9050",
             f"  {PROGRAM} --init --username laptop --port 50233",
             f"  {PROGRAM} --init --key - --username laptop  (paste your peer's key when asked)",
             f"  {PROGRAM} --genkey            print a new key",
+            f"  {PROGRAM} --forget laptop     after laptop really made a new identity",
         ]
     )
 
 
 DESCRIPTION = """\
 Peer-to-peer, end-to-end encrypted chat for the terminal. One person listens,
-the other connects; both need the same fernet_key in their config.ini."""
+the other connects: with a one-time invite code the first time, as contacts
+(known by their identity keys) after that, or with a fernet_key both share."""
 
 
 def parse_target(text: str) -> tuple[str, int | None]:
@@ -3138,6 +4132,9 @@ class Options:
     keepalive: float = KEEPALIVE_SECONDS
     timestamps: bool | None = None
     bell: bool | None = None
+    invite: bool = False
+    code: str | None = None
+    forget: str | None = None
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -3165,10 +4162,26 @@ def parse_args(argv: list[str] | None) -> Options:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--listen", action="store_true", help="wait for a peer (skips the question)")
     mode.add_argument(
+        "--invite",
+        action="store_true",
+        help="listen with a one-time invite code for someone you have no key with",
+    )
+    mode.add_argument(
         "--connect",
         type=parse_target,
         metavar="HOST:PORT",
         help="connect to a listening peer, e.g. 192.168.1.112:50233 or [::1]:50233",
+    )
+    add(
+        "--code",
+        type=flag_type(parse_invite_code),
+        metavar="CODE",
+        help="with --connect: the invite code the listener showed you, e.g. 7-gazelle-microwave",
+    )
+    add(
+        "--forget",
+        metavar="NAME",
+        help="remove NAME's pinned identity from known_peers (after it really changed)",
     )
     add(
         "--proxy",
@@ -3226,10 +4239,17 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error("--key only goes with --init")
     if args.proxy is not None and args.connect is None:
         parser.error("--proxy only goes with --connect")
-    if args.init and (args.listen or args.connect or args.genkey):
+    if args.code is not None and args.connect is None:
+        parser.error("--code only goes with --connect HOST:PORT")
+    chatting = args.listen or args.connect or args.invite
+    if args.init and (chatting or args.genkey):
         parser.error("--init only writes the config: run again without it to chat")
-    if args.genkey and (args.listen or args.connect):
+    if args.genkey and chatting:
         parser.error("--genkey only prints a key: run again without it to chat")
+    if args.forget is not None and (chatting or args.init or args.genkey):
+        parser.error("--forget only edits known_peers: run again without it to chat")
+    if args.forget is not None and not args.forget.strip():
+        parser.error("--forget needs the name of a peer in known_peers")
     return args
 
 
@@ -3253,20 +4273,42 @@ def main(argv: list[str] | None = None) -> int:
         if args.init:
             init_config(args, term)
             return 0
+        if args.forget is not None:
+            forget_peer(args, term)
+            return 0
         config, just_created = obtain_config(args, term)
-        assert config.key is not None  # complete() or the first run saw to it
-        psk = derive_psk(config.key)
+        identity = open_identity(config, term)
+        known = read_known_peers(beside(config.path, KNOWN_PEERS_FILE))  # damaged: stop here
+        psk = derive_psk(config.key) if config.key is not None else None
         term.show(f"Your IP and port are: {shown_address(config)}")
-        term.show(f"Key ID: {key_id(psk)} (your peer must see the same ID, or your keys differ)")
-        listening = args.listen or (
-            not args.connect and (just_created or ask_mode(term) == "listen")
+        if psk is not None:
+            term.show(
+                f"Key ID: {key_id(psk)} (your peer must see the same ID, or your keys differ)"
+            )
+        listening = (
+            args.listen
+            or args.invite
+            or (not args.connect and (just_created or ask_mode(term) == "listen"))
         )
         target = None if listening else (args.connect or ask_target(term))
-        conversation = Conversation(term, config)
-        network = Network(psk, config.username, conversation, keepalive=args.keepalive)
+        invite = Invite(new_invite_code()) if listening and (args.invite or not psk) else None
+        code = None if listening else args.code or ask_code(term, psk, known)
+        conversation = Conversation(term, config, identity.public_key().public_bytes_raw())
+        network = Network(
+            psk,
+            config.username,
+            conversation,
+            identity=identity,
+            judge=identity_judge(config.path, Role.LISTENER if listening else Role.CONNECTOR),
+            code=code,
+            invite=invite,
+            keepalive=args.keepalive,
+        )
         if target is None:
             source = "--port" if args.port is not None else config.path
             network.listen(listen_socket(config.ip, config.port, source))
+            if invite is not None:
+                show_invite(invite, config, term)
             term.show(
                 f"Listening on {format_host(config.ip)}:{config.port}; "
                 "waiting for your peer (Ctrl-C to stop)."

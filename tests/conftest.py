@@ -45,6 +45,15 @@ def free_port() -> int:
         return port
 
 
+# Lines that identities add around the seed's transcript (issue 9).
+IDENTITY_LINES = ("Created your identity in ", "Your identity: ", "First contact with ")
+
+
+def seed_lines(lines: list[str]) -> list[str]:
+    """`lines` without those of identities: what the seed's own flow printed."""
+    return [line for line in lines if not line.startswith(IDENTITY_LINES)]
+
+
 def write_config(
     folder: Path,
     name: str = "config.ini",

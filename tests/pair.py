@@ -10,6 +10,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -128,18 +129,22 @@ class PeerPair:
     def __init__(
         self,
         *,
-        connector_psk: bytes = PSK,
-        listener_psk: bytes = PSK,
+        connector_psk: bytes | None = PSK,
+        listener_psk: bytes | None = PSK,
         keepalive: float = 10.0,
         handshake_seconds: float = 10.0,
+        connector: dict[str, Any] | None = None,
+        listener: dict[str, Any] | None = None,
     ) -> None:
+        """`connector` and `listener` are further PeerProtocol arguments for each side
+        (identity, judge, code, invite)."""
         self.clock = FakeClock()
         options = {"keepalive": keepalive, "handshake_seconds": handshake_seconds}
         self.connector = PeerProtocol(
-            Role.CONNECTOR, connector_psk, "laptop", self.clock.now, **options
+            Role.CONNECTOR, connector_psk, "laptop", self.clock.now, **options, **(connector or {})
         )
         self.listener = PeerProtocol(
-            Role.LISTENER, listener_psk, "desktop", self.clock.now, **options
+            Role.LISTENER, listener_psk, "desktop", self.clock.now, **options, **(listener or {})
         )
         self.events: dict[PeerProtocol, list[Event]] = {self.connector: [], self.listener: []}
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import KEY, TIMEOUT, ChatProcess, free_port, write_config
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pair import PSK, drive
 
 import chatclient
@@ -85,11 +86,17 @@ class Flood:
                 sock.close()
 
 
+# One person, one identity: the listener pins laptop's on first contact.
+LAPTOP = Ed25519PrivateKey.generate()
+
+
 def connect_slowly(port: int, pause: threading.Event) -> list[chatclient.Event]:
     """A real connector from 127.0.0.1 that waits 150 ms between M2 and M3."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         sock.settimeout(TIMEOUT)
-        peer = chatclient.PeerProtocol(chatclient.Role.CONNECTOR, PSK, "laptop", time.monotonic())
+        peer = chatclient.PeerProtocol(
+            chatclient.Role.CONNECTOR, PSK, "laptop", time.monotonic(), identity=LAPTOP
+        )
         sock.sendall(peer.data_to_send())  # M1
         while peer.stage is chatclient.Stage.HELLO:
             peer.receive_data(sock.recv(65536), time.monotonic())

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from conftest import KEY, OTHER_KEY, TIMEOUT, ChatProcess, free_port, write_config
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pair import OTHER_PSK, drive
 
 import chatclient
@@ -43,7 +44,9 @@ QUIET = ("--keepalive", "60")
 
 # Frame numbers per direction: connector->listener is M1, M3, WELCOME, then
 # chats; listener->connector is M2, WELCOME, then chats.
-FIRST_CHAT = {"to_listener": 3, "to_connector": 2}
+# Frames before the first CHAT: M1, M3, WELCOME, READY from the connector; M2, WELCOME
+# from the listener.
+FIRST_CHAT = {"to_listener": 4, "to_connector": 2}
 
 
 # --- Processes ---------------------------------------------------------------
@@ -370,7 +373,7 @@ def test_duplicated_chat_frame_is_shown_once_then_ends_the_session(
     connector.send("one")
     listener.expect(r"^laptop says: one$")
     connector.send("two")
-    listener.expect(r"^Connection lost: .*message number 2 arrived where 3 was due")
+    listener.expect(r"^Connection lost: .*message number 3 arrived where 4 was due")
     assert listener.wait() != 0
     assert says(listener) == ["laptop says: one", "laptop says: two"]
     assert "Connection closed by peer." not in listener.out
@@ -553,16 +556,17 @@ def test_garbage_connections_are_refused_and_the_listener_goes_on(
 ) -> None:
     rng = random.Random(1234)
     zero_key = bytes(32)
+    hello_head = chatclient.MAGIC + bytes([chatclient.VERSION, chatclient.Mode.SHARED_KEY])
     garbage = [
         (rng.randbytes(1000), r""),
         (frame(rng.randbytes(chatclient.HELLO_SIZE)), r"not speaking the chatclient protocol"),
-        (frame(chatclient.MAGIC + bytes([2]) + rng.randbytes(32)), r"protocol version 2"),
+        (frame(chatclient.MAGIC + bytes([1]) + rng.randbytes(32)), r"protocol version 1"),
         (
-            frame(chatclient.MAGIC + bytes([1]) + rng.randbytes(32)) + frame(rng.randbytes(64)),
+            frame(hello_head + rng.randbytes(32)) + frame(rng.randbytes(64)),
             r"commitment",
         ),
         (
-            frame(chatclient.MAGIC + bytes([1]) + hashlib.sha256(zero_key).digest())
+            frame(hello_head + hashlib.sha256(zero_key).digest())
             + frame(zero_key + rng.randbytes(32)),
             r"all-zero key",
         ),
@@ -630,7 +634,7 @@ def next_frame(sock: socket.socket, decoder: chatclient.FrameDecoder) -> bytes:
 def vanish_after_welcome(port: int) -> None:
     """Complete the handshake as a peer that knows the key, then reset the connection.
 
-    The WELCOME and the reset leave together, so the listener reads a valid
+    M3, the WELCOME and the reset leave together, so the listener reads a valid
     WELCOME from a connection that is already gone.
     """
     with connect(port) as sock:
@@ -638,11 +642,12 @@ def vanish_after_welcome(port: int) -> None:
         decoder = chatclient.FrameDecoder()
         sock.sendall(frame(handshake.m1))
         m3, keys = handshake.respond(next_frame(sock, decoder))
-        sock.sendall(frame(m3))
-        session = chatclient.Session(keys)
-        assert session.decode(next_frame(sock, decoder)) == chatclient.Welcome("desktop")
+        identity = Ed25519PrivateKey.generate()
+        signed = chatclient.welcome_signed_data(Role.CONNECTOR, keys.transcript, "mallory")
+        public = identity.public_key().public_bytes_raw()
+        welcome = chatclient.Welcome("mallory", public, identity.sign(signed))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.sendall(session.encode(chatclient.Welcome("mallory")))
+        sock.sendall(frame(m3) + chatclient.Session(keys).encode(welcome))
 
 
 def test_peer_vanishing_right_after_its_welcome_leaves_no_traceback_on_the_listener(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from chatclient import (
@@ -21,6 +22,7 @@ from chatclient import (
     ConnectorHandshake,
     ListenerHandshake,
     ProtocolError,
+    Role,
     Session,
     SessionKeys,
     Welcome,
@@ -29,7 +31,10 @@ from chatclient import (
     derive_psk,
     key_id,
     public_bytes,
+    safety_number,
     shared_secret,
+    verify_signature,
+    welcome_signed_data,
 )
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
@@ -85,11 +90,10 @@ def test_hello_and_confirm_bytes() -> None:
     assert m3[32:].hex() == V["confirm_tag"]
 
 
-def test_transcript_keys_and_code_on_both_sides() -> None:
+def test_transcript_and_keys_on_both_sides() -> None:
     _, _, _, connector, listener = run_handshake()
     for keys in (connector, listener):
         assert keys.transcript.hex() == V["th"]
-        assert keys.code == V["session_code"]
     assert connector.send_key.hex() == V["key_connector_to_listener"]
     assert connector.recv_key.hex() == V["key_listener_to_connector"]
     assert listener.send_key.hex() == V["key_listener_to_connector"]
@@ -99,12 +103,11 @@ def test_transcript_keys_and_code_on_both_sides() -> None:
 def test_derivation_functions() -> None:
     secret = shared_secret(private("connector_private"), private("listener_private").public_key())
     assert secret.hex() == V["shared_secret"]
-    c2l, l2c, confirm, code = derive_keys(secret, h("psk"), h("th"))
-    assert (c2l.hex(), l2c.hex(), confirm.hex(), code) == (
+    c2l, l2c, confirm = derive_keys(secret, h("psk"), h("th"))
+    assert (c2l.hex(), l2c.hex(), confirm.hex()) == (
         V["key_connector_to_listener"],
         V["key_listener_to_connector"],
         V["confirm_key"],
-        V["session_code"],
     )
     assert confirm_tag(confirm, h("th")).hex() == V["confirm_tag"]
 
@@ -112,14 +115,14 @@ def test_derivation_functions() -> None:
 def test_session_decrypts_hand_made_tokens() -> None:
     _, _, _, connector_keys, listener_keys = run_handshake()
     listener = Session(listener_keys)
-    assert listener.decode(V["connector_to_listener_token"].encode()) == Welcome("laptop")
+    assert listener.decode(V["connector_to_listener_token"].encode()) == welcome("connector")
 
     connector = Session(connector_keys)
     # The vector's listener token is number 1; number 0 (a WELCOME) is made here by hand.
-    welcome = Fernet(V["fernet_key_listener_to_connector"]).encrypt(
-        (0).to_bytes(8, "big") + bytes([1]) + b"desktop"
+    made = Fernet(V["fernet_key_listener_to_connector"]).encrypt(
+        (0).to_bytes(8, "big") + bytes([1]) + h("listener_welcome_body")
     )
-    assert connector.decode(welcome) == Welcome("desktop")
+    assert connector.decode(made) == welcome("listener")
     expected = Chat("hello laptop \N{WAVING HAND SIGN}")
     assert connector.decode(V["listener_to_connector_token"].encode()) == expected
 
@@ -131,17 +134,37 @@ def test_session_tokens_follow_the_payload_layout() -> None:
         "connector": Fernet(V["fernet_key_connector_to_listener"]),
         "listener": Fernet(V["fernet_key_listener_to_connector"]),
     }
-    for side, name in (("listener", "desktop"), ("connector", "laptop")):
-        frames = [sessions[side].encode(Welcome(name)), sessions[side].encode(Chat("h\u00e9"))]
+    for side in ("listener", "connector"):
+        frames = [sessions[side].encode(welcome(side)), sessions[side].encode(Chat("h\u00e9"))]
         plain = []
         for frame in frames:
             (length,) = FRAME_HEADER.unpack_from(frame)
             assert length == len(frame) - FRAME_HEADER.size
             plain.append(keys[side].decrypt(frame[FRAME_HEADER.size :]))
         assert plain == [
-            bytes(8) + b"\x01" + name.encode(),
+            bytes(8) + b"\x01" + h(f"{side}_welcome_body"),
             (1).to_bytes(8, "big") + b"\x02" + "h\u00e9".encode(),
         ]
+
+
+def welcome(role: str) -> Welcome:
+    """The vector's WELCOME of `role`, as chatclient signs it with the vector's identity."""
+    name = "laptop" if role == "connector" else "desktop"
+    identity = Ed25519PrivateKey.from_private_bytes(h(f"{role}_identity_private"))
+    signed = welcome_signed_data(Role(role), h("th"), name)
+    return Welcome(name, identity.public_key().public_bytes_raw(), identity.sign(signed))
+
+
+def test_welcome_bodies_signatures_and_safety_number() -> None:
+    for role in ("connector", "listener"):
+        message = welcome(role)
+        assert message.identity.hex() == V[f"{role}_identity"]
+        assert message.encode_body().hex() == V[f"{role}_welcome_body"]
+        data = welcome_signed_data(Role(role), h("th"), message.name)
+        verify_signature(message.identity, message.signature, data)
+    for ours, theirs in (("connector", "listener"), ("listener", "connector")):
+        number = safety_number(h(f"{ours}_identity"), h(f"{theirs}_identity"))
+        assert number == V["safety_number"]
 
 
 def test_every_bit_flip_of_the_vector_token_is_refused() -> None:

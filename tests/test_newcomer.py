@@ -68,10 +68,10 @@ def test_a_python_without_cryptography_gets_one_line_and_writes_nothing(tmp_path
     assert result.returncode == 1
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
-    assert line.startswith("error: chatclient needs cryptography>=41; this Python")
-    assert f"{sys.executable} -m pip install 'cryptography>=41'" in line
+    assert line.startswith("error: chatclient needs cryptography>=41, spake2>=0.9; this Python")
+    assert f"{sys.executable} -m pip install 'cryptography>=41' 'spake2>=0.9'" in line
     # works where only a copy of chatclient.py is: no pyproject needed
-    assert "python3 -m venv .venv && .venv/bin/pip install 'cryptography>=41'" in line
+    assert "python3 -m venv .venv && .venv/bin/pip install 'cryptography>=41' 'spake2>=0.9'" in line
     assert f"then run `.venv/bin/python {SCRIPT}`" in line
     assert list(tmp_path.iterdir()) == []  # no question asked, no config written
 
@@ -93,7 +93,9 @@ def test_a_cryptography_too_old_for_chatclient_is_named_with_its_version(tmp_pat
     )
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
-    assert line.startswith("error: chatclient needs cryptography>=41 (it has 38.0.4); this Python")
+    assert line.startswith(
+        "error: chatclient needs cryptography>=41 (it has 38.0.4), spake2>=0.9; this Python"
+    )
     assert list(work.iterdir()) == []
 
 
@@ -239,9 +241,9 @@ def test_a_busy_port_names_where_it_came_from(tmp_path: Path) -> None:
         assert "choose another --port" in from_flag.stderr
 
 
-def test_the_empty_key_hint_names_the_config_given(tmp_path: Path) -> None:
+def test_the_missing_config_hint_names_the_config_given(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
-    path = write_config(tmp_path / "elsewhere", "bad.ini", key="")
+    path = tmp_path / "elsewhere" / "missing.ini"
     result = run("--config", str(path), "--listen", cwd=tmp_path)
     assert result.returncode == 1
     assert f"--init --config {path}" in result.stderr

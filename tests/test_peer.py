@@ -29,11 +29,15 @@ from chatclient import (
     KeyProven,
     Message,
     MessageReceived,
+    Mode,
     PeerProtocol,
     Pending,
     Phase,
     ProtocolError,
+    Ready,
+    Refusal,
     RefusalLog,
+    Refuse,
     Reject,
     Role,
     Room,
@@ -56,16 +60,16 @@ from chatclient import (
 # --- Handshake order ------------------------------------------------------------------
 
 
-def test_a_pair_handshakes_and_both_see_established_with_the_same_code() -> None:
+def test_a_pair_handshakes_and_each_learns_the_others_identity() -> None:
     pair = PeerPair()
     pair.pump()
     assert pair.established()
     [proven, listener_done] = pair.events[pair.listener]
     assert isinstance(proven, KeyProven)
     [connector_done] = pair.events[pair.connector]
-    assert connector_done == Established("desktop", connector_done.code)  # type: ignore[union-attr]
-    assert listener_done == Established("laptop", connector_done.code)  # type: ignore[union-attr]
-    assert pair.connector.code == pair.listener.code and len(pair.connector.code) == 6
+    assert connector_done == Established("desktop", pair.listener.identity, Mode.SHARED_KEY)
+    assert listener_done == Established("laptop", pair.connector.identity, Mode.SHARED_KEY)
+    assert pair.connector.identity != pair.listener.identity
 
 
 def test_the_listener_says_nothing_before_m1_and_nothing_encrypted_before_admit() -> None:
@@ -80,9 +84,10 @@ def test_the_listener_says_nothing_before_m1_and_nothing_encrypted_before_admit(
     assert list(pair.listener.events()) == [KeyProven()]
     assert pair.listener.stage is Stage.PROVEN
     assert pair.listener.data_to_send() == b""  # no WELCOME until admitted
-    pair.listener.admit()
-    assert pair.listener.stage is Stage.WELCOME
+    pair.listener.admit()  # the connector's WELCOME came with M3: ours answers it
+    assert pair.listener.stage is Stage.READY
     assert pair.listener.data_to_send() != b""
+    assert list(pair.listener.events()) == []  # in the chat only once the connector is READY
 
 
 def test_bytes_fed_one_at_a_time_give_the_same_handshake() -> None:
@@ -289,6 +294,7 @@ def test_every_registered_message_round_trips_through_its_tag() -> None:
         Chat: Chat("hi"),
         Terminate: Terminate("bye"),
         Action: Action("waves"),
+        Refusal: Refusal(Refuse.NOT_A_CONTACT, "desktop"),
     }
     for tag, kind in MESSAGES.items():
         message = samples[kind] if kind in samples else kind()
@@ -298,12 +304,14 @@ def test_every_registered_message_round_trips_through_its_tag() -> None:
 
 def test_the_phase_table_is_derived_from_the_classes() -> None:
     assert transitions() == {
-        Phase.AWAIT_WELCOME: {Welcome: Phase.OPEN},
+        Phase.AWAIT_WELCOME: {Welcome: Phase.OPEN, Refusal: Phase.CLOSED},
         Phase.OPEN: {
             Chat: Phase.OPEN,
             Terminate: Phase.CLOSED,
             Keepalive: Phase.OPEN,
             Action: Phase.OPEN,
+            Ready: Phase.OPEN,
+            Refusal: Phase.CLOSED,
         },
         Phase.CLOSED: {},
     }

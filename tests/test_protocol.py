@@ -6,6 +6,7 @@ import argparse
 import base64
 import hashlib
 import re
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ from chatclient import (
     ListenerHandshake,
     Message,
     MessageTooLong,
+    Mode,
     Phase,
     ProtocolError,
     Reject,
@@ -62,6 +64,9 @@ from chatclient import (
 
 def frames_of(decoder: FrameDecoder) -> list[bytes]:
     return list(decoder.frames())
+
+
+KEYS = bytes(96)  # a WELCOME's identity key and signature (the session does not check them)
 
 
 def forge(receiver: Endpoint, seq: int, tag: int, body: bytes = b"") -> bytes:
@@ -387,7 +392,13 @@ def test_truncated_payload_inside_a_valid_token(payload: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("body", "words"),
-    [(b"", "empty username"), (b"n" * (MAX_NAME_BYTES + 1), "limit"), (b"\xff", "UTF-8")],
+    [
+        (KEYS, "empty username"),
+        (KEYS + b"n" * (MAX_NAME_BYTES + 1), "limit"),
+        (KEYS + b"\xff", "UTF-8"),
+        (b"", "cut short in its identity key"),
+        (bytes(95), "cut short in its signature"),
+    ],
 )
 def test_bad_welcome_is_refused(body: bytes, words: str) -> None:
     pair = ConnectionPair(welcome=False)
@@ -414,7 +425,7 @@ def test_nothing_but_welcome_before_welcome(tag: MessageType) -> None:
 
 def test_second_welcome_refused() -> None:
     pair = ConnectionPair()
-    text = refusal(pair.listener, 1, MessageType.WELCOME, b"mallory")
+    text = refusal(pair.listener, 1, MessageType.WELCOME, KEYS + b"mallory")
     assert "WELCOME" in text
     assert Phase.OPEN.value in text
 
@@ -423,8 +434,12 @@ def test_second_welcome_refused() -> None:
 def test_anything_after_terminate_refused(tag: MessageType) -> None:
     pair = ConnectionPair()
     assert pair.send(pair.connector, Terminate("bye")) == [Terminate("bye")]
-    body = b"x" if tag in (MessageType.WELCOME, MessageType.CHAT) else b""
-    text = refusal(pair.listener, 2, tag, body)
+    bodies = {
+        MessageType.WELCOME: KEYS + b"x",
+        MessageType.CHAT: b"x",
+        MessageType.REFUSAL: b"\x01x",
+    }
+    text = refusal(pair.listener, 2, tag, bodies.get(tag, b""))
     assert tag.name in text
     assert Phase.CLOSED.value in text
 
@@ -635,14 +650,12 @@ def test_key_id_does_not_contain_the_key() -> None:
 # --- handshake -------------------------------------------------------------------
 
 
-def test_handshake_agrees_on_mirrored_keys_and_code() -> None:
+def test_handshake_agrees_on_mirrored_keys_and_transcript() -> None:
     connector, listener = handshake_keys()
     assert connector.send_key == listener.recv_key
     assert connector.recv_key == listener.send_key
     assert connector.send_key != connector.recv_key
     assert connector.transcript == listener.transcript
-    assert re.fullmatch(r"\d{6}", connector.code)
-    assert connector.code == listener.code
 
 
 def test_every_handshake_gives_fresh_keys() -> None:
@@ -655,8 +668,8 @@ def test_every_handshake_gives_fresh_keys() -> None:
 def test_hello_frames_have_exact_sizes() -> None:
     connector = ConnectorHandshake(PSK)
     listener = ListenerHandshake(PSK)
-    assert len(connector.m1) == len(listener.m2) == HELLO_SIZE
-    assert connector.m1.startswith(MAGIC + bytes([VERSION]))
+    assert len(connector.m1) == len(listener.m2) + 1 == HELLO_SIZE + 1  # M1 names its mode
+    assert connector.m1.startswith(MAGIC + bytes([VERSION, Mode.SHARED_KEY]))
     assert listener.m2.startswith(MAGIC + bytes([VERSION]))
     m3, _ = connector.respond(listener.receive_commit(connector.m1))
     assert len(m3) == 64
@@ -734,7 +747,7 @@ def test_low_order_listener_key_refused(point: str) -> None:
 def test_low_order_connector_key_refused(point: str) -> None:
     public = bytes.fromhex(point)
     listener = ListenerHandshake(PSK)
-    listener.receive_commit(MAGIC + bytes([VERSION]) + hashlib.sha256(public).digest())
+    listener.receive_commit(MAGIC + bytes([VERSION, Mode.SHARED_KEY]) + sha256(public).digest())
     with pytest.raises(HandshakeError, match="key"):
         listener.receive_confirm(public + bytes(32))
 
@@ -744,7 +757,7 @@ def test_all_zero_key_message_says_so() -> None:
         ConnectorHandshake(PSK).respond(MAGIC + bytes([VERSION]) + bytes(32))
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 1, 255])
 @pytest.mark.parametrize("extra", [0, 7])
 def test_hello_of_another_version_raises_handshake_error(version: int, extra: int) -> None:
     hello = MAGIC + bytes([version]) + bytes(range(1, 33)) + bytes(extra)
@@ -828,9 +841,8 @@ def test_first_encrypted_frame_is_never_a_rejection() -> None:
 
 def test_session_of_fresh_pair_starts_at_zero() -> None:
     pair = ConnectionPair(welcome=False)
-    assert pair.listener.session.decode(forge(pair.listener, 0, MessageType.WELCOME, b"x")) == (
-        Welcome("x")
-    )
+    welcome = forge(pair.listener, 0, MessageType.WELCOME, KEYS + b"x")
+    assert pair.listener.session.decode(welcome) == Welcome("x")
 
 
 def test_session_refuses_handshake_frames() -> None:

@@ -146,7 +146,7 @@ def test_up_arrow_recalls_the_last_line(terminal: Terminal, spawn: Spawn, tmp_pa
 
 
 def answer_first_run(child: pexpect.spawn, port: int, default_port: int) -> tuple[str, str]:
-    """Accept the defaults except the port; return (username, printed key)."""
+    """Accept the defaults except the port; return (username, invite code shown)."""
     child.expect(r"Your username \[([^\]\r\n]+)\]: ")
     username = child.match.group(1)
     child.sendline("")
@@ -155,16 +155,18 @@ def answer_first_run(child: pexpect.spawn, port: int, default_port: int) -> tupl
     child.expect_exact("Address to listen on (0.0.0.0 = all interfaces) [0.0.0.0]: ")
     child.sendline("")
     child.expect_exact("Saved config.ini (readable only by you).")
-    child.expect_exact("Your new key is below. Give it to your peer privately")
-    child.expect(r"\n    ([A-Za-z0-9_-]{43}=)\r?\n")
-    key = child.match.group(1)
+    child.expect_exact("Created your identity in identity.key (readable only by you")
+    child.expect(r"Your identity: [0-9a-f]{4}( [0-9a-f]{4}){7}\r?\n")
     child.expect(r"Your IP and port are: (\S+)\r?\n")
     assert not child.match.group(1).startswith("0.0.0.0:")
+    child.expect(r"Invite code: (\d+-[a-z]+-[a-z]+)\r?\n")
+    code = child.match.group(1)
+    child.expect(rf"--connect \S+:{port} --code {code}\r?\n")
     child.expect_exact(f"Listening on 0.0.0.0:{port};")
-    return username, key
+    return username, code
 
 
-def check_saved_config(path: Path, port: int, username: str, key: str) -> None:
+def check_saved_config(path: Path, port: int, username: str, key: str = "") -> None:
     assert path.stat().st_mode & 0o777 == 0o600
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(path, encoding="utf-8")
@@ -180,17 +182,16 @@ def check_saved_config(path: Path, port: int, username: str, key: str) -> None:
 
 
 def chat_with_new_listener(
-    child: pexpect.spawn, spawn: Spawn, tmp_path: Path, port: int, username: str
+    child: pexpect.spawn, spawn: Spawn, tmp_path: Path, port: int, username: str, code: str
 ) -> None:
-    """A pipe-driven laptop with the key from config.ini connects and both sides talk."""
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(tmp_path / "config.ini", encoding="utf-8")
-    key = parser.get("parameters", "fernet_key")
-    write_config(tmp_path, "laptop.ini", port=port, key=key, username="laptop")
-    connector = spawn("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
+    """A pipe-driven laptop, in a folder of its own, joins with the invite code; both talk."""
+    (tmp_path / "laptop").mkdir()
+    write_config(tmp_path / "laptop", port=port, key="", username="laptop")
+    connector = spawn("--connect", f"127.0.0.1:{port}", "--code", code, cwd=tmp_path / "laptop")
     connector.expect(rf"^WELCOME Welcome to the chat! I am {re.escape(username)}$")
+    connector.expect(rf"^{re.escape(username)} is now a verified contact \(the invite code")
     child.expect(r"Connected by \('127\.0\.0\.1', \d+\)")
-    child.expect_exact("laptop joined the chat.")
+    child.expect_exact("laptop joined the chat (verified).")
     connector.send("hi, new listener")
     child.expect_exact("laptop says: hi, new listener")
     child.sendline("hello laptop")
@@ -203,9 +204,9 @@ def first_run_then_chat(terminal: Terminal, spawn: Spawn, tmp_path: Path, greeti
     port = free_port()
     child = terminal()
     child.expect_exact(greeting)
-    username, key = answer_first_run(child, port, default_port=50233)
-    check_saved_config(tmp_path / "config.ini", port, username, key)
-    chat_with_new_listener(child, spawn, tmp_path, port, username)
+    username, code = answer_first_run(child, port, default_port=50233)
+    check_saved_config(tmp_path / "config.ini", port, username)
+    chat_with_new_listener(child, spawn, tmp_path, port, username, code)
 
 
 def test_first_run_without_config_creates_it_and_listens(
@@ -214,7 +215,7 @@ def test_first_run_without_config_creates_it_and_listens(
     first_run_then_chat(terminal, spawn, tmp_path, "No config.ini here yet")
 
 
-def test_example_config_with_empty_key_gets_one_and_listens(
+def test_example_config_is_filled_in_and_listens_with_an_invite(
     terminal: Terminal, spawn: Spawn, tmp_path: Path
 ) -> None:
     # Shaped like the repository's example; never the checkout's own file, which
@@ -222,7 +223,7 @@ def test_example_config_with_empty_key_gets_one_and_listens(
     example = "[parameters]\nip = 0.0.0.0\nport = 50233\nfernet_key =\nusername =\n"
     (tmp_path / "config.ini").write_text(example, encoding="utf-8")
     (tmp_path / "config.ini").chmod(0o644)  # as a checkout leaves it
-    first_run_then_chat(terminal, spawn, tmp_path, "config.ini has no fernet_key yet")
+    first_run_then_chat(terminal, spawn, tmp_path, "config.ini is not filled in yet")
 
 
 def test_first_run_asks_again_for_a_port_that_is_in_use(terminal: Terminal, tmp_path: Path) -> None:
@@ -293,7 +294,9 @@ def test_a_padded_message_cannot_fake_whole_lines_by_wrapping(
     leave_from_terminal(child, connector, "desktop")
 
 
-def test_a_key_pasted_at_the_prompt_is_not_shown(terminal: Terminal, tmp_path: Path) -> None:
+def test_a_first_connect_without_key_asks_for_an_invite_code(
+    terminal: Terminal, tmp_path: Path
+) -> None:
     port = free_port()
     child = terminal("--connect", f"127.0.0.1:{port}")
     child.expect(r"Your username \[[^\]\r\n]+\]: ")
@@ -302,12 +305,14 @@ def test_a_key_pasted_at_the_prompt_is_not_shown(terminal: Terminal, tmp_path: P
     child.sendline("")
     child.expect_exact("Address to listen on (0.0.0.0 = all interfaces) [0.0.0.0]: ")
     child.sendline("")
-    child.expect_exact("it is not shown (Enter makes a new one): ")
-    child.sendline(KEY)
     child.expect_exact("Saved config.ini (readable only by you).")
+    child.expect_exact("Enter invite code: ")
+    child.sendline("7-guitarist-gazelle")
+    child.expect_exact("try again: the words of '7-guitarist-gazelle' are swapped")
+    child.expect_exact("Enter invite code: ")
+    child.sendline("7-gazelle-guitarist")
     child.expect(pexpect.EOF)  # nobody listens there: connection refused
-    assert KEY not in child.logfile_read.getvalue()
-    assert f"fernet_key = {KEY}" in (tmp_path / "config.ini").read_text(encoding="utf-8")
+    assert "fernet_key = \n" in (tmp_path / "config.ini").read_text(encoding="utf-8")
 
 
 def test_init_with_key_from_input_asks_without_echo(terminal: Terminal, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write handshake.json: the known answers of the chatclient/1 handshake.
+"""Write handshake.json: the known answers of the chatclient/2 handshake.
 
 This script implements the README / issue 3 formulas directly, with HKDF and
 HMAC written out from RFC 5869 and the Fernet spec; it never calls chatclient,
@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -35,13 +36,32 @@ CONNECTOR_PRIVATE = bytes.fromhex(
 LISTENER_PRIVATE = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
 RFC7748_SHARED = bytes.fromhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
 
+# RFC 8032 section 7.1, tests 1 and 2: the identity keys of connector and listener.
+CONNECTOR_IDENTITY = bytes.fromhex(
+    "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
+)
+LISTENER_IDENTITY = bytes.fromhex(
+    "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb"
+)
+
 MAGIC = b"CCHT"
-VERSION = 1
+VERSION = 2
+MODE_SHARED_KEY = 1
 # Fixed Fernet parts so the sample tokens are known answers too.
 TOKEN_TIME = 1_700_000_000
 TOKEN_IV = bytes(range(16))
 WELCOME_TYPE = 1
 CHAT_TYPE = 2
+READY_TYPE = 6
+
+
+def safety_half(public: bytes) -> str:
+    """30 digits from one identity key: SHA-512 iterated 5200 times, 6 chunks of 5 bytes."""
+    digest = hashlib.sha512(b"chatclient/2 safety number" + public).digest()
+    for _ in range(5200):
+        digest = hashlib.sha512(digest + public).digest()
+    chunks = [int.from_bytes(digest[i : i + 5], "big") % 100_000 for i in range(0, 30, 5)]
+    return "".join(f"{chunk:05d}" for chunk in chunks)
 
 
 def hkdf_sha256(ikm: bytes, salt: bytes | None, info: bytes, length: int) -> bytes:
@@ -75,9 +95,9 @@ def compute() -> dict[str, Any]:
     """Every value of the vector, as JSON-ready strings."""
     key = base64.urlsafe_b64decode(CONFIG_KEY)
     assert len(key) == 32
-    psk = hkdf_sha256(key, None, b"chatclient/1 psk", 32)
+    psk = hkdf_sha256(key, None, b"chatclient/2 psk", 32)
     # Cross-check the hand-written HKDF against the library's.
-    assert psk == HKDF(hashes.SHA256(), 32, None, b"chatclient/1 psk").derive(key)
+    assert psk == HKDF(hashes.SHA256(), 32, None, b"chatclient/2 psk").derive(key)
     digest = hashlib.sha256(psk).hexdigest()
     key_id = f"{digest[:4]}-{digest[4:8]}"
 
@@ -88,16 +108,35 @@ def compute() -> dict[str, Any]:
     shared = connector.exchange(listener.public_key())
     assert shared == listener.exchange(connector.public_key()) == RFC7748_SHARED
 
-    m1 = MAGIC + bytes([VERSION]) + hashlib.sha256(connector_pub).digest()
+    m1 = MAGIC + bytes([VERSION, MODE_SHARED_KEY]) + hashlib.sha256(connector_pub).digest()
     m2 = MAGIC + bytes([VERSION]) + listener_pub
     th = hashlib.sha256(m1 + m2 + connector_pub).digest()
-    okm = hkdf_sha256(shared, psk, b"chatclient/1 keys" + th, 100)
+    okm = hkdf_sha256(shared, psk, b"chatclient/2 keys" + th, 96)
     c2l, l2c, confirm_key = okm[0:32], okm[32:64], okm[64:96]
-    code = f"{int.from_bytes(okm[96:100], 'big') % 1_000_000:06d}"
     confirm_tag = hmac.new(confirm_key, b"connector" + th, hashlib.sha256).digest()
     m3 = connector_pub + confirm_tag
 
-    c2l_plain = payload(0, WELCOME_TYPE, b"laptop")
+    # Each WELCOME: identity key, Ed25519 signature (deterministic) over the label, the
+    # sender's role, a zero byte, th and the name; then the name.
+    identities = {}
+    welcomes = {}
+    for role, seed, name in (
+        ("connector", CONNECTOR_IDENTITY, b"laptop"),
+        ("listener", LISTENER_IDENTITY, b"desktop"),
+    ):
+        signer = Ed25519PrivateKey.from_private_bytes(seed)
+        identity = signer.public_key().public_bytes_raw()
+        signed = b"chatclient/2 welcome from the " + role.encode() + b"\0" + th + name
+        identities[role] = identity
+        welcomes[role] = identity + signer.sign(signed) + name
+    # RFC 8032's public keys for those secret keys.
+    assert identities["connector"].hex().startswith("d75a980182b10ab7")
+    assert identities["listener"].hex().startswith("3d4017c3e843895a")
+    ordered = sorted(identities.values())
+    digits = "".join(safety_half(key) for key in ordered)
+    safety = " ".join(digits[i : i + 5] for i in range(0, 60, 5))
+
+    c2l_plain = payload(0, WELCOME_TYPE, welcomes["connector"])
     l2c_plain = payload(1, CHAT_TYPE, "hello laptop \N{WAVING HAND SIGN}".encode())
     c2l_token = fernet_token(c2l, c2l_plain, TOKEN_TIME, TOKEN_IV)
     l2c_token = fernet_token(l2c, l2c_plain, TOKEN_TIME, TOKEN_IV)
@@ -106,7 +145,7 @@ def compute() -> dict[str, Any]:
     assert Fernet(base64.urlsafe_b64encode(l2c)).decrypt(l2c_token) == l2c_plain
     return {
         "description": (
-            "chatclient/1 handshake known answers; made by make_handshake_vector.py "
+            "chatclient/2 handshake known answers; made by make_handshake_vector.py "
             "from the protocol formulas, independently of chatclient.py"
         ),
         "config_key": CONFIG_KEY,
@@ -128,7 +167,13 @@ def compute() -> dict[str, Any]:
         "fernet_key_listener_to_connector": base64.urlsafe_b64encode(l2c).decode("ascii"),
         "confirm_key": confirm_key.hex(),
         "confirm_tag": confirm_tag.hex(),
-        "session_code": code,
+        "connector_identity_private": CONNECTOR_IDENTITY.hex(),
+        "listener_identity_private": LISTENER_IDENTITY.hex(),
+        "connector_identity": identities["connector"].hex(),
+        "listener_identity": identities["listener"].hex(),
+        "connector_welcome_body": welcomes["connector"].hex(),
+        "listener_welcome_body": welcomes["listener"].hex(),
+        "safety_number": safety,
         "token_time": TOKEN_TIME,
         "token_iv": TOKEN_IV.hex(),
         "connector_to_listener_payload": c2l_plain.hex(),
