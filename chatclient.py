@@ -446,7 +446,8 @@ def render_config(config: Config) -> str:
         "# Address to listen on; 0.0.0.0 (or ::) means all interfaces.\n"
         f"ip = {config.ip}\n"
         f"port = {config.port}\n"
-        f"# Both people need the same key: `{PROGRAM} --genkey` makes one.\n"
+        "# Optional: a key both people share (chatclient.py --genkey makes one).\n"
+        "# Left empty, you chat by invite codes and, after that, as contacts.\n"
         f"fernet_key = {config.fernet_key}\n"
         f"username = {config.username}\n"
         "# Optional: [14:03] before incoming lines, and the terminal bell for each.\n"
@@ -3796,14 +3797,18 @@ def ask_until_valid(
 
 
 def first_run(config: Config, args: Options, term: Terminal) -> Config:
-    """The questions a first run asks on a terminal; every answer has a default."""
+    """The questions a first run asks on a terminal; every answer has a default.
+
+    With --connect only the name is asked: where to listen is for a later --listen,
+    and the defaults stay in config.ini to change.
+    """
     username = args.username or config.username or login_name()
     if not args.username:
         username = ask_until_valid(
             term, "Your username", username, lambda v: check_username(v, "username")
         )
     port, ip = config.port, config.ip
-    while True:
+    while not args.connect:
         if not args.port:
             port = int(
                 ask_until_valid(
@@ -3813,7 +3818,7 @@ def first_run(config: Config, args: Options, term: Terminal) -> Config:
         ip = ask_until_valid(
             term, "Address to listen on (0.0.0.0 = all interfaces)", ip, lambda v: v
         )
-        if args.connect or (problem := listen_problem(ip, port)) is None:
+        if (problem := listen_problem(ip, port)) is None:
             break
         if args.port:
             raise NetworkError(problem)
@@ -3967,8 +3972,8 @@ def forget_peer(args: Options, term: Terminal) -> None:
 def ask_code(term: Terminal, psk: bytes | None, known: KnownPeers) -> str | None:
     """The invite code to connect with: asked only with no key and no contacts yet.
 
-    No answer (Enter, or no input at all) connects as a contact, which a listener
-    that does not know this identity refuses with a line saying to ask for a code.
+    An empty answer connects as a contact, which a listener that does not know
+    this identity refuses with a line saying to ask for a code.
     """
     if psk is not None or known.peers:
         return None
@@ -3976,7 +3981,10 @@ def ask_code(term: Terminal, psk: bytes | None, known: KnownPeers) -> str | None
         try:
             answer = term.ask("Enter invite code: ")
         except EOFError:
-            return None
+            raise ConfigError(
+                "no invite code (end of input): add --code CODE, the code your peer's "
+                "chatclient shows"
+            ) from None
         if not answer.strip():
             return None
         try:

@@ -300,11 +300,7 @@ def test_a_first_connect_without_key_asks_for_an_invite_code(
     port = free_port()
     child = terminal("--connect", f"127.0.0.1:{port}")
     child.expect(r"Your username \[[^\]\r\n]+\]: ")
-    child.sendline("laptop")
-    child.expect_exact("Port to listen on [50233]: ")
-    child.sendline("")
-    child.expect_exact("Address to listen on (0.0.0.0 = all interfaces) [0.0.0.0]: ")
-    child.sendline("")
+    child.sendline("laptop")  # a connector is asked nothing about listening
     child.expect_exact("Saved config.ini (readable only by you).")
     child.expect_exact("Enter invite code: ")
     child.sendline("7-guitarist-gazelle")
@@ -312,7 +308,9 @@ def test_a_first_connect_without_key_asks_for_an_invite_code(
     child.expect_exact("Enter invite code: ")
     child.sendline("7-gazelle-guitarist")
     child.expect(pexpect.EOF)  # nobody listens there: connection refused
-    assert "fernet_key = \n" in (tmp_path / "config.ini").read_text(encoding="utf-8")
+    saved = (tmp_path / "config.ini").read_text(encoding="utf-8")
+    assert "fernet_key = \n" in saved and "port = 50233\n" in saved
+    assert "Port to listen on" not in child.logfile_read.getvalue()
 
 
 def test_init_with_key_from_input_asks_without_echo(terminal: Terminal, tmp_path: Path) -> None:
