@@ -321,14 +321,27 @@ def parse_port(text: str, what: str = "") -> int:
 def check_username(name: str, where: str = "") -> str:
     """A username that fits the protocol and prints safely; `where` prefixes errors."""
     name = name.strip()
-    prefix = f"{where}: " if where else ""
-    if not name:
-        raise ConfigError(f"{prefix}username is empty: set a name your peer will see")
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        raise ConfigError(f"{prefix}username is longer than {MAX_NAME_BYTES} bytes")
-    if sanitize(name) != name:
-        raise ConfigError(f"{prefix}username must not contain control characters")
+    if (problem := name_problem(name)) is not None:
+        prefix = f"{where}: " if where else ""
+        hint = ": set a name your peer will see" if not name else ""
+        raise ConfigError(f"{prefix}username {problem}{hint}")
     return name
+
+
+def name_problem(name: str) -> str | None:
+    """What makes `name` unfit for a username, or None: the rule for our own name, a
+    peer's, and each name in known_peers (a '#' would read as a comment there)."""
+    if not name:
+        return "is empty"
+    if name != name.strip():
+        return "must not start or end with a space"
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    if sanitize(name) != name:
+        return "must not contain control characters"
+    if name.startswith("#"):
+        return "must not start with '#'"
+    return None
 
 
 _SWITCHES = {"yes": True, "on": True, "true": True, "1": True}
@@ -787,7 +800,6 @@ class ListenerHandshake:
         self._shared_psk = psk
         self._psk = b""
         self._invite = invite
-        self._trying = False  # this connection holds one of the invite's tries
         self._private = private_key or generate_private_key()
         self._m1 = b""
         self.mode = Mode.SHARED_KEY
@@ -816,9 +828,8 @@ class ListenerHandshake:
         return self.m2
 
     def _take_invite(self, spake_message: bytes) -> bytes:
-        if self._invite is None or not self._invite.try_it():
+        if self._invite is None or not self._invite.open:
             raise Rejected(Reject.NO_INVITE, "it tried an invite code, and none is open")
-        self._trying = True
         spake, answer = start_spake(self._invite.code, Role.LISTENER)
         psk = finish_spake(spake, spake_message)
         self.m2 += answer
@@ -833,25 +844,27 @@ class ListenerHandshake:
         secret = shared_secret(self._private, check_peer_key(connector_public))
         th = hashlib.sha256(self._m1 + self.m2 + connector_public).digest()
         c2l, l2c, confirm = derive_keys(secret, self._psk, th)
-        if not hmac.compare_digest(confirm_tag(confirm, th), tag):
-            if self.mode is Mode.INVITE:
-                self.release(False)
-                raise KeyMismatch(wrong_code_text(self._invite))
+        matched = hmac.compare_digest(confirm_tag(confirm, th), tag)
+        if self.mode is Mode.INVITE:
+            self._check_invite(matched)
+        if not matched:
             raise KeyMismatch(KEY_MISMATCH_TEXT)
-        self.release(True)
         return SessionKeys(send_key=l2c, recv_key=c2l, transcript=th)
 
-    def release(self, worked: bool | None = None) -> None:
-        """End this connection's try of the invite, if it holds one."""
-        if self._trying and self._invite is not None:
-            self._trying = False
-            self._invite.tried(worked)
-
-
-def wrong_code_text(invite: Invite | None) -> str:
-    """The listener's line for a wrong invite code."""
-    left = MAX_INVITE_FAILURES - (invite.failures if invite else MAX_INVITE_FAILURES)
-    return f"it gave a wrong invite code ({left} of {MAX_INVITE_FAILURES} tries left)"
+    def _check_invite(self, matched: bool) -> None:
+        """Spend one guess on the invite. Only here does a guesser learn anything, and
+        the one network thread takes M3s one at a time, so no more than
+        MAX_INVITE_FAILURES are ever answered, however many run at once."""
+        invite = self._invite
+        assert invite is not None
+        if not invite.open:  # used or void while this handshake ran: no answer
+            raise Rejected(Reject.NO_INVITE, "it tried an invite code, and none is open now")
+        invite.tried(matched)
+        if not matched:
+            left = MAX_INVITE_FAILURES - invite.failures
+            raise KeyMismatch(
+                f"it gave a wrong invite code ({left} of {MAX_INVITE_FAILURES} tries left)"
+            )
 
 
 # --- Identities, contacts and invite codes ------------------------------------
@@ -994,6 +1007,8 @@ class KnownPeers:
                     "verified|unverified: mend it or delete the line"
                 )
             name, key_text, first_seen, trust = fields
+            if (name_issue := name_problem(name)) is not None:
+                raise ConfigError(f"{problem}: the name {name_issue}: mend it or delete the line")
             key = decode_base64_key(key_text[len(PEER_KEY_PREFIX) :], base64.b64encode)
             if key is None or trust not in ("verified", "unverified"):
                 what = "key" if key is None else "trust (verified or unverified)"
@@ -1103,7 +1118,15 @@ def parse_invite_code(text: str) -> str:
         raise ConfigError(
             f"the words of {text.strip()!r} are swapped: try {number}-{second}-{first}"
         )
-    for word, words in ((first, EVEN_WORDS), (second, ODD_WORDS)):
+    for place, word, words, other in (
+        ("first", first, EVEN_WORDS, ODD_WORDS),
+        ("second", second, ODD_WORDS, EVEN_WORDS),
+    ):
+        if word in other:
+            raise ConfigError(
+                f"{word!r} cannot be the {place} word of an invite code: check the code with "
+                "the person who gave it"
+            )
         if word not in words:
             raise ConfigError(
                 f"{word!r} is not a word invite codes use: check the code with the person "
@@ -1115,34 +1138,30 @@ def parse_invite_code(text: str) -> str:
 class Invite:
     """The listener's one-time invite: single use, void after MAX_INVITE_FAILURES.
 
-    Each connection that tries it holds one of the tries while its handshake runs,
-    so no more than MAX_INVITE_FAILURES guesses are ever in play.
+    A try counts when its confirmation is checked (the only answer a guesser gets);
+    a connection that goes away before that learned nothing and costs nothing.
     """
 
     def __init__(self, code: str) -> None:
         self.code = code
         self.failures = 0
         self.used = False
-        self._trying = 0
 
     @property
     def void(self) -> bool:
         """True once the code was guessed wrong MAX_INVITE_FAILURES times."""
         return self.failures >= MAX_INVITE_FAILURES
 
-    def try_it(self) -> bool:
-        """Take one try; False when the code is used, void, or all its tries are in play."""
-        if self.used or self.failures + self._trying >= MAX_INVITE_FAILURES:
-            return False
-        self._trying += 1
-        return True
+    @property
+    def open(self) -> bool:
+        """True while the code can still be tried."""
+        return not self.used and not self.void
 
-    def tried(self, worked: bool | None) -> None:
-        """A try ended: the code matched, did not match, or (None) was never checked."""
-        self._trying -= 1
+    def tried(self, worked: bool) -> None:
+        """A checked try: the code matched (the invite is used up) or did not."""
         if worked:
             self.used = True
-        elif worked is not None:
+        else:
             self.failures += 1
 
 
@@ -1466,10 +1485,7 @@ class Welcome(Message):
     def decode_body(cls, body: FieldReader) -> Message:
         identity = body.fixed(32, "identity key")
         signature = body.fixed(64, "signature")
-        name = body.rest_text(MAX_NAME_BYTES, "username")
-        if not name:
-            raise ProtocolError("the peer sent an empty username")
-        return cls(name, identity, signature)
+        return cls(peer_name(body), identity, signature)
 
 
 @dataclass(frozen=True)
@@ -1563,10 +1579,15 @@ class Refusal(Message):
     @classmethod
     def decode_body(cls, body: FieldReader) -> Message:
         reason = body.integer(1, "reason")
-        name = body.rest_text(MAX_NAME_BYTES, "username")
-        if not name:
-            raise ProtocolError("the peer sent an empty username")
-        return cls(reason, name)
+        return cls(reason, peer_name(body))
+
+
+def peer_name(body: FieldReader) -> str:
+    """The rest of the body as a name, held to the rules of our own usernames."""
+    name = body.rest_text(MAX_NAME_BYTES, "username")
+    if (problem := name_problem(name)) is not None:
+        raise ProtocolError(f"the peer's name {problem}")
+    return name
 
 
 def encode_payload(seq: int, message: Message) -> bytes:
@@ -1738,11 +1759,12 @@ HANDSHAKE_STAGES = frozenset({Stage.HELLO, Stage.CONFIRM, Stage.PROVEN, Stage.WE
 
 
 class IdentityRefused(HandshakeError):
-    """This side refuses the identity the peer offered; the peer is told why."""
+    """This side refuses the identity the peer offered under `name`; the peer is told why."""
 
-    def __init__(self, reason: Refuse, text: str) -> None:
+    def __init__(self, reason: Refuse, text: str, name: str = "") -> None:
         super().__init__(text)
         self.reason = reason
+        self.name = name
 
 
 # Decides whether the identity a peer offers under a name may in (for this mode):
@@ -1926,7 +1948,6 @@ class PeerProtocol:
         """Tell the connector why it is refused; the connection is over."""
         self._outgoing += encode_frame(reject_frame(reason))
         self.stage = Stage.CLOSED
-        self._release_invite()
 
     # Time ---------------------------------------------------------------------
 
@@ -2041,6 +2062,9 @@ class PeerProtocol:
         except KeyMismatch:
             self._outgoing += encode_frame(reject_frame(Reject.KEY_MISMATCH))
             raise
+        except Rejected as exc:
+            self._outgoing += encode_frame(reject_frame(exc.reason))
+            raise
         self.stage = Stage.PROVEN
         self._events.append(KeyProven())
 
@@ -2127,12 +2151,7 @@ class PeerProtocol:
         if self.stage is Stage.OPEN and not isinstance(error, ConnectionLost):
             error = ConnectionLost(str(error))
         self.stage = Stage.CLOSED
-        self._release_invite()
         self._events.append(Failed(error))
-
-    def _release_invite(self) -> None:
-        if self._listener is not None:
-            self._listener.release()
 
 
 # --- Listener: admission rules (pure) -----------------------------------------
@@ -2592,6 +2611,7 @@ class Network:
         self._server: socket.socket | None = None
         self._accept_paused_until: float | None = None
         self._refusals = RefusalLog()
+        self._impostors = RefusalLog()
         self._abandoned = AbandonLog()
         self._leaving = False
         self._invite_reported = False
@@ -2761,7 +2781,7 @@ class Network:
                 deadlines.append(link.leave_by)
             if link.peer.pending() or link.peer.stage is Stage.CLOSED:
                 self._settle(link, now)
-        for log in (self._refusals, self._abandoned):
+        for log in (self._refusals, self._impostors, self._abandoned):
             for line in log.summaries(now):
                 self._user.refused(line)
             if (due := log.next_deadline()) is not None:
@@ -2911,8 +2931,6 @@ class Network:
     def _close(self, link: Link) -> None:
         if not self._is_open(link):
             return
-        if link.peer.stage in HANDSHAKE_STAGES:  # evicted: its invite try, if any, ends
-            link.peer.connection_failed("dropped by this side")
         del self._links[link.fd]
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(link.sock)
@@ -2932,6 +2950,13 @@ class Network:
         elif link.peer.mode is Mode.INVITE and isinstance(error, KeyMismatch):
             # Each wrong code is shown: there are only MAX_INVITE_FAILURES of them.
             self._user.refused(f"Refused a connection from {link.address!r}: {error}")
+        elif isinstance(error, IdentityRefused) and error.reason is Refuse.IDENTITY_CHANGED:
+            # Loud whatever else that address did, and even during a chat; one warning
+            # per claimed name every REFUSAL_SUMMARY_SECONDS, the rest counted.
+            line = f"Refused a connection from {link.address!r}: {error}"
+            claimed = f"someone claiming to be {sanitize(error.name)}"
+            if (shown := self._impostors.refused(claimed, line, now)) is not None:
+                self._user.refused(shown)
         else:
             self._report(link, "Refused a connection from", str(error), now)
         invite = self._invite
@@ -3284,10 +3309,10 @@ def identity_judge(config_path: str, role: Role) -> Judge:
 
     def judge(name: str, identity: bytes, mode: Mode) -> None:
         seen = read_known_peers(known_path).recognize(name, identity)
-        if seen.trust is Trust.CHANGED and mode is not Mode.INVITE:
+        if seen.trust is Trust.CHANGED:  # an invite code vouches for nobody's old name
             assert seen.pinned is not None
             warning = changed_identity(config_path, seen.pinned, identity)
-            raise IdentityRefused(Refuse.IDENTITY_CHANGED, warning)
+            raise IdentityRefused(Refuse.IDENTITY_CHANGED, warning, name)
         if mode is Mode.CONTACT and seen.trust is Trust.NEW:
             shown = sanitize(name)
             if role is Role.LISTENER:
@@ -3440,8 +3465,6 @@ class Conversation:
             arrival = [f"Connected by {link.address!r}", f"{shown} joined the chat{joined}"]
         else:
             arrival = [f"WELCOME Welcome to the chat! I am {shown}"]
-            if verified and event.mode is not Mode.INVITE:
-                arrival.append(f"{shown} is verified (you compared safety numbers before).")
         return arrival + trust
 
     def _pin(self, event: Established, seen: Recognition) -> list[str]:
@@ -3455,12 +3478,7 @@ class Conversation:
                 f"{shown} has the identity you know as {sanitize(', '.join(seen.aliases))}: "
                 "the same person under a new name."
             )
-        if seen.trust is Trust.CHANGED and by_invite:
-            lines.append(
-                f"{shown}'s identity changed; the invite code vouches for the new one, "
-                "which replaces the old."
-            )
-        if seen.pinned is None or seen.trust is Trust.CHANGED or by_invite:
+        if seen.pinned is None or by_invite:
             # A new name for a known identity keeps that identity's trust.
             verified = by_invite or seen.trust is Trust.VERIFIED
             update_known_peers(
@@ -3471,6 +3489,8 @@ class Conversation:
                 f"{shown} is now a verified contact (the invite code proved it): identity "
                 f"{identity}."
             )
+        elif seen.trust is Trust.VERIFIED:
+            lines.append(f"{shown} is a verified contact (/verify shows your safety number).")
         elif seen.trust is Trust.NEW:
             lines.append(
                 f"First contact with {shown}: identity {identity} saved (compare safety "
@@ -3711,9 +3731,9 @@ class Conversation:
             self.term.show(
                 f"Safety number with {sanitize(peer.name)}:\n"
                 f"    {safety_number(self.identity, peer.identity)}\n"
-                "Compare all 60 digits with theirs, by voice or side by side: the same "
-                "digits mean nobody\nis in the middle. If they match, type /verify ok "
-                "(a few matching digits prove nothing)."
+                "Compare all 60 digits with theirs, by voice or side by side.\n"
+                "The same 60 digits mean nobody is in the middle; a few matching prove nothing.\n"
+                f"If they match, type /verify ok to remember {sanitize(peer.name)} as verified."
             )
         return False
 
@@ -3965,7 +3985,7 @@ def forget_peer(args: Options, term: Terminal) -> None:
     assert entry is not None  # forget() found it
     term.show(
         f"Forgot {sanitize(name)} (identity {fingerprint(entry.key)}): removed from {path}. "
-        "Its next connection is a first contact again."
+        "A connection under that name is a first contact again."
     )
 
 

@@ -90,7 +90,7 @@ def test_strangers_become_contacts_by_invite_then_chat_with_no_key(
     listener, _ = listen(spawn, desktop)
     connector = spawn("--connect", f"127.0.0.1:{port}", cwd=laptop)
     connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
-    connector.expect(r"^desktop is verified ")
+    connector.expect(r"^desktop is a verified contact \(/verify shows your safety number\)\.$")
     listener.expect(r"^laptop joined the chat \(verified\)\.$")
     connector.send("hello as a contact")
     listener.expect(r"^laptop says: hello as a contact$")
@@ -175,6 +175,13 @@ def test_a_changed_identity_is_refused_loudly_on_the_listener_then_forget_accept
     (laptop / "identity.key").rename(laptop / "identity.key.old")  # laptop starts over
 
     listener, _ = listen(spawn, desktop)
+    # A cheap refusal from the same address first must not silence the warning.
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as probe:
+        probe.sendall(b"\x00\x00\x00\x05hello")
+        probe.settimeout(TIMEOUT)
+        while probe.recv(4096):
+            pass
+    listener.expect(r"^Refused a connection from \('127\.0\.0\.1', ", stream="err")
     connector = spawn("--connect", f"127.0.0.1:{port}", cwd=laptop)
     connector.expect(r"^Created your identity in identity\.key")
     refusal = connector.expect(r"^error: desktop refused the connection", stream="err")

@@ -20,7 +20,6 @@ from pair import PSK, FakeClock, PeerPair
 from chatclient import (
     EVEN_WORDS,
     MAX_INVITE_FAILURES,
-    MAX_NAME_BYTES,
     ODD_WORDS,
     AbandonLog,
     ConfigError,
@@ -45,6 +44,7 @@ from chatclient import (
     fingerprint,
     identity_judge,
     load_identity,
+    name_problem,
     new_invite_code,
     parse_invite_code,
     read_known_peers,
@@ -205,6 +205,8 @@ def test_codes_are_read_leniently_and_checked_strictly() -> None:
         parse_invite_code("7-guitarist-gazelle")
     with pytest.raises(ConfigError, match="'gazele' is not a word"):
         parse_invite_code("7-gazele-guitarist")
+    with pytest.raises(ConfigError, match="'aardvark' cannot be the second word"):
+        parse_invite_code("7-aardvark-aardvark")
     for bad in ("", "gazelle-guitarist", "0-gazelle-guitarist", "100-gazelle-guitarist"):
         with pytest.raises(ConfigError, match="is not an invite code"):
             parse_invite_code(bad)
@@ -213,21 +215,12 @@ def test_codes_are_read_leniently_and_checked_strictly() -> None:
 def test_an_invite_allows_three_wrong_tries_and_one_right_one() -> None:
     invite = Invite("7-gazelle-guitarist")
     for _ in range(MAX_INVITE_FAILURES):
-        assert invite.try_it()
+        assert invite.open
         invite.tried(False)
-    assert invite.void and not invite.try_it()
+    assert invite.void and not invite.open
     used = Invite("7-gazelle-guitarist")
-    assert used.try_it()
     used.tried(True)
-    assert used.used and not used.try_it()
-
-
-def test_tries_in_flight_count_against_the_limit_until_they_end_unchecked() -> None:
-    invite = Invite("7-gazelle-guitarist")
-    assert all(invite.try_it() for _ in range(MAX_INVITE_FAILURES))
-    assert not invite.try_it()
-    invite.tried(None)  # abandoned before the code was checked: the try comes back
-    assert invite.try_it()
+    assert used.used and not used.open
 
 
 # --- Protocol 2 between two PeerProtocols ----------------------------------------------------
@@ -456,18 +449,77 @@ def test_a_handshake_abandoned_after_m2_is_marked_so() -> None:
     assert not silent.abandoned  # never got as far as M2
 
 
-def test_an_abandoned_invite_try_is_given_back() -> None:
+def test_abandoned_invite_tries_cost_nothing_and_never_block_the_invitee() -> None:
     invite = Invite("7-gazelle-guitarist")
-    for _ in range(5):
+    idle = []
+    for _ in range(5):  # half-finished tries, some left hanging, some given up
         pair = PeerPair(
             connector_psk=None,
             listener_psk=None,
-            connector={"code": "7-gazelle-guitarist"},
+            connector={"code": "8-gazelle-guitarist"},
             listener={"invite": invite},
         )
         pair.listener.receive_data(pair.connector.data_to_send(), 0)
-        pair.listener.receive_data(b"", 0)
-    assert not invite.void and invite.try_it()
+        idle.append(pair)
+    idle[0].listener.receive_data(b"", 0)
+    assert invite.open and invite.failures == 0
+    real = invite_pair("7-gazelle-guitarist", invite)
+    assert real.established() and invite.used
+
+
+def test_guesses_in_flight_get_no_answer_once_the_invite_is_void() -> None:
+    invite = Invite("7-gazelle-guitarist")
+    pairs = []
+    for _ in range(MAX_INVITE_FAILURES + 2):  # all reach M2 before any M3 is checked
+        pair = PeerPair(
+            connector_psk=None,
+            listener_psk=None,
+            connector={"code": "8-gazelle-guitarist"},
+            listener={"invite": invite},
+        )
+        pair.listener.receive_data(pair.connector.data_to_send(), 0)
+        pair.connector.receive_data(pair.listener.data_to_send(), 0)
+        pairs.append(pair)
+    answers = []
+    for pair in pairs:
+        pair.pump()
+        [failed] = pair.events[pair.connector]
+        answers.append(str(failed.error))  # type: ignore[attr-defined]
+    assert invite.void and invite.failures == MAX_INVITE_FAILURES
+    assert [a.startswith("the invite code is wrong") for a in answers] == [True] * 3 + [False] * 2
+    assert all("no open invite" in a for a in answers[3:])
+
+
+def test_an_invite_does_not_let_a_newcomer_take_a_pinned_name(tmp_path: Path) -> None:
+    config = str(tmp_path / "config.ini")
+    update_known_peers(str(tmp_path / "known_peers"), lambda p: p.pin("laptop", ALICE, True, "t"))
+    judge = identity_judge(config, Role.LISTENER)
+    with pytest.raises(IdentityRefused, match="laptop's identity has changed"):
+        judge("laptop", BOB, Mode.INVITE)
+    judge("laptop", ALICE, Mode.INVITE)  # the pinned one is welcome
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("#\nlaptop", "control characters"),
+        ("zz ", "start or end with a space"),
+        ("#ops", "must not start with '#'"),
+        ("e\x1b[2Jx", "control characters"),
+        ("", "is empty"),
+    ],
+)
+def test_a_peer_name_that_could_not_be_pinned_safely_is_refused(name: str, words: str) -> None:
+    body = bytes(96) + name.encode()
+    with pytest.raises(ProtocolError, match=f"the peer's name .*{re.escape(words)}"):
+        Welcome.decode_body(FieldReader(body, "welcome"))
+    with pytest.raises(ProtocolError, match=re.escape(words)):
+        Refusal.decode_body(FieldReader(b"\x01" + name.encode(), "refusal"))
+
+
+def test_known_peers_refuses_a_name_it_could_not_show_safely() -> None:
+    with pytest.raises(ConfigError, match="line 1: the name must not contain control characters"):
+        KnownPeers.parse("kp", f"be\x07ll ed25519:{B64} t verified\n")
 
 
 def test_abandoned_handshakes_are_counted_per_address_and_summarised() -> None:
@@ -524,7 +576,7 @@ def test_a_man_in_the_middle_with_the_key_shows_different_safety_numbers() -> No
 
 
 @given(
-    name=st.text(min_size=1, max_size=20).filter(lambda t: len(t.encode()) <= MAX_NAME_BYTES),
+    name=st.text(min_size=1, max_size=20).filter(lambda t: name_problem(t) is None),
     identity=st.binary(min_size=32, max_size=32),
     signature=st.binary(min_size=64, max_size=64),
 )
@@ -533,7 +585,10 @@ def test_welcome_round_trips(name: str, identity: bytes, signature: bytes) -> No
     assert Welcome.decode_body(FieldReader(welcome.encode_body(), "welcome")) == welcome
 
 
-@given(reason=st.integers(0, 255), name=st.text(min_size=1, max_size=20))
+@given(
+    reason=st.integers(0, 255),
+    name=st.text(min_size=1, max_size=20).filter(lambda t: name_problem(t) is None),
+)
 def test_refusal_round_trips(reason: int, name: str) -> None:
     refusal = Refusal(reason, name)
     assert Refusal.decode_body(FieldReader(refusal.encode_body(), "refusal")) == refusal
@@ -547,5 +602,5 @@ def test_new_message_bodies_fail_only_with_protocol_errors(body: bytes) -> None:
 
 
 def test_a_refusal_needs_a_name() -> None:
-    with pytest.raises(ProtocolError, match="empty username"):
+    with pytest.raises(ProtocolError, match="name is empty"):
         Refusal.decode_body(FieldReader(b"\x01", "refusal"))

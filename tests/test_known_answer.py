@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from chatclient import (
     FRAME_HEADER,
+    SPAKE_SIZE,
     Chat,
     ConnectorHandshake,
     ListenerHandshake,
@@ -27,8 +28,10 @@ from chatclient import (
     SessionKeys,
     Welcome,
     confirm_tag,
+    contact_psk,
     derive_keys,
     derive_psk,
+    finish_spake,
     key_id,
     public_bytes,
     safety_number,
@@ -75,6 +78,16 @@ def test_psk_and_key_id() -> None:
     psk = derive_psk(base64.urlsafe_b64decode(V["config_key"]))
     assert psk.hex() == V["psk"]
     assert key_id(psk) == V["key_id"]
+
+
+def test_the_psks_of_contacts_and_of_invites() -> None:
+    assert contact_psk().hex() == V["contact_psk"]
+
+    class FixedSpake:
+        def finish(self, message: bytes) -> bytes:
+            return h("spake2_key")
+
+    assert finish_spake(FixedSpake(), bytes(SPAKE_SIZE)).hex() == V["invite_psk"]
 
 
 def test_public_keys() -> None:

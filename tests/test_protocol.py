@@ -393,7 +393,7 @@ def test_truncated_payload_inside_a_valid_token(payload: bytes) -> None:
 @pytest.mark.parametrize(
     ("body", "words"),
     [
-        (KEYS, "empty username"),
+        (KEYS, "name is empty"),
         (KEYS + b"n" * (MAX_NAME_BYTES + 1), "limit"),
         (KEYS + b"\xff", "UTF-8"),
         (b"", "cut short in its identity key"),

@@ -44,6 +44,8 @@ LISTENER_IDENTITY = bytes.fromhex(
     "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb"
 )
 
+SPAKE2_KEY = bytes(range(100, 132))
+
 MAGIC = b"CCHT"
 VERSION = 2
 MODE_SHARED_KEY = 1
@@ -100,6 +102,10 @@ def compute() -> dict[str, Any]:
     assert psk == HKDF(hashes.SHA256(), 32, None, b"chatclient/2 psk").derive(key)
     digest = hashlib.sha256(psk).hexdigest()
     key_id = f"{digest[:4]}-{digest[4:8]}"
+    # Mode 3's public PSK, and mode 2's PSK from a fixed SPAKE2 result (SPAKE2 itself
+    # is randomised; its key is HKDF'd the same way whatever it is).
+    contact_psk = hkdf_sha256(b"", None, b"chatclient/2 contacts", 32)
+    invite_psk = hkdf_sha256(SPAKE2_KEY, None, b"chatclient/2 invite", 32)
 
     connector = X25519PrivateKey.from_private_bytes(CONNECTOR_PRIVATE)
     listener = X25519PrivateKey.from_private_bytes(LISTENER_PRIVATE)
@@ -155,6 +161,9 @@ def compute() -> dict[str, Any]:
         "listener_public": listener_pub.hex(),
         "psk": psk.hex(),
         "key_id": key_id,
+        "contact_psk": contact_psk.hex(),
+        "spake2_key": SPAKE2_KEY.hex(),
+        "invite_psk": invite_psk.hex(),
         "shared_secret": shared.hex(),
         "m1": m1.hex(),
         "m2": m2.hex(),
