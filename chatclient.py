@@ -989,7 +989,7 @@ class Recognition:
 
 
 class KnownPeers:
-    """The contents of known_peers: pure; read_known_peers and save_known_peers do the I/O."""
+    """The contents of known_peers: pure; read_known_peers and update_known_peers do the I/O."""
 
     def __init__(self, path: str, peers: Sequence[KnownPeer] = ()) -> None:
         self.path = path
