@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, NoReturn, Protocol, TextIO
 
@@ -69,7 +70,7 @@ DEAD_AFTER_INTERVALS = 2.5
 GOODBYE_DRAIN_SECONDS = 2.0
 REFUSAL_SUMMARY_SECONDS = 10.0
 # What may wait unsent for one peer; a peer that lets more pile up is not reading.
-MAX_OUTGOING = 16 * 1024 * 1024
+MAX_OUTGOING = 4 * 1024 * 1024
 # Above this much unsent, the network thread takes no more messages from this side
 # until the peer has read some, and a sender waits once this many are queued.
 HIGH_WATER = 1024 * 1024
@@ -526,6 +527,8 @@ KEYS_INFO = b"chatclient/2 keys"
 CONFIRM_LABEL = b"connector"
 WELCOME_LABEL = b"chatclient/2 welcome from the "
 SPAKE_IDS = {"idA": b"chatclient connector", "idB": b"chatclient listener"}
+WORDS_LABEL = b"chatclient/2 words\0"
+ROOM_ID_SIZE = 16
 OKM_SIZE = 32 + 32 + 32
 
 
@@ -732,13 +735,14 @@ def confirm_tag(confirm_key: bytes, th: bytes) -> bytes:
     return hmac.new(confirm_key, CONFIRM_LABEL + th, hashlib.sha256).digest()
 
 
-def welcome_signed_data(sender: Role, th: bytes, name: str) -> bytes:
-    """What a WELCOME's signature covers: the sender's role, the transcript, its name.
+def welcome_signed_data(sender: Role, th: bytes, name: str, room: bytes) -> bytes:
+    """What a WELCOME's signature covers: the sender's role, the transcript, room, name.
 
     The role stops a signature being reflected to its sender, the transcript
     stops it being replayed into another session.
     """
-    return WELCOME_LABEL + sender.value.encode("ascii") + b"\0" + th + name.encode("utf-8")
+    role = sender.value.encode("ascii")
+    return WELCOME_LABEL + role + b"\0" + th + room + name.encode("utf-8")
 
 
 def verify_signature(identity: bytes, signature: bytes, data: bytes) -> None:
@@ -1478,19 +1482,22 @@ class Welcome(Message):
     AFTER: ClassVar[Phase] = Phase.AWAIT_WELCOME
     name: str
     identity: bytes = bytes(32)  # Ed25519 public key
-    signature: bytes = bytes(64)  # over welcome_signed_data(sender's role, th, name)
+    signature: bytes = bytes(64)  # over welcome_signed_data(sender's role, th, room, name)
+    room: bytes = bytes(ROOM_ID_SIZE)  # the host's room, which members' words are signed for
 
     def encode_body(self) -> bytes:
         check_size("identity key", self.identity, 32)
         check_size("signature", self.signature, 64)
+        check_size("room", self.room, ROOM_ID_SIZE)
         name = encode_text(self.name, MAX_NAME_BYTES, "username")
-        return self.identity + self.signature + name
+        return self.identity + self.signature + self.room + name
 
     @classmethod
     def decode_body(cls, body: FieldReader) -> Message:
         identity = body.fixed(32, "identity key")
         signature = body.fixed(64, "signature")
-        return cls(peer_name(body), identity, signature)
+        room = body.fixed(ROOM_ID_SIZE, "room")
+        return cls(peer_name(body), identity, signature, room)
 
 
 @dataclass(frozen=True)
@@ -1565,6 +1572,8 @@ class Refuse(IntEnum):
     IDENTITY_CHANGED = 1  # a different identity is pinned under the sender's name
     NOT_A_CONTACT = 2  # no key, no code, and an identity the listener does not know
     UNKNOWN_LISTENER = 3  # a connector expected a contact and met a stranger
+    NAME_TAKEN = 4  # someone in the room already has that name
+    ROOM_FULL = 5  # the room has its most members (the number says how many)
 
 
 @dataclass(frozen=True)
@@ -1577,22 +1586,175 @@ class Refusal(Message):
     LEADS_TO: ClassVar[Phase] = Phase.CLOSED
     reason: int
     name: str  # who refuses: the connector has not seen the listener's WELCOME
+    number: int = 0  # ROOM_FULL: the room's size
 
     def encode_body(self) -> bytes:
-        return int_field(self.reason, 1) + encode_text(self.name, MAX_NAME_BYTES, "username")
+        name = encode_text(self.name, MAX_NAME_BYTES, "username")
+        return int_field(self.reason, 1) + int_field(self.number, 2) + name
 
     @classmethod
     def decode_body(cls, body: FieldReader) -> Message:
         reason = body.integer(1, "reason")
-        return cls(reason, peer_name(body))
+        number = body.integer(2, "number")
+        return cls(reason, peer_name(body), number)
+
+
+class Form(IntEnum):
+    """What a member's words are: said, or an action (/me)."""
+
+    CHAT = 1
+    ACTION = 2
+
+
+@dataclass(frozen=True)
+class Say(Message):
+    """A member's own words, for the room or (with `to`) one person, signed by the member.
+
+    Only members send it; the host relays it as SAID, and every receiver checks the
+    signature against the author's identity, so the host cannot put words in anyone's
+    mouth. `seq` counts the author's words to each audience (the room, or one person).
+    """
+
+    TAG: ClassVar[int] = 8
+    form: int
+    seq: int
+    signature: bytes  # over words_signed_data(host identity, room, author, this)
+    to: str  # "" for the whole room
+    text: str
+
+    def encode_body(self) -> bytes:
+        to = bytes_field(encode_text(self.to, MAX_NAME_BYTES, "name"))
+        head = int_field(self.form, 1) + int_field(self.seq, 8) + self.signature + to
+        return head + encode_text(self.text, MAX_TEXT, "message")
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        return cls(*read_words(body))
+
+
+@dataclass(frozen=True)
+class Said(Message):
+    """Words the host relays: the author's SAY, unchanged, with the author's name."""
+
+    TAG: ClassVar[int] = 9
+    author: str
+    words: Say
+
+    def encode_body(self) -> bytes:
+        author = bytes_field(encode_text(self.author, MAX_NAME_BYTES, "name"))
+        return author + self.words.encode_body()
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        author = checked_name(body.text(MAX_NAME_BYTES, "author"))
+        return cls(author, Say(*read_words(body)))
+
+
+def read_words(body: FieldReader) -> tuple[int, int, bytes, str, str]:
+    """The fields of a SAY, strictly."""
+    form = body.integer(1, "form")
+    if form not in {f.value for f in Form}:
+        raise ProtocolError(f"the peer sent words of an unknown form {form}")
+    seq = body.integer(8, "sequence")
+    signature = body.fixed(64, "signature")
+    to = body.text(MAX_NAME_BYTES, "recipient")
+    if to:
+        checked_name(to)
+    return form, seq, signature, to, body.rest_text(MAX_TEXT, "message")
+
+
+class Person(NamedTuple):
+    """Someone in a room, as the host announces them."""
+
+    name: str
+    identity: bytes
+    address: str  # as the host sees it
+    seconds: int = 0  # in the room so far
+
+
+@dataclass(frozen=True)
+class Members(Message):
+    """Who else is in the room: the host's first message to a member after READY."""
+
+    TAG: ClassVar[int] = 10
+    people: tuple[Person, ...] = ()
+
+    def encode_body(self) -> bytes:
+        return int_field(len(self.people), 1) + b"".join(map(encode_person, self.people))
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        people = tuple(decode_person(body) for _ in range(body.integer(1, "count")))
+        body.end()
+        return cls(people)
+
+
+@dataclass(frozen=True)
+class Joined(Message):
+    """Someone joined the room (host -> members)."""
+
+    TAG: ClassVar[int] = 11
+    person: Person
+
+    def encode_body(self) -> bytes:
+        return encode_person(self.person)
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        person = decode_person(body)
+        body.end()
+        return cls(person)
+
+
+def encode_person(person: Person) -> bytes:
+    """identity, seconds, address, name: the fields of one person."""
+    address = bytes_field(encode_text(person.address, MAX_NAME_BYTES, "address"))
+    name = bytes_field(encode_text(person.name, MAX_NAME_BYTES, "name"))
+    return (
+        check_size("identity key", person.identity, 32)
+        + int_field(person.seconds, 4)
+        + (address + name)
+    )
+
+
+def decode_person(body: FieldReader) -> Person:
+    """One person, strictly (the name held to the rules of a username)."""
+    identity = body.fixed(32, "identity key")
+    seconds = body.integer(4, "seconds")
+    address = sanitize(body.text(MAX_NAME_BYTES, "address"))
+    return Person(checked_name(body.text(MAX_NAME_BYTES, "name")), identity, address, seconds)
+
+
+@dataclass(frozen=True)
+class Left(Message):
+    """Someone left the room (host -> members): with a goodbye, or lost."""
+
+    TAG: ClassVar[int] = 12
+    name: str
+    lost: bool = False
+    text: str = ""  # the goodbye
+
+    def encode_body(self) -> bytes:
+        name = bytes_field(encode_text(self.name, MAX_NAME_BYTES, "name"))
+        return int_field(int(self.lost), 1) + name + encode_text(self.text, MAX_TEXT, "goodbye")
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        lost = body.integer(1, "how") == 1
+        name = checked_name(body.text(MAX_NAME_BYTES, "name"))
+        return cls(name, lost, body.rest_text(MAX_TEXT, "goodbye text"))
+
+
+def checked_name(name: str) -> str:
+    """`name` if it follows the rules of a username, else ProtocolError."""
+    if (problem := name_problem(name)) is not None:
+        raise ProtocolError(f"the peer's name {problem}")
+    return name
 
 
 def peer_name(body: FieldReader) -> str:
     """The rest of the body as a name, held to the rules of our own usernames."""
-    name = body.rest_text(MAX_NAME_BYTES, "username")
-    if (problem := name_problem(name)) is not None:
-        raise ProtocolError(f"the peer's name {problem}")
-    return name
+    return checked_name(body.rest_text(MAX_NAME_BYTES, "username"))
 
 
 def encode_payload(seq: int, message: Message) -> bytes:
@@ -1766,10 +1928,11 @@ HANDSHAKE_STAGES = frozenset({Stage.HELLO, Stage.CONFIRM, Stage.PROVEN, Stage.WE
 class IdentityRefused(HandshakeError):
     """This side refuses the identity the peer offered under `name`; the peer is told why."""
 
-    def __init__(self, reason: Refuse, text: str, name: str = "") -> None:
+    def __init__(self, reason: Refuse, text: str, name: str = "", number: int = 0) -> None:
         super().__init__(text)
         self.reason = reason
         self.name = name
+        self.number = number
 
 
 # Decides whether the identity a peer offers under a name may in (for this mode):
@@ -1792,6 +1955,13 @@ def refusal_error(refusal: Refusal, our_name: str) -> HandshakeError:
             f"{us}. If you made a new identity, {them} can run --forget {us}; if not, "
             "someone else may be using your name"
         )
+    if refusal.reason == Refuse.NAME_TAKEN:
+        return HandshakeError(
+            f"the name {us} is already taken in this chat: choose another with --username"
+        )
+    if refusal.reason == Refuse.ROOM_FULL:
+        people = "person" if refusal.number == 1 else "people"
+        return HandshakeError(f"the chat is full ({refusal.number} {people})")
     if refusal.reason == Refuse.UNKNOWN_LISTENER:
         return HandshakeError(
             f"{them} refused the connection: it connected to reach one of its contacts, "
@@ -1817,6 +1987,7 @@ class Established(Event):
     name: str
     identity: bytes
     mode: Mode
+    room: bytes = bytes(ROOM_ID_SIZE)  # the host's room id
 
 
 @dataclass(frozen=True)
@@ -1858,12 +2029,14 @@ class PeerProtocol:
         judge: Judge = accept_anyone,
         code: str | None = None,
         invite: Invite | None = None,
+        room: bytes = bytes(ROOM_ID_SIZE),
         handshake_seconds: float = HANDSHAKE_SECONDS,
         keepalive: float = KEEPALIVE_SECONDS,
         private_key: X25519PrivateKey | None = None,
     ) -> None:
         self.role = role
         self.name = name
+        self.room = room  # the listener's own; the connector learns the host's
         self.stage = Stage.HELLO
         self.peer_name = ""
         self.peer_identity = b""
@@ -2107,25 +2280,29 @@ class PeerProtocol:
 
     def _welcome(self) -> Welcome:
         assert self._keys is not None
-        data = welcome_signed_data(self.role, self._keys.transcript, self.name)
-        return Welcome(self.name, self.identity, self._identity.sign(data))
+        data = welcome_signed_data(self.role, self._keys.transcript, self.name, self.room)
+        return Welcome(self.name, self.identity, self._identity.sign(data), self.room)
 
     def _check_identity(self, welcome: Welcome) -> None:
         """Verify the peer's signature, then let the judge decide; refuse it if told to."""
         assert self._keys is not None and self._session is not None
         sender = Role.LISTENER if self.role is Role.CONNECTOR else Role.CONNECTOR
-        data = welcome_signed_data(sender, self._keys.transcript, welcome.name)
+        data = welcome_signed_data(sender, self._keys.transcript, welcome.name, welcome.room)
         verify_signature(welcome.identity, welcome.signature, data)
         try:
             self._judge(welcome.name, welcome.identity, self.mode)
         except IdentityRefused as exc:
-            self._outgoing += self._session.encode(Refusal(exc.reason, self.name))
+            refusal = Refusal(exc.reason, self.name, exc.number)
+            self._outgoing += self._session.encode(refusal)
             raise
         self.peer_name, self.peer_identity = welcome.name, welcome.identity
+        if self.role is Role.CONNECTOR:
+            self.room = welcome.room  # the host's room: what our words are signed for
 
     def _establish(self) -> None:
         self.stage = Stage.OPEN
-        self._events.append(Established(self.peer_name, self.peer_identity, self.mode))
+        event = Established(self.peer_name, self.peer_identity, self.mode, self.room)
+        self._events.append(event)
 
     def _unauthenticated(self) -> HandshakeError:
         if self.mode is Mode.INVITE:
@@ -2194,35 +2371,138 @@ def handshake_to_evict(pending: Sequence[Pending], host: str) -> tuple[Pending, 
 class Room:
     """The chat's places: the listener hands each proven connector one while it has room.
 
-    The capacity is 1 (a two-person chat) until group chat raises it; a place is
-    claimed before our WELCOME goes out and freed when that connection ends.
+    A place is claimed before our WELCOME goes out, taken by a person once they
+    are in (READY), and freed when that connection ends. Who hears what follows
+    from it: pure, so the relay rules are tested without sockets.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._members: set[object] = set()
+        self._seats: dict[object, tuple[Person, float] | None] = {}  # joined: (who, since)
 
     def claim(self, member: object) -> bool:
         """A place for `member`, or False when the room is full."""
         if self.full:
             return False
-        self._members.add(member)
+        self._seats[member] = None
         return True
 
-    def release(self, member: object) -> None:
-        """Free `member`'s place (nothing happens if it had none)."""
-        self._members.discard(member)
+    def seat(self, member: object, person: Person, now: float) -> None:
+        """`member` is in the room as `person`."""
+        self._seats[member] = (person, now)
+
+    def release(self, member: object) -> Person | None:
+        """Free `member`'s place; who it was, if they had got in."""
+        seat = self._seats.pop(member, None)
+        return seat[0] if seat else None
+
+    def person(self, member: object) -> Person | None:
+        """Who `member` is, once in."""
+        seat = self._seats.get(member)
+        return seat[0] if seat else None
+
+    def named(self, name: str) -> object | None:
+        """The member in the room (or on its way in) under `name`."""
+        return next((m for m, seat in self._seats.items() if seat and seat[0].name == name), None)
+
+    def people(self, now: float, but: object = None) -> tuple[Person, ...]:
+        """Everyone in, in the order they came, with their seconds in the room."""
+        return tuple(
+            seat[0]._replace(seconds=int(now - seat[1]))
+            for member, seat in self._seats.items()
+            if seat and member is not but
+        )
+
+    def others(self, but: object = None) -> list[object]:
+        """Everyone in the room but `but`."""
+        return [m for m, seat in self._seats.items() if seat and m is not but]
+
+    def audience(self, author: object, words: Say) -> list[object]:
+        """Who hears `author`'s words: the one they are for, or everyone else in."""
+        if words.to:
+            return [m] if (m := self.named(words.to)) is not None and m is not author else []
+        return self.others(author)
 
     def __contains__(self, member: object) -> bool:
-        return member in self._members
+        return member in self._seats
 
     def __len__(self) -> int:
-        return len(self._members)
+        return len(self._seats)
 
     @property
     def full(self) -> bool:
         """True when every place is taken."""
-        return len(self._members) >= self.capacity
+        return len(self._seats) >= self.capacity
+
+
+def words_signed_data(host: bytes, room: bytes, author: str, words: Say) -> bytes:
+    """What a member signs: the room (host identity and room id), the author, the
+    audience, the form, the author's sequence number for that audience, the text."""
+    return b"".join(
+        [
+            WORDS_LABEL + host + room + int_field(words.form, 1) + int_field(words.seq, 8),
+            bytes_field(author.encode("utf-8")),
+            bytes_field(words.to.encode("utf-8")),
+            words.text.encode("utf-8"),
+        ]
+    )
+
+
+def signed_by(identity: bytes, signature: bytes, data: bytes) -> bool:
+    """True when `signature` is `identity`'s Ed25519 signature of `data`."""
+    try:
+        verify_signature(identity, signature, data)
+    except HandshakeError:
+        return False
+    return True
+
+
+class Voice:
+    """One person's words in a room: numbered per audience and signed."""
+
+    def __init__(self, identity: Ed25519PrivateKey, name: str, host: bytes, room: bytes) -> None:
+        self._identity, self.name, self.host, self.room = identity, name, host, room
+        self._next: dict[str, int] = {}
+
+    def say(self, text: str, form: Form = Form.CHAT, to: str = "") -> Say:
+        """`text` as a signed SAY (ChatError if it is too long to send)."""
+        seq = self._next.get(to, 0)
+        unsigned = Say(form, seq, bytes(64), to, text)
+        unsigned.encode_body()  # too long: refused here, before it is counted
+        data = words_signed_data(self.host, self.room, self.name, unsigned)
+        self._next[to] = seq + 1
+        return replace(unsigned, signature=self._identity.sign(data))
+
+
+class Hearing:
+    """What one person makes of the words the host relays: checked, in order, or not shown."""
+
+    def __init__(self, me: str, host: bytes, room: bytes) -> None:
+        self.me, self.host, self.room = me, host, room
+        self._next: dict[tuple[str, str], int] = {}
+
+    def check(self, said: Said, identity: bytes | None) -> tuple[bool, str | None]:
+        """Whether to show `said` (`identity` is its author's, if known), and a note."""
+        author, words = sanitize(said.author), said.words
+        data = words_signed_data(self.host, self.room, said.author, words)
+        if identity is None or not signed_by(identity, words.signature, data):
+            return False, (
+                f"a message claiming to be from {author} failed its signature check: not shown"
+            )
+        if words.to and words.to != self.me:
+            return False, f"a message from {author} for someone else reached you: not shown"
+        key = (said.author, words.to)
+        due = self._next.get(key, words.seq)
+        self._next[key] = max(due, words.seq + 1)
+        if words.seq < due:
+            return False, f"a message from {author} came again (replayed by the host?): not shown"
+        if words.seq > due:
+            missing = words.seq - due
+            return (
+                True,
+                f"{missing} message(s) from {author} never arrived (held back by the host?)",
+            )
+        return True, None
 
 
 class RefusalLog:
@@ -2318,6 +2598,11 @@ def describe_os_error(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
+
+
+def format_address(address: tuple[str, int]) -> str:
+    """host:port as people type it ([::1]:50233 for IPv6)."""
+    return f"{format_host(address[0])}:{address[1]}"
 
 
 def format_host(host: str) -> str:
@@ -2550,6 +2835,8 @@ class Link:
     leaving: bool = False  # we said goodbye: half-close once it is written
     leave_by: float | None = None  # half-closed: close when the peer has, or by then
     mask: int = selectors.EVENT_READ  # what the selector watches for
+    no_room: bool = False  # proven while the room was full: refused once it says who it is
+    said_goodbye: bool = False  # its TERMINATE came: the room was told
 
     @property
     def host(self) -> str:
@@ -2591,6 +2878,7 @@ class Network:
         judge: Judge = accept_anyone,
         code: str | None = None,
         invite: Invite | None = None,
+        room: bytes = bytes(ROOM_ID_SIZE),
         keepalive: float = KEEPALIVE_SECONDS,
         handshake_seconds: float = HANDSHAKE_SECONDS,
         capacity: int = 1,
@@ -2598,7 +2886,7 @@ class Network:
     ) -> None:
         self._psk, self._username, self._user = psk, username, user
         self._identity, self._judge = identity, judge
-        self._code, self._invite = code, invite
+        self._code, self._invite, self._room_id = code, invite, room
         self._keepalive, self._handshake_seconds = keepalive, handshake_seconds
         self._room, self._clock = Room(capacity), clock
         self._selector = selectors.DefaultSelector()
@@ -2835,19 +3123,22 @@ class Network:
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        links: list[Link] = []  # the judge needs the link this PeerProtocol is made for
         peer = PeerProtocol(
             role,
             self._psk,
             self._username,
             now,
             identity=self._identity,
-            judge=self._judge,
+            judge=self._judge if role is Role.CONNECTOR else partial(self._judge_joiner, links),
             code=self._code if role is Role.CONNECTOR else None,
             invite=self._invite if role is Role.LISTENER else None,
+            room=self._room_id,
             handshake_seconds=self._handshake_seconds,
             keepalive=self._keepalive,
         )
         link = Link(sock, address, peer, since=now, fd=sock.fileno(), last_write=now)
+        links.append(link)
         self._links[link.fd] = link
         self._selector.register(sock, selectors.EVENT_READ, link)
         self._settle(link, now)
@@ -2883,6 +3174,11 @@ class Network:
         while (event := link.peer.next_event()) is not None:
             if isinstance(event, KeyProven):
                 self._admit_or_refuse(link)
+            elif link.peer.role is Role.LISTENER and (
+                isinstance(event, Established) or link.established
+            ):
+                link.established = True
+                shown += self._host(link, event, now)
             elif isinstance(event, Established) or link.established:
                 link.established = True
                 shown.append(event)
@@ -2897,11 +3193,79 @@ class Network:
 
     def _admit_or_refuse(self, link: Link) -> None:
         # The place is claimed before our WELCOME goes out, so when two proven
-        # connectors race, the second is told "busy" rather than cut off.
-        if not self._leaving and self._room.claim(link):
-            link.peer.admit()
-        else:
+        # connectors race for the last place, the second is told the room is full.
+        if self._leaving:
             link.peer.refuse(Reject.BUSY)
+            return
+        link.no_room = not self._room.claim(link)
+        link.peer.admit()
+
+    def _judge_joiner(self, links: list[Link], name: str, identity: bytes, mode: Mode) -> None:
+        """The host's judge: a place and a free name, then known_peers."""
+        if links[0].no_room:
+            raise IdentityRefused(
+                Refuse.ROOM_FULL, "the chat is full", name, number=self._room.capacity
+            )
+        if name == self._username or self._room.named(name) is not None:
+            raise IdentityRefused(Refuse.NAME_TAKEN, f"the name {name} is taken here", name)
+        self._judge(name, identity, mode)
+
+    # The room (this side hosts it) -------------------------------------------------
+
+    def _host(self, link: Link, event: Event, now: float) -> list[Event]:
+        """Relay what a member's connection brings; the events this side's user sees."""
+        if isinstance(event, Established):
+            person = Person(event.name, event.identity, format_address(link.address))
+            self._to(link, Members(self._room.people(now)), now)
+            for member in self._room.others(link):
+                self._to(member, Joined(person), now)
+            self._room.seat(link, person, now)
+            return [event]
+        author = self._room.person(link)
+        if isinstance(event, MessageReceived) and author is not None:
+            return self._relay(link, author, event.message, now)
+        if isinstance(event, (Closed, Failed)):
+            gone = self._room.release(link)
+            if gone is not None and not link.said_goodbye:
+                self._tell_room(Left(gone.name, lost=True), now)
+        return [event]
+
+    def _relay(self, link: Link, author: Person, message: Message, now: float) -> list[Event]:
+        if isinstance(message, Say):
+            # Not checked here: this connection already proves who sent it. The signature
+            # is for the others, who check it (109 us an Ed25519 check, measured: the host
+            # would pay it for every message of the room).
+            said = Said(author.name, message)
+            for member in self._room.audience(link, message):
+                self._to(member, said, now)
+            if message.to and message.to != self._username:
+                return []  # a private message between two others: relayed, not shown
+            return [MessageReceived(said)]
+        if isinstance(message, Terminate):
+            link.said_goodbye = True
+            self._tell_room(Left(author.name, text=message.text), now, but=link)
+        # Unsigned words (CHAT, ACTION) are from a member who knew of nobody but the host:
+        # shown here, relayed to no one, since nobody else could check who said them.
+        return [MessageReceived(message)]
+
+    def _tell_room(self, message: Message, now: float, but: object = None) -> None:
+        for member in self._room.others(but):
+            self._to(member, message, now)
+
+    def _to(self, member: object, message: Message, now: float) -> None:
+        """Queue `message` for one member (written at the end of this pass)."""
+        assert isinstance(member, Link)
+        if self._is_open(member) and member.peer.stage is Stage.OPEN and not member.leaving:
+            member.outgoing += member.peer.data_to_send()
+            member.outgoing += member.peer.send(message, now)
+            self._dirty[member.fd] = member
+
+    @property
+    def identity(self) -> bytes:
+        """This side's public identity key (the room's, when hosting)."""
+        if self._identity is None:
+            return bytes(32)
+        return self._identity.public_key().public_bytes_raw()
 
     def _write(self, link: Link, now: float) -> bool:
         """Write what the socket takes now; False when writing failed (events to pass on)."""
@@ -2984,11 +3348,18 @@ class Network:
     # Commands (run on the network thread) ------------------------------------------
 
     def _broadcast(self, message: Message, now: float) -> None:
-        for link in self._links.values():  # only queued here: nothing closes meanwhile
-            if link in self._room and link.peer.stage is Stage.OPEN and not link.leaving:
-                link.outgoing += link.peer.data_to_send()
-                link.outgoing += link.peer.send(message, now)
-                self._dirty[link.fd] = link
+        for link in list(self._links.values()):  # only queued here: nothing closes meanwhile
+            if link in self._room and link.established:
+                self._to(link, message, now)
+
+    def send_to(self, name: str, message: Message) -> None:
+        """Send a message to the one member called `name` (the host's private words)."""
+
+        def deliver(now: float) -> None:
+            if (member := self._room.named(name)) is not None:
+                self._to(member, message, now)
+
+        self.post(deliver)
 
     def _leave(self, goodbye: str, now: float) -> None:
         self._leaving = True
@@ -3062,6 +3433,7 @@ class Terminal:
         except ImportError:
             return
         self._line_buffer = readline.get_line_buffer
+        self._readline = readline
         # CPython turns bracketed paste off; on, the terminal marks a paste, and
         # readline takes it as one line with its newlines: one message.
         with contextlib.suppress(Exception):
@@ -3085,6 +3457,23 @@ class Terminal:
         self._redraw = redraw
         with contextlib.suppress(AttributeError):  # readline 7 and later
             self._clear_line = library.rl_clear_visible_line
+
+    def complete_with(self, candidates: Callable[[str], list[str]]) -> None:
+        """Tab completes the whole line so far with `candidates(line)` (names may hold
+        spaces, so readline's word breaks are turned off)."""
+        readline = getattr(self, "_readline", None)
+        if readline is None:
+            return
+        found: list[str] = []
+
+        def complete(text: str, state: int) -> str | None:
+            if state == 0:
+                found[:] = candidates(readline.get_line_buffer())
+            return found[state] if state < len(found) else None
+
+        readline.set_completer_delims("")
+        readline.set_completer(complete)
+        readline.parse_and_bind("tab: complete")
 
     def show(self, line: str, stream: TextIO | None = None) -> None:
         """Print a line; on a terminal, redraw the prompt and typed text below it."""
@@ -3358,18 +3747,25 @@ def changed_identity(config_path: str, pinned: KnownPeer, offered: bytes) -> str
     )
 
 
+def left_line(name: str, goodbye: str) -> str:
+    """`name left the chat: goodbye`, or `name left the chat.` without one."""
+    text = peer_text(goodbye)
+    return f"{name} left the chat: {text}" if text else f"{name} left the chat."
+
+
 class PeerEnded(BaseException):
     """Raised in the main thread when the network has ended the chat."""
 
 
 @dataclass(frozen=True)
 class PeerInfo:
-    """Who we are chatting with, as /who shows it."""
+    """Someone we are chatting with, as /who shows them."""
 
     name: str
-    address: tuple[str, int]
+    address: str  # host:port
     identity: bytes
-    since: float
+    since: float  # when they came, on this side's monotonic clock
+    host: bool = False
 
 
 class Conversation:
@@ -3379,14 +3775,32 @@ class Conversation:
     (goodbye or loss from the peer) or the input loop (we left).
     """
 
-    def __init__(self, term: Terminal, config: Config, identity: bytes = bytes(32)) -> None:
+    def __init__(
+        self,
+        term: Terminal,
+        config: Config,
+        identity: Ed25519PrivateKey | None = None,
+        room: bytes = bytes(ROOM_ID_SIZE),
+    ) -> None:
         self.term = term
         self.config = config
-        self.identity = identity  # our public identity key, for the safety number
+        if identity is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            identity = Ed25519PrivateKey.generate()
+        self._identity_key = identity
+        self.identity = identity.public_key().public_bytes_raw()  # for safety numbers
+        self.room = room  # when hosting: ours; as a member: learnt from the host
         self.known_path = beside(config.path, KNOWN_PEERS_FILE)
         self.prompt = f"{config.username}> " if term.interactive else ""
         self.net: Network | None = None
-        self.peer: PeerInfo | None = None
+        self.people: dict[str, PeerInfo] = {}  # everyone else in the chat, the host first
+        self.names: dict[Link, str] = {}  # hosting: who is on each connection
+        self.voice: Voice | None = None  # our words in the room, numbered and signed
+        self.hearing: Hearing | None = None  # the check of the words the host relays
+        self.distrusted: set[str] = set()  # members whose pinned identity changed
+        self.joined = False  # someone came: from now on, a failure is a lost chat
+        self.hosting = False  # we listened: the room is ours
         self.failure: ChatError | None = None  # our connection never got into the chat
         self.outcome: int | None = None
         self.started = threading.Event()  # in the chat, or failed to get there
@@ -3403,18 +3817,23 @@ class Conversation:
         """Show what happened on the chat's connection; end the chat when it is over."""
         lines: list[str] = []
         ending: tuple[int, str] | None = None
+        hosting = link.peer.role is Role.LISTENER
         for event in events:
             if isinstance(event, Established):
-                self.peer = PeerInfo(event.name, link.address, event.identity, time.monotonic())
                 lines += self._arrival_lines(link, event)
             elif isinstance(event, MessageReceived):
-                lines += self._message_lines(event.message)
+                lines += self._message_lines(link, event.message)
                 if isinstance(event.message, Terminate):
-                    ending = (0, "Connection closed by peer.")
-            elif isinstance(event, Failed) and self.peer is None:
+                    self._depart(link)
+                    if not self.people:  # the last one (or the host) left: the chat is over
+                        ending = (0, "Connection closed by peer.")
+            elif isinstance(event, Failed) and not self.joined:
                 self.failure = event.error
-            elif isinstance(event, Failed):
-                ending = (1, f"Connection lost: {event.error}")
+            elif isinstance(event, Failed) and (gone := self._depart(link)) is not None:
+                if self.people:
+                    lines.append(f"{sanitize(gone)} lost the connection.")
+                else:
+                    ending = (1, f"Connection lost: {event.error}")
         # Set before anything is shown: a line typed in answer to what is shown
         # is then never taken for one typed while nobody was connected.
         self.started.set()
@@ -3424,8 +3843,21 @@ class Conversation:
                 self.term.bell()
         if ending is not None:
             self._end_from_network(*ending)
-        if ending is not None or any(isinstance(e, (Closed, Failed)) for e in events):
+        if ending is not None or (
+            not hosting and any(isinstance(e, (Closed, Failed)) for e in events)
+        ):
             self.ended.set()
+
+    def _depart(self, link: Link) -> str | None:
+        """Forget whoever was on `link`; their name, if they were still here."""
+        if link.peer.role is Role.CONNECTOR:  # the host's connection: the chat ends with it
+            name = next(iter(self.people), None)
+            self.people.clear()
+            return name
+        name = self.names.pop(link, None)
+        if name is None or self.people.pop(name, None) is None:
+            return None
+        return name
 
     def refused(self, line: str) -> None:
         """A refused or dropped connection, on stderr."""
@@ -3433,7 +3865,7 @@ class Conversation:
 
     def invite_void(self, line: str) -> None:
         """The invite is void: stop waiting (a chat in progress goes on)."""
-        if self.peer is None:
+        if not self.joined:
             self.failure = ChatError(line)
             self.started.set()
             self.ended.set()
@@ -3442,7 +3874,7 @@ class Conversation:
 
     def network_failed(self, error: ChatError) -> None:
         """The network thread failed: end the chat, or the wait for it, with the reason."""
-        if self.peer is None:
+        if not self.joined:
             self.failure = error
             self.started.set()
         else:
@@ -3452,31 +3884,54 @@ class Conversation:
     def _arrival_lines(self, link: Link, event: Established) -> list[str]:
         """Who arrived, and what known_peers says of them (pinned here on first contact)."""
         name, shown = event.name, sanitize(event.name)
-        try:
-            seen = read_known_peers(self.known_path).recognize(name, event.identity)
-            if event.identity == self.identity:  # two chats beside one config: nothing to pin
-                seen = Recognition(Trust.KNOWN, None)
-                trust = [
-                    f"{shown} has your own identity ({IDENTITY_FILE} is shared): fine for a "
-                    "test; two people need one each."
-                ]
-            else:
-                trust = self._pin(event, seen)
-        except ConfigError as exc:
-            seen, trust = Recognition(Trust.NEW, None), [f"error: {exc}"]
-        verified = seen.trust is Trust.VERIFIED or event.mode is Mode.INVITE
-        if link.peer.role is Role.LISTENER:
+        self.joined = True
+        hosting = link.peer.role is Role.LISTENER
+        now = time.monotonic()
+        self.people[name] = PeerInfo(
+            name, format_address(link.address), event.identity, now, host=not hosting
+        )
+        if hosting:
+            self.names[link] = name
+        else:
+            self.room = event.room
+        if self.voice is None:  # one numbering of our words for the whole chat
+            host = self.identity if hosting else event.identity
+            self.voice = Voice(self._identity_key, self.config.username, host, self.room)
+            self.hearing = Hearing(self.config.username, host, self.room)
+            self.hosting = hosting
+        verified, trust = self._trust(name, event.identity, event.mode is Mode.INVITE)
+        if hosting:
             joined = " (verified)." if verified else "."
             arrival = [f"Connected by {link.address!r}", f"{shown} joined the chat{joined}"]
         else:
             arrival = [f"WELCOME Welcome to the chat! I am {shown}"]
         return arrival + trust
 
-    def _pin(self, event: Established, seen: Recognition) -> list[str]:
-        """Record the peer in known_peers as needed; the lines that say what happened."""
-        name, shown = event.name, sanitize(event.name)
-        identity = fingerprint(event.identity)
-        by_invite = event.mode is Mode.INVITE
+    def _trust(self, name: str, key: bytes, by_invite: bool = False) -> tuple[bool, list[str]]:
+        """What known_peers says of `name` with `key` (pinned on first contact): whether
+        verified, and the lines that say so. A changed identity in a room is a warning,
+        and that person's words are not shown."""
+        shown = sanitize(name)
+        if key == self.identity:  # two chats beside one config: nothing to pin
+            return False, [
+                f"{shown} has your own identity ({IDENTITY_FILE} is shared): fine for a "
+                "test; two people need one each."
+            ]
+        try:
+            seen = read_known_peers(self.known_path).recognize(name, key)
+            if seen.trust is Trust.CHANGED:
+                assert seen.pinned is not None
+                self.distrusted.add(name)
+                warning = changed_identity(self.config.path, seen.pinned, key)
+                return False, [f"warning: {warning}", f"Nothing {shown} says will be shown."]
+            lines = self._pin(name, key, seen, by_invite)
+        except ConfigError as exc:
+            return False, [f"error: {exc}"]
+        return by_invite or seen.trust is Trust.VERIFIED, lines
+
+    def _pin(self, name: str, key: bytes, seen: Recognition, by_invite: bool) -> list[str]:
+        """Record someone in known_peers as needed; the lines that say what happened."""
+        shown, identity = sanitize(name), fingerprint(key)
         lines = []
         if seen.aliases:
             lines.append(
@@ -3486,9 +3941,7 @@ class Conversation:
         if seen.pinned is None or by_invite:
             # A new name for a known identity keeps that identity's trust.
             verified = by_invite or seen.trust is Trust.VERIFIED
-            update_known_peers(
-                self.known_path, lambda p: p.pin(name, event.identity, verified, utc_now())
-            )
+            update_known_peers(self.known_path, lambda p: p.pin(name, key, verified, utc_now()))
         if by_invite:
             lines.append(
                 f"{shown} is now a verified contact (the invite code proved it): identity "
@@ -3505,18 +3958,71 @@ class Conversation:
             lines.append(f"{shown} is not verified yet: compare safety numbers with /verify.")
         return lines
 
-    def _message_lines(self, message: Message) -> list[str]:
-        name = sanitize(self.peer.name) if self.peer else "the peer"
+    def _message_lines(self, link: Link, message: Message) -> list[str]:
+        if link.peer.role is Role.LISTENER:
+            speaker = self.names.get(link, "someone")
+        else:
+            speaker = next(iter(self.people), "the peer")
+        name = sanitize(speaker)
         stamp = time.strftime("[%H:%M] ") if self.config.timestamps else ""
         if isinstance(message, Chat):
             return [f"{stamp}{name} says: {peer_text(message.text)}"]
         if isinstance(message, Action):
             return [f"{stamp}* {name} {peer_text(message.text)}"]
         if isinstance(message, Terminate):
-            text = peer_text(message.text)
-            left = f"{name} left the chat: {text}" if text else f"{name} left the chat."
-            return [stamp + left]
+            return [stamp + left_line(name, message.text)]
+        if isinstance(message, Said):
+            return self._words_lines(link, message, stamp)
+        if isinstance(message, Members):
+            return self._members_lines(message)
+        if isinstance(message, Joined):
+            person = message.person
+            self._meet(person)
+            verified, trust = self._trust(person.name, person.identity)
+            joined = " (verified)." if verified else "."
+            return [f"{sanitize(person.name)} joined the chat{joined}", *trust]
+        if isinstance(message, Left):
+            self.people.pop(message.name, None)
+            self.distrusted.discard(message.name)
+            if message.lost:
+                return [f"{stamp}{sanitize(message.name)} lost the connection."]
+            return [stamp + left_line(sanitize(message.name), message.text)]
         return []
+
+    def _words_lines(self, link: Link, said: Said, stamp: str) -> list[str]:
+        """A member's words, once the signature and the numbering are checked."""
+        words, author = said.words, sanitize(said.author)
+        note = None
+        if link.peer.role is Role.CONNECTOR:  # the host checked its own copy already
+            assert self.hearing is not None
+            person = self.people.get(said.author)
+            show, note = self.hearing.check(said, person.identity if person else None)
+            if said.author in self.distrusted:
+                show, note = False, f"a message from {author} was not shown: its identity changed"
+            if not show:
+                return [f"warning: {note}"]
+        if words.form == Form.ACTION:
+            line = f"{stamp}* {author} {peer_text(words.text)}"
+        elif words.to:
+            line = f"{stamp}{author} says privately: {peer_text(words.text)}"
+        else:
+            line = f"{stamp}{author} says: {peer_text(words.text)}"
+        return [line] if note is None else [f"warning: {note}", line]
+
+    def _members_lines(self, members: Members) -> list[str]:
+        """The room as a member finds it on arrival."""
+        lines = []
+        for person in members.people:
+            self._meet(person)
+            lines += self._trust(person.name, person.identity)[1]
+        if members.people:
+            names = ", ".join(sanitize(person.name) for person in members.people)
+            lines.insert(0, f"Also in the chat: {names}")
+        return lines
+
+    def _meet(self, person: Person) -> None:
+        since = time.monotonic() - person.seconds
+        self.people[person.name] = PeerInfo(person.name, person.address, person.identity, since)
 
     # The main thread ------------------------------------------------------------------
 
@@ -3537,6 +4043,7 @@ class Conversation:
         raising PeerEnded), so a pending input() never waits for a keypress.
         """
         self.net = net
+        self.term.complete_with(self.completions)
         with self._lock:
             if self.outcome is not None:  # the chat ended before we got here
                 return self.status()
@@ -3636,14 +4143,24 @@ class Conversation:
             else:
                 return text
 
-    def _send(self, message: Chat | Action) -> None:
+    def _send(self, message: Chat | Action, to: str = "") -> None:
+        """Send our words: as they are when hosting or alone with the host (the connection
+        itself proves who said them); signed (SAY) when the host relays them to others."""
+        assert self.net is not None and self.voice is not None
+        form = Form.ACTION if isinstance(message, Action) else Form.CHAT
+        relayed = not self.hosting and len(self.people) > 1
         try:
             message.encode_body()  # a line too long is refused here, before it is queued
+            words = self.voice.say(message.text, form, to) if to or relayed else None
         except ChatError as exc:
             self.term.error(f"error: {exc}")
             return
-        assert self.net is not None
-        self.net.send(message)
+        if words is None:
+            self.net.send(message)
+        elif self.hosting:  # the host's private words go as the host's own SAID
+            self.net.send_to(to, Said(self.config.username, words))
+        else:
+            self.net.send(words)
         self.term.show(
             "Sent CHAT message." if isinstance(message, Chat) else "Sent ACTION message."
         )
@@ -3693,34 +4210,68 @@ class Conversation:
         return False
 
     def show_peer(self, argument: str) -> bool:
-        """/who: who, from where, for how long, with which identity."""
-        peer = self.peer
-        if peer is None:
+        """/who: who is in the chat, from where, for how long, and whether verified."""
+        if not self.people:
             self.term.error("Nobody is connected yet.")
             return False
-        minutes, seconds = divmod(int(time.monotonic() - peer.since), 60)
-        host, port = peer.address
-        self.term.show(
-            f"Talking to {sanitize(peer.name)} at {format_host(host)}:{port}, connected "
-            f"{minutes} min {seconds} s. Identity: {fingerprint(peer.identity)} "
-            "(/verify compares it)"
-        )
+        now = time.monotonic()
+        if len(self.people) == 1:  # the two-person line
+            [peer] = self.people.values()
+            minutes, seconds = divmod(int(now - peer.since), 60)
+            self.term.show(
+                f"Talking to {sanitize(peer.name)} at {peer.address}, connected "
+                f"{minutes} min {seconds} s. Identity: {fingerprint(peer.identity)} "
+                "(/verify compares it)"
+            )
+            return False
+        try:
+            known = read_known_peers(self.known_path)
+        except ConfigError:
+            known = KnownPeers(self.known_path)
+        rows = [f"In the chat ({len(self.people) + 1} people):"]
+        if self.names or not any(p.host for p in self.people.values()):
+            rows.append(f"  {sanitize(self.config.username)} (you, host)")
+        for peer in self.people.values():
+            minutes, seconds = divmod(int(now - peer.since), 60)
+            trust = known.recognize(peer.name, peer.identity).trust
+            rows.append(
+                f"  {sanitize(peer.name)}{' (host)' if peer.host else ''} at {peer.address}, "
+                f"{minutes} min {seconds} s, "
+                f"{'verified' if trust is Trust.VERIFIED else 'not verified'}"
+            )
+        if not self.names:
+            rows.append(f"  {sanitize(self.config.username)} (you)")
+        self.term.show("\n".join(rows))
         return False
 
+    def completions(self, line: str) -> list[str]:
+        """What Tab offers for `line`: command names, then after /msg or /verify a name."""
+        command, space, rest = line.partition(" ")
+        if not space:
+            words = [f"/{word}" for word in COMMAND_INDEX]
+            return sorted(f"{word} " for word in words if word.startswith(line.lower()))
+        if command.lower() in ("/msg", "/verify"):
+            return [f"{command} {name} " for name in self.people if name.startswith(rest)]
+        return []
+
+    def named(self, argument: str) -> tuple[PeerInfo | None, str]:
+        """The person whose name starts `argument` (names may hold spaces), and the rest."""
+        for name in sorted(self.people, key=len, reverse=True):
+            if argument == name or argument.startswith(name + " "):
+                return self.people[name], argument[len(name) :].strip()
+        return None, argument
+
     def verify(self, argument: str) -> bool:
-        """/verify [NAME] [ok]: the safety number; with ok, record the peer as verified."""
-        peer = self.peer
-        words = argument.split()
-        confirm = bool(words) and words[-1].lower() == "ok"
-        named = " ".join(words[:-1] if confirm else words)
-        if peer is None:
+        """/verify [NAME] [ok]: the safety number; with ok, record the person as verified."""
+        peer, rest = self.named(argument)
+        if peer is None and len(self.people) == 1 and rest.lower() in ("", "ok"):
+            peer = next(iter(self.people.values()))
+        if not self.people:
             self.term.error("Nobody is connected yet.")
-        elif named and named != peer.name:
-            self.term.error(
-                f"try again: nobody named {sanitize(named)} is here (you are talking to "
-                f"{sanitize(peer.name)})"
-            )
-        elif confirm:
+        elif peer is None or rest.lower() not in ("", "ok"):
+            names = ", ".join(sanitize(name) for name in self.people)
+            self.term.error(f"try again: /verify NAME, or /verify NAME ok (in the chat: {names})")
+        elif rest:
             name, identity = peer.name, peer.identity
             try:
                 update_known_peers(
@@ -3738,8 +4289,23 @@ class Conversation:
                 f"    {safety_number(self.identity, peer.identity)}\n"
                 "Compare all 60 digits with theirs, by voice or side by side.\n"
                 "The same 60 digits mean nobody is in the middle; a few matching prove nothing.\n"
-                f"If they match, type /verify ok to remember {sanitize(peer.name)} as verified."
+                f"If they match, type /verify {sanitize(peer.name)} ok to remember them as "
+                "verified."
             )
+        return False
+
+    def whisper(self, argument: str) -> bool:
+        """/msg NAME text: words for one person only (through the host)."""
+        peer, text = self.named(argument)
+        if peer is None:
+            self.term.error(
+                f"error: nobody named {sanitize(argument.split(' ')[0])} is in the chat "
+                "(/who lists who is)"
+            )
+        elif not text:
+            self.term.error(f"try again: /msg {sanitize(peer.name)} needs text")
+        else:
+            self._send(Chat(text), to=peer.name)
         return False
 
     def act(self, argument: str) -> bool:
@@ -3778,6 +4344,7 @@ COMMANDS = (
         Conversation.verify,
     ),
     Command("me", (), "an action: /me waves shows * yourname waves", Conversation.act),
+    Command("msg", (), "words for one person only: /msg NAME text", Conversation.whisper),
     Command(
         "quit", ("exit",), "leave the chat (asks for optional goodbye text)", Conversation.quit
     ),
@@ -4134,6 +4701,13 @@ def keepalive_argument(text: str) -> float:
     return seconds
 
 
+def max_members_argument(text: str) -> int:
+    """--max-members: 1 to 255 people besides the host."""
+    if not (text.strip().isascii() and text.strip().isdigit()) or not 1 <= int(text) <= 255:
+        raise ConfigError(f"must be a number from 1 to 255, not {text!r}")
+    return int(text)
+
+
 def key_argument(text: str) -> str:
     """--key: '-' (read it from input) or a valid key."""
     if not text.strip():
@@ -4168,6 +4742,7 @@ class Options:
     invite: bool = False
     code: str | None = None
     forget: str | None = None
+    max_members: int = 20
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -4210,6 +4785,12 @@ def parse_args(argv: list[str] | None) -> Options:
         type=flag_type(parse_invite_code),
         metavar="CODE",
         help="with --connect: the invite code the listener showed you, e.g. 7-gazelle-microwave",
+    )
+    add(
+        "--max-members",
+        type=flag_type(max_members_argument),
+        metavar="N",
+        help="when listening: how many people may join the chat, not counting you (default 20)",
     )
     add(
         "--forget",
@@ -4326,7 +4907,8 @@ def main(argv: list[str] | None = None) -> int:
         target = None if listening else (args.connect or ask_target(term))
         invite = Invite(new_invite_code()) if listening and (args.invite or not psk) else None
         code = None if listening else args.code or ask_code(term, psk, known)
-        conversation = Conversation(term, config, identity.public_key().public_bytes_raw())
+        room = os.urandom(ROOM_ID_SIZE)
+        conversation = Conversation(term, config, identity, room)
         network = Network(
             psk,
             config.username,
@@ -4335,6 +4917,8 @@ def main(argv: list[str] | None = None) -> int:
             judge=identity_judge(config.path, Role.LISTENER if listening else Role.CONNECTOR),
             code=code,
             invite=invite,
+            room=room,
+            capacity=args.max_members,
             keepalive=args.keepalive,
         )
         if target is None:

@@ -471,7 +471,7 @@ def test_silent_connection_does_not_block_and_a_third_is_refused(
     port = free_port()
     for name in ("desktop", "laptop", "third"):
         write_config(tmp_path, f"{name}.ini", port=port, username=name)
-    listener = chat("--config", "desktop.ini", "--listen")
+    listener = chat("--config", "desktop.ini", "--listen", "--max-members", "1")
     listener.expect(r"^Listening on ")
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):  # says nothing
         connector = chat("--config", "laptop.ini", "--connect", f"127.0.0.1:{port}")
@@ -479,7 +479,7 @@ def test_silent_connection_does_not_block_and_a_third_is_refused(
         listener.expect(r"^laptop joined the chat\.$")
         third = chat("--config", "third.ini", "--connect", f"127.0.0.1:{port}")
         assert finish(third) != 0
-        assert "already chatting" in one_error("\n".join(third.err))
+        assert one_error("\n".join(third.err)) == "error: the chat is full (1 person)"
         connector.send("still here")
         listener.expect(r"^laptop says: still here$")
     leave(connector)

@@ -44,19 +44,19 @@ QUIET = ("--keepalive", "60")
 
 # Frame numbers per direction: connector->listener is M1, M3, WELCOME, then
 # chats; listener->connector is M2, WELCOME, then chats.
-# Frames before the first CHAT: M1, M3, WELCOME, READY from the connector; M2, WELCOME
-# from the listener.
-FIRST_CHAT = {"to_listener": 4, "to_connector": 2}
+# Frames before the first CHAT: M1, M3, WELCOME, READY from the connector; M2, WELCOME,
+# MEMBERS from the listener.
+FIRST_CHAT = {"to_listener": 4, "to_connector": 3}
 
 
 # --- Processes ---------------------------------------------------------------
 
 
-def start_listener(spawn: Spawn, tmp_path: Path) -> tuple[ChatProcess, int]:
+def start_listener(spawn: Spawn, tmp_path: Path, *flags: str) -> tuple[ChatProcess, int]:
     """A real `--listen` process named desktop on a free port, already listening."""
     port = free_port()
     write_config(tmp_path, "desktop.ini", port=port, username="desktop")
-    listener = spawn("--config", "desktop.ini", "--listen", *QUIET)
+    listener = spawn("--config", "desktop.ini", "--listen", *QUIET, *flags)
     listener.expect(r"^Listening on 127\.0\.0\.1:")
     return listener, port
 
@@ -592,26 +592,26 @@ def test_garbage_connections_are_refused_and_the_listener_goes_on(
 
 
 def test_third_connection_is_refused_while_two_are_chatting(spawn: Spawn, tmp_path: Path) -> None:
-    listener, port = start_listener(spawn, tmp_path)
+    listener, port = start_listener(spawn, tmp_path, "--max-members", "1")
     friend = start_connector(spawn, tmp_path, port)
     joined(listener, friend)
 
-    # "Busy" is only told to a connector that proved the key: a stranger who
+    # "Full" is only told to a connector that proved the key: a stranger who
     # sends a hello learns nothing about whether a chat is going on.
     with connect(port) as sock:
         stranger = chatclient.PeerProtocol(Role.CONNECTOR, OTHER_PSK, "stranger", time.monotonic())
         events = drive(sock, stranger, chatclient.Established)
         assert isinstance(events[-1], chatclient.Failed)
         assert "could not authenticate" in str(events[-1].error)
-        assert "chatting" not in str(events[-1].error)
+        assert "full" not in str(events[-1].error)
     with connect(port) as sock:
         knows_key = chatclient.PeerProtocol(Role.CONNECTOR, PSK, "third", time.monotonic())
         busy = drive(sock, knows_key, chatclient.Established)[-1]
         assert isinstance(busy, chatclient.Failed)
-        assert "already chatting" in str(busy.error)
+        assert str(busy.error) == "the chat is full (1 person)"
 
     intruder = start_connector(spawn, tmp_path, port, name="intruder")
-    intruder.expect(r"^error: .*already chatting", stream="err")
+    intruder.expect(r"^error: the chat is full \(1 person\)$", stream="err")
     assert intruder.wait() != 0
     assert "WELCOME" not in intruder.all_output()
 
@@ -643,7 +643,9 @@ def vanish_after_welcome(port: int) -> None:
         sock.sendall(frame(handshake.m1))
         m3, keys = handshake.respond(next_frame(sock, decoder))
         identity = Ed25519PrivateKey.generate()
-        signed = chatclient.welcome_signed_data(Role.CONNECTOR, keys.transcript, "mallory")
+        signed = chatclient.welcome_signed_data(
+            Role.CONNECTOR, keys.transcript, "mallory", bytes(16)
+        )
         public = identity.public_key().public_bytes_raw()
         welcome = chatclient.Welcome("mallory", public, identity.sign(signed))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -256,7 +256,7 @@ def signed_by(pair: PeerPair, signer: Ed25519PrivateKey, announced: bytes, th: b
     from chatclient import Session, welcome_signed_data
 
     assert pair.connector._keys is not None
-    data = welcome_signed_data(Role.CONNECTOR, th, "laptop")
+    data = welcome_signed_data(Role.CONNECTOR, th, "laptop", bytes(16))
     return Session(pair.connector._keys).encode(Welcome("laptop", announced, signer.sign(data)))
 
 
@@ -296,7 +296,7 @@ def test_a_welcome_signature_reflected_to_the_other_role_is_refused() -> None:
         # The listener's own identity, signed as the listener would sign: sent back to it.
         keys = pair.connector._keys
         assert keys is not None
-        data = welcome_signed_data(Role.LISTENER, keys.transcript, "laptop")
+        data = welcome_signed_data(Role.LISTENER, keys.transcript, "laptop", bytes(16))
         welcome = Welcome("laptop", public(identity), identity.sign(data))
         return Session(keys).encode(welcome)
 
@@ -510,11 +510,11 @@ def test_an_invite_does_not_let_a_newcomer_take_a_pinned_name(tmp_path: Path) ->
     ],
 )
 def test_a_peer_name_that_could_not_be_pinned_safely_is_refused(name: str, words: str) -> None:
-    body = bytes(96) + name.encode()
+    body = bytes(112) + name.encode()
     with pytest.raises(ProtocolError, match=f"the peer's name .*{re.escape(words)}"):
         Welcome.decode_body(FieldReader(body, "welcome"))
     with pytest.raises(ProtocolError, match=re.escape(words)):
-        Refusal.decode_body(FieldReader(b"\x01" + name.encode(), "refusal"))
+        Refusal.decode_body(FieldReader(b"\x01\x00\x00" + name.encode(), "refusal"))
 
 
 def test_known_peers_refuses_a_name_it_could_not_show_safely() -> None:
@@ -603,4 +603,4 @@ def test_new_message_bodies_fail_only_with_protocol_errors(body: bytes) -> None:
 
 def test_a_refusal_needs_a_name() -> None:
     with pytest.raises(ProtocolError, match="name is empty"):
-        Refusal.decode_body(FieldReader(b"\x01", "refusal"))
+        Refusal.decode_body(FieldReader(b"\x01\x00\x00", "refusal"))

@@ -164,8 +164,10 @@ def welcome(role: str) -> Welcome:
     """The vector's WELCOME of `role`, as chatclient signs it with the vector's identity."""
     name = "laptop" if role == "connector" else "desktop"
     identity = Ed25519PrivateKey.from_private_bytes(h(f"{role}_identity_private"))
-    signed = welcome_signed_data(Role(role), h("th"), name)
-    return Welcome(name, identity.public_key().public_bytes_raw(), identity.sign(signed))
+    room = h("room") if role == "listener" else bytes(16)
+    signed = welcome_signed_data(Role(role), h("th"), name, room)
+    public = identity.public_key().public_bytes_raw()
+    return Welcome(name, public, identity.sign(signed), room)
 
 
 def test_welcome_bodies_signatures_and_safety_number() -> None:
@@ -173,7 +175,7 @@ def test_welcome_bodies_signatures_and_safety_number() -> None:
         message = welcome(role)
         assert message.identity.hex() == V[f"{role}_identity"]
         assert message.encode_body().hex() == V[f"{role}_welcome_body"]
-        data = welcome_signed_data(Role(role), h("th"), message.name)
+        data = welcome_signed_data(Role(role), h("th"), message.name, message.room)
         verify_signature(message.identity, message.signature, data)
     for ours, theirs in (("connector", "listener"), ("listener", "connector")):
         number = safety_number(h(f"{ours}_identity"), h(f"{theirs}_identity"))

@@ -19,6 +19,7 @@ from chatclient import (
     Established,
     Event,
     Link,
+    Members,
     MessageReceived,
     Network,
     PeerProtocol,
@@ -94,6 +95,7 @@ def test_messages_both_ways_and_a_goodbye(listening: tuple[Network, Recorder, in
             peer.receive_data(sock.recv(65536), time.monotonic())
             received += peer.events()
         assert [e.message for e in received if isinstance(e, MessageReceived)] == [
+            Members(),  # the host's first word: nobody else is in the room
             Chat("hi laptop"),
             Terminate("bye"),
         ]

@@ -23,15 +23,20 @@ from chatclient import (
     Established,
     Failed,
     FieldReader,
+    Form,
     HandshakeError,
+    Joined,
     Keepalive,
     KeyMismatch,
     KeyProven,
+    Left,
+    Members,
     Message,
     MessageReceived,
     Mode,
     PeerProtocol,
     Pending,
+    Person,
     Phase,
     ProtocolError,
     Ready,
@@ -41,6 +46,8 @@ from chatclient import (
     Reject,
     Role,
     Room,
+    Said,
+    Say,
     Stage,
     Terminate,
     Welcome,
@@ -288,13 +295,21 @@ def test_no_keepalive_after_our_goodbye() -> None:
 # --- Messages: the registry and the field codec -------------------------------------------
 
 
+SAY = Say(Form.ACTION, 7, bytes(range(64)), "bob", "waves")
+
+
 def test_every_registered_message_round_trips_through_its_tag() -> None:
     samples = {
         Welcome: Welcome("laptop"),
         Chat: Chat("hi"),
         Terminate: Terminate("bye"),
         Action: Action("waves"),
-        Refusal: Refusal(Refuse.NOT_A_CONTACT, "desktop"),
+        Refusal: Refusal(Refuse.ROOM_FULL, "desktop", 20),
+        Say: SAY,
+        Said: Said("alice", SAY),
+        Members: Members((Person("alice", bytes(32), "10.0.0.2:4000", 61),)),
+        Joined: Joined(Person("bob", bytes(range(32)), "[::1]:5", 0)),
+        Left: Left("bob", lost=True),
     }
     for tag, kind in MESSAGES.items():
         message = samples[kind] if kind in samples else kind()
@@ -312,6 +327,11 @@ def test_the_phase_table_is_derived_from_the_classes() -> None:
             Action: Phase.OPEN,
             Ready: Phase.OPEN,
             Refusal: Phase.CLOSED,
+            Say: Phase.OPEN,
+            Said: Phase.OPEN,
+            Members: Phase.OPEN,
+            Joined: Phase.OPEN,
+            Left: Phase.OPEN,
         },
         Phase.CLOSED: {},
     }

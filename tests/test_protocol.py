@@ -36,17 +36,24 @@ from chatclient import (
     Chat,
     ConfigError,
     ConnectorHandshake,
+    Form,
     FrameDecoder,
     HandshakeError,
+    Joined,
     Keepalive,
     KeyMismatch,
+    Left,
     ListenerHandshake,
+    Members,
     Message,
     MessageTooLong,
     Mode,
+    Person,
     Phase,
     ProtocolError,
     Reject,
+    Said,
+    Say,
     Terminate,
     Welcome,
     decode_key,
@@ -66,7 +73,7 @@ def frames_of(decoder: FrameDecoder) -> list[bytes]:
     return list(decoder.frames())
 
 
-KEYS = bytes(96)  # a WELCOME's identity key and signature (the session does not check them)
+KEYS = bytes(112)  # identity key, signature, room: the session does not check them
 
 
 def forge(receiver: Endpoint, seq: int, tag: int, body: bytes = b"") -> bytes:
@@ -434,10 +441,16 @@ def test_second_welcome_refused() -> None:
 def test_anything_after_terminate_refused(tag: MessageType) -> None:
     pair = ConnectionPair()
     assert pair.send(pair.connector, Terminate("bye")) == [Terminate("bye")]
+    words = Say(Form.CHAT, 0, bytes(64), "", "x")
     bodies = {
         MessageType.WELCOME: KEYS + b"x",
         MessageType.CHAT: b"x",
-        MessageType.REFUSAL: b"\x01x",
+        MessageType.REFUSAL: b"\x01\x00\x00x",
+        MessageType.SAY: words.encode_body(),
+        MessageType.SAID: Said("alice", words).encode_body(),
+        MessageType.MEMBERS: Members().encode_body(),
+        MessageType.JOINED: Joined(Person("bob", bytes(32), "h:1")).encode_body(),
+        MessageType.LEFT: Left("bob").encode_body(),
     }
     text = refusal(pair.listener, 2, tag, bodies.get(tag, b""))
     assert tag.name in text

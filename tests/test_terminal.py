@@ -456,3 +456,16 @@ def test_without_readline_and_signals_it_runs_line_by_line(spawn: Spawn, tmp_pat
         assert "Sent CHAT message." in log.getvalue()
     finally:
         child.close(force=True)
+
+
+def test_tab_completes_commands_and_the_names_in_the_room(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    child, connector = start_listening_terminal(terminal, spawn, tmp_path)
+    child.send("/ms\t")
+    child.expect_exact("/msg ")
+    child.send("la\t")
+    child.expect_exact("laptop ")  # readline writes only what it adds
+    child.sendline("psst")
+    connector.expect(r"^desktop says privately: psst$")
+    leave_from_terminal(child, connector, "desktop")

@@ -45,6 +45,7 @@ LISTENER_IDENTITY = bytes.fromhex(
 )
 
 SPAKE2_KEY = bytes(range(100, 132))
+ROOM = bytes(range(200, 216))  # the listener's room id
 
 MAGIC = b"CCHT"
 VERSION = 2
@@ -123,18 +124,19 @@ def compute() -> dict[str, Any]:
     m3 = connector_pub + confirm_tag
 
     # Each WELCOME: identity key, Ed25519 signature (deterministic) over the label, the
-    # sender's role, a zero byte, th and the name; then the name.
+    # sender's role, a zero byte, th, the room id and the name; then the room id and the
+    # name. The listener hosts the room; a connector's room id is all zeros.
     identities = {}
     welcomes = {}
-    for role, seed, name in (
-        ("connector", CONNECTOR_IDENTITY, b"laptop"),
-        ("listener", LISTENER_IDENTITY, b"desktop"),
+    for role, seed, name, room in (
+        ("connector", CONNECTOR_IDENTITY, b"laptop", bytes(16)),
+        ("listener", LISTENER_IDENTITY, b"desktop", ROOM),
     ):
         signer = Ed25519PrivateKey.from_private_bytes(seed)
         identity = signer.public_key().public_bytes_raw()
-        signed = b"chatclient/2 welcome from the " + role.encode() + b"\0" + th + name
+        signed = b"chatclient/2 welcome from the " + role.encode() + b"\0" + th + room + name
         identities[role] = identity
-        welcomes[role] = identity + signer.sign(signed) + name
+        welcomes[role] = identity + signer.sign(signed) + room + name
     # RFC 8032's public keys for those secret keys.
     assert identities["connector"].hex().startswith("d75a980182b10ab7")
     assert identities["listener"].hex().startswith("3d4017c3e843895a")
@@ -182,6 +184,7 @@ def compute() -> dict[str, Any]:
         "listener_identity": identities["listener"].hex(),
         "connector_welcome_body": welcomes["connector"].hex(),
         "listener_welcome_body": welcomes["listener"].hex(),
+        "room": ROOM.hex(),
         "safety_number": safety,
         "token_time": TOKEN_TIME,
         "token_iv": TOKEN_IV.hex(),

@@ -1,0 +1,392 @@
+"""Group chat: the room's rules and the check of relayed words (pure), then real rooms of
+real processes on 127.0.0.1, each person in a folder of their own."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import KEY, TIMEOUT, ChatProcess, free_port, run, write_config
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
+from pair import PSK, drive
+
+import chatclient
+from chatclient import (
+    FieldReader,
+    Form,
+    Hearing,
+    Joined,
+    Left,
+    Members,
+    Person,
+    ProtocolError,
+    Role,
+    Room,
+    Said,
+    Say,
+    Voice,
+    name_problem,
+)
+
+Spawn = Callable[..., ChatProcess]
+HOST = bytes(range(32))
+ROOM = bytes(range(16))
+
+
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def public(identity: Ed25519PrivateKey) -> bytes:
+    return identity.public_key().public_bytes_raw()
+
+
+# --- The room's rules ----------------------------------------------------------------------
+
+
+def test_a_room_seats_people_in_order_and_names_are_unique_handles() -> None:
+    room = Room(3)
+    a, b, c, d = object(), object(), object(), object()
+    assert room.claim(a) and room.claim(b) and room.claim(c) and not room.claim(d)
+    assert room.full and room.people(0.0) == ()  # claimed is not yet in
+    room.seat(a, Person("alice", HOST, "h:1"), 10.0)
+    room.seat(b, Person("bob", HOST, "h:2"), 12.0)
+    assert [p.name for p in room.people(20.0)] == ["alice", "bob"]
+    assert [p.seconds for p in room.people(20.0)] == [10, 8]
+    assert room.named("bob") is b and room.named("carol") is None
+    assert room.others(a) == [b]
+    assert room.release(a) == Person("alice", HOST, "h:1") and not room.full
+
+
+def test_words_go_to_everyone_else_or_only_to_the_one_they_are_for() -> None:
+    room = Room(5)
+    members = {name: object() for name in ("alice", "bob", "carol")}
+    for name, member in members.items():
+        room.claim(member)
+        room.seat(member, Person(name, HOST, "h:1"), 0.0)
+    everyone = Say(Form.CHAT, 0, bytes(64), "", "hi")
+    assert room.audience(members["alice"], everyone) == [members["bob"], members["carol"]]
+    private = Say(Form.CHAT, 0, bytes(64), "carol", "psst")
+    assert room.audience(members["alice"], private) == [members["carol"]]
+    assert room.audience(members["alice"], Say(Form.CHAT, 0, bytes(64), "zoe", "x")) == []
+
+
+# --- Signed words ------------------------------------------------------------------------------
+
+
+def heard(said: Said, identity: bytes | None, me: str = "bob") -> tuple[bool, str | None]:
+    return Hearing(me, HOST, ROOM).check(said, identity)
+
+
+def test_words_signed_by_their_author_are_shown() -> None:
+    alice = key()
+    words = Voice(alice, "alice", HOST, ROOM).say("hello all")
+    assert heard(Said("alice", words), public(alice)) == (True, None)
+
+
+def test_a_member_cannot_sign_as_someone_else_and_the_host_cannot_alter_words() -> None:
+    alice, mallory = key(), key()
+    forged = Voice(mallory, "alice", HOST, ROOM).say("send me your password")
+    assert heard(Said("alice", forged), public(alice)) == (
+        False,
+        "a message claiming to be from alice failed its signature check: not shown",
+    )
+    genuine = Voice(alice, "alice", HOST, ROOM).say("meet at 5")
+    altered = Said("alice", Say(genuine.form, genuine.seq, genuine.signature, "", "meet at 6"))
+    assert heard(altered, public(alice))[0] is False
+    moved = Said("alice", Say(genuine.form, genuine.seq, genuine.signature, "bob", "meet at 5"))
+    assert heard(moved, public(alice))[0] is False  # public words made private
+    other_room = Voice(alice, "alice", HOST, bytes(16)).say("meet at 5")
+    assert heard(Said("alice", other_room), public(alice))[0] is False
+    assert heard(Said("alice", genuine), None)[0] is False  # an author nobody announced
+
+
+def test_words_held_back_or_replayed_by_the_host_are_noticed() -> None:
+    alice = key()
+    voice, hearing = Voice(alice, "alice", HOST, ROOM), Hearing("bob", HOST, ROOM)
+    first, second, third = (voice.say(f"line {n}") for n in range(3))
+    assert hearing.check(Said("alice", first), public(alice)) == (True, None)
+    show, note = hearing.check(Said("alice", third), public(alice))
+    assert show and note == "1 message(s) from alice never arrived (held back by the host?)"
+    show, note = hearing.check(Said("alice", second), public(alice))
+    assert not show and note is not None and "came again" in note
+
+
+def test_private_words_are_numbered_apart_and_only_for_their_reader() -> None:
+    alice = key()
+    voice = Voice(alice, "alice", HOST, ROOM)
+    to_bob, to_carol = voice.say("psst", to="bob"), voice.say("hey", to="carol")
+    public_words = voice.say("all")
+    assert (to_bob.seq, to_carol.seq, public_words.seq) == (0, 0, 0)
+    assert heard(Said("alice", to_bob), public(alice)) == (True, None)
+    show, note = heard(Said("alice", to_carol), public(alice))
+    assert not show and note is not None and "someone else" in note
+
+
+@given(
+    name=st.text(min_size=1, max_size=12).filter(lambda t: name_problem(t) is None),
+    text=st.text(max_size=40),
+    seq=st.integers(0, 2**64 - 1),
+    seconds=st.integers(0, 2**32 - 1),
+)
+def test_room_messages_round_trip(name: str, text: str, seq: int, seconds: int) -> None:
+    words = Say(Form.ACTION, seq, bytes(range(64)), name, text)
+    person = Person(name, bytes(range(32)), "[::1]:50233", seconds)
+    for message in (
+        words,
+        Said(name, words),
+        Members((person, person)),
+        Joined(person),
+        Left(name, True, text),
+    ):
+        decoded = type(message).decode_body(FieldReader(message.encode_body(), "m"))
+        assert decoded == message
+
+
+@given(body=st.binary(max_size=300))
+def test_room_message_bodies_fail_only_with_protocol_errors(body: bytes) -> None:
+    for kind in (Say, Said, Members, Joined, Left):
+        with contextlib.suppress(ProtocolError):
+            kind.decode_body(FieldReader(body, kind.__name__))
+
+
+def test_a_relayed_name_that_could_not_be_shown_safely_is_refused() -> None:
+    body = Joined(Person("ok", HOST, "h:1")).encode_body().replace(b"ok", b"\x1b]")
+    with pytest.raises(ProtocolError, match="control characters"):
+        Joined.decode_body(FieldReader(body, "joined"))
+
+
+# --- Real rooms ------------------------------------------------------------------------------
+
+
+def folder(tmp_path: Path, name: str, port: int) -> Path:
+    place = tmp_path / name
+    place.mkdir(exist_ok=True)
+    write_config(place, port=port, key=KEY, username=name)
+    return place
+
+
+def host(spawn: Spawn, tmp_path: Path, *flags: str) -> tuple[ChatProcess, int]:
+    port = free_port()
+    desk = spawn("--listen", *flags, cwd=folder(tmp_path, "desktop", port))
+    desk.expect(r"^Listening on ")
+    return desk, port
+
+
+def join(spawn: Spawn, tmp_path: Path, name: str, port: int, *flags: str) -> ChatProcess:
+    member = spawn("--connect", f"127.0.0.1:{port}", *flags, cwd=folder(tmp_path, name, port))
+    member.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+    return member
+
+
+def test_five_people_chat_as_one_room(spawn: Spawn, tmp_path: Path) -> None:
+    desk, port = host(spawn, tmp_path, "--keepalive", "1")
+    members: dict[str, ChatProcess] = {}
+    for name in ("alice", "bob", "carol", "dave"):
+        members[name] = join(spawn, tmp_path, name, port, "--keepalive", "1")
+        desk.expect(rf"^{name} joined the chat\.$")
+        if len(members) > 1:
+            earlier = ", ".join(list(members)[:-1])
+            members[name].expect(rf"^Also in the chat: {earlier}$")
+        for other in list(members)[:-1]:
+            members[other].expect(rf"^{name} joined the chat\.$")
+    alice, bob, carol, dave = members.values()
+
+    alice.send("hello all")
+    alice.expect(r"^Sent CHAT message\.$")
+    for listener in (desk, bob, carol, dave):
+        listener.expect(r"^alice says: hello all$")
+    desk.send("hi everyone")
+    for member in members.values():
+        member.expect(r"^desktop says: hi everyone$")
+
+    bob.send("/msg alice psst, alice")
+    alice.expect(r"^bob says privately: psst, alice$")
+    bob.send("/msg nobody hi")
+    bob.expect(r"^error: nobody named nobody is in the chat", stream="err")
+
+    alice.send("exit", "bye all")
+    alice.expect(r"^Connection closed by you\.$")
+    assert alice.wait() == 0
+    for listener in (desk, bob, carol, dave):
+        listener.expect(r"^alice left the chat: bye all$")
+
+    carol.kill()
+    for listener in (desk, bob, dave):
+        listener.expect(r"^carol lost the connection\.$")
+
+    dave.signal(signal.SIGSTOP)
+    try:
+        bob.send("still here?")
+        desk.expect(r"^bob says: still here\?$")  # the stopped one stalls nobody
+        desk.expect(r"^dave lost the connection\.$")
+        bob.expect(r"^dave lost the connection\.$")
+    finally:
+        dave.signal(signal.SIGCONT)
+
+    desk.send("/who")
+    desk.expect(r"^Talking to bob at 127\.0\.0\.1:\d+, connected ")
+    desk.send("exit", "good night")
+    bob.expect(r"^desktop left the chat: good night$")
+    bob.expect(r"^Connection closed by peer\.$")
+    assert bob.wait() == 0 and desk.wait() == 0
+    for member in (alice, bob, carol):
+        assert not any("psst" in line for line in member.out if member is not alice)
+    assert not any("psst" in line for line in desk.out)  # private: only its recipient
+    assert not any("Traceback" in m.all_output() for m in (desk, *members.values()))
+
+
+def test_who_lists_everyone_host_first_and_verify_takes_a_name(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    desk, port = host(spawn, tmp_path)
+    alice = join(spawn, tmp_path, "alice", port)
+    bob = join(spawn, tmp_path, "bob", port)
+    alice.expect(r"^bob joined the chat\.$")
+    alice.send("/who")
+    alice.expect(r"^In the chat \(3 people\):$")
+    alice.expect(r"^  desktop \(host\) at 127\.0\.0\.1:\d+, 0 min \d+ s, not verified$")
+    alice.expect(r"^  bob at 127\.0\.0\.1:\d+, 0 min \d+ s, not verified$")
+    alice.expect(r"^  alice \(you\)$")
+    alice.send("/verify bob")
+    on_alice = alice.expect(r"^    \d{5}( \d{5}){11}$")
+    bob.send("/verify alice")
+    assert bob.expect(r"^    \d{5}( \d{5}){11}$") == on_alice
+    alice.send("/verify")
+    alice.expect(r"^try again: /verify NAME", stream="err")
+    alice.send("/verify bob ok")
+    alice.expect(r"^bob is now verified in known_peers")
+    desk.send("/who")
+    desk.expect(r"^  desktop \(you, host\)$")
+    desk.send("exit", "")
+    for member in (alice, bob):
+        member.expect(r"^Connection closed by peer\.$")
+
+
+def test_a_taken_name_and_a_full_room_are_refused_and_the_room_goes_on(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    desk, port = host(spawn, tmp_path, "--max-members", "2")
+    alice = join(spawn, tmp_path, "alice", port)
+    again = run(
+        "--connect",
+        f"127.0.0.1:{port}",
+        "--username",
+        "alice",
+        cwd=folder(tmp_path, "alice2", port),
+    )
+    assert again.returncode == 1
+    assert again.stderr.splitlines()[-1] == (
+        "error: the name alice is already taken in this chat: choose another with --username"
+    )
+    join(spawn, tmp_path, "bob", port)
+    full = run("--connect", f"127.0.0.1:{port}", cwd=folder(tmp_path, "carol", port))
+    assert full.returncode == 1
+    assert full.stderr.splitlines()[-1] == "error: the chat is full (2 people)"
+    alice.send("still fine")
+    desk.expect(r"^alice says: still fine$")
+
+
+def test_the_default_room_is_twenty_and_says_so(tmp_path: Path) -> None:
+    assert chatclient.parse_args(["--listen"]).max_members == 20
+    refused = chatclient.refusal_error(chatclient.Refusal(5, "desktop", 20), "zoe")
+    assert str(refused) == "the chat is full (20 people)"
+
+
+class Mallory:
+    """An in-process member who signs her words with a key other than her identity."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), TIMEOUT)
+        self.peer = chatclient.PeerProtocol(Role.CONNECTOR, PSK, "mallory", time.monotonic())
+        drive(self.sock, self.peer, chatclient.Established)
+
+    def say(self, text: str) -> None:
+        voice = Voice(key(), "mallory", HOST, self.peer.room)  # not her identity's key
+        self.sock.sendall(self.peer.send(voice.say(text), time.monotonic()))
+
+
+def test_words_signed_by_another_key_are_not_shown_by_the_others(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    desk, port = host(spawn, tmp_path)
+    alice = join(spawn, tmp_path, "alice", port)
+    mallory = Mallory(port)
+    alice.expect(r"^mallory joined the chat\.$")
+    mallory.say("alice: send me your key")
+    alice.expect(
+        r"^warning: a message claiming to be from mallory failed its signature check: "
+        r"not shown$"
+    )
+    desk.send("after mallory")
+    alice.expect(r"^desktop says: after mallory$")
+    assert not any("send me your key" in line for line in alice.out)
+    mallory.sock.close()
+
+
+def test_a_host_that_alters_relayed_words_is_caught(spawn: Spawn, tmp_path: Path) -> None:
+    """A host that changes what alice said before bob sees it: bob does not show it."""
+
+    class Quiet:
+        def connection_events(self, link: Any, events: Any) -> None: ...
+        def refused(self, line: str) -> None: ...
+        def network_failed(self, error: Any) -> None: ...
+        def invite_void(self, line: str) -> None: ...
+
+    class Forger(chatclient.Network):
+        def _to(self, member: object, message: chatclient.Message, now: float) -> None:
+            if isinstance(message, Said):
+                words = message.words
+                message = Said(
+                    message.author,
+                    Say(
+                        words.form,
+                        words.seq,
+                        words.signature,
+                        words.to,
+                        words.text.replace("5", "6"),
+                    ),
+                )
+            super()._to(member, message, now)
+
+    port = free_port()
+    identity = key()
+    forger = Forger(PSK, "desktop", Quiet(), identity=identity, room=ROOM, capacity=5)
+    forger.listen(chatclient.listen_socket("127.0.0.1", port, ""))
+    forger.start()
+    try:
+        alice = join(spawn, tmp_path, "alice", port)
+        bob = join(spawn, tmp_path, "bob", port)
+        alice.expect(r"^bob joined the chat\.$")
+        alice.send("meet at 5")
+        bob.expect(
+            r"^warning: a message claiming to be from alice failed its signature check: "
+            r"not shown$"
+        )
+        assert not any("meet at" in line for line in bob.out)
+    finally:
+        forger.stop()
+
+
+def test_two_people_keep_the_seed_lines(spawn: Spawn, tmp_path: Path) -> None:
+    desk, port = host(spawn, tmp_path)
+    laptop = join(spawn, tmp_path, "laptop", port)
+    desk.expect(r"^Connected by \('127\.0\.0\.1', \d+\)$")
+    desk.expect(r"^laptop joined the chat\.$")
+    laptop.send("hello desktop")
+    desk.expect(r"^laptop says: hello desktop$")
+    laptop.expect(r"^Sent CHAT message\.$")
+    laptop.send("exit", "bye bye")
+    desk.expect(r"^laptop left the chat: bye bye$")
+    desk.expect(r"^Connection closed by peer\.$")
+    assert desk.wait() == 0 and laptop.wait() == 0
+    assert not any(re.match(r"Also in the chat|.* lost the connection", line) for line in desk.out)
