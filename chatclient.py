@@ -2379,6 +2379,8 @@ class Room:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._seats: dict[object, tuple[Person, float] | None] = {}  # joined: (who, since)
+        self._coming: dict[object, str] = {}  # names held for those on their way in
+        self._next: dict[tuple[object, str], int] = {}  # each member's next SAY number
 
     def claim(self, member: object) -> bool:
         """A place for `member`, or False when the room is full."""
@@ -2387,14 +2389,28 @@ class Room:
         self._seats[member] = None
         return True
 
+    def hold(self, member: object, name: str) -> None:
+        """Keep `name` for `member` until it is in (or gone): nobody else may take it."""
+        self._coming[member] = name
+
     def seat(self, member: object, person: Person, now: float) -> None:
         """`member` is in the room as `person`."""
+        self._coming.pop(member, None)
         self._seats[member] = (person, now)
 
     def release(self, member: object) -> Person | None:
         """Free `member`'s place; who it was, if they had got in."""
+        self._coming.pop(member, None)
+        for key in [key for key in self._next if key[0] is member]:
+            del self._next[key]
         seat = self._seats.pop(member, None)
         return seat[0] if seat else None
+
+    def in_sequence(self, member: object, words: Say) -> bool:
+        """True when `words` carries the member's next number for its audience."""
+        due = self._next.get((member, words.to), 0)
+        self._next[(member, words.to)] = due + 1
+        return words.seq == due
 
     def person(self, member: object) -> Person | None:
         """Who `member` is, once in."""
@@ -2402,8 +2418,12 @@ class Room:
         return seat[0] if seat else None
 
     def named(self, name: str) -> object | None:
-        """The member in the room (or on its way in) under `name`."""
+        """The member in the room under `name`."""
         return next((m for m, seat in self._seats.items() if seat and seat[0].name == name), None)
+
+    def taken(self, name: str) -> bool:
+        """True when someone in the room, or on the way in, has `name`."""
+        return self.named(name) is not None or name in self._coming.values()
 
     def people(self, now: float, but: object = None) -> tuple[Person, ...]:
         """Everyone in, in the order they came, with their seconds in the room."""
@@ -2433,6 +2453,11 @@ class Room:
     def full(self) -> bool:
         """True when every place is taken."""
         return len(self._seats) >= self.capacity
+
+
+# What a member may send the host once in the room; SAID, MEMBERS, JOINED and LEFT are
+# the host's alone.
+MEMBER_SENDS = (Say, Chat, Action, Terminate, Keepalive)
 
 
 def words_signed_data(host: bytes, room: bytes, author: str, words: Say) -> bytes:
@@ -2480,6 +2505,16 @@ class Hearing:
     def __init__(self, me: str, host: bytes, room: bytes) -> None:
         self.me, self.host, self.room = me, host, room
         self._next: dict[tuple[str, str], int] = {}
+
+    def arrived(self, name: str) -> None:
+        """`name` joined while we were here: their words must start at number 0."""
+        self.left(name)
+        self._next[(name, "")] = self._next[(name, self.me)] = 0
+
+    def left(self, name: str) -> None:
+        """`name` left: their numbering ends (a new session starts again)."""
+        for key in [key for key in self._next if key[0] == name]:
+            del self._next[key]
 
     def check(self, said: Said, identity: bytes | None) -> tuple[bool, str | None]:
         """Whether to show `said` (`identity` is its author's, if known), and a note."""
@@ -3206,9 +3241,10 @@ class Network:
             raise IdentityRefused(
                 Refuse.ROOM_FULL, "the chat is full", name, number=self._room.capacity
             )
-        if name == self._username or self._room.named(name) is not None:
+        if name == self._username or self._room.taken(name):
             raise IdentityRefused(Refuse.NAME_TAKEN, f"the name {name} is taken here", name)
         self._judge(name, identity, mode)
+        self._room.hold(links[0], name)
 
     # The room (this side hosts it) -------------------------------------------------
 
@@ -3231,10 +3267,16 @@ class Network:
         return [event]
 
     def _relay(self, link: Link, author: Person, message: Message, now: float) -> list[Event]:
+        if not isinstance(message, MEMBER_SENDS):
+            link.peer.connection_failed(f"it sent {message.kind()}, which only a host sends")
+            return []
         if isinstance(message, Say):
-            # Not checked here: this connection already proves who sent it. The signature
-            # is for the others, who check it (109 us an Ed25519 check, measured: the host
-            # would pay it for every message of the room).
+            # The signature is not checked here: this connection already proves who sent
+            # it, and the others check it (110 us an Ed25519 check, measured: the host would
+            # pay it for every message of the room). The numbering costs nothing to check.
+            if not self._room.in_sequence(link, message):
+                link.peer.connection_failed("it sent a message out of sequence")
+                return []
             said = Said(author.name, message)
             for member in self._room.audience(link, message):
                 self._to(member, said, now)
@@ -3978,12 +4020,16 @@ class Conversation:
         if isinstance(message, Joined):
             person = message.person
             self._meet(person)
+            if self.hearing is not None:
+                self.hearing.arrived(person.name)
             verified, trust = self._trust(person.name, person.identity)
             joined = " (verified)." if verified else "."
             return [f"{sanitize(person.name)} joined the chat{joined}", *trust]
         if isinstance(message, Left):
             self.people.pop(message.name, None)
             self.distrusted.discard(message.name)
+            if self.hearing is not None:
+                self.hearing.left(message.name)
             if message.lost:
                 return [f"{stamp}{sanitize(message.name)} lost the connection."]
             return [stamp + left_line(sanitize(message.name), message.text)]
@@ -4297,7 +4343,9 @@ class Conversation:
     def whisper(self, argument: str) -> bool:
         """/msg NAME text: words for one person only (through the host)."""
         peer, text = self.named(argument)
-        if peer is None:
+        if not argument:
+            self.term.error("try again: /msg NAME text (/who lists the names)")
+        elif peer is None:
             self.term.error(
                 f"error: nobody named {sanitize(argument.split(' ')[0])} is in the chat "
                 "(/who lists who is)"

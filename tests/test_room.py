@@ -390,3 +390,58 @@ def test_two_people_keep_the_seed_lines(spawn: Spawn, tmp_path: Path) -> None:
     desk.expect(r"^Connection closed by peer\.$")
     assert desk.wait() == 0 and laptop.wait() == 0
     assert not any(re.match(r"Also in the chat|.* lost the connection", line) for line in desk.out)
+
+
+def test_the_host_holds_a_name_from_the_check_until_its_owner_is_in_or_gone() -> None:
+    room = Room(5)
+    first, second = object(), object()
+    room.claim(first)
+    room.hold(first, "zed")
+    assert room.taken("zed") and room.named("zed") is None
+    room.claim(second)
+    assert room.taken("zed")  # the second zed is refused while the first one comes in
+    room.release(first)
+    assert not room.taken("zed")
+
+
+def test_the_host_wants_each_members_words_in_sequence() -> None:
+    room = Room(2)
+    alice = object()
+    room.claim(alice)
+    words = [Say(Form.CHAT, n, bytes(64), "", "x") for n in range(3)]
+    assert room.in_sequence(alice, words[0]) and room.in_sequence(alice, words[1])
+    assert not room.in_sequence(alice, words[1])  # the same number again
+    private = Say(Form.CHAT, 0, bytes(64), "bob", "x")
+    assert room.in_sequence(alice, private)  # each audience is numbered apart
+
+
+def test_someone_who_joined_while_we_were_here_starts_at_zero_and_a_rejoin_starts_again() -> None:
+    alice = key()
+    hearing = Hearing("bob", HOST, ROOM)
+    hearing.arrived("alice")
+    voice = Voice(alice, "alice", HOST, ROOM)
+    first, second = voice.say("one"), voice.say("two")
+    show, note = hearing.check(Said("alice", second), public(alice))  # the first was withheld
+    assert show and note is not None and "never arrived" in note
+    hearing.left("alice")
+    hearing.arrived("alice")  # a new session of alice numbers from 0 again
+    again = Voice(alice, "alice", HOST, ROOM).say("back")
+    assert hearing.check(Said("alice", again), public(alice)) == (True, None)
+    assert first.seq == 0
+
+
+def test_a_member_sending_what_only_a_host_sends_is_put_out(spawn: Spawn, tmp_path: Path) -> None:
+    desk, port = host(spawn, tmp_path)
+    alice = join(spawn, tmp_path, "alice", port)
+    mallory = Mallory(port)
+    alice.expect(r"^mallory joined the chat\.$")
+    forged = Said("desktop", Voice(key(), "desktop", HOST, ROOM).say("I am the host"))
+    for message in (forged, Left("alice", text="gone for good")):
+        mallory.sock.sendall(mallory.peer.send(message, time.monotonic()))
+    alice.expect(r"^mallory lost the connection\.$")
+    desk.expect(r"^mallory lost the connection\.$")
+    desk.send("/who")
+    desk.expect(r"^Talking to alice at ")  # alice is still in, as far as the host knows
+    for side in (desk, alice):
+        assert not any("I am the host" in line or "gone for good" in line for line in side.out)
+    mallory.sock.close()
