@@ -75,6 +75,10 @@ MAX_OUTGOING = 4 * 1024 * 1024
 # until the peer has read some, and a sender waits once this many are queued.
 HIGH_WATER = 1024 * 1024
 MAX_QUEUED_COMMANDS = 4096
+# Lines waiting for a screen that does not take them; more are counted, not kept.
+MAX_WAITING_LINES = 100_000
+# Queued like a line, to ring the terminal bell after the lines before it.
+BELL = "\a"
 # An invite code is void after this many wrong tries.
 MAX_INVITE_FAILURES = 3
 
@@ -3465,6 +3469,13 @@ class Terminal:
         self._posted: list[tuple[str, TextIO, threading.Event]] = []
         self._posted_lock = threading.RLock()  # RLock: a signal handler may nest
         self._printing_posted = False
+        # Lines from other threads wait here for the printer thread, so the network
+        # thread never waits for a screen (paused with Ctrl-S, or a pipe nobody reads).
+        self._waiting: deque[tuple[str, TextIO]] = deque()
+        self._waiting_cond = threading.Condition()
+        self._unshown = 0  # lines dropped while MAX_WAITING_LINES waited
+        self._printing = False  # the printer thread has lines in hand
+        self._printer: threading.Thread | None = None
         if self.interactive:
             self._load_readline()
 
@@ -3518,19 +3529,85 @@ class Terminal:
         readline.parse_and_bind("tab: complete")
 
     def show(self, line: str, stream: TextIO | None = None) -> None:
-        """Print a line; on a terminal, redraw the prompt and typed text below it."""
-        out = stream or self.stdout
-        if self._relay and threading.get_ident() != self._main:
-            self._post(line, out)
-        else:
-            self._print(line, out)
+        """Print a line; on a terminal, redraw the prompt and typed text below it.
 
-    def _post(self, line: str, out: TextIO) -> None:
-        """Have the main thread print a line, and wait until it has."""
-        printed = threading.Event()
-        with self._posted_lock:
-            self._posted.append((line, out, printed))
-        signal_until(self._main, signal.SIGUSR2, printed)
+        From another thread the line is only queued: the printer thread prints it
+        (through the main thread on a terminal), in order, however slow the screen.
+        """
+        out = stream or self.stdout
+        if threading.get_ident() == self._main:
+            self.flush()  # what other threads queued comes first
+            self._print(line, out)
+            return
+        with self._waiting_cond:
+            if len(self._waiting) >= MAX_WAITING_LINES:
+                self._unshown += 1
+                return
+            self._waiting.append((line, out))
+            self._waiting_cond.notify()
+            if self._printer is None:
+                self._printer = threading.Thread(target=self._print_waiting, daemon=True)
+                self._printer.start()
+
+    def flush(self) -> None:
+        """On the main thread: print every line other threads have queued, in order.
+
+        The printer thread moves lines only under _posted_lock, held here throughout, so
+        none can slip from one queue to the other behind this loop's back.
+        """
+        with self._lock, self._posted_lock:
+            while True:
+                if self._posted:  # the printer thread's line in flight goes first
+                    line, out, printed = self._posted.pop(0)
+                    try:
+                        self._print(line, out)
+                    finally:
+                        printed.set()
+                elif (item := self._next_waiting()) is not None:
+                    self._print(*item)
+                else:
+                    return
+
+    def _next_waiting(self) -> tuple[str, TextIO] | None:
+        with self._waiting_cond:
+            if self._unshown:
+                count, self._unshown = self._unshown, 0
+                return f"({count} lines were not shown: the screen was not taking them)", (
+                    self.stderr
+                )
+            return self._waiting.popleft() if self._waiting else None
+
+    def _print_waiting(self) -> None:
+        while True:
+            with self._waiting_cond:
+                self._waiting_cond.wait_for(lambda: bool(self._waiting or self._unshown))
+                self._printing = True
+            if self._relay:
+                self._post_waiting()
+            else:
+                with self._lock:  # taken and printed as one step: flush() keeps the order
+                    while (item := self._next_waiting()) is not None:
+                        self._print(*item)
+            with self._waiting_cond:
+                self._printing = bool(self._waiting or self._unshown)
+                self._waiting_cond.notify_all()
+
+    def wait_shown(self, timeout: float) -> None:
+        """Off the main thread: wait until the lines queued so far are out (or `timeout`)."""
+        with self._waiting_cond:
+            self._waiting_cond.wait_for(
+                lambda: not (self._waiting or self._unshown or self._printing), timeout
+            )
+
+    def _post_waiting(self) -> None:
+        """Hand the waiting lines to the main thread one by one, each once it is printed."""
+        while True:
+            printed = threading.Event()
+            with self._posted_lock:  # taken and posted as one step: flush() keeps the order
+                if (item := self._next_waiting()) is None:
+                    return
+                self._posted.append((*item, printed))
+            signal_until(self._main, signal.SIGUSR2, printed)
 
     def _print_posted(self, signum: int, frame: FrameType | None) -> None:
         if self._printing_posted:  # a nested signal: the outer call prints in order
@@ -3554,6 +3631,10 @@ class Terminal:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def _print(self, line: str, out: TextIO) -> None:
+        if line is BELL:
+            with self._lock:
+                write(self.stdout, "\a")
+            return
         with self._lock:
             if self.interactive:
                 line = wrap_for_terminal(line, terminal_width(self.stdout))
@@ -3622,10 +3703,10 @@ class Terminal:
         return self._line_buffer() if self.interactive else ""
 
     def bell(self) -> None:
-        """Ring the terminal bell (only on a terminal: piped output stays plain)."""
+        """Ring the terminal bell (only on a terminal: piped output stays plain), after
+        the lines queued before it."""
         if self.interactive:
-            with self._lock:
-                write(self.stdout, "\a")
+            self.show(BELL)
 
     def newline(self) -> None:
         """End a line left open by Ctrl-C or Ctrl-D at a terminal prompt."""
@@ -4236,6 +4317,8 @@ class Conversation:
     def _end_from_network(self, status: int, line: str) -> None:
         if not self._decide(status, line):
             return
+        # Everything this side was shown comes before the prompt is taken away.
+        self.term.wait_shown(GOODBYE_DRAIN_SECONDS)
         with self._lock:
             can_interrupt = self._can_interrupt
         if can_interrupt:
@@ -4989,6 +5072,7 @@ def main(argv: list[str] | None = None) -> int:
             return conversation.status()
         finally:
             network.stop()
+            term.flush()  # lines the network thread queued last
     except ChatError as exc:
         term.error(f"error: {exc}")
         return 1

@@ -132,6 +132,8 @@ def test_six_thousand_connections_leave_threads_and_memory_flat(
     for _ in range(50):  # warm up: the first connections load what refusals need
         with socket.create_connection(("127.0.0.1", port), source_address=(FLOODER, 0)):
             pass
+    # The first refusal is printed: the printer thread (the screen's own) is there.
+    listener.expect(r"^(Refused|Dropped) a connection from \('127\.0\.0\.2', ", stream="err")
     threads, rss = status_field(pid, "Threads"), status_field(pid, "VmRSS")
     rng = random.Random(6000)
     for n in range(6000):

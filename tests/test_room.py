@@ -7,13 +7,15 @@ import contextlib
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KEY, TIMEOUT, ChatProcess, free_port, run, write_config
+from conftest import KEY, SCRIPT, TIMEOUT, ChatProcess, free_port, run, write_config
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
@@ -445,3 +447,33 @@ def test_a_member_sending_what_only_a_host_sends_is_put_out(spawn: Spawn, tmp_pa
     for side in (desk, alice):
         assert not any("I am the host" in line or "gone for good" in line for line in side.out)
     mallory.sock.close()
+
+
+def test_a_host_screen_that_takes_nothing_never_stalls_the_room(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """The host's output is a pipe nobody reads (as a terminal paused with Ctrl-S): once it
+    is full, the host's own printing waits, and the relaying does not."""
+    port = free_port()
+    desk = folder(tmp_path, "desktop", port)
+    with subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--listen"],
+        cwd=desk,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,  # never read
+        stderr=subprocess.DEVNULL,
+    ) as host_process:
+        try:
+            alice = join(spawn, tmp_path, "alice", port)
+            bob = join(spawn, tmp_path, "bob", port)
+            alice.expect(r"^bob joined the chat\.$")
+            lines = [
+                f"line {n:04d} of a long paste, long enough to fill a pipe" for n in range(3000)
+            ]
+            alice.send(*lines)
+            bob.expect(r"^alice says: line 2999 ", timeout=60.0)
+            assert [line for line in bob.out if line.startswith("alice says: ")] == [
+                f"alice says: {line}" for line in lines
+            ]
+        finally:
+            host_process.kill()
