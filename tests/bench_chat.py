@@ -25,6 +25,11 @@ baseline measured in the same run:
   connector's main thread through a real Network (one per connection, its thread started
   inside the timing, as main() does), with one long-lived listening Network admitting the
   connectors one after another; against a bare TCP connect;
+- a room: a host (the real Network) with 20 members, one of whom sends a burst of signed
+  100-byte words that the host relays to the 19 others, messages/s from the first arrival to
+  the last and deliveries lost; against the host's one-core limit (decrypt each message once,
+  encrypt it for each other member, in one process); and the same with one member stopped
+  (SIGSTOP) as the burst starts;
 - start-up to the listen/connect prompt, median, against `python -c "import cryptography.fernet"`;
 - resident memory of an idle connected `python chatclient.py --connect`, against a bare
   `python -c` waiting on stdin.
