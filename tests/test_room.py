@@ -4,7 +4,9 @@ real processes on 127.0.0.1, each person in a folder of their own."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -464,6 +466,12 @@ def test_a_host_screen_that_takes_nothing_never_stalls_the_room(
         stderr=subprocess.DEVNULL,
     ) as host_process:
         try:
+            assert host_process.stdout is not None
+            seen = b""
+            while b"Listening on" not in seen:  # then its output is never read again
+                ready, _, _ = select.select([host_process.stdout], [], [], TIMEOUT)
+                assert ready, f"the host did not start listening: {seen!r}"
+                seen += os.read(host_process.stdout.fileno(), 4096)
             alice = join(spawn, tmp_path, "alice", port)
             bob = join(spawn, tmp_path, "bob", port)
             alice.expect(r"^bob joined the chat\.$")
