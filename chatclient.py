@@ -3398,6 +3398,14 @@ class Network:
             if link in self._room and link.established:
                 self._to(link, message, now)
 
+    def offer(self, invite: Invite) -> None:
+        """From now on, connections may join with `invite` (the one before is void)."""
+
+        def replace_invite(now: float) -> None:
+            self._invite, self._invite_reported = invite, False
+
+        self.post(replace_invite)
+
     def send_to(self, name: str, message: Message) -> None:
         """Send a message to the one member called `name` (the host's private words)."""
 
@@ -4423,6 +4431,16 @@ class Conversation:
             )
         return False
 
+    def invite(self, argument: str) -> bool:
+        """/invite: a new one-time code for one more person (the host only)."""
+        if not self.hosting or self.net is None:
+            self.term.error("try again: only the one who listens (the host) can invite")
+            return False
+        invite = Invite(new_invite_code())
+        self.net.offer(invite)
+        show_invite(invite, self.config, self.term)
+        return False
+
     def whisper(self, argument: str) -> bool:
         """/msg NAME text: words for one person only (through the host)."""
         peer, text = self.named(argument)
@@ -4476,6 +4494,9 @@ COMMANDS = (
     ),
     Command("me", (), "an action: /me waves shows * yourname waves", Conversation.act),
     Command("msg", (), "words for one person only: /msg NAME text", Conversation.whisper),
+    Command(
+        "invite", (), "(host) a new one-time invite code for one more person", Conversation.invite
+    ),
     Command(
         "quit", ("exit",), "leave the chat (asks for optional goodbye text)", Conversation.quit
     ),

@@ -485,3 +485,28 @@ def test_a_host_screen_that_takes_nothing_never_stalls_the_room(
             ]
         finally:
             host_process.kill()
+
+
+def test_the_host_invites_one_more_person_at_a_time(spawn: Spawn, tmp_path: Path) -> None:
+    port = free_port()
+    places = {}
+    for name in ("desktop", "alice", "bob"):
+        places[name] = tmp_path / name
+        places[name].mkdir()
+        write_config(places[name], port=port, key="", username=name)
+    desk = spawn("--listen", cwd=places["desktop"])
+    first = desk.expect(r"^Invite code: ").split(": ")[1]
+    desk.expect(r"^Listening on ")
+    alice = spawn("--connect", f"127.0.0.1:{port}", "--code", first, cwd=places["alice"])
+    desk.expect(r"^alice joined the chat \(verified\)\.$")
+    desk.send("/invite")
+    second = desk.expect(r"^Invite code: ").split(": ")[1]
+    assert second != first
+    used = run("--connect", f"127.0.0.1:{port}", "--code", first, cwd=places["bob"])
+    assert "the invite code is wrong" in used.stderr  # only the newest code is open
+    bob = spawn("--connect", f"127.0.0.1:{port}", "--code", second, cwd=places["bob"])
+    desk.expect(r"^bob joined the chat \(verified\)\.$")
+    alice.expect(r"^bob joined the chat\.$")
+    bob.expect(r"^Also in the chat: alice$")
+    alice.send("/invite")
+    alice.expect(r"^try again: only the one who listens", stream="err")
