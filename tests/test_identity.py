@@ -449,18 +449,22 @@ def test_a_handshake_abandoned_after_m2_is_marked_so() -> None:
     assert not silent.abandoned  # never got as far as M2
 
 
+def wrong_guess_at_m1(invite: Invite) -> PeerPair:
+    """A connector with a wrong code whose M1 has reached the listener (nothing more)."""
+    pair = PeerPair(
+        connector_psk=None,
+        listener_psk=None,
+        connector={"code": "8-gazelle-guitarist"},
+        listener={"invite": invite},
+    )
+    pair.listener.receive_data(pair.connector.data_to_send(), 0)
+    return pair
+
+
 def test_abandoned_invite_tries_cost_nothing_and_never_block_the_invitee() -> None:
     invite = Invite("7-gazelle-guitarist")
-    idle = []
-    for _ in range(5):  # half-finished tries, some left hanging, some given up
-        pair = PeerPair(
-            connector_psk=None,
-            listener_psk=None,
-            connector={"code": "8-gazelle-guitarist"},
-            listener={"invite": invite},
-        )
-        pair.listener.receive_data(pair.connector.data_to_send(), 0)
-        idle.append(pair)
+    # Half-finished tries, some left hanging, some given up.
+    idle = [wrong_guess_at_m1(invite) for _ in range(5)]
     idle[0].listener.receive_data(b"", 0)
     assert invite.open and invite.failures == 0
     real = invite_pair("7-gazelle-guitarist", invite)
@@ -469,17 +473,9 @@ def test_abandoned_invite_tries_cost_nothing_and_never_block_the_invitee() -> No
 
 def test_guesses_in_flight_get_no_answer_once_the_invite_is_void() -> None:
     invite = Invite("7-gazelle-guitarist")
-    pairs = []
-    for _ in range(MAX_INVITE_FAILURES + 2):  # all reach M2 before any M3 is checked
-        pair = PeerPair(
-            connector_psk=None,
-            listener_psk=None,
-            connector={"code": "8-gazelle-guitarist"},
-            listener={"invite": invite},
-        )
-        pair.listener.receive_data(pair.connector.data_to_send(), 0)
+    pairs = [wrong_guess_at_m1(invite) for _ in range(MAX_INVITE_FAILURES + 2)]
+    for pair in pairs:  # all reach M2 before any M3 is checked
         pair.connector.receive_data(pair.listener.data_to_send(), 0)
-        pairs.append(pair)
     answers = []
     for pair in pairs:
         pair.pump()
