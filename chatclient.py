@@ -3306,13 +3306,6 @@ class Network:
             member.outgoing += member.peer.send(message, now)
             self._dirty[member.fd] = member
 
-    @property
-    def identity(self) -> bytes:
-        """This side's public identity key (the room's, when hosting)."""
-        if self._identity is None:
-            return bytes(32)
-        return self._identity.public_key().public_bytes_raw()
-
     def _write(self, link: Link, now: float) -> bool:
         """Write what the socket takes now; False when writing failed (events to pass on)."""
         if len(link.outgoing) > MAX_OUTGOING:
