@@ -27,6 +27,7 @@ import hmac
 import importlib
 import importlib.util
 import os
+import queue
 import re
 import select
 import selectors
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
         X25519PublicKey,
     )
 
-__version__ = "2.0.0"
+__version__ = "2.1.0"
 
 DEFAULT_PORT = 50233
 HANDSHAKE_SECONDS = 10.0
@@ -75,10 +76,17 @@ MAX_OUTGOING = 4 * 1024 * 1024
 # until the peer has read some, and a sender waits once this many are queued.
 HIGH_WATER = 1024 * 1024
 MAX_QUEUED_COMMANDS = 4096
+SETTLE_ROUNDS = 4  # rounds of writing per pass while links queue for one another
 # Lines waiting for a screen that does not take them; more are counted, not kept.
 MAX_WAITING_LINES = 100_000
 # Queued like a line, to ring the terminal bell after the lines before it.
 BELL = "\a"
+
+
+class StatusText(str):
+    """Queued like a line: the new text of the status row above the prompt ('' clears it)."""
+
+
 # An invite code is void after this many wrong tries.
 MAX_INVITE_FAILURES = 3
 
@@ -157,6 +165,7 @@ class Config:
     username: str = ""
     timestamps: bool = False
     bell: bool = False
+    downloads: str = ""  # where received files go; "" means the default (downloads_folder)
 
     @property
     def fernet_key(self) -> str:
@@ -387,6 +396,7 @@ def read_config(path: str) -> Config:
         username=check_username(fields["username"], path) if fields["username"].strip() else "",
         timestamps=parse_switch(fields.get("timestamps", ""), f"{path}: timestamps"),
         bell=parse_switch(fields.get("bell", ""), f"{path}: bell"),
+        downloads=fields.get("downloads", "").strip(),
     )
 
 
@@ -476,6 +486,9 @@ def render_config(config: Config) -> str:
         "# Optional: [14:03] before incoming lines, and the terminal bell for each.\n"
         f"timestamps = {'yes' if config.timestamps else 'no'}\n"
         f"bell = {'yes' if config.bell else 'no'}\n"
+        "# Optional: where received files are saved (empty: ~/Downloads if it exists,\n"
+        "# else the folder you start the chat in).\n"
+        f"downloads = {config.downloads}\n"
     )
 
 
@@ -528,6 +541,7 @@ PSK_INFO = b"chatclient/2 psk"
 INVITE_INFO = b"chatclient/2 invite"
 CONTACT_INFO = b"chatclient/2 contacts"
 KEYS_INFO = b"chatclient/2 keys"
+FILES_INFO = b"chatclient/2 files"
 CONFIRM_LABEL = b"connector"
 WELCOME_LABEL = b"chatclient/2 welcome from the "
 SPAKE_IDS = {"idA": b"chatclient connector", "idB": b"chatclient listener"}
@@ -726,12 +740,24 @@ class SessionKeys:
     send_key: bytes
     recv_key: bytes
     transcript: bytes = field(repr=False)  # th: what each WELCOME signature covers
+    file_send_key: bytes = field(repr=False)  # AES-256-GCM for file chunks we send
+    file_recv_key: bytes = field(repr=False)
+    direction: int = 0  # of what we send: 0 connector->listener, 1 listener->connector
 
 
 def derive_keys(secret: bytes, psk: bytes, th: bytes) -> tuple[bytes, bytes, bytes]:
     """okm split into: connector->listener, listener->connector, confirm."""
     okm = hkdf_sha256(secret, psk, KEYS_INFO + th, OKM_SIZE)
     return okm[0:32], okm[32:64], okm[64:96]
+
+
+def derive_file_keys(secret: bytes, psk: bytes, th: bytes) -> tuple[bytes, bytes]:
+    """The AES-256-GCM keys of file chunks: connector->listener, listener->connector.
+
+    A label of their own, so no key ever serves both Fernet and AES-GCM.
+    """
+    okm = hkdf_sha256(secret, psk, FILES_INFO + th, 64)
+    return okm[0:32], okm[32:64]
 
 
 def confirm_tag(confirm_key: bytes, th: bytes) -> bytes:
@@ -796,8 +822,9 @@ class ConnectorHandshake:
         secret = shared_secret(self._private, check_peer_key(body[:32]))
         th = hashlib.sha256(self.m1 + m2 + self._public).digest()
         c2l, l2c, confirm = derive_keys(secret, psk, th)
+        file_c2l, file_l2c = derive_file_keys(secret, psk, th)
         m3 = self._public + confirm_tag(confirm, th)
-        return m3, SessionKeys(send_key=c2l, recv_key=l2c, transcript=th)
+        return m3, SessionKeys(c2l, l2c, th, file_c2l, file_l2c, direction=0)
 
 
 class ListenerHandshake:
@@ -862,7 +889,8 @@ class ListenerHandshake:
             self._check_invite(matched)
         if not matched:
             raise KeyMismatch(KEY_MISMATCH_TEXT)
-        return SessionKeys(send_key=l2c, recv_key=c2l, transcript=th)
+        file_c2l, file_l2c = derive_file_keys(secret, self._psk, th)
+        return SessionKeys(l2c, c2l, th, file_l2c, file_c2l, direction=1)
 
     def _check_invite(self, matched: bool) -> None:
         """Spend one guess on the invite. Only here does a guesser learn anything, and
@@ -1319,7 +1347,8 @@ class FrameDecoder:
         end = start + FRAME_HEADER.size + length
         if len(self._buffer) < end:
             return None
-        body = bytes(self._buffer[start + FRAME_HEADER.size : end])
+        with memoryview(self._buffer) as view:  # one copy, where slicing makes two
+            body = bytes(view[start + FRAME_HEADER.size : end])
         self._start = end
         return body
 
@@ -1458,6 +1487,8 @@ class Message:
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
+        if cls.TAG == 0 and "TAG" in cls.__dict__:
+            return  # a base for messages that share a body, not one itself
         if cls.TAG in MESSAGES or not 0 < cls.TAG < 256:
             raise TypeError(f"{cls.__name__}: wire tag {cls.TAG} is taken or out of range")
         MESSAGES[cls.TAG] = cls
@@ -1749,6 +1780,168 @@ class Left(Message):
         return cls(name, lost, body.rest_text(MAX_TEXT, "goodbye text"))
 
 
+# Files. A sender numbers its offers on each connection (ID); the receiver's ACCEPT,
+# REJECT, CREDIT and RECEIVED name that number, and a CANCEL says whose it is.
+# Through a host, each leg has its own numbers, and WHO names the far end: on the
+# way to the host the one a file is for, on the way from it the one who offers it
+# ("" is the host itself).
+MAX_OFFERED_NAME = 1024  # bytes of a file name on the wire (a safe one is made of it)
+MAX_REASON = 256
+
+
+@dataclass(frozen=True)
+class FileOffer(Message):
+    """A file offered: its name, size and SHA-256 (checked when it has all arrived)."""
+
+    TAG: ClassVar[int] = 13
+    id: int
+    size: int
+    digest: bytes
+    name: str
+    who: str = ""
+
+    def encode_body(self) -> bytes:
+        return (
+            int_field(self.id, 4)
+            + int_field(self.size, 8)
+            + check_size("SHA-256", self.digest, 32)
+            + bytes_field(encode_text(self.who, MAX_NAME_BYTES, "a name"))
+            + encode_text(self.name, MAX_OFFERED_NAME, "a file name")
+        )
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        number, size = body.integer(4, "id"), body.integer(8, "size")
+        digest = body.fixed(32, "SHA-256")
+        who = body.text(MAX_NAME_BYTES, "who")
+        if who:
+            checked_name(who)
+        return cls(number, size, digest, body.rest_text(MAX_OFFERED_NAME, "name"), who)
+
+
+@dataclass(frozen=True)
+class FileAccept(Message):
+    """The receiver takes an offer from OFFSET on (past it, a resume) and grants CREDIT
+    bytes: the sender sends no more than it was granted."""
+
+    TAG: ClassVar[int] = 14
+    id: int
+    offset: int
+    credit: int
+
+    def encode_body(self) -> bytes:
+        return int_field(self.id, 4) + int_field(self.offset, 8) + int_field(self.credit, 8)
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        number, offset = body.integer(4, "id"), body.integer(8, "offset")
+        credit = body.integer(8, "credit")
+        body.end()
+        return cls(number, offset, credit)
+
+
+@dataclass(frozen=True)
+class FileAbout(Message):
+    """A base: a file message whose body is the transfer's id alone."""
+
+    TAG: ClassVar[int] = 0
+    id: int
+
+    def encode_body(self) -> bytes:
+        return int_field(self.id, 4)
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        number = body.integer(4, "id")
+        body.end()
+        return cls(number)
+
+
+@dataclass(frozen=True)
+class FileReject(FileAbout):
+    """The receiver declines an offer."""
+
+    TAG: ClassVar[int] = 15
+
+
+@dataclass(frozen=True)
+class FileCredit(Message):
+    """The receiver has written AMOUNT more bytes to disk: the sender may send them."""
+
+    TAG: ClassVar[int] = 16
+    id: int
+    amount: int
+
+    def encode_body(self) -> bytes:
+        return int_field(self.id, 4) + int_field(self.amount, 8)
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        number, amount = body.integer(4, "id"), body.integer(8, "amount")
+        body.end()
+        return cls(number, amount)
+
+
+@dataclass(frozen=True)
+class FileDone(FileAbout):
+    """The sender has sent every byte and found the file unchanged."""
+
+    TAG: ClassVar[int] = 17
+
+
+@dataclass(frozen=True)
+class FileReceived(FileAbout):
+    """The receiver has every byte, the SHA-256 matched, and the file is saved."""
+
+    TAG: ClassVar[int] = 18
+
+
+@dataclass(frozen=True)
+class FileCancel(Message):
+    """A transfer stops. MINE: the one cancelling sends it (else it receives it)."""
+
+    TAG: ClassVar[int] = 19
+    id: int
+    mine: bool
+    reason: str = ""
+
+    def encode_body(self) -> bytes:
+        reason = encode_text(self.reason, MAX_REASON, "a reason")
+        return int_field(self.id, 4) + int_field(int(self.mine), 1) + reason
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        number, mine = body.integer(4, "id"), body.integer(1, "mine")
+        if mine > 1:
+            raise ProtocolError(f"a CANCEL's sender flag is {mine}, not 0 or 1")
+        return cls(number, bool(mine), body.rest_text(MAX_REASON, "reason"))
+
+
+FILE_MESSAGES = (FileOffer, FileAccept, FileReject, FileCredit, FileDone, FileReceived, FileCancel)
+
+# A chunk of file data travels as a frame of its own, not a Fernet token: MARK, the
+# transfer's id (4), the offset (8), then the data sealed with AES-256-GCM under the
+# direction's file key. The nonce is the direction (4) and the number of chunks sent
+# before on this connection in that direction (8), so it never repeats under a key;
+# the associated data binds the label, the id and the offset. A Fernet token starts
+# with "g", so MARK (0) never begins one.
+CHUNK_MARK = 0
+CHUNK_HEADER = struct.Struct("!BIQ")
+CHUNK_LABEL = b"chatclient/2 chunk\0"
+CHUNK_SIZE = 64 * 1024
+CHUNK_TAG_SIZE = 16
+
+
+def chunk_nonce(direction: int, counter: int) -> bytes:
+    """A chunk's AES-GCM nonce: the direction, then the counter."""
+    return struct.pack("!IQ", direction, counter)
+
+
+def chunk_associated_data(transfer: int, offset: int) -> bytes:
+    """What a chunk's tag covers besides its data."""
+    return CHUNK_LABEL + struct.pack("!IQ", transfer, offset)
+
+
 def checked_name(name: str) -> str:
     """`name` if it follows the rules of a username, else ProtocolError."""
     if (problem := name_problem(name)) is not None:
@@ -1818,6 +2011,14 @@ class Session:
         self._invalid_token: type[Exception] = InvalidToken
         self._send_seq = 0
         self._recv_seq = 0
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self._invalid_tag: type[Exception] = InvalidTag
+        self._chunk_sealer = AESGCM(keys.file_send_key)
+        self._chunk_opener = AESGCM(keys.file_recv_key)
+        self._chunks_sent = 0
+        self._chunks_received = 0
         self._send_phase = Phase.AWAIT_WELCOME
         self._recv_phase = Phase.AWAIT_WELCOME
 
@@ -1837,6 +2038,41 @@ class Session:
         self._send_phase = advance(self._send_phase, message, "this side")
         self._send_seq += 1
         return encode_frame(self._sender.encrypt(payload))
+
+    def seal_chunk(self, transfer: int, offset: int, data: bytes) -> bytes:
+        """The complete frame carrying one chunk of file data; each uses the next nonce."""
+        if self._send_phase is not Phase.OPEN:
+            raise ProtocolError(f"cannot send file data {self._send_phase.value}")
+        nonce = chunk_nonce(self.keys.direction, self._chunks_sent)
+        self._chunks_sent += 1
+        sealed = self._chunk_sealer.encrypt(nonce, data, chunk_associated_data(transfer, offset))
+        header = CHUNK_HEADER.pack(CHUNK_MARK, transfer, offset)
+        return FRAME_HEADER.pack(len(header) + len(sealed)) + header + sealed
+
+    def open_chunk(self, body: bytes) -> tuple[int, int, bytes]:
+        """A chunk frame's (id, offset, data); ProtocolError if it is not exactly the next
+        chunk sealed by the peer (tampered with, replayed, reordered or misplaced)."""
+        if self._recv_phase is not Phase.OPEN:
+            raise ProtocolError(f"the peer sent file data {self._recv_phase.value}")
+        if len(body) < CHUNK_HEADER.size + CHUNK_TAG_SIZE:
+            raise ProtocolError("the peer sent a truncated file chunk")
+        if len(body) > CHUNK_HEADER.size + CHUNK_SIZE + CHUNK_TAG_SIZE:
+            raise ProtocolError(f"the peer sent a file chunk over {CHUNK_SIZE} bytes")
+        _, transfer, offset = CHUNK_HEADER.unpack_from(body)
+        nonce = chunk_nonce(1 - self.keys.direction, self._chunks_received)
+        try:
+            data = self._chunk_opener.decrypt(
+                nonce,
+                memoryview(body)[CHUNK_HEADER.size :],
+                chunk_associated_data(transfer, offset),
+            )
+        except self._invalid_tag:
+            raise ProtocolError(
+                "a file chunk failed its integrity check (tampered with, replayed, "
+                "reordered or not from your peer)"
+            ) from None
+        self._chunks_received += 1
+        return transfer, offset, data
 
     def decode(self, body: bytes) -> Message:
         """The message inside one frame body from the peer.
@@ -2002,6 +2238,15 @@ class MessageReceived(Event):
 
 
 @dataclass(frozen=True)
+class ChunkReceived(Event):
+    """A chunk of file data, opened: its transfer's id on this connection, offset, bytes."""
+
+    transfer: int
+    offset: int
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Closed(Event):
     """The connection ended cleanly: end of stream after a goodbye."""
 
@@ -2113,6 +2358,14 @@ class PeerProtocol:
         if self.stage is not Stage.OPEN or self._session is None:
             raise ProtocolError(f"cannot send {message.kind()} {self.stage.value}")
         frame = self._session.encode(message)
+        self._last_sent = now
+        return frame
+
+    def send_chunk(self, transfer: int, offset: int, data: bytes, now: float) -> bytes:
+        """The frame carrying a chunk of file data, sealed with the next nonce."""
+        if self.stage is not Stage.OPEN or self._session is None:
+            raise ProtocolError(f"cannot send file data {self.stage.value}")
+        frame = self._session.seal_chunk(transfer, offset, data)
         self._last_sent = now
         return frame
 
@@ -2315,6 +2568,9 @@ class PeerProtocol:
 
     def _on_message(self, body: bytes) -> None:
         assert self._session is not None
+        if body[:1] == bytes([CHUNK_MARK]):
+            self._events.append(ChunkReceived(*self._session.open_chunk(body)))
+            return
         message = self._session.decode(body)
         if isinstance(message, Refusal):
             raise refusal_error(message, self.name)
@@ -2629,6 +2885,124 @@ class AbandonLog:
         return f"{count} {noun} from {host} {verb} abandoned halfway"
 
 
+# --- Files: names, sizes and partial downloads (pure) ---------------------------------
+
+# A saved name is cut to this many bytes, leaving room under the usual 255-byte limit
+# for " (99)" and ".part.meta".
+MAX_SAVED_NAME = 200
+PART_SUFFIX = ".part"  # data in flight: renamed into place once its SHA-256 matches
+META_SUFFIX = ".meta"  # beside NAME.part: what it is part of, so the file can resume
+META_HEADER = "# chatclient partial download: lets the same file resume from here"
+
+
+def safe_file_name(offered: str) -> str | None:
+    """The name to save an offered file under, or None when nothing safe is left.
+
+    Only the last path part counts (after / or \\), a drive letter goes, control,
+    format and bidi characters go, and leading dots go (no dot-file, no ..); the
+    rest is cut to MAX_SAVED_NAME bytes, keeping a short extension.
+    """
+    base = re.split(r"[/\\]", offered)[-1]
+    base = re.sub(r"^[A-Za-z]:", "", base)
+    base = "".join(" " if ch.isspace() else ch for ch in base if not _unsafe_in_name(ch))
+    base = base.strip().lstrip(".").strip()
+    for suffix in (PART_SUFFIX + META_SUFFIX, PART_SUFFIX):  # never one of our working files
+        if base.endswith(suffix):
+            base = base[: -len(suffix)] + suffix.replace(PART_SUFFIX, "_part", 1)
+    return shorten_name(base, MAX_SAVED_NAME) if base else None
+
+
+def _unsafe_in_name(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    return category[0] == "C" or category in ("Zl", "Zp")
+
+
+def shorten_name(name: str, limit: int) -> str:
+    """`name` in at most `limit` UTF-8 bytes, keeping its extension when that is short."""
+    if len(name.encode("utf-8")) <= limit:
+        return name
+    stem, extension = os.path.splitext(name)
+    if len(extension.encode("utf-8")) > 16:
+        stem, extension = name, ""
+    room = limit - len(extension.encode("utf-8"))
+    stem = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip()
+    return stem + extension
+
+
+def numbered(name: str, number: int) -> str:
+    """holiday.jpg, then holiday (1).jpg, holiday (2).jpg, ..."""
+    if not number:
+        return name
+    stem, extension = os.path.splitext(name)
+    return f"{stem} ({number}){extension}"
+
+
+def format_size(size: int) -> str:
+    """A size as people say it: 512 bytes, 12.3 kB, 2.4 MB, 1.1 GB."""
+    if size < 1000:
+        return "1 byte" if size == 1 else f"{size} bytes"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if size < scale * 1000 or unit == "GB":
+            return f"{size / scale:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float) -> str:
+    """0.3 s, 42 s, 3:05 (minutes and seconds)."""
+    if seconds < 0.1:
+        return f"{seconds:.2f} s"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}:{rest:02d}"
+
+
+def progress_text(name: str, done: int, size: int, seconds: float) -> str:
+    """One transfer's progress: name, percent, bytes, rate and time left."""
+    percent = done * 100 // size if size else 100
+    rate = done / seconds if seconds > 0 else 0.0
+    left = f", {format_duration((size - done) / rate)} left" if rate > 0 and done < size else ""
+    return (
+        f"{name} {percent}% ({format_size(done)} of {format_size(size)}, "
+        f"{rate / 1e6:.1f} MB/s{left})"
+    )
+
+
+@dataclass(frozen=True)
+class PartialInfo:
+    """What a NAME.part.meta file records: the offer a partial download belongs to."""
+
+    name: str
+    size: int
+    digest: bytes
+    sender: bytes  # the sender's identity key: only they may resume it
+
+    def render(self) -> str:
+        return (
+            f"{META_HEADER}\nname = {self.name}\nsize = {self.size}\n"
+            f"sha256 = {self.digest.hex()}\nsender = {self.sender.hex()}\n"
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> PartialInfo | None:
+        """The record, or None for anything else (which is then left alone)."""
+        fields = {}
+        for line in text.splitlines()[1:]:
+            key, equals, value = line.partition(" = ")
+            if equals:
+                fields[key] = value
+        try:
+            size = int(fields["size"])
+            digest, sender = bytes.fromhex(fields["sha256"]), bytes.fromhex(fields["sender"])
+        except (KeyError, ValueError):
+            return None
+        if not text.startswith(META_HEADER) or size < 0 or len(digest) != 32:
+            return None
+        return cls(fields.get("name", ""), size, digest, sender)
+
+
 # --- Network: sockets, selectors, timers --------------------------------------
 
 
@@ -2922,6 +3296,9 @@ class Network:
         handshake_seconds: float = HANDSHAKE_SECONDS,
         capacity: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        files_user: FileUser | None = None,
+        downloads: str = ".",
+        plain_progress: bool = True,
     ) -> None:
         self._psk, self._username, self._user = psk, username, user
         self._identity, self._judge = identity, judge
@@ -2950,6 +3327,11 @@ class Network:
         self._running = True
         self.finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="network", daemon=True)
+        self.files = FileDesk(self, files_user, downloads, plain_progress)
+
+    @property
+    def username(self) -> str:
+        return self._username
 
     # Called by other threads ------------------------------------------------
 
@@ -3025,7 +3407,7 @@ class Network:
         try:
             while self._running:
                 timeout = self._run_timers(self._clock())
-                ready = self._selector.select(timeout)
+                ready = self._selector.select(0 if self._dirty else timeout)
                 now = self._clock()
                 for key, mask in ready:
                     self._dispatch(key.data, mask, now)
@@ -3048,11 +3430,16 @@ class Network:
             self._urgent.popleft()(now)
         while self._commands and self._running and not self._backlogged():
             self._commands.popleft()(now)
-        # Written once per pass, however many messages the commands queued.
-        dirty, self._dirty = self._dirty, {}
-        for link in dirty.values():
-            if self._is_open(link):
-                self._settle(link, now)
+        # Written once per pass, however many messages the commands queued. Writing one
+        # link may queue for another (a relayed file's credit): a few rounds, and what is
+        # left makes the next select return at once.
+        for _ in range(SETTLE_ROUNDS):
+            dirty, self._dirty = self._dirty, {}
+            for link in dirty.values():
+                if self._is_open(link):
+                    self._settle(link, now)
+            if not self._dirty:
+                break
         if self._senders_waiting and len(self._commands) <= MAX_QUEUED_COMMANDS // 2:
             with self._senders:
                 self._senders.notify_all()
@@ -3185,7 +3572,7 @@ class Network:
 
     def _read(self, link: Link, now: float) -> None:
         try:
-            data = link.sock.recv(65536)
+            data = link.sock.recv(FILE_READ_SIZE if self.files.busy(link) else 65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -3203,7 +3590,8 @@ class Network:
         if link.peer.stage is Stage.CLOSED:
             self._close(link)
         elif self._is_open(link):
-            wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.outgoing else 0)
+            writing = link.outgoing or self.files.has_data(link)
+            wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
             if link.mask != wanted:
                 link.mask = wanted
                 self._selector.modify(link.sock, wanted, link)
@@ -3211,7 +3599,11 @@ class Network:
     def _hand_over_events(self, link: Link, now: float) -> None:
         shown: list[Event] = []
         while (event := link.peer.next_event()) is not None:
-            if isinstance(event, KeyProven):
+            if isinstance(event, ChunkReceived):
+                self.files.chunk(link, event, now)
+            elif isinstance(event, MessageReceived) and isinstance(event.message, FILE_MESSAGES):
+                self.files.message(link, event.message, now)
+            elif isinstance(event, KeyProven):
                 self._admit_or_refuse(link)
             elif link.peer.role is Role.LISTENER and (
                 isinstance(event, Established) or link.established
@@ -3314,18 +3706,25 @@ class Network:
                 f"the peer is not reading: over {MAX_OUTGOING // 2**20} MiB waiting for it"
             )
             return False
-        if link.outgoing:
-            try:
-                sent = link.sock.send(link.outgoing)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                link.outgoing.clear()
-                link.peer.connection_failed(describe_os_error(exc))
-                return False
-            if sent:
-                del link.outgoing[:sent]
-                link.last_write = now
+        # File chunks are queued only once everything else is written, so a line typed
+        # during a transfer waits behind one chunk at most; a bounded batch per turn.
+        for _ in range(FILE_CHUNKS_PER_TURN):
+            if link.outgoing:
+                try:
+                    sent = link.sock.send(link.outgoing)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    link.outgoing.clear()
+                    link.peer.connection_failed(describe_os_error(exc))
+                    return False
+                if sent:
+                    del link.outgoing[:sent]
+                    link.last_write = now
+            if link.outgoing or link.leaving or link.peer.stage is not Stage.OPEN:
+                break
+            if not self.files.pump(link, now):
+                break
         if not link.outgoing:
             link.last_write = now
             if link.leaving and link.leave_by is None:
@@ -3347,6 +3746,7 @@ class Network:
                 link.sock.send(link.outgoing)
         link.sock.close()
         self._room.release(link)
+        self.files.link_closed(link, self._clock())
         if self._leaving and not self._room:
             self._running = False
 
@@ -3399,6 +3799,42 @@ class Network:
 
         self.post(replace_invite)
 
+    def deliver(self, link: Link, message: Message, now: float) -> None:
+        """On the network thread: queue `message` for one connection in the chat (one that
+        cannot be encoded is a bug here, reported; it never ends the network thread)."""
+        try:
+            self._to(link, message, now)
+        except ChatError as exc:
+            self._user.refused(f"error: could not send {message.kind()}: {exc} (please report it)")
+
+    def nudge(self, link: Link) -> None:
+        """From any thread: let `link` write again (a file chunk became ready)."""
+
+        def mark(now: float) -> None:
+            if self._is_open(link):
+                self._dirty[link.fd] = link
+
+        self.post(mark, urgent=True)
+
+    def low_water(self, link: Link) -> None:
+        """Keep little of a file unsent in the kernel, so chat never waits behind much."""
+        option = getattr(socket, "TCP_NOTSENT_LOWAT", 25 if sys.platform == "linux" else None)
+        if option is not None:
+            with contextlib.suppress(OSError):
+                link.sock.setsockopt(socket.IPPROTO_TCP, option, NOT_SENT_LOW_WATER)
+
+    def route_to(self, name: str, is_host: bool) -> tuple[Link, str] | None:
+        """On the network thread: the connection to reach `name` by, and the WHO to write."""
+        if self._server is not None or any(
+            link.peer.role is Role.LISTENER for link in self._links.values()
+        ):
+            member = self._room.named(name)
+            return (member, "") if isinstance(member, Link) and member.established else None
+        for link in self._links.values():
+            if link.peer.role is Role.CONNECTOR and link.established:
+                return link, "" if is_host else name
+        return None
+
     def send_to(self, name: str, message: Message) -> None:
         """Send a message to the one member called `name` (the host's private words)."""
 
@@ -3448,6 +3884,1107 @@ def peer_address(sock: socket.socket) -> tuple[str, int]:
     return unmap(host), port
 
 
+# --- Files: disk workers and the transfer desk ------------------------------------
+#
+# The network thread keeps every transfer's state (the FileDesk) and never waits for a
+# disk: a FileSource thread reads each file being sent ahead of the network, a FileSink
+# thread writes each file being received, and both report back through post(). The
+# receiver grants credit as it writes, so a slow disk slows its own transfer only.
+
+FILE_WINDOW = 4 * 1024 * 1024  # what a receiver grants before it has written anything
+CREDIT_STEP = 512 * 1024  # written bytes are granted back in steps of at least this
+READ_AHEAD = 32  # chunks a FileSource holds ready (it reads READ_BLOCK more at a time)
+READ_BLOCK = 16  # chunks read (and written) with one system call
+HASH_LAG = 16  # blocks a FileSink's hashing may be behind its writing
+SINK_CLOSE_SECONDS = 0.5  # a cancel waits this long for a write under way to end
+HASH_BLOCK = 1024 * 1024
+PROGRESS_SECONDS = 0.25  # the status line is redrawn at most this often
+# While a file moves on a connection, the kernel holds at most this much of it unsent,
+# so a line typed meanwhile waits behind no more than this.
+NOT_SENT_LOW_WATER = 128 * 1024
+MAX_OPEN_OFFERS = 64  # offers waiting for an answer, per connection
+MAX_KEPT_TRANSFERS = 1000  # ended transfers beyond this are forgotten, oldest first
+# Files are read and written at offsets, never following links: POSIX calls (Linux, macOS).
+FILES_WORK_HERE = all(hasattr(os, name) for name in ("pread", "pwritev", "O_NOFOLLOW", "statvfs"))
+NO_FILES_HERE = "sending and receiving files needs Linux, macOS or another POSIX system"
+FINISH_WRITING_SECONDS = 30.0  # at exit, received data still queued is written first
+FILE_CHUNKS_PER_TURN = 32  # chunks written to one connection before the others get a turn
+FILE_READ_SIZE = 256 * 1024  # bytes read at once while a file comes in
+
+
+def open_for_sending(path: str) -> tuple[int, int]:
+    """(descriptor, size) of a regular file to send; ChatError saying why not."""
+    try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise ChatError(f"{path} is a folder: send one file (zip the folder first)")
+        if not stat.S_ISREG(info.st_mode):
+            raise ChatError(f"{path} is not a regular file (a device, FIFO or socket)")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ChatError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise ChatError(f"cannot read {path}: {describe_os_error(exc)}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # swapped for something else since the stat
+        os.close(fd)
+        raise ChatError(f"{path} is not a regular file (a device, FIFO or socket)")
+    return fd, info.st_size
+
+
+def file_stamp(fd: int) -> tuple[int, int, int]:
+    """What changes whenever a file's content does: size, modification and change times.
+
+    The change time (ctime) is set by every write and cannot be set back by anyone.
+    """
+    info = os.fstat(fd)
+    return info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def hash_file(fd: int, size: int) -> tuple[bytes, tuple[int, int, int]]:
+    """The SHA-256 of a file of `size` bytes, and its stamp; ChatError if it changed
+    while it was being read."""
+    stamp = file_stamp(fd)
+    digest, offset = hashlib.sha256(), 0
+    while offset < size:
+        block = os.pread(fd, min(HASH_BLOCK, size - offset), offset)
+        if not block:
+            raise ChatError("it got shorter while it was being read")
+        digest.update(block)
+        offset += len(block)
+    if file_stamp(fd) != stamp or stamp[0] != size:
+        raise ChatError("it changed while it was being read: send it once it is final")
+    return digest.digest(), stamp
+
+
+@dataclass(frozen=True)
+class PreparedFile:
+    """A file checked and hashed, ready to offer (each transfer reads its own copy of fd)."""
+
+    path: str
+    name: str
+    fd: int
+    size: int
+    digest: bytes
+    stamp: tuple[int, int, int]  # file_stamp() when it was hashed
+
+
+def free_space(folder: str) -> int:
+    """Bytes free for us in `folder`."""
+    info = os.statvfs(folder)
+    return info.f_bavail * info.f_frsize
+
+
+def find_partial(folder: str, size: int, digest: bytes, sender: bytes) -> tuple[str, int] | None:
+    """An earlier partial download of this very file from this sender: (part, its length)."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.endswith(PART_SUFFIX + META_SUFFIX):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                with open(entry.path, encoding="utf-8") as file:
+                    info = PartialInfo.parse(file.read(4096))
+                part = entry.path[: -len(META_SUFFIX)]
+                length = os.lstat(part)
+            except (OSError, UnicodeDecodeError):
+                continue
+            if (
+                info is not None
+                and (info.size, info.digest, info.sender) == (size, digest, sender)
+                and stat.S_ISREG(length.st_mode)
+                and length.st_size <= size
+            ):
+                return part, length.st_size
+    return None
+
+
+def create_part(folder: str, name: str, record: str) -> tuple[int, str]:
+    """A new NAME.part (or NAME (1).part, ...) in `folder` and its NAME.part.meta holding
+    `record`, both new, never following a link."""
+    flags = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    for number in range(10_000):
+        part = os.path.join(folder, numbered(name, number) + PART_SUFFIX)
+        try:
+            fd = os.open(part, os.O_RDWR | flags, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            meta = os.open(part + META_SUFFIX, os.O_WRONLY | flags, 0o666)
+        except FileExistsError:
+            os.close(fd)
+            os.unlink(part)
+            continue
+        except OSError:
+            os.close(fd)
+            os.unlink(part)
+            raise
+        with os.fdopen(meta, "w", encoding="utf-8") as file:
+            file.write(record)
+        if not inside(folder, part):
+            os.close(fd)
+            remove_quietly(part, part + META_SUFFIX)
+            break
+        return fd, part
+    raise ChatError(f"no free name for {name} in {folder}")
+
+
+def inside(folder: str, path: str) -> bool:
+    """True when `path`, links resolved, is directly in `folder`, links resolved."""
+    return os.path.dirname(os.path.realpath(path)) == os.path.realpath(folder)
+
+
+def place_file(part: str, folder: str, name: str) -> str:
+    """Move a finished NAME.part to NAME, or NAME (1), ...: never over an existing file."""
+    for number in range(10_000):
+        final = os.path.join(folder, numbered(name, number))
+        try:  # the name is reserved first, so nobody's file is ever replaced
+            os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            continue
+        if not inside(folder, final):
+            os.unlink(final)
+            break
+        try:
+            os.replace(part, final)
+        except OSError:
+            remove_quietly(final)  # the reservation, empty
+            raise
+        return final
+    raise ChatError(f"no free name for {name} in {folder}")
+
+
+def remove_quietly(*paths: str) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+class FileSource:
+    """One file being sent, read ahead of the network in a thread of its own.
+
+    It checks the file's stamp as it reads (every few chunks and after the last): a file
+    changed since it was hashed ends with a verdict saying so, never with a corrupt copy.
+    The stamp costs a stat where hashing again would cost a second pass over the file.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        size: int,
+        stamp: tuple[int, int, int],
+        offset: int,
+        wake: Callable[[], None],
+    ) -> None:
+        self._fd, self._size, self._stamp, self._offset = fd, size, stamp, offset
+        self._wake = wake
+        self._ready: deque[bytes] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._waiting = False  # the network found nothing ready: wake it for the next
+        self.verdict: str | None = None  # once all is read: "" unchanged, else what happened
+        threading.Thread(target=self._run, name="file-source", daemon=True).start()
+
+    def take(self) -> bytes | None:
+        """The next chunk, or None (then the network is woken when one is ready)."""
+        with self._cond:
+            if self._ready:
+                self._cond.notify()
+                return self._ready.popleft()
+            self._waiting = True
+            return None
+
+    def ready(self) -> bool:
+        """True when a chunk is ready to take."""
+        return bool(self._ready)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._ready.clear()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        try:
+            verdict = self._read()
+        except OSError as exc:
+            verdict = f"could not be read ({describe_os_error(exc)})"
+        finally:
+            os.close(self._fd)
+        with self._cond:
+            self.verdict = verdict
+        self._wake()
+
+    def _read(self) -> str:
+        position = self._offset
+        while position < self._size:  # a block of chunks per read: fewer calls, fewer handovers
+            wanted = min(CHUNK_SIZE * READ_BLOCK, self._size - position)
+            block = os.pread(self._fd, wanted, position)
+            if len(block) < wanted:
+                return "got shorter while it was being sent"
+            position += len(block)
+            if file_stamp(self._fd) != self._stamp:
+                return "changed while it was being sent"
+            chunks = [block[i : i + CHUNK_SIZE] for i in range(0, len(block), CHUNK_SIZE)]
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or len(self._ready) < READ_AHEAD)
+                if self._closed:
+                    return ""
+                self._ready.extend(chunks)
+                wake, self._waiting = self._waiting, False
+            if wake:
+                self._wake()
+        if file_stamp(self._fd) != self._stamp:
+            return "changed while it was being sent"
+        return ""
+
+
+class FileSink:
+    """One file being received, written to NAME.part by a thread of its own.
+
+    Each write is granted back as credit; after the sender's DONE the whole file's
+    SHA-256 is checked, and only a match is moved into place.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        part: str,
+        offset: int,
+        digest: bytes,
+        place: Callable[[str], str],
+        report: Callable[[str, int, str], None],
+    ) -> None:
+        self.part, self._fd, self._offset, self._digest = part, fd, offset, digest
+        self._place, self._report = place, report  # report(kind, bytes, text)
+        self._queue: deque[bytes] = deque()
+        self._cond = threading.Condition()
+        self._finishing = False
+        self._stopping = False  # write what came, then stop: the .part stays to resume
+        self._closed = False
+        self._busy = False  # a write is under way
+        self.thread = threading.Thread(target=self._run, name="file-sink", daemon=True)
+        self.thread.start()
+
+    def put(self, data: bytes) -> None:
+        with self._cond:
+            self._queue.append(data)
+            self._cond.notify()
+
+    def finish(self) -> None:
+        """Every byte has been put: check and place the file."""
+        with self._cond:
+            self._finishing = True
+            self._cond.notify()
+
+    def close(self, keep: bool) -> None:
+        """Stop: keep the .part to resume (every byte that came is written first), or
+        delete it with its record (by the writer, which may be in the middle of a write)."""
+        with self._cond:
+            if keep:
+                self._stopping = True
+            else:
+                self._closed = True
+                self._queue.clear()
+                self._cond.notify_all()
+                # A write under way ends first (a slow disk: the writer deletes it later).
+                if self._cond.wait_for(lambda: not self._busy, SINK_CLOSE_SECONDS):
+                    remove_quietly(self.part, self.part + META_SUFFIX)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            self._write()
+        except OSError as exc:
+            remove_quietly(self.part, self.part + META_SUFFIX)
+            self._report("failed", 0, f"writing it failed: {describe_os_error(exc)}")
+        except ChatError as exc:
+            remove_quietly(self.part, self.part + META_SUFFIX)
+            self._report("failed", 0, str(exc))
+        finally:
+            os.close(self._fd)
+            with self._cond:
+                discard = self._closed
+            if discard:  # cancelled: nothing of it stays
+                remove_quietly(self.part, self.part + META_SUFFIX)
+
+    def _write(self) -> None:
+        digest, position = hashlib.sha256(), 0
+        while position < self._offset:  # what an earlier session wrote
+            block = os.pread(self._fd, min(HASH_BLOCK, self._offset - position), position)
+            if not block:
+                raise ChatError(f"{self.part} got shorter while it was being resumed")
+            digest.update(block)
+            position += len(block)
+        # Hashing runs beside the writing (both let go of the GIL), in a thread of its own
+        # at most HASH_LAG blocks behind.
+        hashing: queue.Queue[list[bytes] | None] = queue.Queue(HASH_LAG)
+
+        def hash_blocks() -> None:
+            while (blocks := hashing.get()) is not None:
+                for data in blocks:
+                    digest.update(data)
+
+        hasher = threading.Thread(target=hash_blocks, name="file-hash", daemon=True)
+        hasher.start()
+        try:
+            finished = self._write_blocks(position, hashing)
+        finally:
+            hashing.put(None)
+            hasher.join()
+        os.fsync(self._fd)
+        if finished:
+            self._check_and_place(digest.digest())
+
+    def _write_blocks(self, position: int, hashing: queue.Queue[list[bytes] | None]) -> bool:
+        """Write what comes: True once the sender is done, False if stopped before."""
+        unreported = 0
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                self._cond.wait_for(
+                    lambda: self._queue or self._finishing or self._stopping or self._closed
+                )
+                if self._closed:
+                    return False
+                batch = [self._queue.popleft() for _ in range(min(READ_BLOCK, len(self._queue)))]
+                idle, self._busy = not self._queue, bool(batch)
+            if not batch:
+                return not self._stopping
+            hashing.put(batch)
+            size = sum(map(len, batch))
+            written = os.pwritev(self._fd, batch, position)
+            if written < size:  # rare: write the rest one buffer at a time
+                rest = memoryview(b"".join(batch))[written:]
+                while rest:
+                    more = os.pwrite(self._fd, rest, position + written)
+                    rest, written = rest[more:], written + more
+            position += size
+            unreported += size
+            if unreported >= CREDIT_STEP or idle:
+                self._report("written", unreported, "")
+                unreported = 0
+
+    def _check_and_place(self, digest: bytes) -> None:
+        """The whole file's SHA-256 against the offer's; only a match is moved into place."""
+        if not hmac.compare_digest(digest, self._digest):
+            remove_quietly(self.part, self.part + META_SUFFIX)
+            self._report("mismatch", 0, "")
+            return
+        with self._cond:  # a cancel now waits until the file is in place, or stops it
+            if self._closed:
+                return
+            final = self._place(self.part)
+        remove_quietly(self.part + META_SUFFIX)
+        self._report("saved", 0, final)
+
+
+class Moving(Enum):
+    """Where a transfer stands."""
+
+    OFFERED = "offered"
+    MOVING = "moving"
+    CHECKING = "checking its SHA-256"
+    DONE = "done"
+    DECLINED = "declined"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+ENDED = frozenset({Moving.DONE, Moving.DECLINED, Moving.CANCELLED, Moving.FAILED})
+
+
+@dataclass(eq=False)
+class Transfer:
+    """One file moving over one connection, seen from this side."""
+
+    number: int  # what the person types (0: a leg the host relays, not shown)
+    link: Link
+    id: int  # on this connection's wire: ours when sending, the peer's when receiving
+    sending: bool
+    name: str  # as offered when sending; the safe name it is saved as when receiving
+    size: int
+    digest: bytes
+    person: str  # the far end: who it is for, or who offers it
+    state: Moving = Moving.OFFERED
+    offset: int = 0  # where the data starts (past 0: a resume)
+    position: int = 0  # the next byte on the wire
+    credit: int = 0  # bytes the sender may still send
+    started: float = 0.0
+    fd: int = -1  # sending: the file, until a FileSource takes it
+    stamp: tuple[int, int, int] = (0, 0, 0)  # sending: file_stamp() when it was hashed
+    source: FileSource | None = None
+    sink: FileSink | None = None
+    partner: Transfer | None = None  # relayed by the host: the other leg
+    relayed: deque[bytes] = field(default_factory=deque)  # host: data for the other leg
+    done: bool = False  # sender: FILEDONE came (relay) or was sent
+    cancelled_here: bool = False  # we stopped it: its data still in flight is dropped
+    complained: bool = False  # data after its end was reported once
+    quarter: int = 0  # plain progress lines shown (at 25, 50, 75%)
+    ungranted: int = 0  # host: bytes of this leg passed on, not yet granted back
+
+    @property
+    def ours(self) -> bool:
+        return self.number > 0
+
+    @property
+    def percent(self) -> int:
+        return self.position * 100 // self.size if self.size else 100
+
+
+class FileUser(Protocol):
+    """What the desk reports to (the conversation)."""
+
+    def file_lines(self, lines: list[str], error: bool = False) -> None:
+        """Lines about transfers."""
+
+    def file_status(self, text: str) -> None:
+        """The progress of the transfers moving now ('' when none is)."""
+
+    def identity_of(self, name: str) -> bytes | None:
+        """The identity key of someone in the chat."""
+
+
+class FileDesk:
+    """Every transfer of this side, on the network thread: offers, credit, chunks.
+
+    It is told what arrives (message(), chunk()), asked for the next chunk when a
+    connection has nothing else to write (pump()), and runs the person's commands.
+    """
+
+    def __init__(
+        self,
+        net: Network,
+        user: FileUser | None,
+        downloads: str,
+        plain_progress: bool,
+    ) -> None:
+        self._net, self._user, self.downloads = net, user, downloads
+        self._plain = plain_progress
+        self._transfers: list[Transfer] = []
+        self._sending: dict[tuple[Link, int], Transfer] = {}
+        self._receiving: dict[tuple[Link, int], Transfer] = {}
+        self._next_id: dict[Link, int] = {}
+        self._numbers = 0
+        self._status = ""
+        self._status_at = 0.0
+        self._sinks: list[FileSink] = []  # every writer still running (or just finished)
+        self._complained: set[tuple[Link, int]] = set()
+
+    # Reports -------------------------------------------------------------------------
+
+    def _say(self, *lines: str) -> None:
+        if self._user is not None:
+            self._user.file_lines(list(lines))
+
+    def _error(self, *lines: str) -> None:
+        if self._user is not None:
+            self._user.file_lines(list(lines), error=True)
+
+    def _progress(self, now: float, force: bool = False) -> None:
+        if self._user is None:
+            return
+        moving = [t for t in self._transfers if t.ours and t.state is Moving.MOVING]
+        if self._plain:  # a file in one chunk has no quarters to report
+            for t in (t for t in moving if t.size > CHUNK_SIZE):
+                while t.quarter < min(3, t.percent // 25):
+                    t.quarter += 1
+                    way = f"sent to {sanitize(t.person)}" if t.sending else "received"
+                    self._say(
+                        f"{sanitize(t.name)}: {25 * t.quarter}% of {format_size(t.size)} {way}"
+                    )
+            return
+        if not force and now - self._status_at < PROGRESS_SECONDS:
+            return
+        self._status_at = now
+        text = " | ".join(
+            progress_text(sanitize(t.name), t.position, t.size, now - t.started) for t in moving
+        )
+        if text != self._status:
+            self._status = text
+            self._user.file_status(text)
+
+    # Offers, answers, cancels: the person's commands -------------------------------------
+
+    def offer(self, prepared: PreparedFile, targets: list[tuple[str, bool]], now: float) -> None:
+        """Offer a hashed file to each (name, is_the_host) of `targets`."""
+        offered = []
+        try:
+            for name, is_host in targets:
+                route = self._net.route_to(name, is_host)
+                if route is None:
+                    self._error(f"error: {sanitize(name)} is no longer in the chat: not offered")
+                    continue
+                link, who = route
+                try:
+                    fd = os.dup(prepared.fd)
+                except OSError as exc:
+                    self._error(f"error: cannot offer it to {sanitize(name)}: {exc.strerror}")
+                    continue
+                number = self._next_id.get(link, 0) + 1
+                self._next_id[link] = number
+                transfer = self._add(
+                    link, number, True, prepared.name, prepared.size, prepared.digest, name
+                )
+                transfer.fd, transfer.stamp = fd, prepared.stamp
+                self._net.deliver(
+                    link, FileOffer(number, prepared.size, prepared.digest, prepared.name, who), now
+                )
+                offered.append(sanitize(name))
+        finally:
+            os.close(prepared.fd)
+        if offered:
+            self._say(
+                f"Offered {sanitize(prepared.name)} ({format_size(prepared.size)}) to "
+                f"{', '.join(offered)}."
+            )
+
+    def _add(
+        self,
+        link: Link,
+        number: int,
+        sending: bool,
+        name: str,
+        size: int,
+        digest: bytes,
+        person: str,
+        shown: bool = True,
+    ) -> Transfer:
+        if shown:
+            self._numbers += 1
+        transfer = Transfer(
+            self._numbers if shown else 0, link, number, sending, name, size, digest, person
+        )
+        (self._sending if sending else self._receiving)[(link, number)] = transfer
+        self._transfers.append(transfer)
+        if len(self._transfers) > MAX_KEPT_TRANSFERS:
+            self._forget_ended()
+        return transfer
+
+    def _forget_ended(self) -> None:
+        """Drop ended transfers (relayed ones first, then the oldest), so that a peer
+        offering and cancelling forever costs bounded memory; /files shows the rest."""
+        ended = [t for t in self._transfers if t.state in ENDED]
+        ended.sort(key=lambda t: t.ours)  # stable: relayed legs first, then oldest first
+        gone = {id(t) for t in ended[: len(self._transfers) - MAX_KEPT_TRANSFERS // 2]}
+        self._transfers = [t for t in self._transfers if id(t) not in gone]
+        for table in (self._sending, self._receiving):
+            for key in [key for key, t in table.items() if id(t) in gone]:
+                del table[key]
+
+    def _find(self, number: int | None, want: str) -> Transfer | None:
+        """The transfer /accept, /reject or /cancel means; None after saying why not."""
+        if number is None:
+            for transfer in self._transfers:
+                if transfer.ours and not transfer.sending and transfer.state is Moving.OFFERED:
+                    return transfer
+            self._error(f"try again: no offer is waiting for an answer ({want})")
+            return None
+        for transfer in self._transfers:
+            if transfer.number == number:
+                return transfer
+        self._error(f"try again: there is no transfer {number} (/files lists them)")
+        return None
+
+    def accept(self, number: int | None, now: float) -> None:
+        transfer = self._find(number, "/files lists them")
+        if transfer is None:
+            return
+        if not FILES_WORK_HERE:
+            self._error(f"error: {NO_FILES_HERE}: /reject {transfer.number} it")
+            return
+        if transfer.sending or transfer.state is not Moving.OFFERED:
+            self._error(
+                f"try again: {transfer.number} is not an offer waiting for an answer "
+                f"({transfer.state.value})"
+            )
+            return
+        try:
+            self._start_receiving(transfer, now)
+        except ChatError as exc:
+            self._error(f"error: {exc}")
+        except (OSError, RuntimeError) as exc:  # RuntimeError: no thread could be started
+            self._error(f"error: cannot save into {self.downloads}: {describe_os_error(exc)}")
+
+    def _start_receiving(self, t: Transfer, now: float) -> None:
+        folder, name = self.downloads, sanitize(t.name)
+        sender = self._sender_identity(t)
+        found = find_partial(folder, t.size, t.digest, sender)
+        if found is not None and any(
+            sink.part == found[0] and sink.thread.is_alive() for sink in self._sinks
+        ):
+            found = None  # the same file, still being written by another transfer
+        offset = found[1] if found is not None else 0
+        free = free_space(folder)
+        if free < t.size - offset:
+            raise ChatError(
+                f"not enough space in {folder} for {name}: it needs "
+                f"{format_size(t.size - offset)}, {format_size(free)} is free (make room "
+                f"and /accept {t.number} again, or /reject {t.number})"
+            )
+        if found is not None:
+            part = found[0]
+            fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW)
+        else:
+            record = PartialInfo(t.name, t.size, t.digest, sender).render()
+            fd, part = create_part(folder, t.name, record)
+
+        def report(kind: str, amount: int, text: str) -> None:
+            self._net.post(lambda now: self._sink_report(t, kind, amount, text, now))
+
+        try:
+            sink = FileSink(
+                fd, part, offset, t.digest, partial(place_file, folder=folder, name=t.name), report
+            )
+        except RuntimeError:  # no thread could be started
+            os.close(fd)
+            if found is None:
+                remove_quietly(part, part + META_SUFFIX)
+            raise
+        t.sink = sink
+        self._sinks = [other for other in self._sinks if other.thread.is_alive()] + [sink]
+        t.state, t.offset, t.position, t.started = Moving.MOVING, offset, offset, now
+        t.credit = FILE_WINDOW
+        self._net.deliver(t.link, FileAccept(t.id, offset, FILE_WINDOW), now)
+        if offset:
+            self._say(f"resuming {name} at {t.percent}%")
+        else:
+            self._say(f"Receiving {name} from {sanitize(t.person)} into {folder}.")
+
+    def _sender_identity(self, t: Transfer) -> bytes:
+        if t.link.peer.role is Role.LISTENER or not t.person or self._user is None:
+            return t.link.peer.peer_identity
+        return self._user.identity_of(t.person) or t.link.peer.peer_identity
+
+    def reject(self, number: int | None, now: float) -> None:
+        transfer = self._find(number, "/files lists them")
+        if transfer is None:
+            return
+        if transfer.sending or transfer.state is not Moving.OFFERED:
+            self._error(
+                f"try again: {transfer.number} is not an offer waiting for an answer "
+                f"({transfer.state.value}); /cancel stops a transfer"
+            )
+            return
+        transfer.state = Moving.DECLINED
+        self._net.deliver(transfer.link, FileReject(transfer.id), now)
+        self._say(f"Declined {sanitize(transfer.name)} from {sanitize(transfer.person)}.")
+
+    def cancel(self, number: int | None, now: float) -> None:
+        transfer = self._find(number, "/cancel N")
+        if transfer is None:
+            return
+        if transfer.state in ENDED:
+            self._error(f"try again: {transfer.number} is already {transfer.state.value}")
+            return
+        self._end(transfer, Moving.CANCELLED, now, tell="")
+        self._say(f"Cancelled {sanitize(transfer.name)}.")
+
+    def listing(self) -> None:
+        shown = [t for t in self._transfers if t.ours]
+        if not shown:
+            self._say("No files offered or received yet: /send PATH offers one.")
+            return
+        rows = ["Files:"]
+        for t in shown:
+            way = f"to {sanitize(t.person)}" if t.sending else f"from {sanitize(t.person)}"
+            state = t.state.value
+            if t.state is Moving.MOVING:
+                state = f"{'sending' if t.sending else 'receiving'}, {t.percent}%"
+            elif t.state is Moving.OFFERED and not t.sending:
+                state = f"offered: /accept {t.number} or /reject {t.number}"
+            elif t.state is Moving.OFFERED:
+                state = "offered, waiting for an answer"
+            rows.append(f"  {t.number}. {sanitize(t.name)} ({format_size(t.size)}) {way}: {state}")
+        self._say("\n".join(rows))
+
+    # What arrives ------------------------------------------------------------------------
+
+    def message(self, link: Link, message: Message, now: float) -> None:
+        """A file message from `link`."""
+        if isinstance(message, FileOffer):
+            self._on_offer(link, message, now)
+            return
+        assert isinstance(message, (FileAccept, FileAbout, FileCredit, FileCancel))
+        if (isinstance(message, FileCancel) and message.mine) or isinstance(message, FileDone):
+            transfer = self._receiving.get((link, message.id))  # about what they send us
+        else:
+            transfer = self._sending.get((link, message.id))  # about what we send them
+        if transfer is None or (transfer.state in ENDED and not isinstance(message, FileCancel)):
+            return  # an answer crossing our cancel, or about nothing: nothing to do
+        if transfer.partner is not None:
+            self._relay(transfer, message, now)
+        elif isinstance(message, FileAccept):
+            self._on_accept(transfer, message, now)
+        elif isinstance(message, FileCredit):
+            transfer.credit = min(transfer.credit + message.amount, 2**62)
+        elif isinstance(message, FileReject):
+            transfer.state = Moving.DECLINED
+            self._close_file(transfer)
+            self._say(f"{sanitize(transfer.person)} declined {sanitize(transfer.name)}.")
+        elif isinstance(message, FileReceived):
+            self._end(transfer, Moving.DONE, now)
+            took = format_duration(now - transfer.started)
+            self._say(
+                f"{sanitize(transfer.person)} received {sanitize(transfer.name)} "
+                f"({format_size(transfer.size)} in {took})."
+            )
+        elif isinstance(message, FileDone):
+            self._on_done(transfer, now)
+        elif isinstance(message, FileCancel) and transfer.state not in ENDED:
+            self._end(transfer, Moving.CANCELLED, now)
+            why = f": {sanitize(message.reason)}" if message.reason else ""
+            self._say(f"{sanitize(transfer.person)} cancelled {sanitize(transfer.name)}{why}.")
+
+    def _on_offer(self, link: Link, offer: FileOffer, now: float) -> None:
+        person = offer.who or link.peer.peer_name
+        key = (link, offer.id)
+        if key in self._receiving:
+            link.peer.connection_failed(f"it offered two files as number {offer.id}")
+            return
+        waiting = sum(
+            1 for t in self._receiving.values() if t.link is link and t.state is Moving.OFFERED
+        )
+        name = safe_file_name(offer.name)
+        hosting = link.peer.role is Role.LISTENER
+        if hosting and offer.who:  # a member's file for another member: relayed
+            self._relay_offer(link, offer, now)
+            return
+        if self._user is None or waiting >= MAX_OPEN_OFFERS or name is None:
+            self._net.deliver(link, FileReject(offer.id), now)  # not kept: memory stays bounded
+            if name is None:
+                self._error(
+                    f"{sanitize(person)} offered a file named {sanitize(offer.name)!r}, which "
+                    "cannot be saved under a safe name: declined"
+                )
+            elif self._user is not None and self._complain(link, -1):
+                self._error(
+                    f"{sanitize(person)} offered over {MAX_OPEN_OFFERS} files at once: the "
+                    "rest are declined until you answer some"
+                )
+            return
+        t = self._add(link, offer.id, False, name, offer.size, offer.digest, person)
+        self._say(
+            f"{sanitize(person)} offers {sanitize(name)} ({format_size(offer.size)}): "
+            f"/accept {t.number} or /reject {t.number}"
+        )
+
+    def _complain(self, link: Link, about: int) -> bool:
+        """True the first time something of `link` is worth a line (a peer repeating a
+        mistake gets one line, not a flood)."""
+        if (link, about) in self._complained:
+            return False
+        if len(self._complained) >= MAX_OPEN_OFFERS:
+            self._complained.clear()
+        self._complained.add((link, about))
+        return True
+
+    def _on_accept(self, t: Transfer, accept: FileAccept, now: float) -> None:
+        if t.state is not Moving.OFFERED or accept.offset > t.size:
+            t.link.peer.connection_failed(f"it accepted file {t.id} twice or past its end")
+            return
+        t.state, t.offset, t.position, t.credit = (
+            Moving.MOVING,
+            accept.offset,
+            accept.offset,
+            accept.credit,
+        )
+        t.started = now
+        try:
+            t.source = FileSource(
+                t.fd, t.size, t.stamp, accept.offset, partial(self._net.nudge, t.link)
+            )
+        except RuntimeError as exc:  # no thread could be started
+            self._end(t, Moving.FAILED, now, tell="it could not be read")
+            self._error(f"error: cannot send {sanitize(t.name)}: {exc}")
+            return
+        t.fd = -1  # the source's now
+        self._net.low_water(t.link)
+        resumed = f" (resuming at {t.percent}%)" if accept.offset else ""
+        self._say(f"{sanitize(t.person)} accepted {sanitize(t.name)}{resumed}.")
+        self._net.nudge(t.link)
+
+    def chunk(self, link: Link, event: ChunkReceived, now: float) -> None:
+        """File data from `link`, opened: checked against the transfer's state and credit."""
+        t = self._receiving.get((link, event.transfer))
+        data, who = event.data, sanitize(link.peer.peer_name)
+        if t is None:
+            if self._complain(link, event.transfer):
+                self._net.deliver(link, FileCancel(event.transfer, False, "no such file"), now)
+                self._error(f"{who} sent data for a file it never offered: ignored")
+            return
+        name = sanitize(t.name)
+        if t.state in ENDED:
+            if not t.cancelled_here and not t.complained:  # else in flight as we cancelled
+                t.complained = True
+                self._error(f"{who} sent data for {name} after it ended: ignored")
+            return
+        problem = None
+        if t.state is not Moving.MOVING:
+            problem = f"{who} sent data for {name} before it was accepted"
+        elif event.offset != t.position:
+            problem = (
+                f"{who} sent data for {name} out of place (at {event.offset}, not {t.position})"
+            )
+        elif len(data) > t.credit:
+            problem = f"{who} sent more of {name} than it was allowed (flow control)"
+        elif t.position + len(data) > t.size:
+            problem = f"{who} sent more of {name} than the {t.size} bytes it announced"
+        if problem is not None:
+            self._end(t, Moving.FAILED, now, tell=problem)
+            self._error(f"error: {problem}: transfer ended, nothing saved")
+            return
+        t.position += len(data)
+        t.credit -= len(data)
+        if t.partner is not None:
+            t.partner.relayed.append(data)
+            self._net.nudge(t.partner.link)
+        elif t.sink is not None:
+            t.sink.put(data)
+            self._progress(now)
+
+    def _on_done(self, t: Transfer, now: float) -> None:
+        if t.state is not Moving.MOVING or t.position != t.size:
+            problem = (
+                f"{sanitize(t.link.peer.peer_name)} sent less of {sanitize(t.name)} than "
+                f"announced ({t.position} of {t.size} bytes)"
+            )
+            self._end(t, Moving.FAILED, now, tell=problem)
+            self._error(f"error: {problem}: transfer ended, nothing saved")
+            return
+        t.state = Moving.CHECKING
+        assert t.sink is not None
+        t.sink.finish()
+        self._progress(now, force=True)
+
+    def _sink_report(self, t: Transfer, kind: str, amount: int, text: str, now: float) -> None:
+        if kind == "saved" and t.state in ENDED:  # a cancel that came as it was put in place
+            self._say(f"{sanitize(t.name)} was already saved as {sanitize(text)}.")
+            return
+        if t.state in ENDED:
+            return
+        if kind == "written":
+            if t.state is Moving.MOVING:
+                t.credit += amount
+                self._net.deliver(t.link, FileCredit(t.id, amount), now)
+            return
+        name, who = sanitize(t.name), sanitize(t.person)
+        if kind == "saved":
+            t.state, t.sink = Moving.DONE, None
+            self._net.deliver(t.link, FileReceived(t.id), now)
+            self._say(
+                f"Received {name} from {who} ({format_size(t.size)}, SHA-256 verified): "
+                f"saved as {sanitize(text)}"
+            )
+        elif kind == "mismatch":
+            self._end(t, Moving.FAILED, now, tell="its SHA-256 did not match: deleted")
+            self._error(
+                f"error: {name} from {who} does not match the SHA-256 it was offered with: "
+                "the partial file was deleted"
+            )
+        else:
+            self._end(t, Moving.FAILED, now, tell=f"{self._net.username} could not save it")
+            self._error(f"error: {name} from {who}: {text}")
+        self._progress(now, force=True)
+
+    def _end(self, t: Transfer, state: Moving, now: float, tell: str | None = None) -> None:
+        """Stop a transfer here; `tell`: also tell the other side, with that reason."""
+        t.state = state
+        t.cancelled_here = tell is not None
+        self._close_file(t, keep=False)
+        if tell is not None:
+            reason = tell.encode("utf-8")[:MAX_REASON].decode("utf-8", "ignore")
+            self._net.deliver(t.link, FileCancel(t.id, t.sending, reason), now)
+        partner, t.partner = t.partner, None
+        if partner is not None and partner.state not in ENDED:
+            self._end(partner, state, now, tell=tell or "")
+        self._progress(now, force=True)
+
+    def _close_file(self, t: Transfer, keep: bool = False) -> None:
+        if t.source is not None:
+            t.source.close()
+            t.source = None
+        if t.fd >= 0:
+            os.close(t.fd)
+            t.fd = -1
+        if t.sink is not None:
+            t.sink.close(keep)
+            t.sink = None
+        t.relayed.clear()
+
+    def finish_writing(self, timeout: float) -> None:
+        """Wait (up to `timeout`) until every byte received is on disk."""
+        deadline = time.monotonic() + timeout
+        for sink in self._sinks:
+            sink.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def link_closed(self, link: Link, now: float) -> None:
+        """The connection is gone: its transfers stop; a partial download stays to resume."""
+        for t in self._transfers:
+            if t.link is not link or t.state in ENDED or t.state is Moving.CHECKING:
+                continue  # a file being checked has all its bytes: it is saved all the same
+            t.state = Moving.FAILED
+            kept = t.sink is not None
+            self._close_file(t, keep=True)
+            if t.partner is not None:
+                partner, t.partner = t.partner, None
+                self._end(
+                    partner,
+                    Moving.FAILED,
+                    now,
+                    tell=f"{sanitize(link.peer.peer_name)} lost the connection",
+                )
+            if t.ours:
+                more = f" ({t.percent}% kept: offered again, it resumes there)" if kept else ""
+                self._say(f"{sanitize(t.name)} stopped: the connection ended{more}.")
+        self._sending = {k: v for k, v in self._sending.items() if k[0] is not link}
+        self._receiving = {k: v for k, v in self._receiving.items() if k[0] is not link}
+        self._next_id.pop(link, None)
+        self._complained = {key for key in self._complained if key[0] is not link}
+        self._progress(now, force=True)
+
+    # Sending -------------------------------------------------------------------------------
+
+    def pump(self, link: Link, now: float) -> bool:
+        """Queue the next chunk (or DONE) for `link`, when one is due; True if it did."""
+        for t in self._sending.values():
+            if t.link is not link or t.state is not Moving.MOVING:
+                continue
+            data = self._next_chunk(t) if t.position < t.size else None
+            if data is not None:
+                link.outgoing += link.peer.send_chunk(t.id, t.position, data, now)
+                t.position += len(data)
+                t.credit -= len(data)
+                if t.ours:
+                    self._progress(now)
+                else:
+                    self._relayed(t, len(data), now)
+                return True
+            if t.partner is not None:
+                if t.position == t.size and t.partner.done and not t.done:
+                    t.done = True
+                    link.outgoing += link.peer.send(FileDone(t.id), now)
+                    return True
+                continue
+            # The source has read all it will: the file ended as hashed, or it did not.
+            verdict = t.source.verdict if t.source is not None else None
+            if verdict:
+                self._end(t, Moving.FAILED, now, tell=f"it {verdict}")
+                self._error(
+                    f"error: {sanitize(t.name)} {verdict}: cancelled; send it again once it "
+                    "is final"
+                )
+                return True
+            if verdict is None or t.position < t.size or t.done:
+                continue
+            t.done = True
+            link.outgoing += link.peer.send(FileDone(t.id), now)
+            self._progress(now, force=True)
+            return True
+        return False
+
+    def _next_chunk(self, t: Transfer) -> bytes | None:
+        """The next chunk of `t` when one is ready and the credit allows it."""
+        if t.partner is not None:
+            if t.relayed and len(t.relayed[0]) <= t.credit:
+                return t.relayed.popleft()
+            return None
+        if t.source is None or t.credit < min(CHUNK_SIZE, t.size - t.position):
+            return None
+        return t.source.take()
+
+    def has_data(self, link: Link) -> bool:
+        """True when a chunk for `link` could go now (the loop then waits to write)."""
+        for t in self._sending.values():
+            if t.link is link and t.state is Moving.MOVING and t.position < t.size:
+                if t.partner is not None:
+                    if t.relayed and len(t.relayed[0]) <= t.credit:
+                        return True
+                elif t.source is not None and t.credit >= min(CHUNK_SIZE, t.size - t.position):
+                    return t.source.ready()
+        return False
+
+    def busy(self, link: Link) -> bool:
+        """True while a file comes in over `link` (reads are then larger)."""
+        return any(t.link is link and t.state is Moving.MOVING for t in self._receiving.values())
+
+    # The host relays members' files -----------------------------------------------------
+
+    def _relay_offer(self, link: Link, offer: FileOffer, now: float) -> None:
+        author = link.peer.peer_name
+        route = self._net.route_to(offer.who, False)
+        if route is None or route[0] is link:
+            self._net.deliver(
+                link, FileCancel(offer.id, False, f"nobody named {offer.who} is in the chat"), now
+            )
+            return
+        target = route[0]
+        leg_in = self._add(
+            link, offer.id, False, offer.name, offer.size, offer.digest, offer.who, False
+        )
+        number = self._next_id.get(target, 0) + 1
+        self._next_id[target] = number
+        leg_out = self._add(
+            target, number, True, offer.name, offer.size, offer.digest, author, False
+        )
+        leg_in.partner, leg_out.partner = leg_out, leg_in
+        self._net.deliver(
+            target, FileOffer(number, offer.size, offer.digest, offer.name, author), now
+        )
+
+    def _relay(self, t: Transfer, message: Message, now: float) -> None:
+        """A message about a leg the host relays, passed on to the other leg. Each leg has
+        its own credit: the sender is granted what the host has passed on, so the host never
+        holds more than FILE_WINDOW of it, whatever the receiver grants."""
+        other = t.partner
+        assert other is not None
+        if isinstance(message, FileAccept):
+            if t.state is not Moving.OFFERED or message.offset > t.size:
+                t.link.peer.connection_failed(f"it accepted file {t.id} twice or past its end")
+                return
+            for leg in (t, other):
+                leg.state, leg.offset, leg.position = Moving.MOVING, message.offset, message.offset
+                leg.started = now
+            t.credit, other.credit = message.credit, min(message.credit, FILE_WINDOW)
+            self._net.deliver(other.link, FileAccept(other.id, message.offset, other.credit), now)
+            self._net.low_water(t.link)
+        elif isinstance(message, FileCredit):
+            t.credit = min(t.credit + message.amount, 2**62)
+            self._net.nudge(t.link)
+        elif isinstance(message, FileDone):
+            if t.position != t.size:
+                problem = f"{sanitize(t.link.peer.peer_name)} sent less than announced"
+                self._end(t, Moving.FAILED, now, tell=problem)
+                return
+            t.done = True
+            self._net.nudge(other.link)
+        elif isinstance(message, FileCancel):
+            t.state, t.partner, other.partner = Moving.CANCELLED, None, None
+            self._close_file(t)
+            self._end(other, Moving.CANCELLED, now, tell=message.reason)
+        else:  # REJECT or RECEIVED: the far end's answer, passed back
+            state = Moving.DECLINED if isinstance(message, FileReject) else Moving.DONE
+            t.state = other.state = state
+            t.partner = other.partner = None
+            self._close_file(t)
+            self._close_file(other)
+            answer = FileReceived if isinstance(message, FileReceived) else FileReject
+            self._net.deliver(other.link, answer(other.id), now)
+
+    def _relayed(self, t: Transfer, size: int, now: float) -> None:
+        """`size` bytes of a relayed file went on: the sender may send as much more."""
+        sender = t.partner
+        if sender is None:
+            return
+        sender.ungranted += size
+        if sender.ungranted >= CREDIT_STEP or not t.relayed:
+            sender.credit += sender.ungranted
+            self._net.deliver(sender.link, FileCredit(sender.id, sender.ungranted), now)
+            sender.ungranted = 0
+
+
 # --- Terminal ----------------------------------------------------------------
 
 
@@ -3477,6 +5014,8 @@ class Terminal:
         self._unshown = 0  # lines dropped while MAX_WAITING_LINES waited
         self._printing = False  # the printer thread has lines in hand
         self._printer: threading.Thread | None = None
+        self._status = ""  # the status row (file progress), drawn above the prompt
+        self._status_shown = False
         if self.interactive:
             self._load_readline()
 
@@ -3631,26 +5170,69 @@ class Terminal:
             self._printing_posted = False
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
+    @property
+    def draws_status(self) -> bool:
+        """True when a status row can be kept above the prompt (GNU readline's redraw)."""
+        return self.interactive and self._redraw is not None and self._clear_line is not None
+
+    def status(self, text: str) -> None:
+        """Show `text` in a row of its own above the prompt, redrawn in place ('' removes
+        the row); only where draws_status."""
+        if self.draws_status:
+            self.show(StatusText(text))
+
     def _print(self, line: str, out: TextIO) -> None:
         if line is BELL:
             with self._lock:
                 write(self.stdout, "\a")
             return
         with self._lock:
+            if isinstance(line, StatusText):
+                self._status = str(line)
+                if self._prompt is not None:
+                    self._clear_prompt_rows()
+                    self._redraw_prompt()
+                return
             if self.interactive:
                 line = wrap_for_terminal(line, terminal_width(self.stdout))
             if self._prompt is None or not self.interactive:
                 write(out, line + "\n")
                 return
-            if self._clear_line is not None:
-                self._clear_line()  # every row of a long, wrapped input line
-            else:
-                write(self.stdout, "\r\x1b[2K")
+            self._clear_prompt_rows()
             write(out, line + "\n")
-            if self._redraw is not None:
-                self._redraw()
-            else:
-                write(self.stdout, self._prompt + self._line_buffer())
+            self._redraw_prompt()
+
+    def _clear_prompt_rows(self) -> None:
+        """Wipe the prompt (every row of a long input line) and the status row above it."""
+        if self._clear_line is not None:
+            self._clear_line()
+        else:
+            write(self.stdout, "\r\x1b[2K")
+        if self._status_shown:
+            write(self.stdout, "\x1b[1A\r\x1b[2K")
+            self._status_shown = False
+
+    def _redraw_prompt(self) -> None:
+        """The status row, if any, then the prompt and what was typed, as they were."""
+        assert self._prompt is not None
+        if self._status:
+            width = terminal_width(self.stdout)
+            write(self.stdout, fit_row(self._status, width) + "\n")
+            self._status_shown = True
+        if self._redraw is not None:
+            self._redraw()
+        else:
+            write(self.stdout, self._prompt + self._line_buffer())
+
+    def _drop_status_row(self, prompt: str, line: str) -> None:
+        """After Enter: delete the status row above the line just typed (it is redrawn
+        above the next prompt), so no stale progress stays in the scrollback."""
+        if not self._status_shown:
+            return
+        self._status_shown = False
+        width = terminal_width(self.stdout)
+        rows = sum(screen_rows(part, width) for part in (prompt + line).split("\n"))
+        write(self.stdout, f"\x1b[{rows + 1}A\x1b[M\x1b[{rows}B\r")
 
     def error(self, line: str) -> None:
         """Print a line on stderr."""
@@ -3666,11 +5248,17 @@ class Terminal:
             self._prompt = prompt
             if prompt and not self.interactive:
                 write(self.stdout, prompt + "\n")
+        line: str | None = None
         try:
-            return input(prompt if self.interactive else "")
+            line = input(prompt if self.interactive else "")
+            return line
         finally:
             with self._lock:
                 self._prompt = None
+                if self.interactive and line is not None:  # Enter: the rows moved up one
+                    self._drop_status_row(prompt, line)
+                elif self.interactive and self._status_shown:  # left at the prompt
+                    self._clear_prompt_rows()
 
     def watch_input(self, done: threading.Event) -> None:
         """Wait a moment for `done` while nobody is connected yet.
@@ -3694,10 +5282,7 @@ class Terminal:
         """Wipe an abandoned prompt line, every row of it (the chat ended while typing)."""
         if self.interactive:
             with self._lock:
-                if self._clear_line is not None:
-                    self._clear_line()
-                else:
-                    write(self.stdout, "\r\x1b[2K")
+                self._clear_prompt_rows()
 
     def typed_text(self) -> str:
         """What is typed at the prompt but not yet sent ('' off a terminal)."""
@@ -3759,6 +5344,22 @@ def wrap_rows(line: str, width: int) -> list[str]:
         used += columns
     rows.append("".join(row))
     return rows
+
+
+def fit_row(text: str, width: int) -> str:
+    """`text` cut to fit one row (short of the last column, which would wrap)."""
+    used, kept = 0, []
+    for ch in text:
+        used += char_width(ch)
+        if used >= width:
+            break
+        kept.append(ch)
+    return "".join(kept)
+
+
+def screen_rows(text: str, width: int) -> int:
+    """How many rows the terminal wraps `text` into."""
+    return max(1, -(-sum(map(char_width, text)) // max(width, 1)))
 
 
 def wrap_for_terminal(text: str, width: int) -> str:
@@ -4004,6 +5605,21 @@ class Conversation:
         else:
             self._end_from_network(1, f"Connection lost: {error}")
         self.ended.set()
+
+    # Reported by the file desk (on the network thread) ------------------------------------
+
+    def file_lines(self, lines: list[str], error: bool = False) -> None:
+        """Lines about file transfers."""
+        (self.term.error if error else self.term.show)("\n".join(lines))
+
+    def file_status(self, text: str) -> None:
+        """The progress of the transfers moving now, in the status row."""
+        self.term.status(text)
+
+    def identity_of(self, name: str) -> bytes | None:
+        """Someone's identity key (a relayed offer resumes only from the same person)."""
+        person = self.people.get(name)
+        return person.identity if person is not None else None
 
     def _arrival_lines(self, link: Link, event: Established) -> list[str]:
         """Who arrived, and what known_peers says of them (pinned here on first contact)."""
@@ -4380,7 +5996,7 @@ class Conversation:
         if not space:
             words = [f"/{word}" for word in COMMAND_INDEX]
             return sorted(f"{word} " for word in words if word.startswith(line.lower()))
-        if command.lower() in ("/msg", "/verify"):
+        if command.lower() in ("/msg", "/verify", "/send"):
             return [f"{command} {name} " for name in self.people if name.startswith(rest)]
         return []
 
@@ -4450,6 +6066,102 @@ class Conversation:
             self._send(Chat(text), to=peer.name)
         return False
 
+    def send_file(self, argument: str) -> bool:
+        """/send [NAME] PATH: offer a file to everyone, or to one person."""
+        if not FILES_WORK_HERE:
+            self.term.error(f"error: {NO_FILES_HERE}")
+            return False
+        if self.net is None or not self.people:
+            self.term.error("Nobody is connected yet.")
+            return False
+        if not argument:
+            self.term.error("try again: /send PATH, or /send NAME PATH for one person")
+            return False
+        everyone = [(name, peer.host) for name, peer in self.people.items()]
+        targets, path = everyone, file_argument(argument)
+        peer, rest = self.named(argument)
+        if peer is not None and rest and not os.path.lexists(path):
+            targets, path = [(peer.name, peer.host)], file_argument(rest)
+        try:
+            fd, size = open_for_sending(path)
+        except ChatError as exc:
+            self.term.error(f"error: {exc}: nothing offered")
+            return False
+        # The name as the peer will see it: undecodable bytes of a file name become U+FFFD.
+        name = os.fsencode(os.path.basename(path)).decode("utf-8", "replace")
+        if size >= 100_000_000:
+            self.term.show(f"Checking {sanitize(name)} ({format_size(size)}) before offering it...")
+        net = self.net
+        threading.Thread(
+            target=self._hash_and_offer, args=(net, path, name, fd, size, targets), daemon=True
+        ).start()
+        return False
+
+    def _hash_and_offer(
+        self,
+        net: Network,
+        path: str,
+        name: str,
+        fd: int,
+        size: int,
+        targets: list[tuple[str, bool]],
+    ) -> None:
+        """In a thread of its own: the file's SHA-256, then the offer."""
+        try:
+            digest, stamp = hash_file(fd, size)
+        except (ChatError, OSError) as exc:
+            os.close(fd)
+            why = exc if isinstance(exc, ChatError) else describe_os_error(exc)
+            self.term.error(f"error: cannot read {sanitize(path)}: {why}: nothing offered")
+            return
+        prepared = PreparedFile(path, name, fd, size, digest, stamp)
+        net.post(lambda now: net.files.offer(prepared, targets, now))
+
+    def _transfer(self, argument: str, usage: str, optional: bool) -> tuple[bool, int | None]:
+        """The transfer number typed after a command: (understood, number or None)."""
+        if self.net is None:
+            self.term.error("Nobody is connected yet.")
+            return False, None
+        if not argument and optional:
+            return True, None
+        if not (argument.isascii() and argument.isdigit()):
+            self.term.error(f"try again: {usage} (/files lists the numbers)")
+            return False, None
+        return True, int(argument)
+
+    def accept_file(self, argument: str) -> bool:
+        """/accept [N]: take an offered file (the oldest waiting one without N)."""
+        understood, number = self._transfer(argument, "/accept N", optional=True)
+        if understood and self.net is not None:
+            files = self.net.files
+            self.net.post(lambda now: files.accept(number, now))
+        return False
+
+    def reject_file(self, argument: str) -> bool:
+        """/reject [N]: decline an offered file."""
+        understood, number = self._transfer(argument, "/reject N", optional=True)
+        if understood and self.net is not None:
+            files = self.net.files
+            self.net.post(lambda now: files.reject(number, now))
+        return False
+
+    def cancel_file(self, argument: str) -> bool:
+        """/cancel N: stop a transfer, either way; the other side is told."""
+        understood, number = self._transfer(argument, "/cancel N", optional=False)
+        if understood and self.net is not None:
+            files = self.net.files
+            self.net.post(lambda now: files.cancel(number, now))
+        return False
+
+    def list_files(self, argument: str) -> bool:
+        """/files: the offers and transfers of this chat, with their state."""
+        if self.net is None:
+            self.term.error("Nobody is connected yet.")
+        else:
+            files = self.net.files
+            self.net.post(lambda now: files.listing())
+        return False
+
     def act(self, argument: str) -> bool:
         """/me: an action, shown to the peer as `* name text`."""
         if argument:
@@ -4488,6 +6200,18 @@ COMMANDS = (
     Command("me", (), "an action: /me waves shows * yourname waves", Conversation.act),
     Command("msg", (), "words for one person only: /msg NAME text", Conversation.whisper),
     Command(
+        "send",
+        (),
+        "offer a file to everyone (/send PATH) or to one person (/send NAME PATH)",
+        Conversation.send_file,
+    ),
+    Command(
+        "accept", (), "take an offered file: /accept N (or the oldest)", Conversation.accept_file
+    ),
+    Command("reject", (), "decline an offered file: /reject N", Conversation.reject_file),
+    Command("cancel", (), "stop a transfer, either way: /cancel N", Conversation.cancel_file),
+    Command("files", (), "the offers and transfers, with their numbers", Conversation.list_files),
+    Command(
         "invite", (), "(host) a new one-time invite code for one more person", Conversation.invite
     ),
     Command(
@@ -4496,6 +6220,19 @@ COMMANDS = (
 )
 # Commands are case-insensitive: /QUIT and /Quit are /quit.
 COMMAND_INDEX = {word: command for command in COMMANDS for word in (command.name, *command.aliases)}
+
+
+def file_argument(text: str) -> str:
+    """A path as typed or dropped on the terminal: quoted, or with escaped spaces."""
+    text = text.strip()
+    if not os.path.lexists(os.path.expanduser(text)) and (
+        "'" in text or '"' in text or "\\" in text
+    ):
+        with contextlib.suppress(ValueError):
+            words = shlex.split(text)
+            if len(words) == 1:
+                text = words[0]
+    return os.path.expanduser(text)
 
 
 def help_text() -> str:
@@ -4652,6 +6389,8 @@ def apply_flags(config: Config, args: Options) -> Config:
         changes["timestamps"] = args.timestamps
     if args.bell is not None:
         changes["bell"] = args.bell
+    if args.downloads is not None:
+        changes["downloads"] = args.downloads
     return replace(config, **changes)  # type: ignore[arg-type]
 
 
@@ -4680,6 +6419,28 @@ def init_config(args: Options, term: Terminal) -> None:
         "or your keys differ)"
     )
     open_identity(config, term)
+
+
+def downloads_folder(config: Config, flag: str | None) -> str:
+    """Where received files go: --downloads, config.ini's downloads, ~/Downloads, or here.
+
+    Checked at start: a folder that is missing or not writable is an error now,
+    not when the first file arrives.
+    """
+    where = "--downloads" if flag is not None else f"{config.path}: downloads"
+    if config.downloads:
+        folder = os.path.abspath(os.path.expanduser(config.downloads))
+    else:
+        home = os.path.expanduser("~/Downloads")
+        return home if os.path.isdir(home) else os.getcwd()
+    if not os.path.isdir(folder):
+        raise ConfigError(
+            f"{where}: {folder} is not a folder: create it (mkdir -p {shlex.quote(folder)}) or "
+            "choose another"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: {folder} is not writable by you: choose another folder")
+    return folder
 
 
 def open_identity(config: Config, term: Terminal) -> Ed25519PrivateKey:
@@ -4888,6 +6649,7 @@ class Options:
     code: str | None = None
     forget: str | None = None
     max_members: int = 20
+    downloads: str | None = None
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -4936,6 +6698,12 @@ def parse_args(argv: list[str] | None) -> Options:
         type=flag_type(max_members_argument),
         metavar="N",
         help="when listening: how many people may join the chat, not counting you (default 20)",
+    )
+    add(
+        "--downloads",
+        metavar="DIR",
+        help="save received files here (config.ini: downloads; default ~/Downloads if it "
+        "exists, else the current folder)",
     )
     add(
         "--forget",
@@ -5053,6 +6821,7 @@ def main(argv: list[str] | None = None) -> int:
         invite = Invite(new_invite_code()) if listening and (args.invite or not psk) else None
         code = None if listening else args.code or ask_code(term, psk, known)
         room = os.urandom(ROOM_ID_SIZE)
+        downloads = downloads_folder(config, args.downloads)
         conversation = Conversation(term, config, identity, room)
         network = Network(
             psk,
@@ -5065,6 +6834,9 @@ def main(argv: list[str] | None = None) -> int:
             room=room,
             capacity=args.max_members,
             keepalive=args.keepalive,
+            files_user=conversation,
+            downloads=downloads,
+            plain_progress=not term.draws_status,
         )
         if target is None:
             source = "--port" if args.port is not None else config.path
@@ -5086,6 +6858,7 @@ def main(argv: list[str] | None = None) -> int:
             return conversation.status()
         finally:
             network.stop()
+            network.files.finish_writing(FINISH_WRITING_SECONDS)
             term.flush()  # lines the network thread queued last
     except ChatError as exc:
         term.error(f"error: {exc}")

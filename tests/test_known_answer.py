@@ -22,6 +22,7 @@ from chatclient import (
     Chat,
     ConnectorHandshake,
     ListenerHandshake,
+    Phase,
     ProtocolError,
     Role,
     Session,
@@ -204,3 +205,19 @@ def test_fernet_keys_are_urlsafe_base64_of_the_direction_keys() -> None:
     for direction in ("connector_to_listener", "listener_to_connector"):
         raw = h(f"key_{direction}")
         assert base64.urlsafe_b64decode(V[f"fernet_key_{direction}"]) == raw
+
+
+def test_file_keys_and_a_sealed_chunk() -> None:
+    """Issue 11: the AES-GCM file keys, and the listener's third chunk, byte for byte."""
+    _, _, _, connector_keys, listener_keys = run_handshake()
+    assert connector_keys.file_send_key.hex() == V["file_key_connector_to_listener"]
+    assert listener_keys.file_send_key.hex() == V["file_key_listener_to_connector"]
+    assert connector_keys.file_recv_key == listener_keys.file_send_key
+    listener, connector = Session(listener_keys), Session(connector_keys)
+    for session in (listener, connector):
+        session._send_phase = session._recv_phase = Phase.OPEN
+    data = h("chunk_data")
+    frames = [listener.seal_chunk(7, offset, data) for offset in (0, 1, 65536)]
+    assert frames[2][FRAME_HEADER.size :].hex() == V["chunk_listener_to_connector_third_body"]
+    opened = [connector.open_chunk(frame[FRAME_HEADER.size :]) for frame in frames]
+    assert opened[2] == (7, 65536, data)

@@ -36,6 +36,10 @@ from chatclient import (
     Chat,
     ConfigError,
     ConnectorHandshake,
+    FileAccept,
+    FileCancel,
+    FileCredit,
+    FileOffer,
     Form,
     FrameDecoder,
     HandshakeError,
@@ -451,7 +455,13 @@ def test_anything_after_terminate_refused(tag: MessageType) -> None:
         MessageType.MEMBERS: Members().encode_body(),
         MessageType.JOINED: Joined(Person("bob", bytes(32), "h:1")).encode_body(),
         MessageType.LEFT: Left("bob").encode_body(),
+        MessageType.FILEOFFER: FileOffer(1, 1, bytes(32), "a").encode_body(),
+        MessageType.FILEACCEPT: FileAccept(1, 0, 1).encode_body(),
+        MessageType.FILECREDIT: FileCredit(1, 1).encode_body(),
+        MessageType.FILECANCEL: FileCancel(1, True).encode_body(),
     }
+    bodies.update(dict.fromkeys((MessageType.FILEREJECT, MessageType.FILEDONE), bytes(4)))
+    bodies[MessageType.FILERECEIVED] = bytes(4)
     text = refusal(pair.listener, 2, tag, bodies.get(tag, b""))
     assert tag.name in text
     assert Phase.CLOSED.value in text

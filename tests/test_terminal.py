@@ -178,6 +178,7 @@ def check_saved_config(path: Path, port: int, username: str, key: str = "") -> N
         "username": username,
         "timestamps": "no",
         "bell": "no",
+        "downloads": "",
     }
 
 

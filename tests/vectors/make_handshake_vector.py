@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 HERE = Path(__file__).resolve().parent
@@ -122,6 +123,21 @@ def compute() -> dict[str, Any]:
     c2l, l2c, confirm_key = okm[0:32], okm[32:64], okm[64:96]
     confirm_tag = hmac.new(confirm_key, b"connector" + th, hashlib.sha256).digest()
     m3 = connector_pub + confirm_tag
+    # File chunks: AES-256-GCM keys per direction from their own HKDF label; a chunk
+    # frame body is 0x00, id (4), offset (8), then the sealed data; the nonce is the
+    # direction (4; 0 = connector->listener) and the chunk counter (8); the associated
+    # data is the label, the id and the offset.
+    file_okm = hkdf_sha256(shared, psk, b"chatclient/2 files" + th, 64)
+    file_c2l, file_l2c = file_okm[0:32], file_okm[32:64]
+    chunk_data = b"chunk of holiday.jpg"
+    chunk_nonce = (1).to_bytes(4, "big") + (2).to_bytes(8, "big")  # listener's third
+    chunk_aad = b"chatclient/2 chunk\0" + (7).to_bytes(4, "big") + (65536).to_bytes(8, "big")
+    chunk_body = (
+        b"\0"
+        + (7).to_bytes(4, "big")
+        + (65536).to_bytes(8, "big")
+        + AESGCM(file_l2c).encrypt(chunk_nonce, chunk_data, chunk_aad)
+    )
 
     # Each WELCOME: identity key, Ed25519 signature (deterministic) over the label, the
     # sender's role, a zero byte, th, the room id and the name; then the room id and the
@@ -177,6 +193,10 @@ def compute() -> dict[str, Any]:
         "fernet_key_connector_to_listener": base64.urlsafe_b64encode(c2l).decode("ascii"),
         "fernet_key_listener_to_connector": base64.urlsafe_b64encode(l2c).decode("ascii"),
         "confirm_key": confirm_key.hex(),
+        "file_key_connector_to_listener": file_c2l.hex(),
+        "file_key_listener_to_connector": file_l2c.hex(),
+        "chunk_data": chunk_data.hex(),
+        "chunk_listener_to_connector_third_body": chunk_body.hex(),
         "confirm_tag": confirm_tag.hex(),
         "connector_identity_private": CONNECTOR_IDENTITY.hex(),
         "listener_identity_private": LISTENER_IDENTITY.hex(),
