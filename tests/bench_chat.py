@@ -30,6 +30,14 @@ baseline measured in the same run:
   the last and deliveries lost; against the host's one-core limit (decrypt each message once,
   encrypt it for each other member, in one process); and the same with one member stopped
   (SIGSTOP) as the burst starts;
+- a file: FILE_MIB MiB of random bytes sent between two real `python chatclient.py`
+  processes (from typing /send to the receiver's "Received ... SHA-256 verified" line: the
+  sender's hashing, the offer, /accept, the transfer, the receiver's hash check and rename),
+  MB/s and bytes wrong; against two processes moving the same file as AES-256-GCM chunks
+  over TCP with no protocol (the crypto-and-socket limit), and against `ncat --ssl
+  --send-only` into `ncat --ssl -l --recv-only` (skipped where ncat is absent), with the
+  bytes ncat lost; and the chat round trip (a line typed on one side, shown on the other,
+  answered, shown back) while a second such transfer runs, p99;
 - start-up to the listen/connect prompt, median, against `python -c "import cryptography.fernet"`;
 - resident memory of an idle connected `python chatclient.py --connect`, against a bare
   `python -c` waiting on stdin.
@@ -48,6 +56,7 @@ import multiprocessing
 import os
 import queue
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -67,6 +76,7 @@ from types import FrameType
 from typing import Any, TypeAlias, TypeVar
 
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "chatclient.py"
@@ -128,6 +138,8 @@ class Counts:
     warmup: int
     room_members: int = 20
     room_messages: int = 20_000
+    file_mib: int = 256
+    file_runs: int = 3  # each file figure is the median of this many transfers
 
 
 FULL = Counts(
@@ -142,6 +154,8 @@ QUICK = Counts(
     warmup=5,
     room_members=4,
     room_messages=200,
+    file_mib=4,
+    file_runs=1,
 )
 
 
@@ -743,6 +757,42 @@ def room_baseline(count: int, members: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+# --- Files: the crypto-and-socket limit ------------------------------------------------
+
+FILE_KEY = bytes(range(32))
+FILE_CHUNK = 64 * 1024
+
+
+def gcm_receiver(out: WorkerQueue, path: str) -> None:
+    """Receive AES-GCM chunks into `path`; report when the last byte is written."""
+    server = open_listener(out)
+    sock = accept_plain(server)
+    aead, counter, decoder = AESGCM(FILE_KEY), 0, FrameDecoder()
+    with open(path, "wb") as file:
+        while data := sock.recv(262144):
+            decoder.feed(data)
+            for body in decoder.frames():
+                file.write(aead.decrypt(counter.to_bytes(12, "big"), body, None))
+                counter += 1
+    sock.close()
+    out.put(("result", time.perf_counter()))
+
+
+def gcm_sender(out: WorkerQueue, port: int, path: str) -> None:
+    """Send `path` as AES-GCM chunks, one frame each; report when it started."""
+    sock = connect_plain(port)
+    aead, counter = AESGCM(FILE_KEY), 0
+    start = time.perf_counter()
+    with open(path, "rb") as file:
+        while chunk := file.read(FILE_CHUNK):
+            sealed = aead.encrypt(counter.to_bytes(12, "big"), chunk, None)
+            sock.sendall(encode_frame(sealed))
+            counter += 1
+    sock.shutdown(socket.SHUT_WR)
+    sock.close()
+    out.put(("result", start))
+
+
 WORKERS: dict[str, Callable[..., None]] = {
     worker.__name__: worker
     for worker in (
@@ -762,6 +812,8 @@ WORKERS: dict[str, Callable[..., None]] = {
         host_room,
         room_receivers,
         room_sender,
+        gcm_receiver,
+        gcm_sender,
     )
 }
 
@@ -906,6 +958,12 @@ class Process:
                 raise BenchError(f"exited before {text!r}; output:\n{self.output}")
             self.output += chunk.decode("utf-8", "replace")
 
+    def send(self, line: str) -> None:
+        """Type a line."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(line.encode("utf-8") + b"\n")
+        self.popen.stdin.flush()
+
     def finish(self) -> int:
         """Close stdin and wait for exit; kill after EXIT_SECONDS. Returns the status."""
         assert self.popen.stdin is not None
@@ -936,11 +994,11 @@ def child(args: list[str], cwd: Path) -> Iterator[Process]:
         process.kill()
 
 
-def write_config(folder: Path) -> None:
+def write_config(folder: Path, port: int = 50233, username: str = "bench") -> None:
     """A valid config.ini (owner-only, so no permission warning) in `folder`."""
     path = folder / "config.ini"
     path.write_text(
-        f"[parameters]\nip = {HOST}\nport = 50233\nfernet_key = {KEY}\nusername = bench\n",
+        f"[parameters]\nip = {HOST}\nport = {port}\nfernet_key = {KEY}\nusername = {username}\n",
         encoding="utf-8",
     )
     path.chmod(0o600)
@@ -1072,6 +1130,173 @@ def measure_room(counts: Counts) -> dict[str, float]:
     }
 
 
+def make_file(path: Path, mib: int) -> None:
+    """`mib` MiB of random bytes."""
+    with path.open("wb") as file:
+        for _ in range(mib):
+            file.write(os.urandom(1 << 20))
+
+
+def bytes_wrong(expected: Path, got: Path) -> int:
+    """Bytes missing, extra or different in `got`."""
+    if not got.exists():
+        return expected.stat().st_size
+    wrong = abs(expected.stat().st_size - got.stat().st_size)
+    with expected.open("rb") as a, got.open("rb") as b:
+        while (x := a.read(1 << 20)) and (y := b.read(1 << 20)) is not None:
+            if x != y:
+                wrong += sum(1 for p, q in zip(x, y, strict=False) if p != q)
+            if not y:
+                break
+    return wrong
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def file_run(folder: Path, source: Path, pings: bool) -> tuple[float, float, int, list[float]]:
+    """One transfer of `source` between two real chatclient processes: seconds from /send
+    to the receiver's "Received" line, seconds from /accept to it, bytes wrong, and (with
+    `pings`) chat round trips timed while it moved."""
+    port = free_tcp_port()
+    for name in ("desktop", "laptop"):
+        (folder / name / "dl").mkdir(parents=True)
+        write_config(folder / name, port=port, username=name)
+    listen = [sys.executable, str(SCRIPT), "--listen", "--downloads", "dl"]
+    connect = [sys.executable, str(SCRIPT), "--connect", f"{HOST}:{port}"]
+    rtts: list[float] = []
+    with child(listen, folder / "desktop") as desk:
+        desk.wait_for("Listening on")
+        lap = Process(connect, folder / "laptop")
+        lap.wait_for("WELCOME Welcome to the chat!")
+        desk.wait_for("laptop joined the chat.")
+        start = time.perf_counter()
+        lap.send(f"/send {source}")
+        desk.wait_for("/accept 1 ")
+        accepted = time.perf_counter()
+        desk.send("/accept 1")
+        number = 0
+        while pings and "Received " not in desk.output:
+            number += 1
+            sent = time.perf_counter()
+            lap.send(f"ping {number}")
+            desk.wait_for(f"laptop says: ping {number}\n")
+            desk.send(f"pong {number}")
+            lap.wait_for(f"desktop says: pong {number}\n")
+            rtts.append(time.perf_counter() - sent)
+        desk.wait_for("SHA-256 verified")
+        seconds, moving = time.perf_counter() - start, time.perf_counter() - accepted
+        lap.send("exit")
+        lap.send("")
+        lap.finish()
+        lap.kill()
+        desk.finish()
+    return seconds, moving, bytes_wrong(source, folder / "desktop" / "dl" / source.name), rtts
+
+
+def ncat_run(folder: Path, source: Path) -> tuple[float, int] | None:
+    """`ncat --ssl` moving `source` over 127.0.0.1: seconds and bytes lost; None without ncat."""
+    ncat = shutil.which("ncat")
+    if ncat is None:
+        return None
+    port, received = free_tcp_port(), folder / "ncat-received"
+    with received.open("wb") as sink:
+        server = subprocess.Popen(
+            [ncat, "-v", "--ssl", "-l", "--recv-only", HOST, str(port)],
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            assert server.stderr is not None
+            seen = ""
+            deadline = time.monotonic() + STEP_SECONDS
+            while "Listening on" not in seen:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise BenchError(f"ncat did not start listening: {seen}")
+                seen += server.stderr.readline().decode("utf-8", "replace")
+            start = time.perf_counter()
+            with source.open("rb") as data:
+                subprocess.run(
+                    [ncat, "--ssl", "--send-only", HOST, str(port)],
+                    stdin=data,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=STEP_SECONDS,
+                    check=False,
+                )
+            server.wait(STEP_SECONDS)
+            seconds = time.perf_counter() - start
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+    return seconds, bytes_wrong(source, received)
+
+
+def gcm_run(folder: Path, source: Path) -> float:
+    """Seconds for two processes to move `source` as AES-GCM chunks over TCP."""
+    with peers() as pool:
+        cpus = peer_cpus()
+        receiver = pool.start("gcm_receiver", str(folder / "gcm-received"), cpu=cpus[0])
+        port = receiver.receive("port")
+        sender = pool.start("gcm_sender", port, str(source), cpu=cpus[1])
+        started, finished = sender.receive("result"), receiver.receive("result")
+    return float(finished - started)
+
+
+def file_folder(fallback: Path) -> Path:
+    """Where the file step writes: /dev/shm (memory) when it has room, so that every row,
+    baselines too, measures the program and not how busy the disk happens to be."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2**31:
+        return Path(tempfile.mkdtemp(prefix="bench_chat_files_", dir=shm))
+    return fallback
+
+
+def measure_files(counts: Counts, folder: Path) -> dict[str, float | None]:
+    """A file between two real programs, against AES-GCM over TCP and ncat --ssl."""
+    source = folder / "big.bin"
+    make_file(source, counts.file_mib)
+    megabytes = source.stat().st_size / 1e6
+    times, moving, limits, ncats, wrong, lost = [], [], [], [], 0, []
+    for run in range(counts.file_runs):
+        seconds, after_accept, wrong_here, _ = file_run(folder / f"run{run}", source, False)
+        times.append(seconds)
+        moving.append(after_accept)
+        wrong += wrong_here
+        limits.append(gcm_run(folder, source))
+        if (ncat := ncat_run(folder, source)) is not None:
+            ncats.append(ncat[0])
+            lost.append(ncat[1])
+        for received in folder.glob(f"run{run}/*/dl/*"):
+            received.unlink()
+    _, _, wrong_too, rtts = file_run(folder / "pings", source, pings=True)
+    wrong += wrong_too
+    if folder.parent == Path("/dev/shm"):
+        shutil.rmtree(folder, ignore_errors=True)
+    if not ncats:
+        print("note: ncat is not installed: its row is skipped", file=sys.stderr)
+    samples = sorted(int(rtt * 1e9) for rtt in rtts)
+    return {
+        "file_mib": counts.file_mib,
+        "file_mb_per_s": megabytes / statistics.median(times),
+        "file_crypto_limit_mb_per_s": megabytes / statistics.median(limits),
+        # from /accept on: without the sender's hashing before its offer
+        "file_after_accept_mb_per_s": megabytes / statistics.median(moving),
+        "file_ncat_ssl_mb_per_s": megabytes / statistics.median(ncats) if ncats else None,
+        "file_ncat_ssl_bytes_lost": max(lost) if ncats else None,  # the worst run
+        "file_ncat_ssl_bytes_lost_per_run": lost,
+        "file_runs": counts.file_runs,
+        "file_bytes_wrong": wrong,
+        "chat_rtt_p99_during_transfer_ms": percentile(samples, 99) / 1e6 if samples else 0.0,
+        "chat_rtts_during_transfer": len(samples),
+    }
+
+
 def time_to_prompt(folder: Path) -> float:
     """Seconds from starting `python chatclient.py` to its listen/connect prompt."""
     start = time.perf_counter()
@@ -1132,10 +1357,10 @@ def measure_memory(folder: Path) -> dict[str, float]:
     return {"idle_rss_mib": idle, "bare_rss_mib": baseline}
 
 
-def measure(counts: Counts) -> dict[str, float]:
+def measure(counts: Counts) -> dict[str, Any]:
     """Every figure, in one run."""
-    figures: dict[str, float] = {}
-    steps: list[tuple[str, Callable[[], dict[str, float]]]] = [
+    figures: dict[str, Any] = {}
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("round trips", lambda: measure_round_trips(counts)),
         ("bursts", lambda: measure_bursts(counts)),
         ("Fernet alone", lambda: measure_fernet(counts)),
@@ -1146,6 +1371,7 @@ def measure(counts: Counts) -> dict[str, float]:
         folder = Path(tmp)
         steps.append(("start-up", lambda: measure_startup(counts, folder)))
         steps.append(("memory", lambda: measure_memory(folder)))
+        steps.append(("a file", lambda: measure_files(counts, file_folder(folder))))
         for name, step in steps:
             print(f"measuring {name} ...", file=sys.stderr, flush=True)
             figures.update(step())
@@ -1182,7 +1408,7 @@ STARTUP_LIMIT = 2.5  # start-up to the prompt, times the bare import of cryptogr
 SEED_RTT_LIMIT = 1.2  # round trip p50, times the seed's
 
 
-def checks(f: dict[str, float]) -> dict[str, bool]:
+def checks(f: dict[str, Any]) -> dict[str, bool]:
     """Each condition a target is made of, met or not."""
     return {
         "rtt_raw": f["rtt_p50_us"] <= 2.5 * f["raw_rtt_p50_us"],
@@ -1196,12 +1422,20 @@ def checks(f: dict[str, float]) -> dict[str, bool]:
         "room": 2 * f["room_delivered_msgs_per_s"] >= f["room_baseline_msgs_per_s"]
         and f["room_lost"] == 0,
         "room_stalled": f["room_stalled_ratio"] >= 0.8,
+        "file": 2 * f["file_mb_per_s"] >= f["file_crypto_limit_mb_per_s"]
+        and f["file_bytes_wrong"] == 0,
+        "file_ncat": f["file_ncat_ssl_mb_per_s"] is None
+        or f["file_mb_per_s"] >= f["file_ncat_ssl_mb_per_s"],
+        "file_rtt": f["chat_rtt_p99_during_transfer_ms"] <= 50,
     }
 
 
-def targets(f: dict[str, float]) -> dict[str, bool]:
-    """The targets, each met or not."""
+def targets(f: dict[str, Any]) -> dict[str, bool]:
+    """The targets, each met or not (the ncat one only where ncat ran)."""
     c = checks(f)
+    ncat = (
+        {} if f["file_ncat_ssl_mb_per_s"] is None else {"file >= 1.0x ncat --ssl": c["file_ncat"]}
+    )
     return {
         "round trip p50 <= 2.5x raw": c["rtt_raw"],
         f"round trip p50 <= {SEED_RTT_LIMIT}x seed": c["rtt_seed"],
@@ -1213,10 +1447,13 @@ def targets(f: dict[str, float]) -> dict[str, bool]:
         f"start-up <= {STARTUP_LIMIT}x import": c["startup"],
         "room delivery >= 0.5x the host's one-core limit, 0 lost": c["room"],
         "room with one member stopped >= 0.8x": c["room_stalled"],
+        "file >= 0.5x the AES-GCM limit, 0 bytes wrong": c["file"],
+        **ncat,
+        "chat round trip p99 during a transfer <= 50 ms": c["file_rtt"],
     }
 
 
-def rows(f: dict[str, float]) -> list[Row]:
+def rows(f: dict[str, Any]) -> list[Row]:
     """The table, with each target checked."""
     c = checks(f)
     return [
@@ -1325,6 +1562,56 @@ def rows(f: dict[str, float]) -> list[Row]:
             f["room_lost"] == 0,
         ),
         Row(
+            f"file of {f['file_mib']} MiB (MB/s)",
+            f"{f['file_mb_per_s']:,.0f}",
+            f"{f['file_crypto_limit_mb_per_s']:,.0f} AES-GCM",
+            ratio(f["file_mb_per_s"], f["file_crypto_limit_mb_per_s"]),
+            ">= 0.5x limit",
+            c["file"],
+        ),
+        Row(
+            "  of which from /accept on (MB/s)",
+            f"{f['file_after_accept_mb_per_s']:,.0f}",
+            "no ncat: skipped"
+            if f["file_ncat_ssl_mb_per_s"] is None
+            else f"{f['file_ncat_ssl_mb_per_s']:,.0f} ncat",
+            "-"
+            if f["file_ncat_ssl_mb_per_s"] is None
+            else ratio(f["file_after_accept_mb_per_s"], f["file_ncat_ssl_mb_per_s"]),
+            "",
+            None,
+        ),
+        Row(
+            "file vs ncat --ssl (MB/s)",
+            f"{f['file_mb_per_s']:,.0f}",
+            "no ncat: skipped"
+            if f["file_ncat_ssl_mb_per_s"] is None
+            else f"{f['file_ncat_ssl_mb_per_s']:,.0f} ncat",
+            "-"
+            if f["file_ncat_ssl_mb_per_s"] is None
+            else ratio(f["file_mb_per_s"], f["file_ncat_ssl_mb_per_s"]),
+            ">= 1.0x ncat",
+            None if f["file_ncat_ssl_mb_per_s"] is None else c["file_ncat"],
+        ),
+        Row(
+            "file bytes wrong",
+            f"{f['file_bytes_wrong']:.0f}",
+            ""
+            if f["file_ncat_ssl_bytes_lost"] is None
+            else f"ncat lost {f['file_ncat_ssl_bytes_lost']:,}",
+            "-",
+            "0",
+            f["file_bytes_wrong"] == 0,
+        ),
+        Row(
+            "chat round trip p99, file moving (ms)",
+            f"{f['chat_rtt_p99_during_transfer_ms']:.1f}",
+            f"{f['chat_rtts_during_transfer']} samples",
+            "-",
+            "<= 50 ms",
+            c["file_rtt"],
+        ),
+        Row(
             "idle peer RSS (MiB)",
             f"{f['idle_rss_mib']:.1f}",
             f"{f['bare_rss_mib']:.1f} bare",
@@ -1335,7 +1622,7 @@ def rows(f: dict[str, float]) -> list[Row]:
     ]
 
 
-def render(figures: dict[str, float], counts: Counts) -> str:
+def render(figures: dict[str, Any], counts: Counts) -> str:
     """The table as aligned text, the sample counts above it and the targets below."""
     header = Row("figure", "the program", "baseline", "ratio", "target", None)
     cells = [

@@ -25,6 +25,12 @@ KEYS = (
     "import_baseline_ms",
     "idle_rss_mib",
     "bare_rss_mib",
+    "file_mb_per_s",
+    "file_crypto_limit_mb_per_s",
+    "file_ncat_ssl_mb_per_s",
+    "file_ncat_ssl_bytes_lost",
+    "file_bytes_wrong",
+    "chat_rtt_p99_during_transfer_ms",
 )
 
 
