@@ -2959,10 +2959,11 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}:{rest:02d}"
 
 
-def progress_text(name: str, done: int, size: int, seconds: float) -> str:
-    """One transfer's progress: name, percent, bytes, rate and time left."""
+def progress_text(name: str, done: int, size: int, seconds: float, moved: int) -> str:
+    """One transfer's progress: name, percent, bytes, rate (of the `moved` bytes that came in
+    `seconds`: a resume's kept bytes do not count) and time left."""
     percent = done * 100 // size if size else 100
-    rate = done / seconds if seconds > 0 else 0.0
+    rate = moved / seconds if seconds > 0 else 0.0
     left = f", {format_duration((size - done) / rate)} left" if rate > 0 and done < size else ""
     return (
         f"{name} {percent}% ({format_size(done)} of {format_size(size)}, "
@@ -4400,7 +4401,10 @@ class FileDesk:
             return
         self._status_at = now
         text = " | ".join(
-            progress_text(sanitize(t.name), t.position, t.size, now - t.started) for t in moving
+            progress_text(
+                sanitize(t.name), t.position, t.size, now - t.started, t.position - t.offset
+            )
+            for t in moving
         )
         if text != self._status:
             self._status = text
@@ -4627,9 +4631,10 @@ class FileDesk:
         elif isinstance(message, FileReceived):
             self._end(transfer, Moving.DONE, now)
             took = format_duration(now - transfer.started)
+            resumed = f", resumed at {transfer.offset * 100 // transfer.size}%"
             self._say(
                 f"{sanitize(transfer.person)} received {sanitize(transfer.name)} "
-                f"({format_size(transfer.size)} in {took})."
+                f"({format_size(transfer.size)} in {took}{resumed if transfer.offset else ''})."
             )
         elif isinstance(message, FileDone):
             self._on_done(transfer, now)
