@@ -437,12 +437,18 @@ def listener(spawn: Spawn, tmp_path: Path, *flags: str) -> tuple[ChatProcess, in
     return desk, port, tmp_path / "dl"
 
 
-def test_hostile_names_land_inside_the_downloads_folder_or_are_refused(
-    spawn: Spawn, tmp_path: Path
-) -> None:
+def with_mallory(spawn: Spawn, tmp_path: Path) -> tuple[ChatProcess, Path, Mallory]:
+    """A listener, its downloads folder, and Mallory in its chat."""
     desk, port, downloads = listener(spawn, tmp_path)
     mallory = Mallory(port)
     desk.expect(r"^mallory joined the chat\.$")
+    return desk, downloads, mallory
+
+
+def test_hostile_names_land_inside_the_downloads_folder_or_are_refused(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    desk, downloads, mallory = with_mallory(spawn, tmp_path)
     names = ["../../.bashrc", "/etc/passwd", "C:\\x", "evil\x1b[2J.txt", ".."]
     for number, name in enumerate(names, start=1):
         mallory.offer(number, name.encode(), name)
@@ -461,9 +467,7 @@ def test_hostile_names_land_inside_the_downloads_folder_or_are_refused(
 
 
 def test_data_nobody_accepted_or_asked_for_is_never_written(spawn: Spawn, tmp_path: Path) -> None:
-    desk, port, downloads = listener(spawn, tmp_path)
-    mallory = Mallory(port)
-    desk.expect(r"^mallory joined the chat\.$")
+    desk, downloads, mallory = with_mallory(spawn, tmp_path)
     mallory.offer(1, b"a" * 100, "pushed.bin")
     desk.expect(r"^mallory offers pushed\.bin")
     mallory.chunk(1, 0, b"a" * 100)  # before any /accept
@@ -572,9 +576,7 @@ def test_the_receiver_grants_credit_and_the_sender_waits_for_it(
     spawn: Spawn, tmp_path: Path
 ) -> None:
     """A receiver that grants one chunk gets one chunk; more credit, more data."""
-    desk, port, _ = listener(spawn, tmp_path)
-    mallory = Mallory(port)
-    desk.expect(r"^mallory joined the chat\.$")
+    desk, _, mallory = with_mallory(spawn, tmp_path)
     data = os.urandom(4 * CHUNK_SIZE)
     (tmp_path / "four.bin").write_bytes(data)
     desk.send("/send four.bin")
@@ -607,9 +609,7 @@ def chunks(mallory: Mallory, count: int) -> list[bytes]:
 
 
 def test_a_file_changed_while_it_is_sent_fails_cleanly(spawn: Spawn, tmp_path: Path) -> None:
-    desk, port, _ = listener(spawn, tmp_path)
-    mallory = Mallory(port)
-    desk.expect(r"^mallory joined the chat\.$")
+    desk, _, mallory = with_mallory(spawn, tmp_path)
     path = tmp_path / "growing.log"
     path.write_bytes(b"a" * (200 * CHUNK_SIZE))
     desk.send("/send growing.log")
@@ -630,9 +630,7 @@ def test_a_file_changed_while_it_is_sent_fails_cleanly(spawn: Spawn, tmp_path: P
 
 
 def test_either_side_can_cancel_and_the_other_is_told(spawn: Spawn, tmp_path: Path) -> None:
-    desk, port, downloads = listener(spawn, tmp_path)
-    mallory = Mallory(port)
-    desk.expect(r"^mallory joined the chat\.$")
+    desk, downloads, mallory = with_mallory(spawn, tmp_path)
     (tmp_path / "slow.bin").write_bytes(os.urandom(8 * CHUNK_SIZE))
     desk.send("/send slow.bin")
     offer = mallory.expect(FileOffer)
