@@ -3942,17 +3942,23 @@ def file_stamp(fd: int) -> tuple[int, int, int]:
     return info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
-def hash_file(fd: int, size: int) -> tuple[bytes, tuple[int, int, int]]:
-    """The SHA-256 of a file of `size` bytes, and its stamp; ChatError if it changed
-    while it was being read."""
-    stamp = file_stamp(fd)
+def hash_start(fd: int, size: int, shorter: str) -> hashlib._Hash:
+    """A SHA-256 fed a file's first `size` bytes; ChatError(`shorter`) if it has fewer."""
     digest, offset = hashlib.sha256(), 0
     while offset < size:
         block = os.pread(fd, min(HASH_BLOCK, size - offset), offset)
         if not block:
-            raise ChatError("it got shorter while it was being read")
+            raise ChatError(shorter)
         digest.update(block)
         offset += len(block)
+    return digest
+
+
+def hash_file(fd: int, size: int) -> tuple[bytes, tuple[int, int, int]]:
+    """The SHA-256 of a file of `size` bytes, and its stamp; ChatError if it changed
+    while it was being read."""
+    stamp = file_stamp(fd)
+    digest = hash_start(fd, size, "it got shorter while it was being read")
     if file_stamp(fd) != stamp or stamp[0] != size:
         raise ChatError("it changed while it was being read: send it once it is final")
     return digest.digest(), stamp
@@ -4191,33 +4197,30 @@ class FileSink:
                 self._cond.notify_all()
                 # A write under way ends first (a slow disk: the writer deletes it later).
                 if self._cond.wait_for(lambda: not self._busy, SINK_CLOSE_SECONDS):
-                    remove_quietly(self.part, self.part + META_SUFFIX)
+                    self._discard()
             self._cond.notify_all()
 
     def _run(self) -> None:
         try:
             self._write()
-        except OSError as exc:
-            remove_quietly(self.part, self.part + META_SUFFIX)
-            self._report("failed", 0, f"writing it failed: {describe_os_error(exc)}")
-        except ChatError as exc:
-            remove_quietly(self.part, self.part + META_SUFFIX)
-            self._report("failed", 0, str(exc))
+        except (OSError, ChatError) as exc:
+            self._discard()
+            failed = f"writing it failed: {describe_os_error(exc)}"
+            self._report("failed", 0, str(exc) if isinstance(exc, ChatError) else failed)
         finally:
             os.close(self._fd)
             with self._cond:
                 discard = self._closed
             if discard:  # cancelled: nothing of it stays
-                remove_quietly(self.part, self.part + META_SUFFIX)
+                self._discard()
+
+    def _discard(self) -> None:
+        """Delete the .part and its record."""
+        remove_quietly(self.part, self.part + META_SUFFIX)
 
     def _write(self) -> None:
-        digest, position = hashlib.sha256(), 0
-        while position < self._offset:  # what an earlier session wrote
-            block = os.pread(self._fd, min(HASH_BLOCK, self._offset - position), position)
-            if not block:
-                raise ChatError(f"{self.part} got shorter while it was being resumed")
-            digest.update(block)
-            position += len(block)
+        shorter = f"{self.part} got shorter while it was being resumed"
+        digest = hash_start(self._fd, self._offset, shorter)  # what an earlier session wrote
         # Hashing runs beside the writing (both let go of the GIL), in a thread of its own
         # at most HASH_LAG blocks behind.
         hashing: queue.Queue[list[bytes] | None] = queue.Queue(HASH_LAG)
@@ -4230,7 +4233,7 @@ class FileSink:
         hasher = threading.Thread(target=hash_blocks, name="file-hash", daemon=True)
         hasher.start()
         try:
-            finished = self._write_blocks(position, hashing)
+            finished = self._write_blocks(self._offset, hashing)
         finally:
             hashing.put(None)
             hasher.join()
@@ -4271,7 +4274,7 @@ class FileSink:
     def _check_and_place(self, digest: bytes) -> None:
         """The whole file's SHA-256 against the offer's; only a match is moved into place."""
         if not hmac.compare_digest(digest, self._digest):
-            remove_quietly(self.part, self.part + META_SUFFIX)
+            self._discard()
             self._report("mismatch", 0, "")
             return
         with self._cond:  # a cancel now waits until the file is in place, or stops it
@@ -4492,18 +4495,23 @@ class FileDesk:
         self._error(f"try again: there is no transfer {number} (/files lists them)")
         return None
 
-    def accept(self, number: int | None, now: float) -> None:
+    def _waiting_offer(self, number: int | None, hint: str = "") -> Transfer | None:
+        """The offer /accept or /reject means, if it still waits for an answer."""
         transfer = self._find(number, "/files lists them")
+        if transfer is not None and (transfer.sending or transfer.state is not Moving.OFFERED):
+            self._error(
+                f"try again: {transfer.number} is not an offer waiting for an answer "
+                f"({transfer.state.value}){hint}"
+            )
+            return None
+        return transfer
+
+    def accept(self, number: int | None, now: float) -> None:
+        transfer = self._waiting_offer(number)
         if transfer is None:
             return
         if not FILES_WORK_HERE:
             self._error(f"error: {NO_FILES_HERE}: /reject {transfer.number} it")
-            return
-        if transfer.sending or transfer.state is not Moving.OFFERED:
-            self._error(
-                f"try again: {transfer.number} is not an offer waiting for an answer "
-                f"({transfer.state.value})"
-            )
             return
         try:
             self._start_receiving(transfer, now)
@@ -4563,14 +4571,8 @@ class FileDesk:
         return self._user.identity_of(t.person) or t.link.peer.peer_identity
 
     def reject(self, number: int | None, now: float) -> None:
-        transfer = self._find(number, "/files lists them")
+        transfer = self._waiting_offer(number, "; /cancel stops a transfer")
         if transfer is None:
-            return
-        if transfer.sending or transfer.state is not Moving.OFFERED:
-            self._error(
-                f"try again: {transfer.number} is not an offer waiting for an answer "
-                f"({transfer.state.value}); /cancel stops a transfer"
-            )
             return
         transfer.state = Moving.DECLINED
         self._net.deliver(transfer.link, FileReject(transfer.id), now)
@@ -4618,6 +4620,11 @@ class FileDesk:
             transfer = self._sending.get((link, message.id))  # about what we send them
         if transfer is None or (transfer.state in ENDED and not isinstance(message, FileCancel)):
             return  # an answer crossing our cancel, or about nothing: nothing to do
+        if isinstance(message, FileAccept) and (
+            transfer.state is not Moving.OFFERED or message.offset > transfer.size
+        ):
+            link.peer.connection_failed(f"it accepted file {message.id} twice or past its end")
+            return
         if transfer.partner is not None:
             self._relay(transfer, message, now)
         elif isinstance(message, FileAccept):
@@ -4687,9 +4694,6 @@ class FileDesk:
         return True
 
     def _on_accept(self, t: Transfer, accept: FileAccept, now: float) -> None:
-        if t.state is not Moving.OFFERED or accept.offset > t.size:
-            t.link.peer.connection_failed(f"it accepted file {t.id} twice or past its end")
-            return
         t.state, t.offset, t.position, t.credit = (
             Moving.MOVING,
             accept.offset,
@@ -4946,9 +4950,6 @@ class FileDesk:
         other = t.partner
         assert other is not None
         if isinstance(message, FileAccept):
-            if t.state is not Moving.OFFERED or message.offset > t.size:
-                t.link.peer.connection_failed(f"it accepted file {t.id} twice or past its end")
-                return
             for leg in (t, other):
                 leg.state, leg.offset, leg.position = Moving.MOVING, message.offset, message.offset
                 leg.started = now
@@ -6122,41 +6123,39 @@ class Conversation:
         prepared = PreparedFile(path, name, fd, size, digest, stamp)
         net.post(lambda now: net.files.offer(prepared, targets, now))
 
-    def _transfer(self, argument: str, usage: str, optional: bool) -> tuple[bool, int | None]:
-        """The transfer number typed after a command: (understood, number or None)."""
+    def _to_desk(
+        self,
+        argument: str,
+        command: str,
+        run: Callable[[FileDesk, int | None, float], None],
+        optional: bool = True,
+    ) -> bool:
+        """Hand the transfer number typed after a command (optional: the oldest offer) to
+        the file desk."""
         if self.net is None:
             self.term.error("Nobody is connected yet.")
-            return False, None
-        if not argument and optional:
-            return True, None
-        if not (argument.isascii() and argument.isdigit()):
-            self.term.error(f"try again: {usage} (/files lists the numbers)")
-            return False, None
-        return True, int(argument)
+            return False
+        number = None
+        if argument or not optional:
+            if not (argument.isascii() and argument.isdigit()):
+                self.term.error(f"try again: {command} N (/files lists the numbers)")
+                return False
+            number = int(argument)
+        files = self.net.files
+        self.net.post(lambda now: run(files, number, now))
+        return False
 
     def accept_file(self, argument: str) -> bool:
         """/accept [N]: take an offered file (the oldest waiting one without N)."""
-        understood, number = self._transfer(argument, "/accept N", optional=True)
-        if understood and self.net is not None:
-            files = self.net.files
-            self.net.post(lambda now: files.accept(number, now))
-        return False
+        return self._to_desk(argument, "/accept", FileDesk.accept)
 
     def reject_file(self, argument: str) -> bool:
         """/reject [N]: decline an offered file."""
-        understood, number = self._transfer(argument, "/reject N", optional=True)
-        if understood and self.net is not None:
-            files = self.net.files
-            self.net.post(lambda now: files.reject(number, now))
-        return False
+        return self._to_desk(argument, "/reject", FileDesk.reject)
 
     def cancel_file(self, argument: str) -> bool:
         """/cancel N: stop a transfer, either way; the other side is told."""
-        understood, number = self._transfer(argument, "/cancel N", optional=False)
-        if understood and self.net is not None:
-            files = self.net.files
-            self.net.post(lambda now: files.cancel(number, now))
-        return False
+        return self._to_desk(argument, "/cancel", FileDesk.cancel, optional=False)
 
     def list_files(self, argument: str) -> bool:
         """/files: the offers and transfers of this chat, with their state."""
