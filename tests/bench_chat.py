@@ -1453,6 +1453,14 @@ def targets(f: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def ncat_row(figure: str, rate: float, f: dict[str, Any], target: str, met: bool | None) -> Row:
+    """A file rate against ncat --ssl's, or marked skipped where ncat did not run."""
+    ncat = f["file_ncat_ssl_mb_per_s"]
+    if ncat is None:
+        return Row(figure, f"{rate:,.0f}", "no ncat: skipped", "-", target, None)
+    return Row(figure, f"{rate:,.0f}", f"{ncat:,.0f} ncat", ratio(rate, ncat), target, met)
+
+
 def rows(f: dict[str, Any]) -> list[Row]:
     """The table, with each target checked."""
     c = checks(f)
@@ -1569,29 +1577,9 @@ def rows(f: dict[str, Any]) -> list[Row]:
             ">= 0.5x limit",
             c["file"],
         ),
-        Row(
-            "  of which from /accept on (MB/s)",
-            f"{f['file_after_accept_mb_per_s']:,.0f}",
-            "no ncat: skipped"
-            if f["file_ncat_ssl_mb_per_s"] is None
-            else f"{f['file_ncat_ssl_mb_per_s']:,.0f} ncat",
-            "-"
-            if f["file_ncat_ssl_mb_per_s"] is None
-            else ratio(f["file_after_accept_mb_per_s"], f["file_ncat_ssl_mb_per_s"]),
-            "",
-            None,
-        ),
-        Row(
-            "file vs ncat --ssl (MB/s)",
-            f"{f['file_mb_per_s']:,.0f}",
-            "no ncat: skipped"
-            if f["file_ncat_ssl_mb_per_s"] is None
-            else f"{f['file_ncat_ssl_mb_per_s']:,.0f} ncat",
-            "-"
-            if f["file_ncat_ssl_mb_per_s"] is None
-            else ratio(f["file_mb_per_s"], f["file_ncat_ssl_mb_per_s"]),
-            ">= 1.0x ncat",
-            None if f["file_ncat_ssl_mb_per_s"] is None else c["file_ncat"],
+        ncat_row("  of which from /accept on (MB/s)", f["file_after_accept_mb_per_s"], f, "", None),
+        ncat_row(
+            "file vs ncat --ssl (MB/s)", f["file_mb_per_s"], f, ">= 1.0x ncat", c["file_ncat"]
         ),
         Row(
             "file bytes wrong",
