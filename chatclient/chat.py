@@ -1,0 +1,830 @@
+# --- Chat: what the person at this terminal sees and types ----------------------
+
+
+def identity_judge(config_path: str, role: Role) -> Judge:
+    """The judge of this side's connections: known_peers, read afresh each time."""
+    known_path = beside(config_path, KNOWN_PEERS_FILE)
+
+    def judge(name: str, identity: bytes, mode: Mode) -> None:
+        seen = read_known_peers(known_path).recognize(name, identity)
+        if seen.trust is Trust.CHANGED:  # an invite code vouches for nobody's old name
+            assert seen.pinned is not None
+            warning = changed_identity(config_path, seen.pinned, identity)
+            raise IdentityRefused(Refuse.IDENTITY_CHANGED, warning, name)
+        if mode is Mode.CONTACT and seen.trust is Trust.NEW:
+            shown = sanitize(name)
+            if role is Role.LISTENER:
+                raise IdentityRefused(
+                    Refuse.NOT_A_CONTACT,
+                    f"{shown} is not one of your contacts (no key, no invite code, and an "
+                    f"identity not in {known_path}): told to ask for an invite code",
+                )
+            raise IdentityRefused(
+                Refuse.UNKNOWN_LISTENER,
+                f"{shown} at that address is not one of your contacts (its identity "
+                f"{fingerprint(identity)} is not in {known_path}): ask for an invite code "
+                "and connect with --code CODE",
+            )
+
+    return judge
+
+
+def changed_identity(config_path: str, pinned: KnownPeer, offered: bytes) -> str:
+    """The warning for a known name with a new identity, in the spirit of SSH's."""
+    name = sanitize(pinned.name)
+    banner = "@" * 62
+    return "\n".join(
+        [
+            f"{name}'s identity has changed: connection refused",
+            banner,
+            f"@  WARNING: THE IDENTITY OF {name.upper()} HAS CHANGED!",
+            banner,
+            f"Someone may be pretending to be {name} (a man in the middle), or {name} made a "
+            "new identity.",
+            f"Pinned:  {fingerprint(pinned.key)} (first seen {pinned.first_seen}, "
+            f"line {pinned.line} of {beside(config_path, KNOWN_PEERS_FILE)})",
+            f"Offered: {fingerprint(offered)}",
+            "Nothing it sent is shown. If you are sure it is a new identity, delete line "
+            f"{pinned.line} of that file, or run: {PROGRAM}{config_flag(config_path)} "
+            f"--forget {shlex.quote(pinned.name)}",
+        ]
+    )
+
+
+def left_line(name: str, goodbye: str) -> str:
+    """`name left the chat: goodbye`, or `name left the chat.` without one."""
+    text = peer_text(goodbye)
+    return f"{name} left the chat: {text}" if text else f"{name} left the chat."
+
+
+class PeerEnded(BaseException):
+    """Raised in the main thread when the network has ended the chat."""
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """Someone we are chatting with, as /who shows them."""
+
+    name: str
+    address: str  # host:port
+    identity: bytes
+    since: float  # when they came, on this side's monotonic clock
+    host: bool = False
+
+
+class Conversation:
+    """One chat: the network thread reports what arrives; the main thread sends.
+
+    Exactly one side decides how the chat ended (`outcome`): the network thread
+    (goodbye or loss from the peer) or the input loop (we left).
+    """
+
+    def __init__(
+        self,
+        term: Terminal,
+        config: Config,
+        identity: Ed25519PrivateKey | None = None,
+        room: bytes = bytes(ROOM_ID_SIZE),
+    ) -> None:
+        self.term = term
+        self.config = config
+        if identity is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            identity = Ed25519PrivateKey.generate()
+        self._identity_key = identity
+        self.identity = identity.public_key().public_bytes_raw()  # for safety numbers
+        self.room = room  # when hosting: ours; as a member: learnt from the host
+        self.known_path = beside(config.path, KNOWN_PEERS_FILE)
+        self.prompt = f"{config.username}> " if term.interactive else ""
+        self.net: Network | None = None
+        self.people: dict[str, PeerInfo] = {}  # everyone else in the chat, the host first
+        self.names: dict[Link, str] = {}  # hosting: who is on each connection
+        self.voice: Voice | None = None  # our words in the room, numbered and signed
+        self.hearing: Hearing | None = None  # the check of the words the host relays
+        self.distrusted: set[str] = set()  # members whose pinned identity changed
+        self.joined = False  # someone came: from now on, a failure is a lost chat
+        self.hosting = False  # we listened: the room is ours
+        self.failure: ChatError | None = None  # our connection never got into the chat
+        self.outcome: int | None = None
+        self.started = threading.Event()  # in the chat, or failed to get there
+        self.ended = threading.Event()  # the peer's side of the chat is over
+        self._lock = threading.Lock()
+        self._main = threading.get_ident()
+        self._can_interrupt = False
+        self._interrupted = threading.Event()
+        self._collected = ""  # lines of a message still being typed (a trailing backslash)
+
+    # Reported by the network thread ---------------------------------------------
+
+    def connection_events(self, link: Link, events: list[Event]) -> None:
+        """Show what happened on the chat's connection; end the chat when it is over."""
+        lines: list[str] = []
+        ending: tuple[int, str] | None = None
+        hosting = link.peer.role is Role.LISTENER
+        for event in events:
+            if isinstance(event, Established):
+                lines += self._arrival_lines(link, event)
+            elif isinstance(event, MessageReceived):
+                lines += self._message_lines(link, event.message)
+                if isinstance(event.message, Terminate):
+                    self._depart(link)
+                    if not self.people:  # the last one (or the host) left: the chat is over
+                        ending = (0, "Connection closed by peer.")
+            elif isinstance(event, Failed) and not self.joined:
+                self.failure = event.error
+            elif isinstance(event, Failed) and (gone := self._depart(link)) is not None:
+                if self.people:
+                    lines.append(f"{sanitize(gone)} lost the connection.")
+                else:
+                    ending = (1, f"Connection lost: {event.error}")
+        # Set before anything is shown: a line typed in answer to what is shown
+        # is then never taken for one typed while nobody was connected.
+        self.started.set()
+        if lines:  # shown together: a burst of messages is one redraw
+            self.term.show("\n".join(lines))
+            if self.config.bell and any(isinstance(e, MessageReceived) for e in events):
+                self.term.bell()
+        if ending is not None:
+            self._end_from_network(*ending)
+        if ending is not None or (
+            not hosting and any(isinstance(e, (Closed, Failed)) for e in events)
+        ):
+            self.ended.set()
+
+    def _depart(self, link: Link) -> str | None:
+        """Forget whoever was on `link`; their name, if they were still here."""
+        if link.peer.role is Role.CONNECTOR:  # the host's connection: the chat ends with it
+            name = next(iter(self.people), None)
+            self.people.clear()
+            return name
+        name = self.names.pop(link, None)
+        if name is None or self.people.pop(name, None) is None:
+            return None
+        return name
+
+    def refused(self, line: str) -> None:
+        """A refused or dropped connection, on stderr."""
+        self.term.error(line)
+
+    def invite_void(self, line: str) -> None:
+        """The invite is void: stop waiting (a chat in progress goes on)."""
+        if not self.joined:
+            self.failure = ChatError(line)
+            self.started.set()
+            self.ended.set()
+        else:
+            self.term.error(line)
+
+    def network_failed(self, error: ChatError) -> None:
+        """The network thread failed: end the chat, or the wait for it, with the reason."""
+        if not self.joined:
+            self.failure = error
+            self.started.set()
+        else:
+            self._end_from_network(1, f"Connection lost: {error}")
+        self.ended.set()
+
+    # Reported by the file desk (on the network thread) ------------------------------------
+
+    def file_lines(self, lines: list[str], error: bool = False) -> None:
+        """Lines about file transfers."""
+        (self.term.error if error else self.term.show)("\n".join(lines))
+
+    def file_status(self, text: str) -> None:
+        """The progress of the transfers moving now, in the status row."""
+        self.term.status(text)
+
+    def identity_of(self, name: str) -> bytes | None:
+        """Someone's identity key (a relayed offer resumes only from the same person)."""
+        person = self.people.get(name)
+        return person.identity if person is not None else None
+
+    def _arrival_lines(self, link: Link, event: Established) -> list[str]:
+        """Who arrived, and what known_peers says of them (pinned here on first contact)."""
+        name, shown = event.name, sanitize(event.name)
+        self.joined = True
+        hosting = link.peer.role is Role.LISTENER
+        now = time.monotonic()
+        self.people[name] = PeerInfo(
+            name, format_address(link.address), event.identity, now, host=not hosting
+        )
+        if hosting:
+            self.names[link] = name
+        else:
+            self.room = event.room
+        if self.voice is None:  # one numbering of our words for the whole chat
+            host = self.identity if hosting else event.identity
+            self.voice = Voice(self._identity_key, self.config.username, host, self.room)
+            self.hearing = Hearing(self.config.username, host, self.room)
+            self.hosting = hosting
+        verified, trust = self._trust(name, event.identity, event.mode is Mode.INVITE)
+        if hosting:
+            joined = " (verified)." if verified else "."
+            arrival = [f"Connected by {link.address!r}", f"{shown} joined the chat{joined}"]
+        else:
+            arrival = [f"WELCOME Welcome to the chat! I am {shown}"]
+        return arrival + trust
+
+    def _trust(self, name: str, key: bytes, by_invite: bool = False) -> tuple[bool, list[str]]:
+        """What known_peers says of `name` with `key` (pinned on first contact): whether
+        verified, and the lines that say so. A changed identity in a room is a warning,
+        and that person's words are not shown."""
+        shown = sanitize(name)
+        if key == self.identity:  # two chats beside one config: nothing to pin
+            return False, [
+                f"{shown} has your own identity ({IDENTITY_FILE} is shared): fine for a "
+                "test; two people need one each."
+            ]
+        try:
+            seen = read_known_peers(self.known_path).recognize(name, key)
+            if seen.trust is Trust.CHANGED:
+                assert seen.pinned is not None
+                self.distrusted.add(name)
+                warning = changed_identity(self.config.path, seen.pinned, key)
+                return False, [f"warning: {warning}", f"Nothing {shown} says will be shown."]
+            lines = self._pin(name, key, seen, by_invite)
+        except ConfigError as exc:
+            return False, [f"error: {exc}"]
+        return by_invite or seen.trust is Trust.VERIFIED, lines
+
+    def _pin(self, name: str, key: bytes, seen: Recognition, by_invite: bool) -> list[str]:
+        """Record someone in known_peers as needed; the lines that say what happened."""
+        shown, identity = sanitize(name), fingerprint(key)
+        lines = []
+        if seen.aliases:
+            lines.append(
+                f"{shown} has the identity you know as {sanitize(', '.join(seen.aliases))}: "
+                "the same person under a new name."
+            )
+        if seen.pinned is None or by_invite:
+            # A new name for a known identity keeps that identity's trust.
+            verified = by_invite or seen.trust is Trust.VERIFIED
+            update_known_peers(self.known_path, lambda p: p.pin(name, key, verified, utc_now()))
+        if by_invite:
+            lines.append(
+                f"{shown} is now a verified contact (the invite code proved it): identity "
+                f"{identity}."
+            )
+        elif seen.trust is Trust.VERIFIED:
+            lines.append(f"{shown} is a verified contact (/verify shows your safety number).")
+        elif seen.trust is Trust.NEW:
+            lines.append(
+                f"First contact with {shown}: identity {identity} saved (compare safety "
+                "numbers with /verify)."
+            )
+        elif seen.trust is Trust.KNOWN:
+            lines.append(f"{shown} is not verified yet: compare safety numbers with /verify.")
+        return lines
+
+    def _message_lines(self, link: Link, message: Message) -> list[str]:
+        if link.peer.role is Role.LISTENER:
+            speaker = self.names.get(link, "someone")
+        else:
+            speaker = next(iter(self.people), "the peer")
+        name = sanitize(speaker)
+        stamp = time.strftime("[%H:%M] ") if self.config.timestamps else ""
+        if isinstance(message, Chat):
+            return [f"{stamp}{name} says: {peer_text(message.text)}"]
+        if isinstance(message, Action):
+            return [f"{stamp}* {name} {peer_text(message.text)}"]
+        if isinstance(message, Terminate):
+            return [stamp + left_line(name, message.text)]
+        if isinstance(message, Said):
+            return self._words_lines(link, message, stamp)
+        if isinstance(message, Members):
+            return self._members_lines(message)
+        if isinstance(message, Joined):
+            person = message.person
+            self._meet(person)
+            if self.hearing is not None:
+                self.hearing.arrived(person.name)
+            verified, trust = self._trust(person.name, person.identity)
+            joined = " (verified)." if verified else "."
+            return [f"{sanitize(person.name)} joined the chat{joined}", *trust]
+        if isinstance(message, Left):
+            self.people.pop(message.name, None)
+            self.distrusted.discard(message.name)
+            if self.hearing is not None:
+                self.hearing.left(message.name)
+            if message.lost:
+                return [f"{stamp}{sanitize(message.name)} lost the connection."]
+            return [stamp + left_line(sanitize(message.name), message.text)]
+        return []
+
+    def _words_lines(self, link: Link, said: Said, stamp: str) -> list[str]:
+        """A member's words, once the signature and the numbering are checked."""
+        words, author = said.words, sanitize(said.author)
+        note = None
+        if link.peer.role is Role.CONNECTOR:  # the host checked its own copy already
+            assert self.hearing is not None
+            person = self.people.get(said.author)
+            show, note = self.hearing.check(said, person.identity if person else None)
+            if said.author in self.distrusted:
+                show, note = False, f"a message from {author} was not shown: its identity changed"
+            if not show:
+                return [f"warning: {note}"]
+        if words.form == Form.ACTION:
+            line = f"{stamp}* {author} {peer_text(words.text)}"
+        elif words.to:
+            line = f"{stamp}{author} says privately: {peer_text(words.text)}"
+        else:
+            line = f"{stamp}{author} says: {peer_text(words.text)}"
+        return [line] if note is None else [f"warning: {note}", line]
+
+    def _members_lines(self, members: Members) -> list[str]:
+        """The room as a member finds it on arrival."""
+        lines = []
+        for person in members.people:
+            self._meet(person)
+            lines += self._trust(person.name, person.identity)[1]
+        if members.people:
+            names = ", ".join(sanitize(person.name) for person in members.people)
+            lines.insert(0, f"Also in the chat: {names}")
+        return lines
+
+    def _meet(self, person: Person) -> None:
+        since = time.monotonic() - person.seconds
+        self.people[person.name] = PeerInfo(person.name, person.address, person.identity, since)
+
+    # The main thread ------------------------------------------------------------------
+
+    def wait_until_started(self, listening: bool) -> None:
+        """Block until the chat starts; while listening, refuse lines typed meanwhile."""
+        while not self.started.is_set():
+            if listening:
+                self.term.watch_input(self.started)
+            else:
+                self.started.wait(0.1)  # short waits keep Ctrl-C responsive
+        if self.failure is not None:
+            raise self.failure
+
+    def run(self, net: Network) -> int:
+        """Chat until someone leaves; return the exit status.
+
+        When the network ends the chat it interrupts the main thread (SIGUSR1
+        raising PeerEnded), so a pending input() never waits for a keypress.
+        """
+        self.net = net
+        self.term.complete_with(self.completions)
+        with self._lock:
+            if self.outcome is not None:  # the chat ended before we got here
+                return self.status()
+            if main_thread_can_be_signalled():
+                signal.signal(signal.SIGUSR1, self._on_interrupt)
+                self._can_interrupt = True
+        try:
+            try:
+                goodbye = self._read_until_exit()
+            except KeyboardInterrupt:  # Ctrl-C while sending or printing
+                self.term.newline()
+                goodbye = ""
+            self._leave(goodbye)
+        except PeerEnded:
+            typed = "\n".join(part for part in (self._collected, self.term.typed_text()) if part)
+            self.term.clear_prompt()
+            if typed.strip():  # a half-typed line is never thrown away silently
+                self.term.show(f"Not sent (the chat had ended): {peer_text(typed)}")
+            self.ended.wait(GOODBYE_DRAIN_SECONDS)
+        finally:
+            self._interrupted.set()
+        return self.status()
+
+    def status(self) -> int:
+        """The exit status: 0 after a goodbye from either side, 1 otherwise."""
+        return 1 if self.outcome is None else self.outcome
+
+    def _read_until_exit(self) -> str:
+        """Send typed lines until the user leaves; return the goodbye text."""
+        while True:
+            try:
+                line = self.term.ask(self.prompt)
+            except (EOFError, KeyboardInterrupt):
+                self.term.newline()
+                return ""
+            except UnicodeDecodeError:
+                self.term.error("error: that line is not valid UTF-8 text: not sent")
+                continue
+            if self.outcome is not None:  # ended while input() waited (no signals here)
+                self._collected = line
+                raise PeerEnded
+            line = self._continued(line)
+            stripped = line.strip()
+            if stripped == "exit":
+                return self._ask_goodbye()
+            if stripped.startswith("/") and not stripped.startswith("//") and "\n" not in line:
+                if self._run_command(stripped):
+                    return self._ask_goodbye()
+            elif stripped:  # a line of only whitespace is not sent
+                self._send(Chat(line[1:] if line.startswith("//") else line))
+
+    def _continued(self, line: str) -> str:
+        """On a terminal, a line ending in a backslash goes on in the next one.
+
+        A bracketed paste arrives as one line holding its newlines already; a
+        line ending in two backslashes sends one. Lines taken so far are kept in
+        `self._collected`, so a chat that ends meanwhile can say they were not sent.
+        """
+        line = line.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
+        while self.term.interactive and line.endswith("\\"):
+            if line.endswith("\\\\"):
+                return line[:-1]
+            self._collected = line[:-1]
+            try:
+                more = self.term.ask("... ")
+            except EOFError:
+                break
+            line = f"{line[:-1]}\n{more}".rstrip("\n")
+        self._collected = ""
+        return line
+
+    def _run_command(self, line: str) -> bool:
+        """Run a slash command; True when it means leaving the chat."""
+        word, _, argument = line[1:].partition(" ")
+        command = COMMAND_INDEX.get(word.lower())
+        if command is None:
+            self.term.error(
+                f"unknown command {sanitize(line.split()[0])}: type /help for the "
+                "commands, or start with // to send a line beginning with /"
+            )
+            return False
+        return command.run(self, argument.strip())
+
+    def _ask_goodbye(self) -> str:
+        """The goodbye text, asked again until it can be sent."""
+        while True:
+            try:
+                text = self.term.ask("Enter goodbye text (optional): ")
+                Terminate(text).encode_body()
+            except (EOFError, KeyboardInterrupt):
+                self.term.newline()
+                return ""
+            except UnicodeDecodeError:
+                self.term.error("error: that line is not valid UTF-8 text: type it again")
+            except ChatError as exc:
+                self.term.error(f"error: {exc}")
+            else:
+                return text
+
+    def _send(self, message: Chat | Action, to: str = "") -> None:
+        """Send our words: as they are when hosting or alone with the host (the connection
+        itself proves who said them); signed (SAY) when the host relays them to others."""
+        assert self.net is not None and self.voice is not None
+        form = Form.ACTION if isinstance(message, Action) else Form.CHAT
+        relayed = not self.hosting and len(self.people) > 1
+        try:
+            message.encode_body()  # a line too long is refused here, before it is queued
+            words = self.voice.say(message.text, form, to) if to or relayed else None
+        except ChatError as exc:
+            self.term.error(f"error: {exc}")
+            return
+        if words is None:
+            self.net.send(message)
+        elif self.hosting:  # the host's private words go as the host's own SAID
+            self.net.send_to(to, Said(self.config.username, words))
+        else:
+            self.net.send(words)
+        self.term.show(
+            "Sent CHAT message." if isinstance(message, Chat) else "Sent ACTION message."
+        )
+
+    def _leave(self, goodbye: str) -> None:
+        if not self._decide(0, None):
+            self.ended.wait(GOODBYE_DRAIN_SECONDS)  # the peer ended it first
+            return
+        assert self.net is not None
+        self.net.leave(goodbye)
+        self.term.show("Sent TERMINATE message.")
+        self.term.show("Connection closed by you.")
+        # The network half-closes after the goodbye and waits for the peer to
+        # close too, so nothing in flight is cut off.
+        self.net.finished.wait()  # bounded by the network: a stalled write or the drain limit
+
+    def _decide(self, status: int, line: str | None) -> bool:
+        """Record how the chat ended and print its line, unless already decided."""
+        with self._lock:
+            if self.outcome is not None:
+                return False
+            self.outcome = status
+            if line is not None:
+                self.term.show(line)
+            return True
+
+    def _end_from_network(self, status: int, line: str) -> None:
+        if not self._decide(status, line):
+            return
+        # Everything this side was shown comes before the prompt is taken away.
+        self.term.wait_shown(GOODBYE_DRAIN_SECONDS)
+        with self._lock:
+            can_interrupt = self._can_interrupt
+        if can_interrupt:
+            signal_until(self._main, signal.SIGUSR1, self._interrupted)
+        elif self.net is not None:  # input() cannot be interrupted here (no signals)
+            self.term.show("Press Enter to exit.")
+
+    def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        if not self._interrupted.is_set():
+            self._interrupted.set()
+            raise PeerEnded
+
+    # Commands -----------------------------------------------------------------------
+
+    def show_help(self, argument: str) -> bool:
+        """/help: the commands, from the table."""
+        self.term.show(help_text())
+        return False
+
+    def show_peer(self, argument: str) -> bool:
+        """/who: who is in the chat, from where, for how long, and whether verified."""
+        if not self.people:
+            self.term.error("Nobody is connected yet.")
+            return False
+        now = time.monotonic()
+        if len(self.people) == 1:  # the two-person line
+            [peer] = self.people.values()
+            minutes, seconds = divmod(int(now - peer.since), 60)
+            self.term.show(
+                f"Talking to {sanitize(peer.name)} at {peer.address}, connected "
+                f"{minutes} min {seconds} s. Identity: {fingerprint(peer.identity)} "
+                "(/verify compares it)"
+            )
+            return False
+        try:
+            known = read_known_peers(self.known_path)
+        except ConfigError:
+            known = KnownPeers(self.known_path)
+        rows = [f"In the chat ({len(self.people) + 1} people):"]
+        if self.names or not any(p.host for p in self.people.values()):
+            rows.append(f"  {sanitize(self.config.username)} (you, host)")
+        for peer in self.people.values():
+            minutes, seconds = divmod(int(now - peer.since), 60)
+            trust = known.recognize(peer.name, peer.identity).trust
+            rows.append(
+                f"  {sanitize(peer.name)}{' (host)' if peer.host else ''} at {peer.address}, "
+                f"{minutes} min {seconds} s, "
+                f"{'verified' if trust is Trust.VERIFIED else 'not verified'}"
+            )
+        if not self.names:
+            rows.append(f"  {sanitize(self.config.username)} (you)")
+        self.term.show("\n".join(rows))
+        return False
+
+    def completions(self, line: str) -> list[str]:
+        """What Tab offers for `line`: command names, then after /msg or /verify a name."""
+        command, space, rest = line.partition(" ")
+        if not space:
+            words = [f"/{word}" for word in COMMAND_INDEX]
+            return sorted(f"{word} " for word in words if word.startswith(line.lower()))
+        if command.lower() in ("/msg", "/verify", "/send"):
+            return [f"{command} {name} " for name in self.people if name.startswith(rest)]
+        return []
+
+    def named(self, argument: str) -> tuple[PeerInfo | None, str]:
+        """The person whose name starts `argument` (names may hold spaces), and the rest."""
+        for name in sorted(self.people, key=len, reverse=True):
+            if argument == name or argument.startswith(name + " "):
+                return self.people[name], argument[len(name) :].strip()
+        return None, argument
+
+    def verify(self, argument: str) -> bool:
+        """/verify [NAME] [ok]: the safety number; with ok, record the person as verified."""
+        peer, rest = self.named(argument)
+        if peer is None and len(self.people) == 1 and rest.lower() in ("", "ok"):
+            peer = next(iter(self.people.values()))
+        if not self.people:
+            self.term.error("Nobody is connected yet.")
+        elif peer is None or rest.lower() not in ("", "ok"):
+            names = ", ".join(sanitize(name) for name in self.people)
+            self.term.error(f"try again: /verify NAME, or /verify NAME ok (in the chat: {names})")
+        elif rest:
+            name, identity = peer.name, peer.identity
+            try:
+                update_known_peers(
+                    self.known_path, lambda p: p.pin(name, identity, True, utc_now())
+                )
+            except ConfigError as exc:
+                self.term.error(f"error: {exc}")
+            else:
+                self.term.show(
+                    f"{sanitize(name)} is now verified in {self.known_path}: later chats say so."
+                )
+        else:
+            self.term.show(
+                f"Safety number with {sanitize(peer.name)}:\n"
+                f"    {safety_number(self.identity, peer.identity)}\n"
+                "Compare all 60 digits with theirs, by voice or side by side.\n"
+                "The same 60 digits mean nobody is in the middle; a few matching prove nothing.\n"
+                f"If they match, type /verify {sanitize(peer.name)} ok to remember them as "
+                "verified."
+            )
+        return False
+
+    def invite(self, argument: str) -> bool:
+        """/invite: a new one-time code for one more person (the host only)."""
+        if not self.hosting or self.net is None:
+            self.term.error("try again: only the one who listens (the host) can invite")
+            return False
+        invite = Invite(new_invite_code())
+        self.net.offer(invite)
+        show_invite(invite, self.config, self.term)
+        return False
+
+    def whisper(self, argument: str) -> bool:
+        """/msg NAME text: words for one person only (through the host)."""
+        peer, text = self.named(argument)
+        if not argument:
+            self.term.error("try again: /msg NAME text (/who lists the names)")
+        elif peer is None:
+            self.term.error(
+                f"error: nobody named {sanitize(argument.split(' ')[0])} is in the chat "
+                "(/who lists who is)"
+            )
+        elif not text:
+            self.term.error(f"try again: /msg {sanitize(peer.name)} needs text")
+        else:
+            self._send(Chat(text), to=peer.name)
+        return False
+
+    def send_file(self, argument: str) -> bool:
+        """/send [NAME] PATH: offer a file to everyone, or to one person."""
+        if not FILES_WORK_HERE:
+            self.term.error(f"error: {NO_FILES_HERE}")
+            return False
+        if self.net is None or not self.people:
+            self.term.error("Nobody is connected yet.")
+            return False
+        if not argument:
+            self.term.error("try again: /send PATH, or /send NAME PATH for one person")
+            return False
+        everyone = [(name, peer.host) for name, peer in self.people.items()]
+        targets, path = everyone, file_argument(argument)
+        peer, rest = self.named(argument)
+        if peer is not None and rest and not os.path.lexists(path):
+            targets, path = [(peer.name, peer.host)], file_argument(rest)
+        try:
+            fd, size = open_for_sending(path)
+        except ChatError as exc:
+            self.term.error(f"error: {exc}: nothing offered")
+            return False
+        # The name as the peer will see it: undecodable bytes of a file name become U+FFFD.
+        name = os.fsencode(os.path.basename(path)).decode("utf-8", "replace")
+        if size >= 100_000_000:
+            self.term.show(f"Checking {sanitize(name)} ({format_size(size)}) before offering it...")
+        net = self.net
+        threading.Thread(
+            target=self._hash_and_offer, args=(net, path, name, fd, size, targets), daemon=True
+        ).start()
+        return False
+
+    def _hash_and_offer(
+        self,
+        net: Network,
+        path: str,
+        name: str,
+        fd: int,
+        size: int,
+        targets: list[tuple[str, bool]],
+    ) -> None:
+        """In a thread of its own: the file's SHA-256, then the offer."""
+        try:
+            digest, stamp = hash_file(fd, size)
+        except (ChatError, OSError) as exc:
+            os.close(fd)
+            why = exc if isinstance(exc, ChatError) else describe_os_error(exc)
+            self.term.error(f"error: cannot read {sanitize(path)}: {why}: nothing offered")
+            return
+        prepared = PreparedFile(path, name, fd, size, digest, stamp)
+        net.post(lambda now: net.files.offer(prepared, targets, now))
+
+    def _to_desk(
+        self,
+        argument: str,
+        command: str,
+        run: Callable[[FileDesk, int | None, float], None],
+        optional: bool = True,
+    ) -> bool:
+        """Hand the transfer number typed after a command (optional: the oldest offer) to
+        the file desk."""
+        if self.net is None:
+            self.term.error("Nobody is connected yet.")
+            return False
+        number = None
+        if argument or not optional:
+            if not (argument.isascii() and argument.isdigit()):
+                self.term.error(f"try again: {command} N (/files lists the numbers)")
+                return False
+            number = int(argument)
+        files = self.net.files
+        self.net.post(lambda now: run(files, number, now))
+        return False
+
+    def accept_file(self, argument: str) -> bool:
+        """/accept [N]: take an offered file (the oldest waiting one without N)."""
+        return self._to_desk(argument, "/accept", FileDesk.accept)
+
+    def reject_file(self, argument: str) -> bool:
+        """/reject [N]: decline an offered file."""
+        return self._to_desk(argument, "/reject", FileDesk.reject)
+
+    def cancel_file(self, argument: str) -> bool:
+        """/cancel N: stop a transfer, either way; the other side is told."""
+        return self._to_desk(argument, "/cancel", FileDesk.cancel, optional=False)
+
+    def list_files(self, argument: str) -> bool:
+        """/files: the offers and transfers of this chat, with their state."""
+        if self.net is None:
+            self.term.error("Nobody is connected yet.")
+        else:
+            files = self.net.files
+            self.net.post(lambda now: files.listing())
+        return False
+
+    def act(self, argument: str) -> bool:
+        """/me: an action, shown to the peer as `* name text`."""
+        if argument:
+            self._send(Action(argument))
+        else:
+            self.term.error("try again: /me needs text, e.g. /me waves")
+        return False
+
+    def quit(self, argument: str) -> bool:
+        """/quit and /exit: leave (any argument is ignored)."""
+        return True
+
+
+# --- Commands ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """A slash command: its name, aliases, one line of help, and what it does."""
+
+    name: str
+    aliases: tuple[str, ...]
+    summary: str
+    run: Callable[[Conversation, str], bool]  # True: leave the chat
+
+
+COMMANDS = (
+    Command("help", ("?",), "this help", Conversation.show_help),
+    Command("who", (), "who you are talking to, from where, for how long", Conversation.show_peer),
+    Command(
+        "verify",
+        (),
+        "the safety number to compare with your peer; /verify ok once it matches",
+        Conversation.verify,
+    ),
+    Command("me", (), "an action: /me waves shows * yourname waves", Conversation.act),
+    Command("msg", (), "words for one person only: /msg NAME text", Conversation.whisper),
+    Command(
+        "send",
+        (),
+        "offer a file to everyone (/send PATH) or to one person (/send NAME PATH)",
+        Conversation.send_file,
+    ),
+    Command(
+        "accept", (), "take an offered file: /accept N (or the oldest)", Conversation.accept_file
+    ),
+    Command("reject", (), "decline an offered file: /reject N", Conversation.reject_file),
+    Command("cancel", (), "stop a transfer, either way: /cancel N", Conversation.cancel_file),
+    Command("files", (), "the offers and transfers, with their numbers", Conversation.list_files),
+    Command(
+        "invite", (), "(host) a new one-time invite code for one more person", Conversation.invite
+    ),
+    Command(
+        "quit", ("exit",), "leave the chat (asks for optional goodbye text)", Conversation.quit
+    ),
+)
+# Commands are case-insensitive: /QUIT and /Quit are /quit.
+COMMAND_INDEX = {word: command for command in COMMANDS for word in (command.name, *command.aliases)}
+
+
+def file_argument(text: str) -> str:
+    """A path as typed or dropped on the terminal: quoted, or with escaped spaces."""
+    text = text.strip()
+    if not os.path.lexists(os.path.expanduser(text)) and (
+        "'" in text or '"' in text or "\\" in text
+    ):
+        with contextlib.suppress(ValueError):
+            words = shlex.split(text)
+            if len(words) == 1:
+                text = words[0]
+    return os.path.expanduser(text)
+
+
+def help_text() -> str:
+    """/help, generated from the command table."""
+    rows = [
+        (" or ".join(f"/{word}" for word in (command.name, *command.aliases)), command.summary)
+        for command in COMMANDS
+    ]
+    rows.append(("exit", "leave the chat, as /quit does"))
+    rows.append(("//text", "send a line that starts with '/'"))
+    width = max(len(usage) for usage, _ in rows) + 2
+    return "\n".join(
+        [
+            "Type a line and press Enter to send it. Commands:",
+            *(f"  {usage:<{width}}{summary}" for usage, summary in rows),
+            "Ctrl-D or Ctrl-C also leave the chat.",
+        ]
+    )

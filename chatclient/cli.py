@@ -1,0 +1,324 @@
+def parse_proxy(text: str) -> tuple[str, int]:
+    """--proxy socks5://HOST:PORT (socks5h:// too: the proxy always resolves names)."""
+    scheme, separator, rest = text.strip().partition("://")
+    if not separator or scheme.lower() not in ("socks5", "socks5h"):
+        raise argparse.ArgumentTypeError(
+            f"use socks5://HOST:PORT (e.g. socks5://127.0.0.1:9050), not {text!r}"
+        )
+    host, port = parse_target(rest.rstrip("/"))
+    if port is None:
+        raise argparse.ArgumentTypeError(f"the proxy needs a port, e.g. socks5://{host}:1080")
+    return host, port
+
+
+# --- main ----------------------------------------------------------------------
+
+
+def examples() -> str:
+    """The -h epilog, naming the command as it was run."""
+    return "\n".join(
+        [
+            "examples:",
+            f"  {PROGRAM}                     ask whether to listen or connect",
+            f"  {PROGRAM} --listen            wait for your peer",
+            f"  {PROGRAM} --invite            wait for someone you share no key with",
+            f"  {PROGRAM} --connect 192.168.1.112:50233 --code 7-gazelle-microwave",
+            f"  {PROGRAM} --connect 192.168.1.112:50233",
+            f"  {PROGRAM} --connect [::1]:50233            IPv6 in brackets",
+            f"  {PROGRAM} --connect peer.example:50233 --proxy socks5://127.0.0.1:9050",
+            f"  {PROGRAM} --init --username laptop --port 50233",
+            f"  {PROGRAM} --init --key - --username laptop  (paste your peer's key when asked)",
+            f"  {PROGRAM} --genkey            print a new key",
+            f"  {PROGRAM} --forget laptop     after laptop really made a new identity",
+        ]
+    )
+
+
+DESCRIPTION = """\
+Peer-to-peer, end-to-end encrypted chat for the terminal. One person listens,
+the other connects: with a one-time invite code the first time, as contacts
+(known by their identity keys) after that, or with a fernet_key both share."""
+
+
+def parse_target(text: str) -> tuple[str, int | None]:
+    """HOST:PORT, [IPv6]:PORT or a bare HOST (the port then comes from config.ini)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise argparse.ArgumentTypeError(f"write IPv6 as [::1]:50233, not {text!r}")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") > 1:
+        raise argparse.ArgumentTypeError(f"write IPv6 addresses in brackets, like [{text}]:50233")
+    else:
+        host, colon, port_text_part = text.partition(":")
+        port_text = port_text_part if colon else None
+    if not host:
+        raise argparse.ArgumentTypeError(f"no host in {text!r}: use HOST:PORT")
+    if port_text is None:
+        return host, None
+    try:
+        return host, parse_port(port_text, "the port")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def flag_type(check: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type from a checker: its ConfigError becomes the flag's error (exit 2)."""
+
+    def convert(text: str) -> object:
+        try:
+            return check(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def keepalive_argument(text: str) -> float:
+    """--keepalive: seconds above 0, at most an hour."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 3600:  # also refuses nan and inf
+        raise ConfigError(f"must be a number of seconds above 0 and at most 3600, not {text!r}")
+    return seconds
+
+
+def max_members_argument(text: str) -> int:
+    """--max-members: 1 to 255 people besides the host."""
+    if not (text.strip().isascii() and text.strip().isdigit()) or not 1 <= int(text) <= 255:
+        raise ConfigError(f"must be a number from 1 to 255, not {text!r}")
+    return int(text)
+
+
+def key_argument(text: str) -> str:
+    """--key: '-' (read it from input) or a valid key."""
+    if not text.strip():
+        raise ConfigError(NO_KEY_GIVEN)
+    if text.strip() != KEY_FROM_INPUT:
+        decode_key(text, "the key given")
+    return text.strip()
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    """The command line; with no flags the prompts ask what flags would answer."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        return Options()
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            self.exit(2, f"error: {message} (see {PROGRAM} -h)\n")
+
+    parser = Parser(
+        prog=PROGRAM,
+        description=DESCRIPTION,
+        epilog=examples(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "--config",
+        metavar="PATH",
+        help="settings file (default: ./config.ini, else the per-user one)",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--listen", action="store_true", help="wait for a peer (skips the question)")
+    mode.add_argument(
+        "--invite",
+        action="store_true",
+        help="listen with a one-time invite code for someone you have no key with",
+    )
+    mode.add_argument(
+        "--connect",
+        type=parse_target,
+        metavar="HOST:PORT",
+        help="connect to a listening peer, e.g. 192.168.1.112:50233 or [::1]:50233",
+    )
+    add(
+        "--code",
+        type=flag_type(parse_invite_code),
+        metavar="CODE",
+        help="with --connect: the invite code the listener showed you, e.g. 7-gazelle-microwave",
+    )
+    add(
+        "--max-members",
+        type=flag_type(max_members_argument),
+        metavar="N",
+        help="when listening: how many people may join the chat, not counting you (default 20)",
+    )
+    add(
+        "--downloads",
+        metavar="DIR",
+        help="save received files here (config.ini: downloads; default ~/Downloads if it "
+        "exists, else the current folder)",
+    )
+    add(
+        "--forget",
+        metavar="NAME",
+        help="remove NAME's pinned identity from known_peers (after it really changed)",
+    )
+    add(
+        "--proxy",
+        type=parse_proxy,
+        metavar="socks5://HOST:PORT",
+        help="with --connect: go through a SOCKS5 proxy (ssh -D, Tor), which resolves the name",
+    )
+    add(
+        "--username",
+        type=flag_type(check_username),
+        metavar="NAME",
+        help="name your peer sees (overrides config.ini)",
+    )
+    add(
+        "--port",
+        type=flag_type(parse_port),  # argparse names the flag, so the message does not
+        metavar="N",
+        help="port to listen on (overrides config.ini)",
+    )
+    add("--init", action="store_true", help="create config.ini with a new key, asking nothing")
+    add(
+        "--key",
+        type=flag_type(key_argument),
+        metavar="-",
+        help="with --init: save the key your peer gave you instead of a new one; "
+        "'-' reads it from standard input (hidden on a terminal), so it never shows in "
+        "your shell history or in `ps`",
+    )
+    add("--genkey", action="store_true", help="print a new key and exit")
+    add(
+        "--keepalive",
+        type=flag_type(keepalive_argument),
+        metavar="SECONDS",
+        help=f"idle seconds between keepalives; a peer silent {DEAD_AFTER_INTERVALS:g}x this long "
+        f"is reported lost (default {KEEPALIVE_SECONDS:g})",
+    )
+    add(
+        "--timestamps",
+        action=argparse.BooleanOptionalAction,
+        help="show [14:03] before incoming lines (config.ini: timestamps = yes)",
+    )
+    add(
+        "--bell",
+        action=argparse.BooleanOptionalAction,
+        help="ring the terminal bell for each incoming message (config.ini: bell = yes)",
+    )
+    add(
+        "-V",
+        "--version",
+        action="version",
+        version=f"chatclient {__version__} (protocol {VERSION})",
+    )
+    args = parser.parse_args(argv, namespace=Options())
+    if args.key is not None and not args.init:
+        parser.error("--key only goes with --init")
+    if args.proxy is not None and args.connect is None:
+        parser.error("--proxy only goes with --connect")
+    if args.code is not None and args.connect is None:
+        parser.error("--code only goes with --connect HOST:PORT")
+    chatting = args.listen or args.connect or args.invite
+    if args.init and (chatting or args.genkey):
+        parser.error("--init only writes the config: run again without it to chat")
+    if args.genkey and chatting:
+        parser.error("--genkey only prints a key: run again without it to chat")
+    if args.forget is not None and (chatting or args.init or args.genkey):
+        parser.error("--forget only edits known_peers: run again without it to chat")
+    if args.forget is not None and not args.forget.strip():
+        parser.error("--forget needs the name of a peer in known_peers")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load config, listen or connect, handshake, chat, report how it ended."""
+    ensure_std_streams()
+    global PROGRAM
+    PROGRAM = program_name(sys.argv[0], sys.executable, os.getcwd(), os.environ.get("PATH", ""))
+    args = parse_args(argv)  # -h and -V work even without the dependencies
+    if missing := missing_dependencies():
+        script = shown_path(sys.argv[0], os.getcwd())
+        write(sys.stderr, dependency_error(missing, sys.executable, script) + "\n")
+        return 1
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    term = Terminal(sys.stdin, sys.stdout, sys.stderr)
+    try:
+        if args.genkey:
+            term.show(generate_key())
+            return 0
+        if args.init:
+            init_config(args, term)
+            return 0
+        if args.forget is not None:
+            forget_peer(args, term)
+            return 0
+        config, just_created = obtain_config(args, term)
+        identity = open_identity(config, term)
+        known = read_known_peers(beside(config.path, KNOWN_PEERS_FILE))  # damaged: stop here
+        psk = derive_psk(config.key) if config.key is not None else None
+        term.show(f"Your IP and port are: {shown_address(config)}")
+        if psk is not None:
+            term.show(
+                f"Key ID: {key_id(psk)} (your peer must see the same ID, or your keys differ)"
+            )
+        listening = (
+            args.listen
+            or args.invite
+            or (not args.connect and (just_created or ask_mode(term) == "listen"))
+        )
+        target = None if listening else (args.connect or ask_target(term))
+        invite = Invite(new_invite_code()) if listening and (args.invite or not psk) else None
+        code = None if listening else args.code or ask_code(term, psk, known)
+        room = os.urandom(ROOM_ID_SIZE)
+        downloads = downloads_folder(config, args.downloads)
+        conversation = Conversation(term, config, identity, room)
+        network = Network(
+            psk,
+            config.username,
+            conversation,
+            identity=identity,
+            judge=identity_judge(config.path, Role.LISTENER if listening else Role.CONNECTOR),
+            code=code,
+            invite=invite,
+            room=room,
+            capacity=args.max_members,
+            keepalive=args.keepalive,
+            files_user=conversation,
+            downloads=downloads,
+            plain_progress=not term.draws_status,
+        )
+        if target is None:
+            source = "--port" if args.port is not None else config.path
+            network.listen(listen_socket(config.ip, config.port, source))
+            if invite is not None:
+                show_invite(invite, config, term)
+            term.show(
+                f"Listening on {format_host(config.ip)}:{config.port}; "
+                "waiting for your peer (Ctrl-C to stop)."
+            )
+        else:
+            host, port = target[0], target[1] or config.port
+            network.connect(connect_socket(host, port, proxy=args.proxy))
+        network.start()
+        try:
+            conversation.wait_until_started(listening)
+            return conversation.run(network)
+        except PeerEnded:  # the network's interrupt landed as run() returned
+            return conversation.status()
+        finally:
+            network.stop()
+            network.files.finish_writing(FINISH_WRITING_SECONDS)
+            term.flush()  # lines the network thread queued last
+    except ChatError as exc:
+        term.error(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        term.newline()
+        return 130
+    except EOFError:
+        term.newline()
+        return 1
+    except UnicodeDecodeError:
+        term.error("error: what was typed is not valid UTF-8 text: check the terminal's encoding")
+        return 1

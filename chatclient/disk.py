@@ -1,0 +1,398 @@
+# --- Files: disk workers and the transfer desk ------------------------------------
+#
+# The network thread keeps every transfer's state (the FileDesk) and never waits for a
+# disk: a FileSource thread reads each file being sent ahead of the network, a FileSink
+# thread writes each file being received, and both report back through post(). The
+# receiver grants credit as it writes, so a slow disk slows its own transfer only.
+
+FILE_WINDOW = 4 * 1024 * 1024  # what a receiver grants before it has written anything
+CREDIT_STEP = 512 * 1024  # written bytes are granted back in steps of at least this
+READ_AHEAD = 32  # chunks a FileSource holds ready (it reads READ_BLOCK more at a time)
+READ_BLOCK = 16  # chunks read (and written) with one system call
+HASH_LAG = 16  # blocks a FileSink's hashing may be behind its writing
+SINK_CLOSE_SECONDS = 0.5  # a cancel waits this long for a write under way to end
+HASH_BLOCK = 1024 * 1024
+PROGRESS_SECONDS = 0.25  # the status line is redrawn at most this often
+# While a file moves on a connection, the kernel holds at most this much of it unsent,
+# so a line typed meanwhile waits behind no more than this.
+NOT_SENT_LOW_WATER = 128 * 1024
+MAX_OPEN_OFFERS = 64  # offers waiting for an answer, per connection
+MAX_KEPT_TRANSFERS = 1000  # ended transfers beyond this are forgotten, oldest first
+# Files are read and written at offsets, never following links: POSIX calls (Linux, macOS).
+FILES_WORK_HERE = all(hasattr(os, name) for name in ("pread", "pwritev", "O_NOFOLLOW", "statvfs"))
+NO_FILES_HERE = "sending and receiving files needs Linux, macOS or another POSIX system"
+FINISH_WRITING_SECONDS = 30.0  # at exit, received data still queued is written first
+FILE_CHUNKS_PER_TURN = 32  # chunks written to one connection before the others get a turn
+FILE_READ_SIZE = 256 * 1024  # bytes read at once while a file comes in
+
+
+def open_for_sending(path: str) -> tuple[int, int]:
+    """(descriptor, size) of a regular file to send; ChatError saying why not."""
+    try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise ChatError(f"{path} is a folder: send one file (zip the folder first)")
+        if not stat.S_ISREG(info.st_mode):
+            raise ChatError(f"{path} is not a regular file (a device, FIFO or socket)")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ChatError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise ChatError(f"cannot read {path}: {describe_os_error(exc)}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # swapped for something else since the stat
+        os.close(fd)
+        raise ChatError(f"{path} is not a regular file (a device, FIFO or socket)")
+    return fd, info.st_size
+
+
+def file_stamp(fd: int) -> tuple[int, int, int]:
+    """What changes whenever a file's content does: size, modification and change times.
+
+    The change time (ctime) is set by every write and cannot be set back by anyone.
+    """
+    info = os.fstat(fd)
+    return info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def hash_start(fd: int, size: int, shorter: str) -> hashlib._Hash:
+    """A SHA-256 fed a file's first `size` bytes; ChatError(`shorter`) if it has fewer."""
+    digest, offset = hashlib.sha256(), 0
+    while offset < size:
+        block = os.pread(fd, min(HASH_BLOCK, size - offset), offset)
+        if not block:
+            raise ChatError(shorter)
+        digest.update(block)
+        offset += len(block)
+    return digest
+
+
+def hash_file(fd: int, size: int) -> tuple[bytes, tuple[int, int, int]]:
+    """The SHA-256 of a file of `size` bytes, and its stamp; ChatError if it changed
+    while it was being read."""
+    stamp = file_stamp(fd)
+    digest = hash_start(fd, size, "it got shorter while it was being read")
+    if file_stamp(fd) != stamp or stamp[0] != size:
+        raise ChatError("it changed while it was being read: send it once it is final")
+    return digest.digest(), stamp
+
+
+@dataclass(frozen=True)
+class PreparedFile:
+    """A file checked and hashed, ready to offer (each transfer reads its own copy of fd)."""
+
+    path: str
+    name: str
+    fd: int
+    size: int
+    digest: bytes
+    stamp: tuple[int, int, int]  # file_stamp() when it was hashed
+
+
+def free_space(folder: str) -> int:
+    """Bytes free for us in `folder`."""
+    info = os.statvfs(folder)
+    return info.f_bavail * info.f_frsize
+
+
+def find_partial(folder: str, size: int, digest: bytes, sender: bytes) -> tuple[str, int] | None:
+    """An earlier partial download of this very file from this sender: (part, its length)."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.endswith(PART_SUFFIX + META_SUFFIX):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                with open(entry.path, encoding="utf-8") as file:
+                    info = PartialInfo.parse(file.read(4096))
+                part = entry.path[: -len(META_SUFFIX)]
+                length = os.lstat(part)
+            except (OSError, UnicodeDecodeError):
+                continue
+            if (
+                info is not None
+                and (info.size, info.digest, info.sender) == (size, digest, sender)
+                and stat.S_ISREG(length.st_mode)
+                and length.st_size <= size
+            ):
+                return part, length.st_size
+    return None
+
+
+def create_part(folder: str, name: str, record: str) -> tuple[int, str]:
+    """A new NAME.part (or NAME (1).part, ...) in `folder` and its NAME.part.meta holding
+    `record`, both new, never following a link."""
+    flags = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    for number in range(10_000):
+        part = os.path.join(folder, numbered(name, number) + PART_SUFFIX)
+        try:
+            fd = os.open(part, os.O_RDWR | flags, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            meta = os.open(part + META_SUFFIX, os.O_WRONLY | flags, 0o666)
+        except FileExistsError:
+            os.close(fd)
+            os.unlink(part)
+            continue
+        except OSError:
+            os.close(fd)
+            os.unlink(part)
+            raise
+        with os.fdopen(meta, "w", encoding="utf-8") as file:
+            file.write(record)
+        if not inside(folder, part):
+            os.close(fd)
+            remove_quietly(part, part + META_SUFFIX)
+            break
+        return fd, part
+    raise ChatError(f"no free name for {name} in {folder}")
+
+
+def inside(folder: str, path: str) -> bool:
+    """True when `path`, links resolved, is directly in `folder`, links resolved."""
+    return os.path.dirname(os.path.realpath(path)) == os.path.realpath(folder)
+
+
+def place_file(part: str, folder: str, name: str) -> str:
+    """Move a finished NAME.part to NAME, or NAME (1), ...: never over an existing file."""
+    for number in range(10_000):
+        final = os.path.join(folder, numbered(name, number))
+        try:  # the name is reserved first, so nobody's file is ever replaced
+            os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            continue
+        if not inside(folder, final):
+            os.unlink(final)
+            break
+        try:
+            os.replace(part, final)
+        except OSError:
+            remove_quietly(final)  # the reservation, empty
+            raise
+        return final
+    raise ChatError(f"no free name for {name} in {folder}")
+
+
+def remove_quietly(*paths: str) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+class FileSource:
+    """One file being sent, read ahead of the network in a thread of its own.
+
+    It checks the file's stamp as it reads (every few chunks and after the last): a file
+    changed since it was hashed ends with a verdict saying so, never with a corrupt copy.
+    The stamp costs a stat where hashing again would cost a second pass over the file.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        size: int,
+        stamp: tuple[int, int, int],
+        offset: int,
+        wake: Callable[[], None],
+    ) -> None:
+        self._fd, self._size, self._stamp, self._offset = fd, size, stamp, offset
+        self._wake = wake
+        self._ready: deque[bytes] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._waiting = False  # the network found nothing ready: wake it for the next
+        self.verdict: str | None = None  # once all is read: "" unchanged, else what happened
+        threading.Thread(target=self._run, name="file-source", daemon=True).start()
+
+    def take(self) -> bytes | None:
+        """The next chunk, or None (then the network is woken when one is ready)."""
+        with self._cond:
+            if self._ready:
+                self._cond.notify()
+                return self._ready.popleft()
+            self._waiting = True
+            return None
+
+    def ready(self) -> bool:
+        """True when a chunk is ready to take."""
+        return bool(self._ready)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._ready.clear()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        try:
+            verdict = self._read()
+        except OSError as exc:
+            verdict = f"could not be read ({describe_os_error(exc)})"
+        finally:
+            os.close(self._fd)
+        with self._cond:
+            self.verdict = verdict
+        self._wake()
+
+    def _read(self) -> str:
+        position = self._offset
+        while position < self._size:  # a block of chunks per read: fewer calls, fewer handovers
+            wanted = min(CHUNK_SIZE * READ_BLOCK, self._size - position)
+            block = os.pread(self._fd, wanted, position)
+            if len(block) < wanted:
+                return "got shorter while it was being sent"
+            position += len(block)
+            if file_stamp(self._fd) != self._stamp:
+                return "changed while it was being sent"
+            chunks = [block[i : i + CHUNK_SIZE] for i in range(0, len(block), CHUNK_SIZE)]
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or len(self._ready) < READ_AHEAD)
+                if self._closed:
+                    return ""
+                self._ready.extend(chunks)
+                wake, self._waiting = self._waiting, False
+            if wake:
+                self._wake()
+        if file_stamp(self._fd) != self._stamp:
+            return "changed while it was being sent"
+        return ""
+
+
+class FileSink:
+    """One file being received, written to NAME.part by a thread of its own.
+
+    Each write is granted back as credit; after the sender's DONE the whole file's
+    SHA-256 is checked, and only a match is moved into place.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        part: str,
+        offset: int,
+        digest: bytes,
+        place: Callable[[str], str],
+        report: Callable[[str, int, str], None],
+    ) -> None:
+        self.part, self._fd, self._offset, self._digest = part, fd, offset, digest
+        self._place, self._report = place, report  # report(kind, bytes, text)
+        self._queue: deque[bytes] = deque()
+        self._cond = threading.Condition()
+        self._finishing = False
+        self._stopping = False  # write what came, then stop: the .part stays to resume
+        self._closed = False
+        self._busy = False  # a write is under way
+        self.thread = threading.Thread(target=self._run, name="file-sink", daemon=True)
+        self.thread.start()
+
+    def put(self, data: bytes) -> None:
+        with self._cond:
+            self._queue.append(data)
+            self._cond.notify()
+
+    def finish(self) -> None:
+        """Every byte has been put: check and place the file."""
+        with self._cond:
+            self._finishing = True
+            self._cond.notify()
+
+    def close(self, keep: bool) -> None:
+        """Stop: keep the .part to resume (every byte that came is written first), or
+        delete it with its record (by the writer, which may be in the middle of a write)."""
+        with self._cond:
+            if keep:
+                self._stopping = True
+            else:
+                self._closed = True
+                self._queue.clear()
+                self._cond.notify_all()
+                # A write under way ends first (a slow disk: the writer deletes it later).
+                if self._cond.wait_for(lambda: not self._busy, SINK_CLOSE_SECONDS):
+                    self._discard()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            self._write()
+        except (OSError, ChatError) as exc:
+            self._discard()
+            failed = f"writing it failed: {describe_os_error(exc)}"
+            self._report("failed", 0, str(exc) if isinstance(exc, ChatError) else failed)
+        finally:
+            os.close(self._fd)
+            with self._cond:
+                discard = self._closed
+            if discard:  # cancelled: nothing of it stays
+                self._discard()
+
+    def _discard(self) -> None:
+        """Delete the .part and its record."""
+        remove_quietly(self.part, self.part + META_SUFFIX)
+
+    def _write(self) -> None:
+        shorter = f"{self.part} got shorter while it was being resumed"
+        digest = hash_start(self._fd, self._offset, shorter)  # what an earlier session wrote
+        # Hashing runs beside the writing (both let go of the GIL), in a thread of its own
+        # at most HASH_LAG blocks behind.
+        hashing: queue.Queue[list[bytes] | None] = queue.Queue(HASH_LAG)
+
+        def hash_blocks() -> None:
+            while (blocks := hashing.get()) is not None:
+                for data in blocks:
+                    digest.update(data)
+
+        hasher = threading.Thread(target=hash_blocks, name="file-hash", daemon=True)
+        hasher.start()
+        try:
+            finished = self._write_blocks(self._offset, hashing)
+        finally:
+            hashing.put(None)
+            hasher.join()
+        os.fsync(self._fd)
+        if finished:
+            self._check_and_place(digest.digest())
+
+    def _write_blocks(self, position: int, hashing: queue.Queue[list[bytes] | None]) -> bool:
+        """Write what comes: True once the sender is done, False if stopped before."""
+        unreported = 0
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                self._cond.wait_for(
+                    lambda: self._queue or self._finishing or self._stopping or self._closed
+                )
+                if self._closed:
+                    return False
+                batch = [self._queue.popleft() for _ in range(min(READ_BLOCK, len(self._queue)))]
+                idle, self._busy = not self._queue, bool(batch)
+            if not batch:
+                return not self._stopping
+            hashing.put(batch)
+            size = sum(map(len, batch))
+            written = os.pwritev(self._fd, batch, position)
+            if written < size:  # rare: write the rest one buffer at a time
+                rest = memoryview(b"".join(batch))[written:]
+                while rest:
+                    more = os.pwrite(self._fd, rest, position + written)
+                    rest, written = rest[more:], written + more
+            position += size
+            unreported += size
+            if unreported >= CREDIT_STEP or idle:
+                self._report("written", unreported, "")
+                unreported = 0
+
+    def _check_and_place(self, digest: bytes) -> None:
+        """The whole file's SHA-256 against the offer's; only a match is moved into place."""
+        if not hmac.compare_digest(digest, self._digest):
+            self._discard()
+            self._report("mismatch", 0, "")
+            return
+        with self._cond:  # a cancel now waits until the file is in place, or stops it
+            if self._closed:
+                return
+            final = self._place(self.part)
+        remove_quietly(self.part + META_SUFFIX)
+        self._report("saved", 0, final)

@@ -1,0 +1,292 @@
+MAX_PENDING_HANDSHAKES = 16
+MAX_HANDSHAKES_PER_ADDRESS = 2
+REFUSAL_SUMMARY_SECONDS = 10.0
+
+
+# --- Listener: admission rules (pure) -----------------------------------------
+
+
+class Pending(NamedTuple):
+    """An unfinished handshake as the admission rules see it."""
+
+    host: str
+    since: float
+    greeted: bool  # it sent a valid M1, as a real connector does at once
+    key: int  # which connection (the transport's own handle)
+
+
+def handshake_to_evict(pending: Sequence[Pending], host: str) -> tuple[Pending, str] | None:
+    """Which unfinished handshake makes room for a new connection from `host`, and why.
+
+    At most MAX_HANDSHAKES_PER_ADDRESS per source address, so one host's flood
+    only ever competes with itself; at most MAX_PENDING_HANDSHAKES in all, where
+    a connection that never sent a valid hello goes before one that did.
+    """
+    same = [p for p in pending if p.host == host]
+    if len(same) >= MAX_HANDSHAKES_PER_ADDRESS:
+        victim = min(same, key=lambda p: (p.greeted, p.since))
+        reason = f"{MAX_HANDSHAKES_PER_ADDRESS} unfinished handshakes from {host}"
+    elif len(pending) >= MAX_PENDING_HANDSHAKES:
+        victim = min(pending, key=lambda p: (p.greeted, p.since))
+        reason = f"{MAX_PENDING_HANDSHAKES} unfinished handshakes"
+    else:
+        return None
+    kind = "the oldest" if victim.greeted else "the oldest silent one"
+    return victim, f"it was {kind} of {reason}"
+
+
+class Room:
+    """The chat's places: the listener hands each proven connector one while it has room.
+
+    A place is claimed before our WELCOME goes out, taken by a person once they
+    are in (READY), and freed when that connection ends. Who hears what follows
+    from it: pure, so the relay rules are tested without sockets.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._seats: dict[object, tuple[Person, float] | None] = {}  # joined: (who, since)
+        self._coming: dict[object, str] = {}  # names held for those on their way in
+        self._next: dict[tuple[object, str], int] = {}  # each member's next SAY number
+
+    def claim(self, member: object) -> bool:
+        """A place for `member`, or False when the room is full."""
+        if self.full:
+            return False
+        self._seats[member] = None
+        return True
+
+    def hold(self, member: object, name: str) -> None:
+        """Keep `name` for `member` until it is in (or gone): nobody else may take it."""
+        self._coming[member] = name
+
+    def seat(self, member: object, person: Person, now: float) -> None:
+        """`member` is in the room as `person`."""
+        self._coming.pop(member, None)
+        self._seats[member] = (person, now)
+
+    def release(self, member: object) -> Person | None:
+        """Free `member`'s place; who it was, if they had got in."""
+        self._coming.pop(member, None)
+        for key in [key for key in self._next if key[0] is member]:
+            del self._next[key]
+        seat = self._seats.pop(member, None)
+        return seat[0] if seat else None
+
+    def in_sequence(self, member: object, words: Say) -> bool:
+        """True when `words` carries the member's next number for its audience."""
+        due = self._next.get((member, words.to), 0)
+        self._next[(member, words.to)] = due + 1
+        return words.seq == due
+
+    def person(self, member: object) -> Person | None:
+        """Who `member` is, once in."""
+        seat = self._seats.get(member)
+        return seat[0] if seat else None
+
+    def named(self, name: str) -> object | None:
+        """The member in the room under `name`."""
+        return next((m for m, seat in self._seats.items() if seat and seat[0].name == name), None)
+
+    def taken(self, name: str) -> bool:
+        """True when someone in the room, or on the way in, has `name`."""
+        return self.named(name) is not None or name in self._coming.values()
+
+    def people(self, now: float, but: object = None) -> tuple[Person, ...]:
+        """Everyone in, in the order they came, with their seconds in the room."""
+        return tuple(
+            seat[0]._replace(seconds=int(now - seat[1]))
+            for member, seat in self._seats.items()
+            if seat and member is not but
+        )
+
+    def others(self, but: object = None) -> list[object]:
+        """Everyone in the room but `but`."""
+        return [m for m, seat in self._seats.items() if seat and m is not but]
+
+    def audience(self, author: object, words: Say) -> list[object]:
+        """Who hears `author`'s words: the one they are for, or everyone else in."""
+        if words.to:
+            return [m] if (m := self.named(words.to)) is not None and m is not author else []
+        return self.others(author)
+
+    def __contains__(self, member: object) -> bool:
+        return member in self._seats
+
+    def __len__(self) -> int:
+        return len(self._seats)
+
+    @property
+    def full(self) -> bool:
+        """True when every place is taken."""
+        return len(self._seats) >= self.capacity
+
+
+# What a member may send the host once in the room; SAID, MEMBERS, JOINED and LEFT are
+# the host's alone.
+MEMBER_SENDS = (Say, Chat, Action, Terminate, Keepalive)
+
+
+def words_signed_data(host: bytes, room: bytes, author: str, words: Say) -> bytes:
+    """What a member signs: the room (host identity and room id), the author, the
+    audience, the form, the author's sequence number for that audience, the text."""
+    return b"".join(
+        [
+            WORDS_LABEL + host + room + int_field(words.form, 1) + int_field(words.seq, 8),
+            bytes_field(author.encode("utf-8")),
+            bytes_field(words.to.encode("utf-8")),
+            words.text.encode("utf-8"),
+        ]
+    )
+
+
+def signed_by(identity: bytes, signature: bytes, data: bytes) -> bool:
+    """True when `signature` is `identity`'s Ed25519 signature of `data`."""
+    try:
+        verify_signature(identity, signature, data)
+    except HandshakeError:
+        return False
+    return True
+
+
+class Voice:
+    """One person's words in a room: numbered per audience and signed."""
+
+    def __init__(self, identity: Ed25519PrivateKey, name: str, host: bytes, room: bytes) -> None:
+        self._identity, self.name, self.host, self.room = identity, name, host, room
+        self._next: dict[str, int] = {}
+
+    def say(self, text: str, form: Form = Form.CHAT, to: str = "") -> Say:
+        """`text` as a signed SAY (ChatError if it is too long to send)."""
+        seq = self._next.get(to, 0)
+        unsigned = Say(form, seq, bytes(64), to, text)
+        unsigned.encode_body()  # too long: refused here, before it is counted
+        data = words_signed_data(self.host, self.room, self.name, unsigned)
+        self._next[to] = seq + 1
+        return replace(unsigned, signature=self._identity.sign(data))
+
+
+class Hearing:
+    """What one person makes of the words the host relays: checked, in order, or not shown."""
+
+    def __init__(self, me: str, host: bytes, room: bytes) -> None:
+        self.me, self.host, self.room = me, host, room
+        self._next: dict[tuple[str, str], int] = {}
+
+    def arrived(self, name: str) -> None:
+        """`name` joined while we were here: their words must start at number 0."""
+        self.left(name)
+        self._next[(name, "")] = self._next[(name, self.me)] = 0
+
+    def left(self, name: str) -> None:
+        """`name` left: their numbering ends (a new session starts again)."""
+        for key in [key for key in self._next if key[0] == name]:
+            del self._next[key]
+
+    def check(self, said: Said, identity: bytes | None) -> tuple[bool, str | None]:
+        """Whether to show `said` (`identity` is its author's, if known), and a note."""
+        author, words = sanitize(said.author), said.words
+        data = words_signed_data(self.host, self.room, said.author, words)
+        if identity is None or not signed_by(identity, words.signature, data):
+            return False, (
+                f"a message claiming to be from {author} failed its signature check: not shown"
+            )
+        if words.to and words.to != self.me:
+            return False, f"a message from {author} for someone else reached you: not shown"
+        key = (said.author, words.to)
+        due = self._next.get(key, words.seq)
+        self._next[key] = max(due, words.seq + 1)
+        if words.seq < due:
+            return False, f"a message from {author} came again (replayed by the host?): not shown"
+        if words.seq > due:
+            missing = words.seq - due
+            return (
+                True,
+                f"{missing} message(s) from {author} never arrived (held back by the host?)",
+            )
+        return True, None
+
+
+class RefusalLog:
+    """Refusal lines that stay readable in a flood.
+
+    The first refusal from an address is shown in full; after that, at most one
+    summary line per address every REFUSAL_SUMMARY_SECONDS.
+    """
+
+    def __init__(self, window: float = REFUSAL_SUMMARY_SECONDS) -> None:
+        self._window = window
+        self._hosts: dict[str, tuple[float, int]] = {}  # window start, refusals held back
+
+    def refused(self, host: str, line: str, now: float) -> str | None:
+        """The line to show for this refusal now, or None when it is counted instead."""
+        if host not in self._hosts:
+            self._hosts[host] = (now, 0)
+            return line
+        since, count = self._hosts[host]
+        self._hosts[host] = (since, count + 1)
+        return None
+
+    def summaries(self, now: float) -> list[str]:
+        """Summary lines of the windows that have ended by `now`."""
+        lines = []
+        for host, (since, count) in list(self._hosts.items()):
+            if now - since < self._window:
+                continue
+            if count:
+                lines.append(
+                    f"Refused {count} more connection{'s' if count != 1 else ''} from {host} "
+                    f"in the last {self._window:g} s"
+                )
+                self._hosts[host] = (now, 0)
+            else:
+                del self._hosts[host]  # quiet for a whole window: the next one is shown
+        return lines
+
+    def next_deadline(self) -> float | None:
+        """When the next window ends, or None when nothing is held."""
+        return min((since + self._window for since, _ in self._hosts.values()), default=None)
+
+
+class AbandonLog:
+    """Handshakes abandoned between M2 and M3, counted per address.
+
+    That is where a man in the middle searching for a lucky handshake gives up,
+    so the count is worth showing: at once for an address, then at most once a
+    window while it grows.
+    """
+
+    def __init__(self, window: float = REFUSAL_SUMMARY_SECONDS) -> None:
+        self._window = window
+        self._counts: dict[str, int] = {}
+        self._shown: dict[str, tuple[float, int]] = {}  # when last shown, the count shown
+
+    def abandoned(self, host: str, now: float) -> str | None:
+        """The line to show for one more abandoned handshake, or None until the window ends."""
+        count = self._counts[host] = self._counts.get(host, 0) + 1
+        if host in self._shown and now - self._shown[host][0] < self._window:
+            return None
+        self._shown[host] = (now, count)
+        return self._line(host, count)
+
+    def summaries(self, now: float) -> list[str]:
+        """Lines for the counts that grew in windows ended by `now`."""
+        lines = []
+        for host, (since, shown) in list(self._shown.items()):
+            if now - since < self._window:
+                continue
+            if self._counts[host] > shown:
+                lines.append(self._line(host, self._counts[host]))
+                self._shown[host] = (now, self._counts[host])
+            else:  # a quiet window: forget the address
+                del self._shown[host], self._counts[host]
+        return lines
+
+    def next_deadline(self) -> float | None:
+        """When the next window with something to say ends."""
+        return min((since + self._window for since, _ in self._shown.values()), default=None)
+
+    @staticmethod
+    def _line(host: str, count: int) -> str:
+        noun, verb = ("handshake", "was") if count == 1 else ("handshakes", "were")
+        return f"{count} {noun} from {host} {verb} abandoned halfway"

@@ -1,0 +1,704 @@
+class Moving(Enum):
+    """Where a transfer stands."""
+
+    OFFERED = "offered"
+    MOVING = "moving"
+    CHECKING = "checking its SHA-256"
+    DONE = "done"
+    DECLINED = "declined"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+ENDED = frozenset({Moving.DONE, Moving.DECLINED, Moving.CANCELLED, Moving.FAILED})
+
+
+@dataclass(eq=False)
+class Transfer:
+    """One file moving over one connection, seen from this side."""
+
+    number: int  # what the person types (0: a leg the host relays, not shown)
+    link: Link
+    id: int  # on this connection's wire: ours when sending, the peer's when receiving
+    sending: bool
+    name: str  # as offered when sending; the safe name it is saved as when receiving
+    size: int
+    digest: bytes
+    person: str  # the far end: who it is for, or who offers it
+    state: Moving = Moving.OFFERED
+    offset: int = 0  # where the data starts (past 0: a resume)
+    position: int = 0  # the next byte on the wire
+    credit: int = 0  # bytes the sender may still send
+    started: float = 0.0
+    fd: int = -1  # sending: the file, until a FileSource takes it
+    stamp: tuple[int, int, int] = (0, 0, 0)  # sending: file_stamp() when it was hashed
+    source: FileSource | None = None
+    sink: FileSink | None = None
+    partner: Transfer | None = None  # relayed by the host: the other leg
+    relayed: deque[bytes] = field(default_factory=deque)  # host: data for the other leg
+    done: bool = False  # sender: FILEDONE came (relay) or was sent
+    cancelled_here: bool = False  # we stopped it: its data still in flight is dropped
+    complained: bool = False  # data after its end was reported once
+    quarter: int = 0  # plain progress lines shown (at 25, 50, 75%)
+    ungranted: int = 0  # host: bytes of this leg passed on, not yet granted back
+
+    @property
+    def ours(self) -> bool:
+        return self.number > 0
+
+    @property
+    def percent(self) -> int:
+        return self.position * 100 // self.size if self.size else 100
+
+
+class FileUser(Protocol):
+    """What the desk reports to (the conversation)."""
+
+    def file_lines(self, lines: list[str], error: bool = False) -> None:
+        """Lines about transfers."""
+
+    def file_status(self, text: str) -> None:
+        """The progress of the transfers moving now ('' when none is)."""
+
+    def identity_of(self, name: str) -> bytes | None:
+        """The identity key of someone in the chat."""
+
+
+class FileDesk:
+    """Every transfer of this side, on the network thread: offers, credit, chunks.
+
+    It is told what arrives (message(), chunk()), asked for the next chunk when a
+    connection has nothing else to write (pump()), and runs the person's commands.
+    """
+
+    def __init__(
+        self,
+        net: Network,
+        user: FileUser | None,
+        downloads: str,
+        plain_progress: bool,
+    ) -> None:
+        self._net, self._user, self.downloads = net, user, downloads
+        self._plain = plain_progress
+        self._transfers: list[Transfer] = []
+        self._sending: dict[tuple[Link, int], Transfer] = {}
+        self._receiving: dict[tuple[Link, int], Transfer] = {}
+        self._next_id: dict[Link, int] = {}
+        self._numbers = 0
+        self._status = ""
+        self._status_at = 0.0
+        self._sinks: list[FileSink] = []  # every writer still running (or just finished)
+        self._complained: set[tuple[Link, int]] = set()
+
+    # Reports -------------------------------------------------------------------------
+
+    def _say(self, *lines: str) -> None:
+        if self._user is not None:
+            self._user.file_lines(list(lines))
+
+    def _error(self, *lines: str) -> None:
+        if self._user is not None:
+            self._user.file_lines(list(lines), error=True)
+
+    def _progress(self, now: float, force: bool = False) -> None:
+        if self._user is None:
+            return
+        moving = [t for t in self._transfers if t.ours and t.state is Moving.MOVING]
+        if self._plain:  # a file in one chunk has no quarters to report
+            for t in (t for t in moving if t.size > CHUNK_SIZE):
+                while t.quarter < min(3, t.percent // 25):
+                    t.quarter += 1
+                    way = f"sent to {sanitize(t.person)}" if t.sending else "received"
+                    self._say(
+                        f"{sanitize(t.name)}: {25 * t.quarter}% of {format_size(t.size)} {way}"
+                    )
+            return
+        if not force and now - self._status_at < PROGRESS_SECONDS:
+            return
+        self._status_at = now
+        text = " | ".join(
+            progress_text(
+                sanitize(t.name), t.position, t.size, now - t.started, t.position - t.offset
+            )
+            for t in moving
+        )
+        if text != self._status:
+            self._status = text
+            self._user.file_status(text)
+
+    # Offers, answers, cancels: the person's commands -------------------------------------
+
+    def offer(self, prepared: PreparedFile, targets: list[tuple[str, bool]], now: float) -> None:
+        """Offer a hashed file to each (name, is_the_host) of `targets`."""
+        offered = []
+        try:
+            for name, is_host in targets:
+                route = self._net.route_to(name, is_host)
+                if route is None:
+                    self._error(f"error: {sanitize(name)} is no longer in the chat: not offered")
+                    continue
+                link, who = route
+                try:
+                    fd = os.dup(prepared.fd)
+                except OSError as exc:
+                    self._error(f"error: cannot offer it to {sanitize(name)}: {exc.strerror}")
+                    continue
+                number = self._next_id.get(link, 0) + 1
+                self._next_id[link] = number
+                transfer = self._add(
+                    link, number, True, prepared.name, prepared.size, prepared.digest, name
+                )
+                transfer.fd, transfer.stamp = fd, prepared.stamp
+                self._net.deliver(
+                    link, FileOffer(number, prepared.size, prepared.digest, prepared.name, who), now
+                )
+                offered.append(sanitize(name))
+        finally:
+            os.close(prepared.fd)
+        if offered:
+            self._say(
+                f"Offered {sanitize(prepared.name)} ({format_size(prepared.size)}) to "
+                f"{', '.join(offered)}."
+            )
+
+    def _add(
+        self,
+        link: Link,
+        number: int,
+        sending: bool,
+        name: str,
+        size: int,
+        digest: bytes,
+        person: str,
+        shown: bool = True,
+    ) -> Transfer:
+        if shown:
+            self._numbers += 1
+        transfer = Transfer(
+            self._numbers if shown else 0, link, number, sending, name, size, digest, person
+        )
+        (self._sending if sending else self._receiving)[(link, number)] = transfer
+        self._transfers.append(transfer)
+        if len(self._transfers) > MAX_KEPT_TRANSFERS:
+            self._forget_ended()
+        return transfer
+
+    def _forget_ended(self) -> None:
+        """Drop ended transfers (relayed ones first, then the oldest), so that a peer
+        offering and cancelling forever costs bounded memory; /files shows the rest."""
+        ended = [t for t in self._transfers if t.state in ENDED]
+        ended.sort(key=lambda t: t.ours)  # stable: relayed legs first, then oldest first
+        gone = {id(t) for t in ended[: len(self._transfers) - MAX_KEPT_TRANSFERS // 2]}
+        self._transfers = [t for t in self._transfers if id(t) not in gone]
+        for table in (self._sending, self._receiving):
+            for key in [key for key, t in table.items() if id(t) in gone]:
+                del table[key]
+
+    def _find(self, number: int | None, want: str) -> Transfer | None:
+        """The transfer /accept, /reject or /cancel means; None after saying why not."""
+        if number is None:
+            for transfer in self._transfers:
+                if transfer.ours and not transfer.sending and transfer.state is Moving.OFFERED:
+                    return transfer
+            self._error(f"try again: no offer is waiting for an answer ({want})")
+            return None
+        for transfer in self._transfers:
+            if transfer.number == number:
+                return transfer
+        self._error(f"try again: there is no transfer {number} (/files lists them)")
+        return None
+
+    def _waiting_offer(self, number: int | None, hint: str = "") -> Transfer | None:
+        """The offer /accept or /reject means, if it still waits for an answer."""
+        transfer = self._find(number, "/files lists them")
+        if transfer is not None and (transfer.sending or transfer.state is not Moving.OFFERED):
+            self._error(
+                f"try again: {transfer.number} is not an offer waiting for an answer "
+                f"({transfer.state.value}){hint}"
+            )
+            return None
+        return transfer
+
+    def accept(self, number: int | None, now: float) -> None:
+        transfer = self._waiting_offer(number)
+        if transfer is None:
+            return
+        if not FILES_WORK_HERE:
+            self._error(f"error: {NO_FILES_HERE}: /reject {transfer.number} it")
+            return
+        try:
+            self._start_receiving(transfer, now)
+        except ChatError as exc:
+            self._error(f"error: {exc}")
+        except (OSError, RuntimeError) as exc:  # RuntimeError: no thread could be started
+            self._error(f"error: cannot save into {self.downloads}: {describe_os_error(exc)}")
+
+    def _start_receiving(self, t: Transfer, now: float) -> None:
+        folder, name = self.downloads, sanitize(t.name)
+        sender = self._sender_identity(t)
+        found = find_partial(folder, t.size, t.digest, sender)
+        if found is not None and any(
+            sink.part == found[0] and sink.thread.is_alive() for sink in self._sinks
+        ):
+            found = None  # the same file, still being written by another transfer
+        offset = found[1] if found is not None else 0
+        free = free_space(folder)
+        if free < t.size - offset:
+            raise ChatError(
+                f"not enough space in {folder} for {name}: it needs "
+                f"{format_size(t.size - offset)}, {format_size(free)} is free (make room "
+                f"and /accept {t.number} again, or /reject {t.number})"
+            )
+        if found is not None:
+            part = found[0]
+            fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW)
+        else:
+            record = PartialInfo(t.name, t.size, t.digest, sender).render()
+            fd, part = create_part(folder, t.name, record)
+
+        def report(kind: str, amount: int, text: str) -> None:
+            self._net.post(lambda now: self._sink_report(t, kind, amount, text, now))
+
+        try:
+            sink = FileSink(
+                fd, part, offset, t.digest, partial(place_file, folder=folder, name=t.name), report
+            )
+        except RuntimeError:  # no thread could be started
+            os.close(fd)
+            if found is None:
+                remove_quietly(part, part + META_SUFFIX)
+            raise
+        t.sink = sink
+        self._sinks = [other for other in self._sinks if other.thread.is_alive()] + [sink]
+        t.state, t.offset, t.position, t.started = Moving.MOVING, offset, offset, now
+        t.credit = FILE_WINDOW
+        self._net.deliver(t.link, FileAccept(t.id, offset, FILE_WINDOW), now)
+        if offset:
+            self._say(f"resuming {name} at {t.percent}%")
+        else:
+            self._say(f"Receiving {name} from {sanitize(t.person)} into {folder}.")
+
+    def _sender_identity(self, t: Transfer) -> bytes:
+        if t.link.peer.role is Role.LISTENER or not t.person or self._user is None:
+            return t.link.peer.peer_identity
+        return self._user.identity_of(t.person) or t.link.peer.peer_identity
+
+    def reject(self, number: int | None, now: float) -> None:
+        transfer = self._waiting_offer(number, "; /cancel stops a transfer")
+        if transfer is None:
+            return
+        transfer.state = Moving.DECLINED
+        self._net.deliver(transfer.link, FileReject(transfer.id), now)
+        self._say(f"Declined {sanitize(transfer.name)} from {sanitize(transfer.person)}.")
+
+    def cancel(self, number: int | None, now: float) -> None:
+        transfer = self._find(number, "/cancel N")
+        if transfer is None:
+            return
+        if transfer.state in ENDED:
+            self._error(f"try again: {transfer.number} is already {transfer.state.value}")
+            return
+        self._end(transfer, Moving.CANCELLED, now, tell="")
+        self._say(f"Cancelled {sanitize(transfer.name)}.")
+
+    def listing(self) -> None:
+        shown = [t for t in self._transfers if t.ours]
+        if not shown:
+            self._say("No files offered or received yet: /send PATH offers one.")
+            return
+        rows = ["Files:"]
+        for t in shown:
+            way = f"to {sanitize(t.person)}" if t.sending else f"from {sanitize(t.person)}"
+            state = t.state.value
+            if t.state is Moving.MOVING:
+                state = f"{'sending' if t.sending else 'receiving'}, {t.percent}%"
+            elif t.state is Moving.OFFERED and not t.sending:
+                state = f"offered: /accept {t.number} or /reject {t.number}"
+            elif t.state is Moving.OFFERED:
+                state = "offered, waiting for an answer"
+            rows.append(f"  {t.number}. {sanitize(t.name)} ({format_size(t.size)}) {way}: {state}")
+        self._say("\n".join(rows))
+
+    # What arrives ------------------------------------------------------------------------
+
+    def message(self, link: Link, message: Message, now: float) -> None:
+        """A file message from `link`."""
+        if isinstance(message, FileOffer):
+            self._on_offer(link, message, now)
+            return
+        assert isinstance(message, (FileAccept, FileAbout, FileCredit, FileCancel))
+        if (isinstance(message, FileCancel) and message.mine) or isinstance(message, FileDone):
+            transfer = self._receiving.get((link, message.id))  # about what they send us
+        else:
+            transfer = self._sending.get((link, message.id))  # about what we send them
+        if transfer is None or (transfer.state in ENDED and not isinstance(message, FileCancel)):
+            return  # an answer crossing our cancel, or about nothing: nothing to do
+        if isinstance(message, FileAccept) and (
+            transfer.state is not Moving.OFFERED or message.offset > transfer.size
+        ):
+            link.peer.connection_failed(f"it accepted file {message.id} twice or past its end")
+            return
+        if transfer.partner is not None:
+            self._relay(transfer, message, now)
+        elif isinstance(message, FileAccept):
+            self._on_accept(transfer, message, now)
+        elif isinstance(message, FileCredit):
+            transfer.credit = min(transfer.credit + message.amount, 2**62)
+        elif isinstance(message, FileReject):
+            transfer.state = Moving.DECLINED
+            self._close_file(transfer)
+            self._say(f"{sanitize(transfer.person)} declined {sanitize(transfer.name)}.")
+        elif isinstance(message, FileReceived):
+            self._end(transfer, Moving.DONE, now)
+            took = format_duration(now - transfer.started)
+            resumed = f", resumed at {transfer.offset * 100 // transfer.size}%"
+            self._say(
+                f"{sanitize(transfer.person)} received {sanitize(transfer.name)} "
+                f"({format_size(transfer.size)} in {took}{resumed if transfer.offset else ''})."
+            )
+        elif isinstance(message, FileDone):
+            self._on_done(transfer, now)
+        elif isinstance(message, FileCancel) and transfer.state not in ENDED:
+            self._end(transfer, Moving.CANCELLED, now)
+            why = f": {sanitize(message.reason)}" if message.reason else ""
+            self._say(f"{sanitize(transfer.person)} cancelled {sanitize(transfer.name)}{why}.")
+
+    def _on_offer(self, link: Link, offer: FileOffer, now: float) -> None:
+        person = offer.who or link.peer.peer_name
+        key = (link, offer.id)
+        if key in self._receiving:
+            link.peer.connection_failed(f"it offered two files as number {offer.id}")
+            return
+        waiting = sum(
+            1 for t in self._receiving.values() if t.link is link and t.state is Moving.OFFERED
+        )
+        name = safe_file_name(offer.name)
+        hosting = link.peer.role is Role.LISTENER
+        if hosting and offer.who:  # a member's file for another member: relayed
+            self._relay_offer(link, offer, now)
+            return
+        if self._user is None or waiting >= MAX_OPEN_OFFERS or name is None:
+            self._net.deliver(link, FileReject(offer.id), now)  # not kept: memory stays bounded
+            if name is None:
+                self._error(
+                    f"{sanitize(person)} offered a file named {sanitize(offer.name)!r}, which "
+                    "cannot be saved under a safe name: declined"
+                )
+            elif self._user is not None and self._complain(link, -1):
+                self._error(
+                    f"{sanitize(person)} offered over {MAX_OPEN_OFFERS} files at once: the "
+                    "rest are declined until you answer some"
+                )
+            return
+        t = self._add(link, offer.id, False, name, offer.size, offer.digest, person)
+        self._say(
+            f"{sanitize(person)} offers {sanitize(name)} ({format_size(offer.size)}): "
+            f"/accept {t.number} or /reject {t.number}"
+        )
+
+    def _complain(self, link: Link, about: int) -> bool:
+        """True the first time something of `link` is worth a line (a peer repeating a
+        mistake gets one line, not a flood)."""
+        if (link, about) in self._complained:
+            return False
+        if len(self._complained) >= MAX_OPEN_OFFERS:
+            self._complained.clear()
+        self._complained.add((link, about))
+        return True
+
+    def _on_accept(self, t: Transfer, accept: FileAccept, now: float) -> None:
+        t.state, t.offset, t.position, t.credit = (
+            Moving.MOVING,
+            accept.offset,
+            accept.offset,
+            accept.credit,
+        )
+        t.started = now
+        try:
+            t.source = FileSource(
+                t.fd, t.size, t.stamp, accept.offset, partial(self._net.nudge, t.link)
+            )
+        except RuntimeError as exc:  # no thread could be started
+            self._end(t, Moving.FAILED, now, tell="it could not be read")
+            self._error(f"error: cannot send {sanitize(t.name)}: {exc}")
+            return
+        t.fd = -1  # the source's now
+        self._net.low_water(t.link)
+        resumed = f" (resuming at {t.percent}%)" if accept.offset else ""
+        self._say(f"{sanitize(t.person)} accepted {sanitize(t.name)}{resumed}.")
+        self._net.nudge(t.link)
+
+    def chunk(self, link: Link, event: ChunkReceived, now: float) -> None:
+        """File data from `link`, opened: checked against the transfer's state and credit."""
+        t = self._receiving.get((link, event.transfer))
+        data, who = event.data, sanitize(link.peer.peer_name)
+        if t is None:
+            if self._complain(link, event.transfer):
+                self._net.deliver(link, FileCancel(event.transfer, False, "no such file"), now)
+                self._error(f"{who} sent data for a file it never offered: ignored")
+            return
+        name = sanitize(t.name)
+        if t.state in ENDED:
+            if not t.cancelled_here and not t.complained:  # else in flight as we cancelled
+                t.complained = True
+                self._error(f"{who} sent data for {name} after it ended: ignored")
+            return
+        problem = None
+        if t.state is not Moving.MOVING:
+            problem = f"{who} sent data for {name} before it was accepted"
+        elif event.offset != t.position:
+            problem = (
+                f"{who} sent data for {name} out of place (at {event.offset}, not {t.position})"
+            )
+        elif len(data) > t.credit:
+            problem = f"{who} sent more of {name} than it was allowed (flow control)"
+        elif t.position + len(data) > t.size:
+            problem = f"{who} sent more of {name} than the {t.size} bytes it announced"
+        if problem is not None:
+            self._end(t, Moving.FAILED, now, tell=problem)
+            self._error(f"error: {problem}: transfer ended, nothing saved")
+            return
+        t.position += len(data)
+        t.credit -= len(data)
+        if t.partner is not None:
+            t.partner.relayed.append(data)
+            self._net.nudge(t.partner.link)
+        elif t.sink is not None:
+            t.sink.put(data)
+            self._progress(now)
+
+    def _on_done(self, t: Transfer, now: float) -> None:
+        if t.state is not Moving.MOVING or t.position != t.size:
+            problem = (
+                f"{sanitize(t.link.peer.peer_name)} sent less of {sanitize(t.name)} than "
+                f"announced ({t.position} of {t.size} bytes)"
+            )
+            self._end(t, Moving.FAILED, now, tell=problem)
+            self._error(f"error: {problem}: transfer ended, nothing saved")
+            return
+        t.state = Moving.CHECKING
+        assert t.sink is not None
+        t.sink.finish()
+        self._progress(now, force=True)
+
+    def _sink_report(self, t: Transfer, kind: str, amount: int, text: str, now: float) -> None:
+        if kind == "saved" and t.state in ENDED:  # a cancel that came as it was put in place
+            self._say(f"{sanitize(t.name)} was already saved as {sanitize(text)}.")
+            return
+        if t.state in ENDED:
+            return
+        if kind == "written":
+            if t.state is Moving.MOVING:
+                t.credit += amount
+                self._net.deliver(t.link, FileCredit(t.id, amount), now)
+            return
+        name, who = sanitize(t.name), sanitize(t.person)
+        if kind == "saved":
+            t.state, t.sink = Moving.DONE, None
+            self._net.deliver(t.link, FileReceived(t.id), now)
+            self._say(
+                f"Received {name} from {who} ({format_size(t.size)}, SHA-256 verified): "
+                f"saved as {sanitize(text)}"
+            )
+        elif kind == "mismatch":
+            self._end(t, Moving.FAILED, now, tell="its SHA-256 did not match: deleted")
+            self._error(
+                f"error: {name} from {who} does not match the SHA-256 it was offered with: "
+                "the partial file was deleted"
+            )
+        else:
+            self._end(t, Moving.FAILED, now, tell=f"{self._net.username} could not save it")
+            self._error(f"error: {name} from {who}: {text}")
+        self._progress(now, force=True)
+
+    def _end(self, t: Transfer, state: Moving, now: float, tell: str | None = None) -> None:
+        """Stop a transfer here; `tell`: also tell the other side, with that reason."""
+        t.state = state
+        t.cancelled_here = tell is not None
+        self._close_file(t, keep=False)
+        if tell is not None:
+            reason = tell.encode("utf-8")[:MAX_REASON].decode("utf-8", "ignore")
+            self._net.deliver(t.link, FileCancel(t.id, t.sending, reason), now)
+        partner, t.partner = t.partner, None
+        if partner is not None and partner.state not in ENDED:
+            self._end(partner, state, now, tell=tell or "")
+        self._progress(now, force=True)
+
+    def _close_file(self, t: Transfer, keep: bool = False) -> None:
+        if t.source is not None:
+            t.source.close()
+            t.source = None
+        if t.fd >= 0:
+            os.close(t.fd)
+            t.fd = -1
+        if t.sink is not None:
+            t.sink.close(keep)
+            t.sink = None
+        t.relayed.clear()
+
+    def finish_writing(self, timeout: float) -> None:
+        """Wait (up to `timeout`) until every byte received is on disk."""
+        deadline = time.monotonic() + timeout
+        for sink in self._sinks:
+            sink.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def link_closed(self, link: Link, now: float) -> None:
+        """The connection is gone: its transfers stop; a partial download stays to resume."""
+        for t in self._transfers:
+            if t.link is not link or t.state in ENDED or t.state is Moving.CHECKING:
+                continue  # a file being checked has all its bytes: it is saved all the same
+            t.state = Moving.FAILED
+            kept = t.sink is not None
+            self._close_file(t, keep=True)
+            if t.partner is not None:
+                partner, t.partner = t.partner, None
+                self._end(
+                    partner,
+                    Moving.FAILED,
+                    now,
+                    tell=f"{sanitize(link.peer.peer_name)} lost the connection",
+                )
+            if t.ours:
+                more = f" ({t.percent}% kept: offered again, it resumes there)" if kept else ""
+                self._say(f"{sanitize(t.name)} stopped: the connection ended{more}.")
+        self._sending = {k: v for k, v in self._sending.items() if k[0] is not link}
+        self._receiving = {k: v for k, v in self._receiving.items() if k[0] is not link}
+        self._next_id.pop(link, None)
+        self._complained = {key for key in self._complained if key[0] is not link}
+        self._progress(now, force=True)
+
+    # Sending -------------------------------------------------------------------------------
+
+    def pump(self, link: Link, now: float) -> bool:
+        """Queue the next chunk (or DONE) for `link`, when one is due; True if it did."""
+        for t in self._sending.values():
+            if t.link is not link or t.state is not Moving.MOVING:
+                continue
+            data = self._next_chunk(t) if t.position < t.size else None
+            if data is not None:
+                link.outgoing += link.peer.send_chunk(t.id, t.position, data, now)
+                t.position += len(data)
+                t.credit -= len(data)
+                if t.ours:
+                    self._progress(now)
+                else:
+                    self._relayed(t, len(data), now)
+                return True
+            if t.partner is not None:
+                if t.position == t.size and t.partner.done and not t.done:
+                    t.done = True
+                    link.outgoing += link.peer.send(FileDone(t.id), now)
+                    return True
+                continue
+            # The source has read all it will: the file ended as hashed, or it did not.
+            verdict = t.source.verdict if t.source is not None else None
+            if verdict:
+                self._end(t, Moving.FAILED, now, tell=f"it {verdict}")
+                self._error(
+                    f"error: {sanitize(t.name)} {verdict}: cancelled; send it again once it "
+                    "is final"
+                )
+                return True
+            if verdict is None or t.position < t.size or t.done:
+                continue
+            t.done = True
+            link.outgoing += link.peer.send(FileDone(t.id), now)
+            self._progress(now, force=True)
+            return True
+        return False
+
+    def _next_chunk(self, t: Transfer) -> bytes | None:
+        """The next chunk of `t` when one is ready and the credit allows it."""
+        if t.partner is not None:
+            if t.relayed and len(t.relayed[0]) <= t.credit:
+                return t.relayed.popleft()
+            return None
+        if t.source is None or t.credit < min(CHUNK_SIZE, t.size - t.position):
+            return None
+        return t.source.take()
+
+    def has_data(self, link: Link) -> bool:
+        """True when a chunk for `link` could go now (the loop then waits to write)."""
+        for t in self._sending.values():
+            if t.link is link and t.state is Moving.MOVING and t.position < t.size:
+                if t.partner is not None:
+                    if t.relayed and len(t.relayed[0]) <= t.credit:
+                        return True
+                elif t.source is not None and t.credit >= min(CHUNK_SIZE, t.size - t.position):
+                    return t.source.ready()
+        return False
+
+    def busy(self, link: Link) -> bool:
+        """True while a file comes in over `link` (reads are then larger)."""
+        return any(t.link is link and t.state is Moving.MOVING for t in self._receiving.values())
+
+    # The host relays members' files -----------------------------------------------------
+
+    def _relay_offer(self, link: Link, offer: FileOffer, now: float) -> None:
+        author = link.peer.peer_name
+        route = self._net.route_to(offer.who, False)
+        if route is None or route[0] is link:
+            self._net.deliver(
+                link, FileCancel(offer.id, False, f"nobody named {offer.who} is in the chat"), now
+            )
+            return
+        target = route[0]
+        leg_in = self._add(
+            link, offer.id, False, offer.name, offer.size, offer.digest, offer.who, False
+        )
+        number = self._next_id.get(target, 0) + 1
+        self._next_id[target] = number
+        leg_out = self._add(
+            target, number, True, offer.name, offer.size, offer.digest, author, False
+        )
+        leg_in.partner, leg_out.partner = leg_out, leg_in
+        self._net.deliver(
+            target, FileOffer(number, offer.size, offer.digest, offer.name, author), now
+        )
+
+    def _relay(self, t: Transfer, message: Message, now: float) -> None:
+        """A message about a leg the host relays, passed on to the other leg. Each leg has
+        its own credit: the sender is granted what the host has passed on, so the host never
+        holds more than FILE_WINDOW of it, whatever the receiver grants."""
+        other = t.partner
+        assert other is not None
+        if isinstance(message, FileAccept):
+            for leg in (t, other):
+                leg.state, leg.offset, leg.position = Moving.MOVING, message.offset, message.offset
+                leg.started = now
+            t.credit, other.credit = message.credit, min(message.credit, FILE_WINDOW)
+            self._net.deliver(other.link, FileAccept(other.id, message.offset, other.credit), now)
+            self._net.low_water(t.link)
+        elif isinstance(message, FileCredit):
+            t.credit = min(t.credit + message.amount, 2**62)
+            self._net.nudge(t.link)
+        elif isinstance(message, FileDone):
+            if t.position != t.size:
+                problem = f"{sanitize(t.link.peer.peer_name)} sent less than announced"
+                self._end(t, Moving.FAILED, now, tell=problem)
+                return
+            t.done = True
+            self._net.nudge(other.link)
+        elif isinstance(message, FileCancel):
+            t.state, t.partner, other.partner = Moving.CANCELLED, None, None
+            self._close_file(t)
+            self._end(other, Moving.CANCELLED, now, tell=message.reason)
+        else:  # REJECT or RECEIVED: the far end's answer, passed back
+            state = Moving.DECLINED if isinstance(message, FileReject) else Moving.DONE
+            t.state = other.state = state
+            t.partner = other.partner = None
+            self._close_file(t)
+            self._close_file(other)
+            answer = FileReceived if isinstance(message, FileReceived) else FileReject
+            self._net.deliver(other.link, answer(other.id), now)
+
+    def _relayed(self, t: Transfer, size: int, now: float) -> None:
+        """`size` bytes of a relayed file went on: the sender may send as much more."""
+        sender = t.partner
+        if sender is None:
+            return
+        sender.ungranted += size
+        if sender.ungranted >= CREDIT_STEP or not t.relayed:
+            sender.credit += sender.ungranted
+            self._net.deliver(sender.link, FileCredit(sender.id, sender.ungranted), now)
+            sender.ungranted = 0
