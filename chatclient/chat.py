@@ -1,7 +1,70 @@
+"""The chat as the person at this terminal sees it: the Conversation (what arrives,
+what is typed, who is here) and the commands table; they need each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from .config import Config, config_flag
+from .disk import FILES_WORK_HERE, NO_FILES_HERE, PreparedFile, hash_file, open_for_sending
+from .errors import ChatError, ConfigError, describe_os_error
+from .firstrun import show_invite
+from .handshake import ROOM_ID_SIZE, Mode, Role
+from .identity import (
+    IDENTITY_FILE,
+    KNOWN_PEERS_FILE,
+    Invite,
+    KnownPeer,
+    KnownPeers,
+    Recognition,
+    Trust,
+    beside,
+    fingerprint,
+    new_invite_code,
+    read_known_peers,
+    safety_number,
+    update_known_peers,
+    utc_now,
+)
+from .messages import (
+    Action,
+    Chat,
+    Form,
+    Joined,
+    Left,
+    Members,
+    Message,
+    Person,
+    Refuse,
+    Said,
+    Terminate,
+)
+from .network import GOODBYE_DRAIN_SECONDS, Network
+from .peer import Closed, Established, Event, Failed, IdentityRefused, Judge, MessageReceived
+from .room import Hearing, Voice
+from .sockets import Link, format_address
+from .terminal import Terminal, main_thread_can_be_signalled, signal_until
+from .text import format_size, peer_text, sanitize
+from .transfers import FileDesk
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+
 # --- Chat: what the person at this terminal sees and types ----------------------
 
 
-def identity_judge(config_path: str, role: Role) -> Judge:
+def identity_judge(config_path: str, role: Role, program: str) -> Judge:
     """The judge of this side's connections: known_peers, read afresh each time."""
     known_path = beside(config_path, KNOWN_PEERS_FILE)
 
@@ -9,7 +72,7 @@ def identity_judge(config_path: str, role: Role) -> Judge:
         seen = read_known_peers(known_path).recognize(name, identity)
         if seen.trust is Trust.CHANGED:  # an invite code vouches for nobody's old name
             assert seen.pinned is not None
-            warning = changed_identity(config_path, seen.pinned, identity)
+            warning = changed_identity(config_path, seen.pinned, identity, program)
             raise IdentityRefused(Refuse.IDENTITY_CHANGED, warning, name)
         if mode is Mode.CONTACT and seen.trust is Trust.NEW:
             shown = sanitize(name)
@@ -29,7 +92,7 @@ def identity_judge(config_path: str, role: Role) -> Judge:
     return judge
 
 
-def changed_identity(config_path: str, pinned: KnownPeer, offered: bytes) -> str:
+def changed_identity(config_path: str, pinned: KnownPeer, offered: bytes, program: str) -> str:
     """The warning for a known name with a new identity, in the spirit of SSH's."""
     name = sanitize(pinned.name)
     banner = "@" * 62
@@ -45,7 +108,7 @@ def changed_identity(config_path: str, pinned: KnownPeer, offered: bytes) -> str
             f"line {pinned.line} of {beside(config_path, KNOWN_PEERS_FILE)})",
             f"Offered: {fingerprint(offered)}",
             "Nothing it sent is shown. If you are sure it is a new identity, delete line "
-            f"{pinned.line} of that file, or run: {PROGRAM}{config_flag(config_path)} "
+            f"{pinned.line} of that file, or run: {program}{config_flag(config_path, program)} "
             f"--forget {shlex.quote(pinned.name)}",
         ]
     )
@@ -85,8 +148,11 @@ class Conversation:
         config: Config,
         identity: Ed25519PrivateKey | None = None,
         room: bytes = bytes(ROOM_ID_SIZE),
+        *,
+        program: str,
     ) -> None:
         self.term = term
+        self.program = program  # the command as it was run, for hints
         self.config = config
         if identity is None:
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -169,6 +235,7 @@ class Conversation:
 
     def invite_void(self, line: str) -> None:
         """The invite is void: stop waiting (a chat in progress goes on)."""
+        line = f"{line}. Run {self.program} --invite for a new code"
         if not self.joined:
             self.failure = ChatError(line)
             self.started.set()
@@ -241,7 +308,7 @@ class Conversation:
             if seen.trust is Trust.CHANGED:
                 assert seen.pinned is not None
                 self.distrusted.add(name)
-                warning = changed_identity(self.config.path, seen.pinned, key)
+                warning = changed_identity(self.config.path, seen.pinned, key, self.program)
                 return False, [f"warning: {warning}", f"Nothing {shown} says will be shown."]
             lines = self._pin(name, key, seen, by_invite)
         except ConfigError as exc:
@@ -626,7 +693,7 @@ class Conversation:
             return False
         invite = Invite(new_invite_code())
         self.net.offer(invite)
-        show_invite(invite, self.config, self.term)
+        show_invite(invite, self.config, self.term, self.program)
         return False
 
     def whisper(self, argument: str) -> bool:

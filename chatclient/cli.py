@@ -1,3 +1,62 @@
+"""The command line and main(): load config, choose listen or connect, handshake,
+start the network thread, run the input loop, report how it ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from functools import partial
+from typing import NoReturn
+
+from . import __version__
+from .chat import Conversation, PeerEnded, identity_judge
+from .config import (
+    DEAD_AFTER_INTERVALS,
+    KEEPALIVE_SECONDS,
+    KEY_FROM_INPUT,
+    NO_KEY_GIVEN,
+    Options,
+    check_username,
+    decode_key,
+    dependency_error,
+    generate_key,
+    missing_dependencies,
+    parse_port,
+    program_name,
+    shown_path,
+)
+from .disk import FINISH_WRITING_SECONDS
+from .errors import ChatError, ConfigError
+from .firstrun import (
+    ask_code,
+    ask_mode,
+    ask_target,
+    downloads_folder,
+    forget_peer,
+    init_config,
+    obtain_config,
+    open_identity,
+    show_invite,
+    shown_address,
+)
+from .handshake import ROOM_ID_SIZE, VERSION, Role, derive_psk, key_id
+from .identity import (
+    KNOWN_PEERS_FILE,
+    Invite,
+    beside,
+    new_invite_code,
+    parse_invite_code,
+    read_known_peers,
+)
+from .network import Network
+from .sockets import connect_socket, format_host, listen_socket
+from .terminal import Terminal, ensure_std_streams, write
+
+
 def parse_proxy(text: str) -> tuple[str, int]:
     """--proxy socks5://HOST:PORT (socks5h:// too: the proxy always resolves names)."""
     scheme, separator, rest = text.strip().partition("://")
@@ -14,22 +73,22 @@ def parse_proxy(text: str) -> tuple[str, int]:
 # --- main ----------------------------------------------------------------------
 
 
-def examples() -> str:
+def examples(program: str) -> str:
     """The -h epilog, naming the command as it was run."""
     return "\n".join(
         [
             "examples:",
-            f"  {PROGRAM}                     ask whether to listen or connect",
-            f"  {PROGRAM} --listen            wait for your peer",
-            f"  {PROGRAM} --invite            wait for someone you share no key with",
-            f"  {PROGRAM} --connect 192.168.1.112:50233 --code 7-gazelle-microwave",
-            f"  {PROGRAM} --connect 192.168.1.112:50233",
-            f"  {PROGRAM} --connect [::1]:50233            IPv6 in brackets",
-            f"  {PROGRAM} --connect peer.example:50233 --proxy socks5://127.0.0.1:9050",
-            f"  {PROGRAM} --init --username laptop --port 50233",
-            f"  {PROGRAM} --init --key - --username laptop  (paste your peer's key when asked)",
-            f"  {PROGRAM} --genkey            print a new key",
-            f"  {PROGRAM} --forget laptop     after laptop really made a new identity",
+            f"  {program}                     ask whether to listen or connect",
+            f"  {program} --listen            wait for your peer",
+            f"  {program} --invite            wait for someone you share no key with",
+            f"  {program} --connect 192.168.1.112:50233 --code 7-gazelle-microwave",
+            f"  {program} --connect 192.168.1.112:50233",
+            f"  {program} --connect [::1]:50233            IPv6 in brackets",
+            f"  {program} --connect peer.example:50233 --proxy socks5://127.0.0.1:9050",
+            f"  {program} --init --username laptop --port 50233",
+            f"  {program} --init --key - --username laptop  (paste your peer's key when asked)",
+            f"  {program} --genkey            print a new key",
+            f"  {program} --forget laptop     after laptop really made a new identity",
         ]
     )
 
@@ -93,29 +152,32 @@ def max_members_argument(text: str) -> int:
     return int(text)
 
 
-def key_argument(text: str) -> str:
+def key_argument(text: str, program: str) -> str:
     """--key: '-' (read it from input) or a valid key."""
     if not text.strip():
         raise ConfigError(NO_KEY_GIVEN)
     if text.strip() != KEY_FROM_INPUT:
-        decode_key(text, "the key given")
+        decode_key(text, "the key given", program=program)
     return text.strip()
 
 
-def parse_args(argv: list[str] | None) -> Options:
-    """The command line; with no flags the prompts ask what flags would answer."""
+def parse_args(argv: list[str] | None, program: str) -> Options:
+    """The command line; with no flags the prompts ask what flags would answer.
+
+    `program` is the command as it was run, for the usage and every later hint.
+    """
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        return Options()
+        return Options(program)
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> NoReturn:
-            self.exit(2, f"error: {message} (see {PROGRAM} -h)\n")
+            self.exit(2, f"error: {message} (see {program} -h)\n")
 
     parser = Parser(
-        prog=PROGRAM,
+        prog=program,
         description=DESCRIPTION,
-        epilog=examples(),
+        epilog=examples(program),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
@@ -181,7 +243,7 @@ def parse_args(argv: list[str] | None) -> Options:
     add("--init", action="store_true", help="create config.ini with a new key, asking nothing")
     add(
         "--key",
-        type=flag_type(key_argument),
+        type=flag_type(partial(key_argument, program=program)),
         metavar="-",
         help="with --init: save the key your peer gave you instead of a new one; "
         "'-' reads it from standard input (hidden on a terminal), so it never shows in "
@@ -211,7 +273,7 @@ def parse_args(argv: list[str] | None) -> Options:
         action="version",
         version=f"chatclient {__version__} (protocol {VERSION})",
     )
-    args = parser.parse_args(argv, namespace=Options())
+    args = parser.parse_args(argv, namespace=Options(program))
     if args.key is not None and not args.init:
         parser.error("--key only goes with --init")
     if args.proxy is not None and args.connect is None:
@@ -233,11 +295,12 @@ def parse_args(argv: list[str] | None) -> Options:
 def main(argv: list[str] | None = None) -> int:
     """Load config, listen or connect, handshake, chat, report how it ended."""
     ensure_std_streams()
-    global PROGRAM
-    PROGRAM = program_name(sys.argv[0], sys.executable, os.getcwd(), os.environ.get("PATH", ""))
-    args = parse_args(argv)  # -h and -V work even without the dependencies
+    program = program_name(sys.argv[0], sys.executable, os.getcwd(), os.environ.get("PATH", ""))
+    args = parse_args(argv, program)  # -h and -V work even without the dependencies
     if missing := missing_dependencies():
         script = shown_path(sys.argv[0], os.getcwd())
+        if os.path.basename(script) == "__main__.py":  # python -m chatclient
+            script = "-m chatclient"
         write(sys.stderr, dependency_error(missing, sys.executable, script) + "\n")
         return 1
     with contextlib.suppress(AttributeError, ValueError):
@@ -272,13 +335,15 @@ def main(argv: list[str] | None = None) -> int:
         code = None if listening else args.code or ask_code(term, psk, known)
         room = os.urandom(ROOM_ID_SIZE)
         downloads = downloads_folder(config, args.downloads)
-        conversation = Conversation(term, config, identity, room)
+        conversation = Conversation(term, config, identity, room, program=program)
         network = Network(
             psk,
             config.username,
             conversation,
             identity=identity,
-            judge=identity_judge(config.path, Role.LISTENER if listening else Role.CONNECTOR),
+            judge=identity_judge(
+                config.path, Role.LISTENER if listening else Role.CONNECTOR, program
+            ),
             code=code,
             invite=invite,
             room=room,
@@ -292,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             source = "--port" if args.port is not None else config.path
             network.listen(listen_socket(config.ip, config.port, source))
             if invite is not None:
-                show_invite(invite, config, term)
+                show_invite(invite, config, term, program)
             term.show(
                 f"Listening on {format_host(config.ip)}:{config.port}; "
                 "waiting for your peer (Ctrl-C to stop)."

@@ -1,3 +1,25 @@
+"""config.ini as one Config value, the command line's Options, and the checks and
+hints shared by both (keys, ports, names, where the file lives, the dependencies).
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import contextlib
+import getpass
+import importlib
+import importlib.util
+import os
+import re
+import stat
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+from .errors import ConfigError, ConfigMissing, describe_os_error
+from .text import name_problem
+
 DEFAULT_PORT = 50233
 KEEPALIVE_SECONDS = 10.0
 # A peer is declared lost after this many keepalive intervals of silence.
@@ -23,8 +45,6 @@ DEPENDENCIES = {"cryptography": (41,), "spake2": (0, 9)}
 # Importing spake2 loads its group arithmetic (22 ms of start-up, measured): only its
 # presence is checked; pip installs a new enough one from pyproject.toml.
 PRESENCE_ONLY = frozenset({"spake2"})
-# The command as the person ran it, for every hint the program prints; main() sets it.
-PROGRAM = "python chatclient.py"
 
 
 @dataclass(frozen=True)
@@ -89,12 +109,16 @@ def dependency_error(missing: list[str], executable: str, script: str) -> str:
 def program_name(argv0: str, executable: str, cwd: str, search_path: str) -> str:
     """The command the person ran, as a hint should repeat it.
 
-    `python chatclient.py` names its Python (by path if it lives below the
-    current folder, as .venv/bin/python does); the `chatclient` console script
-    is its bare name when PATH finds it, else its path.
+    `python chatclient.py` (or `chatclient.pyz`, or `-m chatclient`) names its
+    Python (by path if it lives below the current folder, as .venv/bin/python
+    does); the `chatclient` console script is its bare name when PATH finds it,
+    else its path.
     """
-    if os.path.basename(argv0).endswith(".py"):
-        return f"{command_path(executable, cwd, search_path)} {shown_path(argv0, cwd)}"
+    python = command_path(executable, cwd, search_path)
+    if os.path.basename(argv0) == "__main__.py":  # python -m chatclient
+        return f"{python} -m {os.path.basename(os.path.dirname(argv0)) or 'chatclient'}"
+    if os.path.basename(argv0).endswith((".py", ".pyz")):
+        return f"{python} {shown_path(argv0, cwd)}"
     return command_path(argv0, cwd, search_path)
 
 
@@ -148,9 +172,14 @@ def choose_config_path(explicit: str | None, console_script: bool) -> str:
     return "config.ini"
 
 
-def config_flag(path: str) -> str:
+def is_console_script(program: str) -> bool:
+    """Whether `program` (as program_name() gives it) is the installed command, not the script."""
+    return not program.endswith((".py", ".pyz"))
+
+
+def config_flag(path: str, program: str) -> str:
     """` --config PATH` when the path is not the one found without it, else ''."""
-    found = choose_config_path(None, not PROGRAM.endswith(".py"))
+    found = choose_config_path(None, is_console_script(program))
     return "" if os.path.abspath(path) == os.path.abspath(found) else f" --config {path}"
 
 
@@ -159,18 +188,21 @@ def generate_key() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
 
 
-def decode_key(text: str, where: str = "config.ini") -> bytes:
-    """Decode fernet_key strictly: canonical urlsafe base64 of exactly 32 secret bytes."""
+def decode_key(text: str, where: str = "config.ini", *, program: str) -> bytes:
+    """Decode fernet_key strictly: canonical urlsafe base64 of exactly 32 secret bytes.
+
+    `program` is the command as the person ran it, for the hints.
+    """
     text = text.strip()
     if not text:
         raise ConfigError(
             f"{where}: fernet_key is empty: create one with "
-            f"`{PROGRAM} --init{config_flag(where)}` (or paste the key your peer gave you)"
+            f"`{program} --init{config_flag(where, program)}` (or paste the key your peer gave you)"
         )
     if not _KEY_PATTERN.fullmatch(text):
         raise ConfigError(
             f"{where}: fernet_key is not a valid key (it must be 44 characters of "
-            f"urlsafe base64 ending in '='): make one with `{PROGRAM} --genkey`"
+            f"urlsafe base64 ending in '='): make one with `{program} --genkey`"
         )
     raw = base64.urlsafe_b64decode(text)
     if base64.urlsafe_b64encode(raw).decode("ascii") != text:
@@ -181,12 +213,12 @@ def decode_key(text: str, where: str = "config.ini") -> bytes:
     if text in PUBLIC_KEYS:
         raise ConfigError(
             f"{where}: fernet_key is a published example key that anyone can read: "
-            f"make your own with `{PROGRAM} --genkey`"
+            f"make your own with `{program} --genkey`"
         )
     if raw == raw[:1] * len(raw):
         raise ConfigError(
             f"{where}: fernet_key is 32 identical bytes, which anyone could guess: "
-            f"make a random one with `{PROGRAM} --genkey`"
+            f"make a random one with `{program} --genkey`"
         )
     return raw
 
@@ -232,9 +264,9 @@ def parse_switch(text: str, where: str) -> bool:
     return value
 
 
-def read_config(path: str) -> Config:
+def read_config(path: str, program: str) -> Config:
     """config.ini as a Config; an empty key or username is left for the caller to fill."""
-    fields = read_fields(path)
+    fields = read_fields(path, program)
     for name in REQUIRED_FIELDS:
         if name not in fields:
             raise ConfigError(
@@ -249,7 +281,7 @@ def read_config(path: str) -> Config:
         path=path,
         ip=ip,
         port=parse_port(fields["port"], f"{path}: port"),
-        key=decode_key(key_text, path) if key_text else None,
+        key=decode_key(key_text, path, program=program) if key_text else None,
         username=check_username(fields["username"], path) if fields["username"].strip() else "",
         timestamps=parse_switch(fields.get("timestamps", ""), f"{path}: timestamps"),
         bell=parse_switch(fields.get("bell", ""), f"{path}: bell"),
@@ -257,7 +289,7 @@ def read_config(path: str) -> Config:
     )
 
 
-def read_fields(path: str) -> dict[str, str]:
+def read_fields(path: str, program: str) -> dict[str, str]:
     """The raw [parameters] fields of an INI file (strings, possibly empty)."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
@@ -265,7 +297,7 @@ def read_fields(path: str) -> dict[str, str]:
             parser.read_file(file)
     except FileNotFoundError:
         raise ConfigMissing(
-            f"{path} not found: create it with `{PROGRAM} --init{config_flag(path)}` "
+            f"{path} not found: create it with `{program} --init{config_flag(path, program)}` "
             "(or copy the example config.ini and set fernet_key)"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -385,6 +417,7 @@ NO_KEY_GIVEN = (
 class Options:
     """The command line; these defaults are what no flags mean."""
 
+    program: str  # the command as it was run, for every hint (program_name())
     config: str | None = None  # None: ./config.ini, else the per-user one
     listen: bool = False
     connect: tuple[str, int | None] | None = None

@@ -1,3 +1,24 @@
+"""Files on disk: the reader thread of a file being sent (FileSource), the writer
+thread of one being received (FileSink), and the .part files a resume starts from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import queue
+import stat
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import ChatError, describe_os_error
+from .filenames import META_SUFFIX, PART_SUFFIX, PartialInfo, numbered
+from .messages import CHUNK_SIZE
+
 # --- Files: disk workers and the transfer desk ------------------------------------
 #
 # The network thread keeps every transfer's state (the FileDesk) and never waits for a

@@ -1,3 +1,7 @@
+"""The exceptions a person can act on: each message is one line saying what is
+wrong and how to fix it. Only main() catches ChatError.
+"""
+
 # --- Errors ----------------------------------------------------------------
 
 

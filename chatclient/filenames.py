@@ -1,3 +1,12 @@
+"""Received file names made safe, numbered copies, and the .part.meta record (pure)."""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+
 # --- Files: names, sizes and partial downloads (pure) ---------------------------------
 
 # A saved name is cut to this many bytes, leaving room under the usual 255-byte limit

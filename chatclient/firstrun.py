@@ -1,3 +1,58 @@
+"""The first-run questions that fill in a Config, --init, --forget, and the other
+questions asked before a chat starts (listen or connect, the peer, the invite code).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from .config import (
+    KEY_FROM_INPUT,
+    NO_KEY_GIVEN,
+    Config,
+    Options,
+    check_username,
+    choose_config_path,
+    complete,
+    decode_key,
+    field_line,
+    generate_key,
+    is_console_script,
+    login_name,
+    parse_port,
+    permission_warning,
+    read_config,
+    read_secret,
+    write_config,
+)
+from .errors import ChatError, ConfigError, ConfigMissing, NetworkError
+from .handshake import derive_psk, key_id
+from .identity import (
+    IDENTITY_FILE,
+    KNOWN_PEERS_FILE,
+    MAX_INVITE_FAILURES,
+    Invite,
+    KnownPeers,
+    beside,
+    fingerprint,
+    load_identity,
+    parse_invite_code,
+    read_known_peers,
+    update_known_peers,
+)
+from .sockets import format_host, is_wildcard, lan_address, listen_socket
+from .terminal import Terminal
+from .text import sanitize
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+
 # --- First run: questions that fill in a Config ------------------------------------
 
 
@@ -63,7 +118,7 @@ def free_port_near(ip: str, port: int) -> int:
     return port
 
 
-def key_from_input(term: Terminal) -> bytes:
+def key_from_input(term: Terminal, program: str) -> bytes:
     """`--key -`: the key from a hidden prompt, or one line of standard input."""
     try:
         pasted = read_secret(
@@ -72,15 +127,15 @@ def key_from_input(term: Terminal) -> bytes:
     except EOFError:
         raise ConfigError(
             "--key -: no key on standard input: pipe it in "
-            f"(e.g. `pass show chat-key | {PROGRAM} --init --key -`), "
+            f"(e.g. `pass show chat-key | {program} --init --key -`), "
             "or run this on a terminal and paste it when asked"
         ) from None
     if not pasted.strip():
         raise ConfigError(f"--key -: {NO_KEY_GIVEN}")
-    return decode_key(pasted, "--key -")
+    return decode_key(pasted, "--key -", program=program)
 
 
-def save_new_config(config: Config, term: Terminal, make_key: bool) -> Config:
+def save_new_config(config: Config, term: Terminal, make_key: bool, program: str) -> Config:
     """Write the config (with a new key if asked); say where, and what to hand over."""
     generated = make_key and config.key is None
     if generated:
@@ -92,19 +147,19 @@ def save_new_config(config: Config, term: Terminal, make_key: bool) -> Config:
             "Your new key is below. Give it to your peer privately (in person, or through a\n"
             "password manager), never by plain e-mail or in a chat: anyone who has it can\n"
             f"join and read your chats.\n    {config.fernet_key}\nYour peer saves it with:\n"
-            f"    {PROGRAM} --init --key - --username THEIR_NAME\n"
+            f"    {program} --init --key - --username THEIR_NAME\n"
             "(it asks for the key, which stays off the screen and out of the shell history)\n"
             "and connects with:\n"
-            f"    {PROGRAM} --connect {shown_address(config)}"
+            f"    {program} --connect {shown_address(config)}"
         )
     return config
 
 
 def obtain_config(args: Options, term: Terminal) -> tuple[Config, bool]:
     """The config for this chat: read, flags laid over it, or on a terminal created."""
-    path = choose_config_path(args.config, not PROGRAM.endswith(".py"))
+    path = choose_config_path(args.config, is_console_script(args.program))
     try:
-        config = read_config(path)
+        config = read_config(path, args.program)
     except ConfigMissing:
         if not term.interactive:
             raise
@@ -119,7 +174,8 @@ def obtain_config(args: Options, term: Terminal) -> tuple[Config, bool]:
             term.error(warning)
     config = apply_flags(config, args)
     if fresh and term.interactive:
-        return save_new_config(first_run(config, args, term), term, make_key=False), True
+        config = first_run(config, args, term)
+        return save_new_config(config, term, make_key=False, program=args.program), True
     return complete(config), False
 
 
@@ -141,10 +197,10 @@ def apply_flags(config: Config, args: Options) -> Config:
 
 def init_config(args: Options, term: Terminal) -> None:
     """--init: create the config without questions, never overwriting a key."""
-    path = choose_config_path(args.config, not PROGRAM.endswith(".py"))
+    path = choose_config_path(args.config, is_console_script(args.program))
     config = Config(path=path)
     if os.path.exists(path):
-        config = read_config(path)
+        config = read_config(path, args.program)
         if config.key is not None:
             where = f" (line {line})" if (line := field_line(path, "fernet_key")) else ""
             raise ConfigError(
@@ -153,11 +209,11 @@ def init_config(args: Options, term: Terminal) -> None:
             )
     config = apply_flags(config, args)
     if args.key == KEY_FROM_INPUT:
-        config = replace(config, key=key_from_input(term))
+        config = replace(config, key=key_from_input(term, args.program))
     elif args.key is not None:
-        config = replace(config, key=decode_key(args.key, "--key"))
+        config = replace(config, key=decode_key(args.key, "--key", program=args.program))
     config = replace(config, username=config.username or login_name())
-    config = save_new_config(config, term, make_key=True)
+    config = save_new_config(config, term, make_key=True, program=args.program)
     assert config.key is not None
     term.show(
         f"Key ID: {key_id(derive_psk(config.key))} (your peer must see the same ID, "
@@ -202,7 +258,9 @@ def forget_peer(args: Options, term: Terminal) -> None:
     """--forget NAME: drop a peer's pinned identity from known_peers."""
     assert args.forget is not None
     name = args.forget.strip()
-    path = beside(choose_config_path(args.config, not PROGRAM.endswith(".py")), KNOWN_PEERS_FILE)
+    path = beside(
+        choose_config_path(args.config, is_console_script(args.program)), KNOWN_PEERS_FILE
+    )
     entry = read_known_peers(path).named(name)
     update_known_peers(path, lambda peers: peers.forget(name))
     assert entry is not None  # forget() found it
@@ -238,12 +296,12 @@ def ask_code(term: Terminal, psk: bytes | None, known: KnownPeers) -> str | None
             term.error(f"try again: {exc}")
 
 
-def show_invite(invite: Invite, config: Config, term: Terminal) -> None:
+def show_invite(invite: Invite, config: Config, term: Terminal, program: str) -> None:
     """The invite code, and the command the peer runs with it."""
     term.show(f"Invite code: {invite.code}")
     term.show(
         f"Tell it to your peer (it works once, and is void after {MAX_INVITE_FAILURES} wrong "
-        f"tries), who runs:\n    {PROGRAM} --connect {shown_address(config)} --code {invite.code}"
+        f"tries), who runs:\n    {program} --connect {shown_address(config)} --code {invite.code}"
     )
 
 

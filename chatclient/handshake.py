@@ -1,3 +1,22 @@
+"""The handshake (pure): M1, M2 and M3, the keys they derive, SPAKE2 for invite
+codes, and the signatures that bind identities to the transcript.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from typing import TYPE_CHECKING
+
+from .errors import HandshakeError, KeyMismatch, ProtocolError
+from .identity import MAX_INVITE_FAILURES, Invite
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+
 # --- Keys and handshake (pure) ---------------------------------------------
 #
 # M1  connector -> listener : MAGIC, VERSION, MODE, SHA-256(connector public key) [, SPAKE2 A]

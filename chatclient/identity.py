@@ -1,3 +1,29 @@
+"""Identities (pure rules, small files): identity.key, known_peers, safety numbers
+and invite codes.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError, describe_os_error
+from .text import name_problem
+from .wordlist import EVEN_WORDS, ODD_WORDS
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+
 # An invite code is void after this many wrong tries.
 MAX_INVITE_FAILURES = 3
 

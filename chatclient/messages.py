@@ -1,3 +1,20 @@
+"""Frames, the field codec and every message type (pure). Each message class
+registers itself under its wire tag in MESSAGES, all of them here, so decoding
+never depends on which modules were imported.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import ClassVar, NamedTuple
+
+from .errors import ChatError, MessageTooLong, ProtocolError
+from .handshake import ROOM_ID_SIZE, check_size
+from .text import MAX_NAME_BYTES, name_problem, sanitize
+
 # --- Frames, fields and messages (pure) --------------------------------------
 
 FRAME_HEADER = struct.Struct("!I")

@@ -1,3 +1,63 @@
+"""The one network thread: a selectors loop that accepts, runs each PeerProtocol,
+writes each link's bounded outgoing buffer and runs the timers. Other threads
+hand it work through post() and a wake-up socket; only it touches a socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
+
+from .config import KEEPALIVE_SECONDS
+from .disk import FILE_CHUNKS_PER_TURN, FILE_READ_SIZE, NOT_SENT_LOW_WATER
+from .errors import ChatError, ConnectionLost, HandshakeError, KeyMismatch, describe_os_error
+from .handshake import ROOM_ID_SIZE, Mode, Reject, Role
+from .identity import MAX_INVITE_FAILURES, Invite
+from .messages import (
+    FILE_MESSAGES,
+    Joined,
+    Left,
+    Members,
+    Message,
+    Person,
+    Refuse,
+    Said,
+    Say,
+    Terminate,
+)
+from .peer import (
+    HANDSHAKE_SECONDS,
+    HANDSHAKE_STAGES,
+    ChunkReceived,
+    Closed,
+    Established,
+    Event,
+    Failed,
+    IdentityRefused,
+    Judge,
+    KeyProven,
+    MessageReceived,
+    PeerProtocol,
+    Stage,
+    accept_anyone,
+)
+from .room import MEMBER_SENDS, AbandonLog, Pending, RefusalLog, Room, handshake_to_evict
+from .sockets import LISTEN_BACKLOG, Link, format_address, unmap
+from .text import sanitize
+from .transfers import FileDesk, FileUser
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+
 GOODBYE_DRAIN_SECONDS = 2.0
 # What may wait unsent for one peer; a peer that lets more pile up is not reading.
 MAX_OUTGOING = 4 * 1024 * 1024
@@ -21,7 +81,7 @@ class NetworkUser(Protocol):
         """The network thread itself failed (a bug): nothing more will be reported."""
 
     def invite_void(self, line: str) -> None:
-        """The invite was guessed wrong too often: the listener stops."""
+        """The invite was guessed wrong too often (`line` says so): the listener stops."""
 
 
 class Network:
@@ -523,8 +583,7 @@ class Network:
             self._invite_reported = True
             self._user.invite_void(
                 f"the invite code {invite.code} is void: it was tried {MAX_INVITE_FAILURES} "
-                f"times with a wrong code, and nobody got in. Run {PROGRAM} --invite for a "
-                "new code"
+                f"times with a wrong code, and nobody got in"
             )
 
     def _report(self, link: Link, what: str, reason: str, now: float) -> None:

@@ -1,3 +1,55 @@
+"""One connection's state machine (pure), shaped like h11's Connection: bytes in,
+events out, bytes to send, and the clock passed in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from .config import DEAD_AFTER_INTERVALS, KEEPALIVE_SECONDS
+from .errors import ChatError, ConnectionLost, HandshakeError, KeyMismatch, ProtocolError
+from .handshake import (
+    MAX_HELLO_SIZE,
+    ROOM_ID_SIZE,
+    UNAUTHENTICATED_TEXT,
+    WRONG_CODE_TEXT,
+    ConnectorHandshake,
+    ListenerHandshake,
+    Mode,
+    Reject,
+    Rejected,
+    Role,
+    SessionKeys,
+    parse_reject,
+    reject_frame,
+    verify_signature,
+    welcome_signed_data,
+)
+from .identity import Invite
+from .messages import (
+    CHUNK_MARK,
+    MAX_FRAME,
+    FrameDecoder,
+    Keepalive,
+    Message,
+    Ready,
+    Refusal,
+    Refuse,
+    Welcome,
+    encode_frame,
+)
+from .session import Session
+from .text import sanitize
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+
 HANDSHAKE_SECONDS = 10.0
 
 

@@ -1,3 +1,33 @@
+"""The host's rules (pure): admission of handshakes, the room's members, and the
+signing and checking of members' words (Voice and Hearing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, NamedTuple
+
+from .errors import HandshakeError
+from .handshake import WORDS_LABEL, verify_signature
+from .messages import (
+    Action,
+    Chat,
+    Form,
+    Keepalive,
+    Person,
+    Said,
+    Say,
+    Terminate,
+    bytes_field,
+    int_field,
+)
+from .text import sanitize
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+
 MAX_PENDING_HANDSHAKES = 16
 MAX_HANDSHAKES_PER_ADDRESS = 2
 REFUSAL_SUMMARY_SECONDS = 10.0

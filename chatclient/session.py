@@ -1,3 +1,30 @@
+"""An established session (pure): the phase rules, the sequence numbers and the
+keys that seal and open every message and file chunk.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+from .errors import ProtocolError
+from .handshake import SessionKeys
+from .messages import (
+    CHUNK_HEADER,
+    CHUNK_MARK,
+    CHUNK_SIZE,
+    CHUNK_TAG_SIZE,
+    FRAME_HEADER,
+    MESSAGES,
+    Message,
+    Phase,
+    chunk_associated_data,
+    chunk_nonce,
+    decode_payload,
+    encode_frame,
+    encode_payload,
+)
+
 # --- Session rules (pure) ----------------------------------------------------
 
 

@@ -1,3 +1,18 @@
+"""Sockets: listening, connecting (directly or through SOCKS5), addresses, and the
+Link that pairs one socket with its PeerProtocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import socket
+from dataclasses import dataclass, field
+
+from .errors import NetworkError, describe_os_error
+from .peer import HANDSHAKE_SECONDS, PeerProtocol
+
 LISTEN_BACKLOG = 128
 
 

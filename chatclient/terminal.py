@@ -1,3 +1,23 @@
+"""All reading and printing: the Terminal keeps a half-typed line intact while
+lines arrive, and the status row above the prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from types import FrameType
+from typing import TextIO
+
+from .text import fit_row, screen_rows, wrap_for_terminal
+
 # Lines waiting for a screen that does not take them; more are counted, not kept.
 MAX_WAITING_LINES = 100_000
 # Queued like a line, to ring the terminal bell after the lines before it.

@@ -1,3 +1,9 @@
+"""Text a peer sends, made safe to print; the rules for names; wrapping to the
+terminal's width; sizes and durations for people.
+"""
+
+import unicodedata
+
 MAX_NAME_BYTES = 64
 
 

@@ -1,3 +1,56 @@
+"""The transfer desk (FileDesk): every offer, credit, chunk and check of this side,
+run on the network thread, which it reaches through the Carrier protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import partial
+from typing import Protocol
+
+from .disk import (
+    CREDIT_STEP,
+    FILE_WINDOW,
+    FILES_WORK_HERE,
+    MAX_KEPT_TRANSFERS,
+    MAX_OPEN_OFFERS,
+    NO_FILES_HERE,
+    PROGRESS_SECONDS,
+    FileSink,
+    FileSource,
+    PreparedFile,
+    create_part,
+    find_partial,
+    free_space,
+    place_file,
+    remove_quietly,
+)
+from .errors import ChatError, describe_os_error
+from .filenames import META_SUFFIX, PartialInfo, safe_file_name
+from .handshake import Role
+from .messages import (
+    CHUNK_SIZE,
+    MAX_REASON,
+    FileAbout,
+    FileAccept,
+    FileCancel,
+    FileCredit,
+    FileDone,
+    FileOffer,
+    FileReceived,
+    FileReject,
+    Message,
+)
+from .peer import ChunkReceived
+from .sockets import Link
+from .text import format_duration, format_size, progress_text, sanitize
+
+
 class Moving(Enum):
     """Where a transfer stands."""
 
@@ -64,6 +117,29 @@ class FileUser(Protocol):
         """The identity key of someone in the chat."""
 
 
+class Carrier(Protocol):
+    """What the desk needs of the network thread that carries its messages and chunks."""
+
+    @property
+    def username(self) -> str:
+        """This side's name."""
+
+    def post(self, command: Callable[[float], None], *, urgent: bool = False) -> None:
+        """Run `command(now)` on the network thread, in order; `urgent` ones first."""
+
+    def deliver(self, link: Link, message: Message, now: float) -> None:
+        """On the network thread: queue `message` for one connection in the chat."""
+
+    def nudge(self, link: Link) -> None:
+        """From any thread: let `link` write again (a file chunk became ready)."""
+
+    def low_water(self, link: Link) -> None:
+        """Keep little of a file unsent in the kernel, so chat never waits behind much."""
+
+    def route_to(self, name: str, is_host: bool) -> tuple[Link, str] | None:
+        """On the network thread: the connection to reach `name` by, and the WHO to write."""
+
+
 class FileDesk:
     """Every transfer of this side, on the network thread: offers, credit, chunks.
 
@@ -73,7 +149,7 @@ class FileDesk:
 
     def __init__(
         self,
-        net: Network,
+        net: Carrier,
         user: FileUser | None,
         downloads: str,
         plain_progress: bool,

@@ -1,3 +1,5 @@
+"""The PGP word list that invite codes are made of."""
+
 # The PGP word list (public domain): even words for the first word, odd for the
 # second, so a swapped or dropped word is noticed before it costs a try.
 EVEN_WORDS = tuple(

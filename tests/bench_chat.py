@@ -83,32 +83,22 @@ SCRIPT = ROOT / "chatclient.py"
 # This repository's chatclient.py, never a copy installed in site-packages.
 sys.path.insert(0, str(ROOT))
 
-from chatclient import (  # noqa: E402
-    ROOM_ID_SIZE,
+from chatclient.config import decode_key  # noqa: E402
+from chatclient.handshake import ROOM_ID_SIZE, Role, derive_psk  # noqa: E402
+from chatclient.messages import (  # noqa: E402
     Chat,
-    Closed,
-    Established,
-    Event,
-    Failed,
     Form,
     FrameDecoder,
-    Link,
     Message,
-    MessageReceived,
-    Network,
-    PeerProtocol,
-    Role,
     Said,
-    Stage,
-    Voice,
-    connect_socket,
-    decode_key,
     decode_payload,
-    derive_psk,
     encode_frame,
     encode_payload,
-    listen_socket,
 )
+from chatclient.network import Network  # noqa: E402
+from chatclient.peer import Closed, Established, Event, Failed, MessageReceived, PeerProtocol, Stage  # noqa: E402
+from chatclient.room import Voice  # noqa: E402
+from chatclient.sockets import Link, connect_socket, listen_socket  # noqa: E402
 
 KEY = "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1-f4CBgoM="
 HOST = "127.0.0.1"
@@ -168,7 +158,7 @@ class BenchError(Exception):
 
 def shared_psk() -> bytes:
     """The PSK both peers derive from the fixed benchmark key."""
-    return derive_psk(decode_key(KEY))
+    return derive_psk(decode_key(KEY, program="chatclient"))
 
 
 def open_listener(out: WorkerQueue) -> socket.socket:

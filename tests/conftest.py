@@ -99,10 +99,16 @@ def run(
 class ChatProcess:
     """`python chatclient.py` on pipes; stdout and stderr read by threads into queues."""
 
-    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, str(SCRIPT), *args],
+            [*(command or [sys.executable, str(SCRIPT)]), *args],
             cwd=cwd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -185,13 +191,17 @@ class ChatProcess:
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[object]:
-    """spawn(*args, cwd=tmp_path) -> ChatProcess; every process is killed at the end."""
+    """spawn(*args, cwd=tmp_path, command=None) -> ChatProcess (`python chatclient.py`
+    unless `command`); every process is killed at the end."""
     procs: list[ChatProcess] = []
 
     def start(
-        *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+        *args: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> ChatProcess:
-        proc = ChatProcess(*args, cwd=cwd or tmp_path, env=env)
+        proc = ChatProcess(*args, cwd=cwd or tmp_path, env=env, command=command)
         procs.append(proc)
         return proc
 

@@ -14,26 +14,18 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from chatclient import (
+from chatclient.config import decode_key
+from chatclient.handshake import (
     MAX_HELLO_SIZE,
-    MESSAGES,
     ConnectorHandshake,
-    Event,
-    Failed,
-    FrameDecoder,
-    KeyProven,
     ListenerHandshake,
-    Message,
-    PeerProtocol,
     Role,
-    Session,
     SessionKeys,
-    Stage,
-    Welcome,
-    decode_key,
     derive_psk,
-    encode_frame,
 )
+from chatclient.messages import MESSAGES, FrameDecoder, Message, Welcome, encode_frame
+from chatclient.peer import Event, Failed, KeyProven, PeerProtocol, Stage
+from chatclient.session import Session
 
 # The wire tags as an enum, derived from the registry (tests name and list them).
 MessageType = IntEnum(  # type: ignore[misc]
@@ -42,8 +34,8 @@ MessageType = IntEnum(  # type: ignore[misc]
 
 KEY = "9RB_8x-fOAeLY6_W-0ykarW4-4i-GomhsITSbtRJuXs="
 OTHER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
-PSK = derive_psk(decode_key(KEY))
-OTHER_PSK = derive_psk(decode_key(OTHER_KEY))
+PSK = derive_psk(decode_key(KEY, program="chatclient"))
+OTHER_PSK = derive_psk(decode_key(OTHER_KEY, program="chatclient"))
 
 
 def one_frame(data: bytes, limit: int = MAX_HELLO_SIZE) -> bytes:

@@ -39,7 +39,7 @@ from conftest import (
 from cryptography.fernet import Fernet
 from pexpect.popen_spawn import PopenSpawn
 
-import chatclient
+from chatclient import __version__
 
 Spawn = Callable[..., ChatProcess]
 
@@ -604,7 +604,7 @@ def test_genkey_prints_a_valid_key(tmp_path: Path) -> None:
 def test_version(tmp_path: Path, flag: str) -> None:
     result = run(flag, cwd=tmp_path)
     assert result.returncode == 0
-    assert result.stdout.startswith(f"chatclient {chatclient.__version__}")
+    assert result.stdout.startswith(f"chatclient {__version__}")
 
 
 def test_help_mentions_every_flag(tmp_path: Path) -> None:

@@ -16,17 +16,10 @@ from conftest import KEY, TIMEOUT, ChatProcess, free_port, run, write_config
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pair import PSK
 
-from chatclient import (
-    MAX_INVITE_FAILURES,
-    Chat,
-    Established,
-    Event,
-    Failed,
-    KeyProven,
-    MessageReceived,
-    PeerProtocol,
-    Role,
-)
+from chatclient.handshake import Role
+from chatclient.identity import MAX_INVITE_FAILURES
+from chatclient.messages import Chat
+from chatclient.peer import Established, Event, Failed, KeyProven, MessageReceived, PeerProtocol
 
 Spawn = Callable[..., ChatProcess]
 SAFETY = r"^    \d{5}( \d{5}){11}$"

@@ -26,12 +26,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pair import PSK, drive, handshake_keys
 
-import chatclient
-from chatclient import (
+from chatclient.config import Config
+from chatclient.disk import FILE_WINDOW, place_file
+from chatclient.errors import ProtocolError
+from chatclient.filenames import MAX_SAVED_NAME, PartialInfo, numbered, safe_file_name
+from chatclient.firstrun import downloads_folder
+from chatclient.handshake import Role
+from chatclient.messages import (
     CHUNK_SIZE,
-    Closed,
-    Established,
-    Failed,
+    FRAME_HEADER,
+    MESSAGES,
+    Chat,
     FieldReader,
     FileAccept,
     FileCancel,
@@ -41,20 +46,21 @@ from chatclient import (
     FileReceived,
     FileReject,
     Message,
-    MessageReceived,
-    PartialInfo,
-    PeerProtocol,
-    ProtocolError,
-    Role,
-    Session,
+    Phase,
     chunk_nonce,
     decode_payload,
     encode_payload,
-    format_size,
-    numbered,
-    place_file,
-    safe_file_name,
 )
+from chatclient.peer import (
+    ChunkReceived,
+    Closed,
+    Established,
+    Failed,
+    MessageReceived,
+    PeerProtocol,
+)
+from chatclient.session import Session
+from chatclient.text import format_size
 
 Spawn = Callable[..., ChatProcess]
 
@@ -92,7 +98,7 @@ def test_a_safe_name_is_never_a_path_a_dot_file_or_too_long(offered: str) -> Non
     name = safe_file_name(offered)
     if name is not None:
         assert "/" not in name and "\\" not in name and not name.startswith(".")
-        assert name.isprintable() and 0 < len(name.encode()) <= chatclient.MAX_SAVED_NAME
+        assert name.isprintable() and 0 < len(name.encode()) <= MAX_SAVED_NAME
 
 
 def test_a_long_name_is_cut_keeping_its_extension() -> None:
@@ -139,12 +145,12 @@ def sessions() -> tuple[Session, Session]:
     connector_keys, listener_keys = handshake_keys()
     connector, listener = Session(connector_keys), Session(listener_keys)
     for session in (connector, listener):  # both past the WELCOMEs, as in a chat
-        session._send_phase = session._recv_phase = chatclient.Phase.OPEN
+        session._send_phase = session._recv_phase = Phase.OPEN
     return connector, listener
 
 
 def body(frame: bytes) -> bytes:
-    return frame[chatclient.FRAME_HEADER.size :]
+    return frame[FRAME_HEADER.size :]
 
 
 def test_chunks_open_in_order_with_their_id_and_offset() -> None:
@@ -229,7 +235,7 @@ def test_file_messages_round_trip(message: Message) -> None:
 
 @given(st.sampled_from([13, 14, 15, 16, 17, 18, 19]), st.binary(max_size=80))
 def test_file_message_bodies_fail_only_with_protocol_errors(tag: int, data: bytes) -> None:
-    kind = chatclient.MESSAGES[tag]
+    kind = MESSAGES[tag]
     with contextlib.suppress(ProtocolError):
         kind.decode_body(FieldReader(data, kind.__name__))
 
@@ -366,15 +372,15 @@ def test_a_missing_downloads_folder_is_an_error_at_start(tmp_path: Path) -> None
 
 def test_files_go_to_the_config_folder_or_to_downloads_in_home(tmp_path: Path) -> None:
     (tmp_path / "Downloads").mkdir()
-    config = chatclient.Config(path="config.ini")
+    config = Config(path="config.ini")
     old = os.environ.get("HOME")
     os.environ["HOME"] = str(tmp_path)
     try:
-        assert chatclient.downloads_folder(config, None) == str(tmp_path / "Downloads")
+        assert downloads_folder(config, None) == str(tmp_path / "Downloads")
         (tmp_path / "Downloads").rmdir()
-        assert chatclient.downloads_folder(config, None) == os.getcwd()
-        there = chatclient.Config(path="config.ini", downloads=str(tmp_path))
-        assert chatclient.downloads_folder(there, None) == str(tmp_path)
+        assert downloads_folder(config, None) == os.getcwd()
+        there = Config(path="config.ini", downloads=str(tmp_path))
+        assert downloads_folder(there, None) == str(tmp_path)
     finally:
         if old is not None:
             os.environ["HOME"] = old
@@ -490,7 +496,7 @@ def test_data_nobody_accepted_or_asked_for_is_never_written(spawn: Spawn, tmp_pa
     desk.expect(r"^mallory sent data for cancelled\.bin after it ended: ignored$")
     assert os.listdir(downloads) == []
     desk.send("still talking")
-    assert mallory.expect(chatclient.Chat) == chatclient.Chat("still talking")
+    assert mallory.expect(Chat) == Chat("still talking")
 
 
 @pytest.mark.parametrize(
@@ -509,7 +515,7 @@ def test_a_sender_that_sends_more_less_or_other_bytes_saves_nothing(
     mallory.offer(1, b"x" * 10, "over.bin")
     desk.expect(r"^mallory offers ")
     desk.send("/accept")
-    assert mallory.expect(FileAccept) == FileAccept(1, 0, chatclient.FILE_WINDOW)
+    assert mallory.expect(FileAccept) == FileAccept(1, 0, FILE_WINDOW)
     mallory.chunk(1, 0, sent)
     if done:
         mallory.send(FileDone(1))
@@ -556,14 +562,14 @@ def test_a_transfer_cut_at_60_percent_resumes_from_there(spawn: Spawn, tmp_path:
     eve.offer(1, data, "holiday.jpg")
     desk.expect(r"^eve offers ")
     desk.send("/accept")
-    assert eve.expect(FileAccept) == FileAccept(1, 0, chatclient.FILE_WINDOW)
+    assert eve.expect(FileAccept) == FileAccept(1, 0, FILE_WINDOW)
     eve.send(FileCancel(1, True, ""))
     desk.expect(r"^eve cancelled holiday\.jpg\.$")
     mallory = Mallory(port, identity)
     mallory.offer(1, data, "holiday.jpg")
     desk.expect(r"^mallory offers ")
     desk.send("/accept 2")
-    assert mallory.expect(FileAccept) == FileAccept(1, cut, chatclient.FILE_WINDOW)
+    assert mallory.expect(FileAccept) == FileAccept(1, cut, FILE_WINDOW)
     desk.expect(r"^resuming holiday\.jpg at 60%$")
     mallory.send_all(1, data, start=cut)
     mallory.send(FileDone(1))
@@ -599,7 +605,7 @@ def chunks(mallory: Mallory, count: int) -> list[bytes]:
     mallory.sock.settimeout(TIMEOUT)
     while len(got) < count:
         for event in mallory.peer.events():
-            if isinstance(event, chatclient.ChunkReceived):
+            if isinstance(event, ChunkReceived):
                 got.append(event.data)
             elif isinstance(event, MessageReceived):
                 mallory.held.append(event.message)
@@ -791,7 +797,7 @@ def test_progress_is_one_row_above_the_prompt_and_never_touches_the_typed_line(
         screen.type("half typed")
         mallory.send(FileAccept(offer.id, 0, CHUNK_SIZE))  # one chunk of four, then nothing
         chunks(mallory, 1)
-        mallory.send(chatclient.Chat("a message meanwhile"))
+        mallory.send(Chat("a message meanwhile"))
         rows = screen.wait_for(lambda rows: "desktop> half typed" in rows)
         rows = screen.wait_for(lambda rows: "mallory says: a message meanwhile" in rows)
         last = [row for row in rows if row]
@@ -808,7 +814,7 @@ def test_progress_is_one_row_above_the_prompt_and_never_touches_the_typed_line(
         rows = screen.wait_for(lambda rows: [r for r in rows if r][-1] == "desktop> half typed")
         assert not any("%" in row for row in rows)  # the status row is gone
         screen.type(" and sent", "Enter")
-        assert mallory.expect(chatclient.Chat) == chatclient.Chat("half typed and sent")
+        assert mallory.expect(Chat) == Chat("half typed and sent")
     finally:
         screen.close()
 
@@ -830,7 +836,7 @@ def test_a_long_name_in_a_refusal_never_stops_the_chat(spawn: Spawn, tmp_path: P
     cancel = mallory.expect(FileCancel)
     assert isinstance(cancel, FileCancel) and len(cancel.reason.encode()) <= 256
     desk.send("still here")
-    assert mallory.expect(chatclient.Chat) == chatclient.Chat("still here")
+    assert mallory.expect(Chat) == Chat("still here")
     assert os.listdir(downloads) == []
 
 
@@ -863,7 +869,7 @@ def test_a_host_holds_at_most_its_window_of_a_file_it_relays(spawn: Spawn, tmp_p
     offer = bob.expect(FileOffer)
     assert isinstance(offer, FileOffer) and offer.who == "alice"
     bob.send(FileAccept(offer.id, 0, 2**62))
-    assert alice.expect(FileAccept) == FileAccept(1, 0, chatclient.FILE_WINDOW)
+    assert alice.expect(FileAccept) == FileAccept(1, 0, FILE_WINDOW)
     alice.chunk(1, 0, b"z" * CHUNK_SIZE)
     assert chunks(bob, 1) == [b"z" * CHUNK_SIZE]
     assert alice.expect(FileCredit) == FileCredit(1, CHUNK_SIZE)  # granted as passed on

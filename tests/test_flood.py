@@ -21,7 +21,9 @@ from conftest import KEY, TIMEOUT, ChatProcess, free_port, write_config
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pair import PSK, drive
 
-import chatclient
+from chatclient.handshake import Role
+from chatclient.messages import Terminate
+from chatclient.peer import Established, Event, PeerProtocol, Stage
 
 Spawn = Callable[..., ChatProcess]
 FLOODER = "127.0.0.2"
@@ -90,20 +92,18 @@ class Flood:
 LAPTOP = Ed25519PrivateKey.generate()
 
 
-def connect_slowly(port: int, pause: threading.Event) -> list[chatclient.Event]:
+def connect_slowly(port: int, pause: threading.Event) -> list[Event]:
     """A real connector from 127.0.0.1 that waits 150 ms between M2 and M3."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         sock.settimeout(TIMEOUT)
-        peer = chatclient.PeerProtocol(
-            chatclient.Role.CONNECTOR, PSK, "laptop", time.monotonic(), identity=LAPTOP
-        )
+        peer = PeerProtocol(Role.CONNECTOR, PSK, "laptop", time.monotonic(), identity=LAPTOP)
         sock.sendall(peer.data_to_send())  # M1
-        while peer.stage is chatclient.Stage.HELLO:
+        while peer.stage is Stage.HELLO:
             peer.receive_data(sock.recv(65536), time.monotonic())
         pause.wait(0.15)  # a slow M3, as from a busy laptop on Wi-Fi
-        events = drive(sock, peer, chatclient.Established)
-        if isinstance(events[-1], chatclient.Established):
-            sock.sendall(peer.send(chatclient.Terminate("thanks"), time.monotonic()))
+        events = drive(sock, peer, Established)
+        if isinstance(events[-1], Established):
+            sock.sendall(peer.send(Terminate("thanks"), time.monotonic()))
         return events
 
 
@@ -117,7 +117,7 @@ def test_a_flood_from_one_host_never_locks_out_a_slow_real_peer(
             while flood.count < 200:  # the flood is well under way
                 assert not flood.stop.wait(0.01)
             events = connect_slowly(port, never)
-        assert isinstance(events[-1], chatclient.Established), (attempt, events, listener.err)
+        assert isinstance(events[-1], Established), (attempt, events, listener.err)
         listener.expect(r"^laptop joined the chat\.$")
         listener.expect(r"^laptop left the chat: thanks$")
         assert listener.wait() == 0

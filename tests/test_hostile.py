@@ -31,12 +31,27 @@ from conftest import KEY, OTHER_KEY, TIMEOUT, ChatProcess, free_port, write_conf
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pair import OTHER_PSK, drive
 
-import chatclient
+from chatclient.config import decode_key
+from chatclient.handshake import (
+    HELLO_SIZE,
+    MAGIC,
+    VERSION,
+    ConnectorHandshake,
+    ListenerHandshake,
+    Mode,
+    Role,
+    derive_psk,
+    welcome_signed_data,
+)
+from chatclient.messages import Chat, FrameDecoder, Welcome, encode_frame
+from chatclient.peer import Established, Failed, PeerProtocol
+from chatclient.room import MAX_PENDING_HANDSHAKES
+from chatclient.session import Session
 
 Spawn = Callable[..., ChatProcess]
 
-PSK = chatclient.derive_psk(chatclient.decode_key(KEY))
-Role = chatclient.Role
+PSK = derive_psk(decode_key(KEY, program="chatclient"))
+Role = Role
 # Memory may grow this much (KiB) while a huge frame is refused.
 GROWTH_KIB = 20 * 1024
 # Keepalives would shift the frame numbers the relay's transforms count on.
@@ -169,7 +184,7 @@ def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
 
 
 def frame(body: bytes) -> bytes:
-    return chatclient.encode_frame(body)
+    return encode_frame(body)
 
 
 # --- A man in the middle -------------------------------------------------------
@@ -497,11 +512,11 @@ def test_huge_length_prefix_from_an_authenticated_peer_ends_the_chat_without_mem
 ) -> None:
     listener, port = start_listener(spawn, tmp_path)
     with connect(port) as sock:
-        mallory = chatclient.PeerProtocol(Role.CONNECTOR, PSK, "mallory", time.monotonic())
-        drive(sock, mallory, chatclient.Established)
+        mallory = PeerProtocol(Role.CONNECTOR, PSK, "mallory", time.monotonic())
+        drive(sock, mallory, Established)
         assert mallory.peer_name == "desktop"
         listener.expect(r"^mallory joined the chat\.$")
-        sock.sendall(mallory.send(chatclient.Chat("I am in"), time.monotonic()))
+        sock.sendall(mallory.send(Chat("I am in"), time.monotonic()))
         listener.expect(r"^mallory says: I am in$")
         rss_before = memory_kib(listener.proc.pid, "VmRSS")
         inherited = memory_kib(os.getpid(), "VmHWM")  # pytest's own peak, see reap()
@@ -521,7 +536,7 @@ def test_huge_length_prefix_from_an_authenticated_peer_ends_the_chat_without_mem
 
 def test_trickling_hello_is_dropped_at_the_handshake_deadline(spawn: Spawn, tmp_path: Path) -> None:
     listener, port = start_listener(spawn, tmp_path)
-    m1 = frame(chatclient.ConnectorHandshake(PSK).m1)
+    m1 = frame(ConnectorHandshake(PSK).m1)
     closed = threading.Event()
     received: list[bytes] = []
     with connect(port) as sock:
@@ -556,11 +571,11 @@ def test_garbage_connections_are_refused_and_the_listener_goes_on(
 ) -> None:
     rng = random.Random(1234)
     zero_key = bytes(32)
-    hello_head = chatclient.MAGIC + bytes([chatclient.VERSION, chatclient.Mode.SHARED_KEY])
+    hello_head = MAGIC + bytes([VERSION, Mode.SHARED_KEY])
     garbage = [
         (rng.randbytes(1000), r""),
-        (frame(rng.randbytes(chatclient.HELLO_SIZE)), r"not speaking the chatclient protocol"),
-        (frame(chatclient.MAGIC + bytes([1]) + rng.randbytes(32)), r"protocol version 1"),
+        (frame(rng.randbytes(HELLO_SIZE)), r"not speaking the chatclient protocol"),
+        (frame(MAGIC + bytes([1]) + rng.randbytes(32)), r"protocol version 1"),
         (
             frame(hello_head + rng.randbytes(32)) + frame(rng.randbytes(64)),
             r"commitment",
@@ -599,15 +614,15 @@ def test_third_connection_is_refused_while_two_are_chatting(spawn: Spawn, tmp_pa
     # "Full" is only told to a connector that proved the key: a stranger who
     # sends a hello learns nothing about whether a chat is going on.
     with connect(port) as sock:
-        stranger = chatclient.PeerProtocol(Role.CONNECTOR, OTHER_PSK, "stranger", time.monotonic())
-        events = drive(sock, stranger, chatclient.Established)
-        assert isinstance(events[-1], chatclient.Failed)
+        stranger = PeerProtocol(Role.CONNECTOR, OTHER_PSK, "stranger", time.monotonic())
+        events = drive(sock, stranger, Established)
+        assert isinstance(events[-1], Failed)
         assert "could not authenticate" in str(events[-1].error)
         assert "full" not in str(events[-1].error)
     with connect(port) as sock:
-        knows_key = chatclient.PeerProtocol(Role.CONNECTOR, PSK, "third", time.monotonic())
-        busy = drive(sock, knows_key, chatclient.Established)[-1]
-        assert isinstance(busy, chatclient.Failed)
+        knows_key = PeerProtocol(Role.CONNECTOR, PSK, "third", time.monotonic())
+        busy = drive(sock, knows_key, Established)[-1]
+        assert isinstance(busy, Failed)
         assert str(busy.error) == "the chat is full (1 person)"
 
     intruder = start_connector(spawn, tmp_path, port, name="intruder")
@@ -622,7 +637,7 @@ def test_third_connection_is_refused_while_two_are_chatting(spawn: Spawn, tmp_pa
 # --- Authenticated peers that vanish mid-handshake ---------------------------------
 
 
-def next_frame(sock: socket.socket, decoder: chatclient.FrameDecoder) -> bytes:
+def next_frame(sock: socket.socket, decoder: FrameDecoder) -> bytes:
     """The next frame body from a plain socket (its timeout bounds each read)."""
     while (body := decoder.next_frame()) is None:
         data = sock.recv(65536)
@@ -638,18 +653,16 @@ def vanish_after_welcome(port: int) -> None:
     WELCOME from a connection that is already gone.
     """
     with connect(port) as sock:
-        handshake = chatclient.ConnectorHandshake(PSK)
-        decoder = chatclient.FrameDecoder()
+        handshake = ConnectorHandshake(PSK)
+        decoder = FrameDecoder()
         sock.sendall(frame(handshake.m1))
         m3, keys = handshake.respond(next_frame(sock, decoder))
         identity = Ed25519PrivateKey.generate()
-        signed = chatclient.welcome_signed_data(
-            Role.CONNECTOR, keys.transcript, "mallory", bytes(16)
-        )
+        signed = welcome_signed_data(Role.CONNECTOR, keys.transcript, "mallory", bytes(16))
         public = identity.public_key().public_bytes_raw()
-        welcome = chatclient.Welcome("mallory", public, identity.sign(signed))
+        welcome = Welcome("mallory", public, identity.sign(signed))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.sendall(frame(m3) + chatclient.Session(keys).encode(welcome))
+        sock.sendall(frame(m3) + Session(keys).encode(welcome))
 
 
 def test_peer_vanishing_right_after_its_welcome_leaves_no_traceback_on_the_listener(
@@ -681,11 +694,11 @@ def test_listener_vanishing_right_after_its_welcome_leaves_no_traceback_on_the_c
         sock, _ = server.accept()
         with sock:
             sock.settimeout(TIMEOUT)
-            decoder = chatclient.FrameDecoder()
-            handshake = chatclient.ListenerHandshake(PSK)
+            decoder = FrameDecoder()
+            handshake = ListenerHandshake(PSK)
             sock.sendall(frame(handshake.receive_commit(next_frame(sock, decoder))))
             keys = handshake.receive_confirm(next_frame(sock, decoder))
-            sock.sendall(chatclient.Session(keys).encode(chatclient.Welcome("desktop")))
+            sock.sendall(Session(keys).encode(Welcome("desktop")))
         # Closed at once: the connector's own WELCOME then draws a reset.
         assert connector.wait() != 0
     assert "Traceback" not in connector.all_output(), "\n".join(connector.err)
@@ -698,7 +711,7 @@ def test_more_silent_connections_than_slots_do_not_lock_out_a_real_peer(
     spawn: Spawn, tmp_path: Path
 ) -> None:
     listener, port = start_listener(spawn, tmp_path)
-    silent = [connect(port) for _ in range(chatclient.MAX_PENDING_HANDSHAKES + 4)]
+    silent = [connect(port) for _ in range(MAX_PENDING_HANDSHAKES + 4)]
     try:
         friend = start_connector(spawn, tmp_path, port)
         joined(listener, friend)
@@ -715,10 +728,10 @@ def test_messages_that_verified_are_shown_even_when_the_next_frame_in_the_read_b
 ) -> None:
     listener, port = start_listener(spawn, tmp_path)
     with connect(port) as sock:
-        mallory = chatclient.PeerProtocol(Role.CONNECTOR, PSK, "mallory", time.monotonic())
-        drive(sock, mallory, chatclient.Established)
+        mallory = PeerProtocol(Role.CONNECTOR, PSK, "mallory", time.monotonic())
+        drive(sock, mallory, Established)
         listener.expect(r"^mallory joined the chat\.$")
-        good = b"".join(mallory.send(chatclient.Chat(f"fine {n}"), 0.0) for n in range(3))
+        good = b"".join(mallory.send(Chat(f"fine {n}"), 0.0) for n in range(3))
         sock.sendall(good + frame(b"not a token"))  # one write: read as one chunk
         listener.expect(r"^Connection lost: .*integrity")
         assert listener.wait() != 0

@@ -17,40 +17,35 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pair import PSK, FakeClock, PeerPair
 
-from chatclient import (
-    EVEN_WORDS,
+from chatclient.chat import identity_judge
+from chatclient.errors import ConfigError, ProtocolError
+from chatclient.handshake import Mode, Role
+from chatclient.identity import (
     MAX_INVITE_FAILURES,
-    ODD_WORDS,
-    AbandonLog,
-    ConfigError,
-    Established,
-    Event,
-    Failed,
-    FieldReader,
-    IdentityRefused,
     Invite,
-    KeyProven,
     KnownPeers,
-    Mode,
-    PeerProtocol,
-    ProtocolError,
-    Ready,
-    Refusal,
-    Refuse,
-    Role,
-    Stage,
     Trust,
-    Welcome,
     fingerprint,
-    identity_judge,
     load_identity,
-    name_problem,
     new_invite_code,
     parse_invite_code,
     read_known_peers,
     safety_number,
     update_known_peers,
 )
+from chatclient.messages import FieldReader, Ready, Refusal, Refuse, Welcome
+from chatclient.peer import (
+    Established,
+    Event,
+    Failed,
+    IdentityRefused,
+    KeyProven,
+    PeerProtocol,
+    Stage,
+)
+from chatclient.room import AbandonLog
+from chatclient.text import name_problem
+from chatclient.wordlist import EVEN_WORDS, ODD_WORDS
 
 ALICE = bytes(range(32))
 BOB = bytes(range(1, 33))
@@ -253,7 +248,8 @@ def tamper_welcome(pair: PeerPair, change: Any) -> list[Event]:
 
 def signed_by(pair: PeerPair, signer: Ed25519PrivateKey, announced: bytes, th: bytes) -> bytes:
     """A connector WELCOME frame (sequence 0 of a fresh session twin) signed by `signer`."""
-    from chatclient import Session, welcome_signed_data
+    from chatclient.handshake import welcome_signed_data
+    from chatclient.session import Session
 
     assert pair.connector._keys is not None
     data = welcome_signed_data(Role.CONNECTOR, th, "laptop", bytes(16))
@@ -287,7 +283,8 @@ def test_a_welcome_signature_replayed_from_another_session_is_refused() -> None:
 
 
 def test_a_welcome_signature_reflected_to_the_other_role_is_refused() -> None:
-    from chatclient import Session, welcome_signed_data
+    from chatclient.handshake import welcome_signed_data
+    from chatclient.session import Session
 
     identity = Ed25519PrivateKey.generate()
     pair = PeerPair(listener={"identity": identity})
@@ -339,7 +336,7 @@ def test_a_stranger_without_key_or_code_gets_the_contacts_line(tmp_path: Path) -
     pair = PeerPair(
         connector_psk=None,
         listener_psk=None,
-        listener={"judge": identity_judge(config, Role.LISTENER)},
+        listener={"judge": identity_judge(config, Role.LISTENER, "chatclient")},
     )
     pair.pump()
     [connector_failed] = pair.events[pair.connector]
@@ -362,11 +359,15 @@ def test_contacts_connect_with_no_key_at_all(tmp_path: Path) -> None:
         listener_psk=None,
         connector={
             "identity": laptop,
-            "judge": identity_judge(str(tmp_path / "c" / "config.ini"), Role.CONNECTOR),
+            "judge": identity_judge(
+                str(tmp_path / "c" / "config.ini"), Role.CONNECTOR, "chatclient"
+            ),
         },
         listener={
             "identity": desktop,
-            "judge": identity_judge(str(tmp_path / "l" / "config.ini"), Role.LISTENER),
+            "judge": identity_judge(
+                str(tmp_path / "l" / "config.ini"), Role.LISTENER, "chatclient"
+            ),
         },
     )
     pair.pump()
@@ -378,7 +379,9 @@ def test_a_contact_connector_refuses_a_listener_it_does_not_know(tmp_path: Path)
     pair = PeerPair(
         connector_psk=None,
         listener_psk=None,
-        connector={"judge": identity_judge(str(tmp_path / "config.ini"), Role.CONNECTOR)},
+        connector={
+            "judge": identity_judge(str(tmp_path / "config.ini"), Role.CONNECTOR, "chatclient")
+        },
     )
     pair.pump()
     [connector_failed] = pair.events[pair.connector]
@@ -489,7 +492,7 @@ def test_guesses_in_flight_get_no_answer_once_the_invite_is_void() -> None:
 def test_an_invite_does_not_let_a_newcomer_take_a_pinned_name(tmp_path: Path) -> None:
     config = str(tmp_path / "config.ini")
     update_known_peers(str(tmp_path / "known_peers"), lambda p: p.pin("laptop", ALICE, True, "t"))
-    judge = identity_judge(config, Role.LISTENER)
+    judge = identity_judge(config, Role.LISTENER, "chatclient")
     with pytest.raises(IdentityRefused, match="laptop's identity has changed"):
         judge("laptop", BOB, Mode.INVITE)
     judge("laptop", ALICE, Mode.INVITE)  # the pinned one is welcome

@@ -16,18 +16,13 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from chatclient import (
-    FRAME_HEADER,
+from chatclient.errors import ProtocolError
+from chatclient.handshake import (
     SPAKE_SIZE,
-    Chat,
     ConnectorHandshake,
     ListenerHandshake,
-    Phase,
-    ProtocolError,
     Role,
-    Session,
     SessionKeys,
-    Welcome,
     confirm_tag,
     contact_psk,
     derive_keys,
@@ -35,11 +30,13 @@ from chatclient import (
     finish_spake,
     key_id,
     public_bytes,
-    safety_number,
     shared_secret,
     verify_signature,
     welcome_signed_data,
 )
+from chatclient.identity import safety_number
+from chatclient.messages import FRAME_HEADER, Chat, Phase, Welcome
+from chatclient.session import Session
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 V: dict[str, Any] = json.loads((VECTORS / "handshake.json").read_text(encoding="utf-8"))

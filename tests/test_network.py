@@ -12,20 +12,12 @@ import pytest
 from conftest import TIMEOUT
 from pair import PSK, drive
 
-from chatclient import (
-    HIGH_WATER,
-    Chat,
-    ChatError,
-    Established,
-    Event,
-    Link,
-    Members,
-    MessageReceived,
-    Network,
-    PeerProtocol,
-    Role,
-    Terminate,
-)
+from chatclient.errors import ChatError
+from chatclient.handshake import Role
+from chatclient.messages import Chat, Members, Terminate
+from chatclient.network import HIGH_WATER, Network
+from chatclient.peer import Established, Event, MessageReceived, PeerProtocol
+from chatclient.sockets import Link
 
 
 class Recorder:

@@ -25,7 +25,8 @@ from conftest import (
 )
 from socks5 import Socks5Server
 
-import chatclient
+from chatclient.config import program_name
+from chatclient.sockets import socks5_request
 
 Spawn = Callable[..., ChatProcess]
 
@@ -37,7 +38,7 @@ def console_script(tmp_path: Path) -> Path:
     script = bin_dir / "chatclient"
     script.write_text(
         f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(SCRIPT.parent)!r})\n"
-        "from chatclient import main\nsys.exit(main())\n",
+        "from chatclient.cli import main\nsys.exit(main())\n",
         encoding="utf-8",
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
@@ -102,18 +103,18 @@ def test_a_cryptography_too_old_for_chatclient_is_named_with_its_version(tmp_pat
 def test_program_name_is_the_command_as_run() -> None:
     cwd = "/home/me/chat"
     assert (
-        chatclient.program_name("chatclient.py", "/usr/bin/python3", cwd, "/usr/bin")
+        program_name("chatclient.py", "/usr/bin/python3", cwd, "/usr/bin")
         == "python3 chatclient.py"
     )
     assert (
-        chatclient.program_name("chatclient.py", "/home/me/chat/.venv/bin/python", cwd, "")
+        program_name("chatclient.py", "/home/me/chat/.venv/bin/python", cwd, "")
         == ".venv/bin/python chatclient.py"
     )
-    assert chatclient.program_name("/nowhere/bin/chatclient", "/x/python", cwd, "") == (
+    assert program_name("/nowhere/bin/chatclient", "/x/python", cwd, "") == (
         "/nowhere/bin/chatclient"
     )
     # A Python that PATH would not find is named by its path, so the hint works as typed.
-    assert chatclient.program_name("chatclient.py", "/other/.venv/bin/python", cwd, "/usr/bin") == (
+    assert program_name("chatclient.py", "/other/.venv/bin/python", cwd, "/usr/bin") == (
         "/other/.venv/bin/python chatclient.py"
     )
 
@@ -344,8 +345,6 @@ def test_socks5_failures_are_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_the_socks5_request_carries_names_as_names() -> None:
-    assert chatclient.socks5_request("127.0.0.1", 80) == b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50"
-    assert chatclient.socks5_request("::1", 80)[3] == 4
-    assert chatclient.socks5_request("peer.example", 80) == (
-        b"\x05\x01\x00\x03\x0cpeer.example\x00\x50"
-    )
+    assert socks5_request("127.0.0.1", 80) == b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50"
+    assert socks5_request("::1", 80)[3] == 4
+    assert socks5_request("peer.example", 80) == (b"\x05\x01\x00\x03\x0cpeer.example\x00\x50")

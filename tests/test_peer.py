@@ -12,16 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pair import OTHER_PSK, PSK, PeerPair
 
-from chatclient import (
-    CONTINUATION,
-    MAX_HANDSHAKES_PER_ADDRESS,
-    MAX_PENDING_HANDSHAKES,
+from chatclient.chat import help_text
+from chatclient.errors import HandshakeError, KeyMismatch, ProtocolError
+from chatclient.handshake import Mode, Reject, Role, reject_frame
+from chatclient.messages import (
     MESSAGES,
     Action,
     Chat,
-    Closed,
-    Established,
-    Failed,
     FieldReader,
     FileAccept,
     FileCancel,
@@ -31,45 +28,45 @@ from chatclient import (
     FileReceived,
     FileReject,
     Form,
-    HandshakeError,
     Joined,
     Keepalive,
-    KeyMismatch,
-    KeyProven,
     Left,
     Members,
     Message,
-    MessageReceived,
-    Mode,
-    PeerProtocol,
-    Pending,
     Person,
     Phase,
-    ProtocolError,
     Ready,
     Refusal,
-    RefusalLog,
     Refuse,
-    Reject,
-    Role,
-    Room,
     Said,
     Say,
-    Stage,
     Terminate,
     Welcome,
     bytes_field,
-    char_width,
     decode_payload,
     encode_frame,
     encode_payload,
-    handshake_to_evict,
-    help_text,
     int_field,
-    reject_frame,
-    transitions,
-    wrap_rows,
 )
+from chatclient.peer import (
+    Closed,
+    Established,
+    Failed,
+    KeyProven,
+    MessageReceived,
+    PeerProtocol,
+    Stage,
+)
+from chatclient.room import (
+    MAX_HANDSHAKES_PER_ADDRESS,
+    MAX_PENDING_HANDSHAKES,
+    Pending,
+    RefusalLog,
+    Room,
+    handshake_to_evict,
+)
+from chatclient.session import transitions
+from chatclient.text import CONTINUATION, char_width, wrap_rows
 
 # --- Handshake order ------------------------------------------------------------------
 

@@ -11,18 +11,18 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pair import ConnectionPair, Endpoint, MessageType, handshake_keys
 
-from chatclient import (
+from chatclient.errors import ProtocolError
+from chatclient.messages import (
     FRAME_HEADER,
     Chat,
     FrameDecoder,
     Keepalive,
     Message,
-    ProtocolError,
-    Session,
     Terminate,
     encode_frame,
-    sanitize,
 )
+from chatclient.session import Session
+from chatclient.text import sanitize
 
 SETTINGS = settings(max_examples=200, deadline=None)
 

@@ -23,52 +23,54 @@ from pair import (
     one_frame,
 )
 
-from chatclient import (
-    FRAME_HEADER,
+from chatclient.cli import parse_target
+from chatclient.config import decode_key, parse_port
+from chatclient.errors import (
+    ConfigError,
+    HandshakeError,
+    KeyMismatch,
+    MessageTooLong,
+    ProtocolError,
+)
+from chatclient.handshake import (
     HELLO_SIZE,
     MAGIC,
-    MAX_FRAME,
     MAX_HELLO_SIZE,
-    MAX_NAME_BYTES,
-    MAX_TEXT,
     REJECT_SIZE,
     VERSION,
-    Chat,
-    ConfigError,
     ConnectorHandshake,
+    ListenerHandshake,
+    Mode,
+    Reject,
+    key_id,
+    parse_reject,
+    reject_frame,
+)
+from chatclient.messages import (
+    FRAME_HEADER,
+    MAX_FRAME,
+    MAX_TEXT,
+    Chat,
     FileAccept,
     FileCancel,
     FileCredit,
     FileOffer,
     Form,
     FrameDecoder,
-    HandshakeError,
     Joined,
     Keepalive,
-    KeyMismatch,
     Left,
-    ListenerHandshake,
     Members,
     Message,
-    MessageTooLong,
-    Mode,
     Person,
     Phase,
-    ProtocolError,
-    Reject,
     Said,
     Say,
     Terminate,
     Welcome,
-    decode_key,
     encode_frame,
-    key_id,
-    parse_port,
-    parse_reject,
-    parse_target,
-    reject_frame,
-    sanitize,
 )
+from chatclient.text import MAX_NAME_BYTES, sanitize
 
 # --- helpers -------------------------------------------------------------------
 
@@ -539,23 +541,23 @@ def test_sanitize_keeps_text(text: str) -> None:
 
 
 def test_decode_key_accepts_a_canonical_key() -> None:
-    raw = decode_key(KEY)
+    raw = decode_key(KEY, program="chatclient")
     assert raw == base64.urlsafe_b64decode(KEY)
     assert len(raw) == 32
-    assert decode_key(f"  {KEY}\n") == raw
+    assert decode_key(f"  {KEY}\n", program="chatclient") == raw
 
 
 def test_decode_key_accepts_urlsafe_characters() -> None:
     raw = bytes.fromhex("fbefbeffffff") * 5 + b"\x00\x01"
     text = base64.urlsafe_b64encode(raw).decode("ascii")
     assert "-" in text and "_" in text
-    assert decode_key(text) == raw
+    assert decode_key(text, program="chatclient") == raw
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n"])
 def test_decode_key_refuses_empty_and_mentions_init(text: str) -> None:
     with pytest.raises(ConfigError, match="--init"):
-        decode_key(text, "my.ini")
+        decode_key(text, "my.ini", program="chatclient")
 
 
 @pytest.mark.parametrize(
@@ -573,7 +575,7 @@ def test_decode_key_refuses_empty_and_mentions_init(text: str) -> None:
 )
 def test_decode_key_refuses_wrong_length_or_alphabet(text: str) -> None:
     with pytest.raises(ConfigError, match="fernet_key"):
-        decode_key(text)
+        decode_key(text, program="chatclient")
 
 
 def test_decode_key_refuses_non_canonical_last_character() -> None:
@@ -582,7 +584,7 @@ def test_decode_key_refuses_non_canonical_last_character() -> None:
     noncanonical = KEY[:-2] + alphabet[alphabet.index(KEY[-2]) ^ 1] + "="
     assert base64.urlsafe_b64decode(noncanonical) == base64.urlsafe_b64decode(KEY)
     with pytest.raises(ConfigError, match="canonical"):
-        decode_key(noncanonical)
+        decode_key(noncanonical, program="chatclient")
 
 
 def test_decode_key_refuses_standard_base64_characters() -> None:
@@ -590,9 +592,9 @@ def test_decode_key_refuses_standard_base64_characters() -> None:
     standard = base64.b64encode(raw).decode("ascii")
     assert "+" in standard and "/" in standard
     with pytest.raises(ConfigError):
-        decode_key(standard)
+        decode_key(standard, program="chatclient")
     with pytest.raises(ConfigError):
-        decode_key(KEY.replace("_", "/"))
+        decode_key(KEY.replace("_", "/"), program="chatclient")
 
 
 @pytest.mark.parametrize(("text", "port"), [("1", 1), ("65535", 65535), (" 50233 ", 50233)])
@@ -664,7 +666,7 @@ def test_key_id_is_deterministic_and_short() -> None:
 
 def test_key_id_does_not_contain_the_key() -> None:
     shown = key_id(PSK).replace("-", "")
-    raw = decode_key(KEY)
+    raw = decode_key(KEY, program="chatclient")
     for secret in (KEY, raw.hex(), PSK.hex(), base64.urlsafe_b64encode(PSK).decode("ascii")):
         assert shown not in secret.lower()
     assert shown != hashlib.sha256(raw).hexdigest()[:8]  # not a hash of the raw key either
@@ -886,7 +888,7 @@ def test_session_refuses_handshake_frames() -> None:
 )
 def test_decode_key_refuses_public_and_weak_keys_and_says_to_run_genkey(text: str) -> None:
     with pytest.raises(ConfigError, match="--genkey") as caught:
-        decode_key(text)
+        decode_key(text, program="chatclient")
     assert "fernet_key" in str(caught.value)
 
 
@@ -894,4 +896,4 @@ def test_readme_prints_no_key_that_would_be_accepted() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     for candidate in set(re.findall(r"[A-Za-z0-9_-]{43}=", readme)):
         with pytest.raises(ConfigError, match="--genkey"):
-            decode_key(candidate)
+            decode_key(candidate, program="chatclient")

@@ -23,23 +23,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pair import PSK, drive
 
-import chatclient
-from chatclient import (
+from chatclient.cli import parse_args
+from chatclient.errors import ProtocolError
+from chatclient.handshake import Role
+from chatclient.messages import (
     FieldReader,
     Form,
-    Hearing,
     Joined,
     Left,
     Members,
+    Message,
     Person,
-    ProtocolError,
-    Role,
-    Room,
+    Refusal,
     Said,
     Say,
-    Voice,
-    name_problem,
 )
+from chatclient.network import Network
+from chatclient.peer import Established, PeerProtocol, refusal_error
+from chatclient.room import Hearing, Room, Voice
+from chatclient.sockets import listen_socket
+from chatclient.text import name_problem
 
 Spawn = Callable[..., ChatProcess]
 HOST = bytes(range(32))
@@ -301,8 +304,8 @@ def test_a_taken_name_and_a_full_room_are_refused_and_the_room_goes_on(
 
 
 def test_the_default_room_is_twenty_and_says_so(tmp_path: Path) -> None:
-    assert chatclient.parse_args(["--listen"]).max_members == 20
-    refused = chatclient.refusal_error(chatclient.Refusal(5, "desktop", 20), "zoe")
+    assert parse_args(["--listen"], "chatclient").max_members == 20
+    refused = refusal_error(Refusal(5, "desktop", 20), "zoe")
     assert str(refused) == "the chat is full (20 people)"
 
 
@@ -311,8 +314,8 @@ class Mallory:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), TIMEOUT)
-        self.peer = chatclient.PeerProtocol(Role.CONNECTOR, PSK, "mallory", time.monotonic())
-        drive(self.sock, self.peer, chatclient.Established)
+        self.peer = PeerProtocol(Role.CONNECTOR, PSK, "mallory", time.monotonic())
+        drive(self.sock, self.peer, Established)
 
     def say(self, text: str) -> None:
         voice = Voice(key(), "mallory", HOST, self.peer.room)  # not her identity's key
@@ -346,8 +349,8 @@ def test_a_host_that_alters_relayed_words_is_caught(spawn: Spawn, tmp_path: Path
         def network_failed(self, error: Any) -> None: ...
         def invite_void(self, line: str) -> None: ...
 
-    class Forger(chatclient.Network):
-        def _to(self, member: object, message: chatclient.Message, now: float) -> None:
+    class Forger(Network):
+        def _to(self, member: object, message: Message, now: float) -> None:
             if isinstance(message, Said):
                 words = message.words
                 message = Said(
@@ -365,7 +368,7 @@ def test_a_host_that_alters_relayed_words_is_caught(spawn: Spawn, tmp_path: Path
     port = free_port()
     identity = key()
     forger = Forger(PSK, "desktop", Quiet(), identity=identity, room=ROOM, capacity=5)
-    forger.listen(chatclient.listen_socket("127.0.0.1", port, ""))
+    forger.listen(listen_socket("127.0.0.1", port, ""))
     forger.start()
     try:
         alice = join(spawn, tmp_path, "alice", port)
