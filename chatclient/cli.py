@@ -4,7 +4,6 @@ start the network thread, run the input loop, report how it ended.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -13,7 +12,6 @@ from functools import partial
 from typing import NoReturn
 
 from . import __version__
-from .chat import Conversation, PeerEnded, identity_judge
 from .config import (
     DEAD_AFTER_INTERVALS,
     KEEPALIVE_SECONDS,
@@ -29,7 +27,6 @@ from .config import (
     program_name,
     shown_path,
 )
-from .disk import FINISH_WRITING_SECONDS
 from .errors import ChatError, ConfigError
 from .firstrun import (
     ask_code,
@@ -52,13 +49,14 @@ from .identity import (
     parse_invite_code,
     read_known_peers,
 )
-from .network import Network
 from .sockets import connect_socket, format_host, listen_socket
 from .terminal import Terminal, ensure_std_streams, write
 
 
 def parse_proxy(text: str) -> tuple[str, int]:
     """--proxy socks5://HOST:PORT (socks5h:// too: the proxy always resolves names)."""
+    import argparse
+
     scheme, separator, rest = text.strip().partition("://")
     if not separator or scheme.lower() not in ("socks5", "socks5h"):
         raise argparse.ArgumentTypeError(
@@ -101,6 +99,8 @@ the other connects: with a one-time invite code the first time, as contacts
 
 def parse_target(text: str) -> tuple[str, int | None]:
     """HOST:PORT, [IPv6]:PORT or a bare HOST (the port then comes from config.ini)."""
+    import argparse
+
     text = text.strip()
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
@@ -126,6 +126,8 @@ def flag_type(check: Callable[[str], object]) -> Callable[[str], object]:
     """An argparse type from a checker: its ConfigError becomes the flag's error (exit 2)."""
 
     def convert(text: str) -> object:
+        import argparse
+
         try:
             return check(text)
         except ConfigError as exc:
@@ -166,6 +168,8 @@ def parse_args(argv: list[str] | None, program: str) -> Options:
 
     `program` is the command as it was run, for the usage and every later hint.
     """
+    import argparse  # here, not at the top: a run with no flags never needs it (13 ms)
+
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         return Options(program)
@@ -333,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         target = None if listening else (args.connect or ask_target(term))
         invite = Invite(new_invite_code()) if listening and (args.invite or not psk) else None
         code = None if listening else args.code or ask_code(term, psk, known)
+        # The chat itself (the network thread, files, the room) loads only now: start-up
+        # to the first prompt does not pay for it.
+        from .chat import Conversation, PeerEnded, identity_judge
+        from .disk import FINISH_WRITING_SECONDS
+        from .network import Network
+
         room = os.urandom(ROOM_ID_SIZE)
         downloads = downloads_folder(config, args.downloads)
         conversation = Conversation(term, config, identity, room, program=program)

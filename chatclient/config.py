@@ -21,6 +21,8 @@ from .errors import ConfigError, ConfigMissing, describe_os_error
 from .text import name_problem
 
 DEFAULT_PORT = 50233
+# A connection must finish its handshake within this many seconds (connect included).
+HANDSHAKE_SECONDS = 10.0
 KEEPALIVE_SECONDS = 10.0
 # A peer is declared lost after this many keepalive intervals of silence.
 DEAD_AFTER_INTERVALS = 2.5

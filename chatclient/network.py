@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
-from .config import KEEPALIVE_SECONDS
+from .config import HANDSHAKE_SECONDS, KEEPALIVE_SECONDS
 from .disk import FILE_CHUNKS_PER_TURN, FILE_READ_SIZE, NOT_SENT_LOW_WATER
 from .errors import ChatError, ConnectionLost, HandshakeError, KeyMismatch, describe_os_error
 from .handshake import ROOM_ID_SIZE, Mode, Reject, Role
@@ -34,7 +34,6 @@ from .messages import (
     Terminate,
 )
 from .peer import (
-    HANDSHAKE_SECONDS,
     HANDSHAKE_STAGES,
     ChunkReceived,
     Closed,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from .config import DEAD_AFTER_INTERVALS, KEEPALIVE_SECONDS
+from .config import DEAD_AFTER_INTERVALS, HANDSHAKE_SECONDS, KEEPALIVE_SECONDS
 from .errors import ChatError, ConnectionLost, HandshakeError, KeyMismatch, ProtocolError
 from .handshake import (
     MAX_HELLO_SIZE,
@@ -48,9 +48,6 @@ from .text import sanitize
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-
-HANDSHAKE_SECONDS = 10.0
 
 
 # --- Peer protocol: one connection's state machine (pure) ---------------------

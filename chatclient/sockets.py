@@ -9,9 +9,13 @@ import os
 import selectors
 import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from .config import HANDSHAKE_SECONDS
 from .errors import NetworkError, describe_os_error
-from .peer import HANDSHAKE_SECONDS, PeerProtocol
+
+if TYPE_CHECKING:  # a Link carries one, but making sockets needs none of the protocol
+    from .peer import PeerProtocol
 
 LISTEN_BACKLOG = 128
 
