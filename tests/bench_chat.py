@@ -49,30 +49,28 @@ Targets are printed as met or not met; nothing here asserts a timing. The exit s
 non-zero only when a measurement could not be made.
 """
 
+from __future__ import annotations
 
-WORKERS: dict[str, Callable[..., None]] = {
-    worker.__name__: worker
-    for worker in (
-        echo_chat,
-        ping_chat,
-        receive_chat_burst,
-        send_chat_burst,
-        serve_handshakes,
-        time_handshakes,
-        idle_listener,
-        echo_framed,
-        ping_framed,
-        receive_framed_burst,
-        send_framed_burst,
-        serve_accepts,
-        time_connects,
-        host_room,
-        room_receivers,
-        room_sender,
-        gcm_receiver,
-        gcm_sender,
-    )
-}
+import argparse
+import json
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+# This repository's chatclient, never a copy installed in site-packages; spawned peers
+# inherit this path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.chat import measure_bursts, measure_fernet, measure_handshakes, measure_round_trips
+from bench.common import FULL, QUICK, BenchError, Counts
+from bench.files import file_folder, measure_files
+from bench.report import render
+from bench.room import measure_room
+from bench.startup import measure_memory, measure_startup
 
 
 def measure(counts: Counts) -> dict[str, Any]:

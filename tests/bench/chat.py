@@ -1,3 +1,52 @@
+"""Round trips, bursts, Fernet alone and handshakes: the chat against raw TCP and the seed."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+from cryptography.fernet import Fernet
+
+from bench.common import (
+    BURST_DONE,
+    HOST,
+    INDEX_DIGITS,
+    KEY,
+    SOCKET_SECONDS,
+    STEP_SECONDS,
+    TEXT_SIZE,
+    BenchError,
+    Counts,
+    WorkerQueue,
+    peers,
+    percentile,
+)
+from bench.users import (
+    Arrivals,
+    BenchUser,
+    BurstCounter,
+    Echo,
+    accept_plain,
+    await_close,
+    chat_texts,
+    connect_plain,
+    end_listener,
+    join_chat,
+    leave_chat,
+    listen_chat,
+    open_listener,
+    plain_frames,
+    shared_psk,
+)
+from chatclient.messages import Chat, encode_frame, encode_payload
+from chatclient.network import Network
+from chatclient.peer import Established, MessageReceived
+from chatclient.sockets import connect_socket
+
+
 def echo_chat(out: WorkerQueue) -> None:
     """Listener: send every Chat back until the peer says goodbye."""
     user = Echo()
@@ -204,9 +253,9 @@ def measure_round_trips(counts: Counts) -> dict[str, float]:
     figures: dict[str, float] = {}
     rounds = (counts.round_trips, counts.warmup)
     with peers() as pool:
-        _, chat = pool.pair("echo_chat", (), "ping_chat", *rounds)
-        _, raw = pool.pair("echo_framed", (False,), "ping_framed", *rounds, False)
-        _, seed = pool.pair("echo_framed", (True,), "ping_framed", *rounds, True)
+        _, chat = pool.pair(echo_chat, (), ping_chat, *rounds)
+        _, raw = pool.pair(echo_framed, (False,), ping_framed, *rounds, False)
+        _, seed = pool.pair(echo_framed, (True,), ping_framed, *rounds, True)
     for prefix, samples in (("", chat), ("raw_", raw), ("seed_", seed)):
         figures[f"{prefix}rtt_p50_us"] = percentile(samples, 50) / 1000
         figures[f"{prefix}rtt_p99_us"] = percentile(samples, 99) / 1000
@@ -217,9 +266,9 @@ def measure_bursts(counts: Counts) -> dict[str, float]:
     """One-way burst rates and losses: Chat, raw and seed."""
     count = counts.burst
     with peers() as pool:
-        chat, _ = pool.pair("receive_chat_burst", (count,), "send_chat_burst", count)
-        raw, _ = pool.pair("receive_framed_burst", (False,), "send_framed_burst", count, False)
-        seed, _ = pool.pair("receive_framed_burst", (True,), "send_framed_burst", count, True)
+        chat, _ = pool.pair(receive_chat_burst, (count,), send_chat_burst, count)
+        raw, _ = pool.pair(receive_framed_burst, (False,), send_framed_burst, count, False)
+        seed, _ = pool.pair(receive_framed_burst, (True,), send_framed_burst, count, True)
     if chat["error"]:
         print(f"warning: the chat burst ended early: {chat['error']}", file=sys.stderr)
     return {
@@ -249,10 +298,10 @@ def measure_handshakes(counts: Counts) -> dict[str, float]:
     total = counts.warmup + counts.handshakes
     with peers() as pool:
         _, chat = pool.pair(
-            "serve_handshakes", (total,), "time_handshakes", counts.handshakes, counts.warmup
+            serve_handshakes, (total,), time_handshakes, counts.handshakes, counts.warmup
         )
         _, plain = pool.pair(
-            "serve_accepts", (total,), "time_connects", counts.handshakes, counts.warmup
+            serve_accepts, (total,), time_connects, counts.handshakes, counts.warmup
         )
     return {
         "handshake_ms": statistics.median(chat) / 1e6,

@@ -1,7 +1,30 @@
-ROOT = Path(__file__).resolve().parent.parent
+"""What every measurement shares: counts, limits, spawned peers (Pool) and child programs
+(Process), and small statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import queue
+import select
+import socket
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.context import SpawnProcess
+from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any, TypeAlias, TypeVar
+
+from chatclient.peer import Event
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 SCRIPT = ROOT / "chatclient.py"
-# This repository's chatclient.py, never a copy installed in site-packages.
-sys.path.insert(0, str(ROOT))
 
 KEY = "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1-f4CBgoM="
 HOST = "127.0.0.1"
@@ -56,14 +79,16 @@ class BenchError(Exception):
     """A measurement could not be made."""
 
 
-def run_worker(name: str, out: WorkerQueue, args: tuple[Any, ...], cpu: int | None) -> None:
+def run_worker(
+    worker: Callable[..., None], out: WorkerQueue, args: tuple[Any, ...], cpu: int | None
+) -> None:
     """Entry point of a spawned peer: any failure goes to the parent as a traceback."""
     try:
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
-        WORKERS[name](out, *args)
+        worker(out, *args)
     except BaseException:
-        out.put(("error", f"{name} failed:\n{traceback.format_exc()}"))
+        out.put(("error", f"{worker.__name__} failed:\n{traceback.format_exc()}"))
         raise
 
 
@@ -122,11 +147,12 @@ class Pool:
         self._workers: list[Worker] = []
         self._cpus = peer_cpus()
 
-    def start(self, name: str, *args: Any, cpu: int | None = None) -> Worker:
-        """Start worker `name` in a fresh process (pinned to `cpu` if given)."""
+    def start(self, work: Callable[..., None], *args: Any, cpu: int | None = None) -> Worker:
+        """Run `work(queue, *args)` in a fresh process (pinned to `cpu` if given); `work` is
+        a module-level function, which spawn finds again by its module and name."""
         out: WorkerQueue = self._context.Queue()
         process = self._context.Process(
-            target=run_worker, args=(name, out, args, cpu), name=name, daemon=True
+            target=run_worker, args=(work, out, args, cpu), name=work.__name__, daemon=True
         )
         worker = Worker(process, out)
         self._workers.append(worker)
@@ -134,7 +160,11 @@ class Pool:
         return worker
 
     def pair(
-        self, listener: str, listener_args: tuple[Any, ...], connector: str, *args: Any
+        self,
+        listener: Callable[..., None],
+        listener_args: tuple[Any, ...],
+        connector: Callable[..., None],
+        *args: Any,
     ) -> tuple[Any, Any]:
         """Run a listener, then a connector given its port; return both results."""
         server = self.start(listener, *listener_args, cpu=self._cpus[0])

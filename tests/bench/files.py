@@ -1,3 +1,37 @@
+"""A file between two real programs, against AES-GCM over TCP and ncat --ssl."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from bench.common import (
+    HOST,
+    SCRIPT,
+    STEP_SECONDS,
+    BenchError,
+    Counts,
+    Process,
+    WorkerQueue,
+    child,
+    free_tcp_port,
+    peer_cpus,
+    peers,
+    percentile,
+    write_config,
+)
+from bench.users import accept_plain, connect_plain, open_listener
+from chatclient.messages import FrameDecoder, encode_frame
+
 # --- Files: the crypto-and-socket limit ------------------------------------------------
 
 FILE_KEY = bytes(range(32))
@@ -139,9 +173,9 @@ def gcm_run(folder: Path, source: Path) -> float:
     """Seconds for two processes to move `source` as AES-GCM chunks over TCP."""
     with peers() as pool:
         cpus = peer_cpus()
-        receiver = pool.start("gcm_receiver", str(folder / "gcm-received"), cpu=cpus[0])
+        receiver = pool.start(gcm_receiver, str(folder / "gcm-received"), cpu=cpus[0])
         port = receiver.receive("port")
-        sender = pool.start("gcm_sender", port, str(source), cpu=cpus[1])
+        sender = pool.start(gcm_sender, port, str(source), cpu=cpus[1])
         started, finished = sender.receive("result"), receiver.receive("result")
     return float(finished - started)
 

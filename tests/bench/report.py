@@ -1,3 +1,14 @@
+"""The table: each figure beside its same-run baseline, the ratio and the target."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from bench.common import Counts, peer_cpus
+
 # --- Report ----------------------------------------------------------------------
 
 

@@ -1,3 +1,39 @@
+"""A room's fan-out: a host relaying one member's signed words to the others, against the
+host's one-core limit, with and without a stopped member.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import select
+import signal
+import socket
+import time
+from collections import deque
+
+from cryptography.fernet import Fernet
+
+from bench.common import (
+    HOST,
+    INDEX_DIGITS,
+    SOCKET_SECONDS,
+    STEP_SECONDS,
+    TEXT_SIZE,
+    BenchError,
+    Counts,
+    WorkerQueue,
+    peer_cpus,
+    peers,
+)
+from bench.users import BenchUser, chat_texts, connect_plain, leave_chat, open_listener, shared_psk
+from chatclient.handshake import ROOM_ID_SIZE, Role
+from chatclient.messages import Form, FrameDecoder, Said, decode_payload
+from chatclient.network import Network
+from chatclient.peer import Established, Event, Failed, MessageReceived, PeerProtocol, Stage
+from chatclient.room import Voice
+from chatclient.sockets import connect_socket
+
 # The room: a host relays one member's burst to every other member.
 
 ROOM_ID = bytes(range(ROOM_ID_SIZE))
@@ -175,13 +211,13 @@ def room_run(counts: Counts, stop_one: bool) -> tuple[float, int]:
     members, messages = counts.room_members, counts.room_messages
     host_cpu, member_cpu = peer_cpus()
     with peers() as pool:
-        host = pool.start("host_room", members, cpu=host_cpu)
+        host = pool.start(host_room, members, cpu=host_cpu)
         port = host.receive("port")
-        listeners = pool.start("room_receivers", port, members - 2, messages, 0, cpu=member_cpu)
+        listeners = pool.start(room_receivers, port, members - 2, messages, 0, cpu=member_cpu)
         listeners.receive("joined")
-        lone = pool.start("room_receivers", port, 1, messages, members - 2, cpu=member_cpu)
+        lone = pool.start(room_receivers, port, 1, messages, members - 2, cpu=member_cpu)
         lone.receive("joined")
-        sender = pool.start("room_sender", port, messages, cpu=member_cpu)
+        sender = pool.start(room_sender, port, messages, cpu=member_cpu)
         if stop_one:
             os.kill(lone.process.pid, signal.SIGSTOP)
         try:

@@ -1,3 +1,35 @@
+"""Start-up to the first prompt (bytecode warm and cold) and an idle peer's memory, against
+the bare import of cryptography.fernet and a bare Python.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import (
+    HOST,
+    IDLE_CHECK,
+    PROMPT,
+    ROOT,
+    SCRIPT,
+    STEP_SECONDS,
+    Counts,
+    WorkerQueue,
+    child,
+    peers,
+    vm_rss_mib,
+    write_config,
+)
+from bench.users import Greeter, end_listener, listen_chat, open_listener
+from chatclient.peer import Established
+
+
 def idle_listener(out: WorkerQueue) -> None:
     """Listener for the memory figure: greet the CLI connector, then wait for its goodbye."""
     user = Greeter()
@@ -77,7 +109,7 @@ def measure_memory(folder: Path) -> dict[str, float]:
     """VmRSS of an idle connected CLI peer, and of a bare Python waiting on stdin."""
     write_config(folder)
     with peers() as pool:
-        listener = pool.start("idle_listener")
+        listener = pool.start(idle_listener)
         port = listener.receive("port")
         args = [sys.executable, str(SCRIPT), "--connect", f"{HOST}:{port}"]
         with child(args, folder) as connector:

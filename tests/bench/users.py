@@ -1,3 +1,36 @@
+"""Stand-ins for the program's Conversation: NetworkUsers that echo, count or greet on the
+network thread, and plain sockets for the baselines.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bench.common import (
+    BURST_DONE,
+    HOST,
+    IDLE_CHECK,
+    INDEX_DIGITS,
+    KEY,
+    SOCKET_SECONDS,
+    STEP_SECONDS,
+    TEXT_SIZE,
+    BenchError,
+    E,
+    WorkerQueue,
+)
+from chatclient.config import decode_key
+from chatclient.handshake import derive_psk
+from chatclient.messages import Chat, FrameDecoder, Message
+from chatclient.network import Network
+from chatclient.peer import Closed, Established, Event, Failed, MessageReceived
+from chatclient.sockets import Link, connect_socket, listen_socket
+
 # --- Peers: run in their own processes -------------------------------------------
 
 
