@@ -1,0 +1,198 @@
+"""The conversation (chatclient/chat.py) without sockets: events from a fake network are
+shown as the person sees them, typed lines become messages, and the commands run.
+The terminal is real, over pipes of text (io.StringIO), so its lines are the program's."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from chatclient.chat import Conversation
+from chatclient.config import Config
+from chatclient.errors import ChatError, ConnectionLost
+from chatclient.handshake import Mode, Role
+from chatclient.messages import Action, Chat, Message, Terminate
+from chatclient.peer import Established, Failed, MessageReceived
+from chatclient.terminal import Terminal
+
+LAPTOP = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key().public_bytes_raw()
+
+
+class FakePeer:
+    def __init__(self, role: Role) -> None:
+        self.role = role
+
+
+class FakeLink:
+    """A connection as the conversation sees it."""
+
+    def __init__(self, role: Role = Role.LISTENER) -> None:
+        self.peer = FakePeer(role)
+        self.address = ("127.0.0.1", 40000)
+
+
+class FakeNet:
+    """The network thread as the input loop uses it: what is sent, and the goodbye."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+        self.goodbyes: list[str] = []
+        self.finished = threading.Event()
+
+    def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    def leave(self, goodbye: str) -> None:
+        self.goodbyes.append(goodbye)
+        self.finished.set()
+
+    def post(self, command: Callable[[float], None], *, urgent: bool = False) -> None:
+        command(1.0)
+
+
+class Screen:
+    """A conversation of desktop's, over a terminal whose input is `typed`."""
+
+    def __init__(self, tmp_path: Path, typed: str = "") -> None:
+        self.stdout, self.stderr = io.StringIO(), io.StringIO()
+        self.stdin = io.StringIO(typed)  # input() reads sys.stdin: the tests swap it in
+        self.term = Terminal(self.stdin, self.stdout, self.stderr)
+        config = Config(path=str(tmp_path / "config.ini"), username="desktop")
+        self.conversation = Conversation(self.term, config, program="chatclient")
+        self.link = FakeLink()
+
+    def events(self, *events: object) -> None:
+        self.conversation.connection_events(self.link, list(events))  # type: ignore[arg-type]
+        self.term.flush()
+
+    def arrive(self, name: str = "laptop") -> None:
+        self.events(Established(name, LAPTOP, Mode.SHARED_KEY))
+
+    @property
+    def out(self) -> list[str]:
+        self.term.flush()
+        return self.stdout.getvalue().splitlines()
+
+    @property
+    def err(self) -> list[str]:
+        return self.stderr.getvalue().splitlines()
+
+
+def test_a_peer_arrives_talks_and_leaves_with_a_goodbye(tmp_path: Path) -> None:
+    screen = Screen(tmp_path)
+    screen.arrive()
+    screen.events(MessageReceived(Chat("hello there")))
+    screen.events(MessageReceived(Action("waves")))
+    screen.events(MessageReceived(Terminate("see you")))
+    assert screen.out[:2] == ["Connected by ('127.0.0.1', 40000)", "laptop joined the chat."]
+    assert screen.out[-4:] == [
+        "laptop says: hello there",
+        "* laptop waves",
+        "laptop left the chat: see you",
+        "Connection closed by peer.",
+    ]
+    assert screen.conversation.status() == 0
+    pinned = (tmp_path / "known_peers").read_text(encoding="utf-8").splitlines()[-1]
+    assert pinned.startswith("laptop ed25519:") and pinned.endswith(" unverified")
+
+
+def test_what_a_peer_says_cannot_move_the_cursor_or_fake_a_line(tmp_path: Path) -> None:
+    screen = Screen(tmp_path)
+    screen.arrive()
+    screen.events(MessageReceived(Chat("hi\x1b[2J\rConnection closed by peer.")))
+    [line] = [line for line in screen.out if line.startswith("laptop says:")]
+    assert "\x1b" not in line and "\r" not in line
+    assert "Connection closed by peer." not in screen.out
+
+
+def test_a_lost_connection_ends_the_chat_with_status_1(tmp_path: Path) -> None:
+    screen = Screen(tmp_path)
+    screen.arrive()
+    screen.events(Failed(ConnectionLost("the peer went silent")))
+    assert screen.out[-1] == "Connection lost: the peer went silent"
+    assert screen.conversation.status() == 1
+
+
+def test_a_failure_before_anyone_joined_is_the_reason_to_stop(tmp_path: Path) -> None:
+    screen = Screen(tmp_path)
+    screen.events(Failed(ChatError("your fernet_keys differ")))
+    assert screen.conversation.started.is_set()
+    with pytest.raises(ChatError, match="your fernet_keys differ"):
+        screen.conversation.wait_until_started(listening=False)
+
+
+def test_a_void_invite_before_anyone_came_stops_with_the_hint_for_a_new_code(
+    tmp_path: Path,
+) -> None:
+    screen = Screen(tmp_path)
+    screen.conversation.invite_void("the invite code 7-a-b is void")
+    with pytest.raises(ChatError) as raised:
+        screen.conversation.wait_until_started(listening=False)
+    assert str(raised.value) == (
+        "the invite code 7-a-b is void. Run chatclient --invite for a new code"
+    )
+
+
+@pytest.fixture
+def typing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[str], Screen]:
+    """typing(lines) -> a Screen whose input() reads those lines."""
+
+    def screen(typed: str) -> Screen:
+        made = Screen(tmp_path, typed)
+        monkeypatch.setattr("sys.stdin", made.stdin)
+        return made
+
+    return screen
+
+
+def test_typed_lines_are_sent_and_exit_says_goodbye(typing: Callable[[str], Screen]) -> None:
+    typed = "hello\n/me waves\n//slash at the start\n   \n/nonsense\nexit\nbye now\n"
+    screen = typing(typed)
+    screen.arrive()
+    net = FakeNet()
+    assert screen.conversation.run(net) == 0  # type: ignore[arg-type]
+    assert net.sent == [Chat("hello"), Action("waves"), Chat("/slash at the start")]
+    assert net.goodbyes == ["bye now"]
+    assert screen.out[-6:] == [
+        "Sent CHAT message.",
+        "Sent ACTION message.",
+        "Sent CHAT message.",
+        "Enter goodbye text (optional): ",
+        "Sent TERMINATE message.",
+        "Connection closed by you.",
+    ]
+    assert screen.err == [
+        "unknown command /nonsense: type /help for the commands, or start with // to send a "
+        "line beginning with /"
+    ]
+
+
+def test_end_of_input_leaves_without_a_goodbye(typing: Callable[[str], Screen]) -> None:
+    screen = typing("one line\n")
+    screen.arrive()
+    net = FakeNet()
+    assert screen.conversation.run(net) == 0  # type: ignore[arg-type]
+    assert net.sent == [Chat("one line")]
+    assert net.goodbyes == [""]
+
+
+def test_a_line_too_long_for_the_protocol_is_refused_not_queued(
+    typing: Callable[[str], Screen],
+) -> None:
+    screen = typing("x" * 70_000 + "\n")
+    screen.arrive()
+    net = FakeNet()
+    screen.conversation.run(net)  # type: ignore[arg-type]
+    assert net.sent == []
+    assert len(screen.err) == 1 and screen.err[0].startswith("error: ")
+
+
+def test_tab_completes_commands(tmp_path: Path) -> None:
+    screen = Screen(tmp_path)
+    assert screen.conversation.completions("/he") == ["/help "]
+    assert "/send " in screen.conversation.completions("/se")

@@ -1,0 +1,283 @@
+"""The transfer desk (chatclient/transfers.py) without sockets: a fake network thread
+carries its messages and runs what its disk threads post, so every step of an offer,
+an answer, the chunks and the SHA-256 check is seen in order. Files live in tmp_path."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from chatclient.disk import FILE_WINDOW, MAX_OPEN_OFFERS, PreparedFile, hash_file, open_for_sending
+from chatclient.handshake import Role
+from chatclient.messages import (
+    CHUNK_SIZE,
+    FileAccept,
+    FileCancel,
+    FileCredit,
+    FileDone,
+    FileOffer,
+    FileReceived,
+    FileReject,
+    Message,
+)
+from chatclient.peer import ChunkReceived
+from chatclient.transfers import FileDesk
+
+WAIT = 15.0  # seconds any disk thread may take to report
+
+
+class FakePeer:
+    """The parts of a PeerProtocol the desk uses: who is on the link, and framing."""
+
+    def __init__(self, name: str, role: Role) -> None:
+        self.peer_name, self.role = name, role
+        self.peer_identity = hashlib.sha256(name.encode()).digest()
+        self.failed: list[str] = []
+        self.chunks: list[tuple[int, int, bytes]] = []
+        self.sent: list[Message] = []
+
+    def connection_failed(self, reason: str) -> None:
+        self.failed.append(reason)
+
+    def send_chunk(self, transfer: int, offset: int, data: bytes, now: float) -> bytes:
+        self.chunks.append((transfer, offset, data))
+        return b"c"
+
+    def send(self, message: Message, now: float) -> bytes:
+        self.sent.append(message)
+        return b"m"
+
+
+class FakeLink:
+    """A connection as the desk sees it (hashable by identity, like Link)."""
+
+    def __init__(self, peer: FakePeer) -> None:
+        self.peer = peer
+        self.outgoing = bytearray()
+
+
+class FakeCarrier:
+    """The network thread: records what the desk delivers and runs what is posted."""
+
+    def __init__(self, links: dict[str, FakeLink]) -> None:
+        self.links = links
+        self.delivered: list[tuple[FakeLink, Message]] = []
+        self.posted: queue.Queue[Callable[[float], None]] = queue.Queue()
+        self.nudged = 0
+
+    @property
+    def username(self) -> str:
+        return "desktop"
+
+    def post(self, command: Callable[[float], None], *, urgent: bool = False) -> None:
+        self.posted.put(command)
+
+    def deliver(self, link: FakeLink, message: Message, now: float) -> None:
+        self.delivered.append((link, message))
+
+    def nudge(self, link: FakeLink) -> None:
+        """From the reader thread: a chunk is ready (wakes run_until, as it wakes the loop)."""
+        self.nudged += 1
+        self.posted.put(lambda now: None)
+
+    def low_water(self, link: FakeLink) -> None:
+        pass
+
+    def route_to(self, name: str, is_host: bool) -> tuple[FakeLink, str] | None:
+        link = self.links.get(name)
+        return (link, "") if link is not None else None
+
+    def run_until(self, done: Callable[[], bool]) -> None:
+        """Run posted commands, as the network thread would, until `done()` holds."""
+        while not done():
+            try:
+                command = self.posted.get(timeout=WAIT)
+            except queue.Empty:
+                raise AssertionError("the desk's threads reported nothing in time") from None
+            command(1.0)
+
+    def of_kind(self, kind: type[Message]) -> list[Message]:
+        return [message for _, message in self.delivered if isinstance(message, kind)]
+
+
+class FakeUser:
+    """The conversation: the lines the desk shows."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        self.status = ""
+
+    def file_lines(self, lines: list[str], error: bool = False) -> None:
+        (self.errors if error else self.lines).extend(lines)
+
+    def file_status(self, text: str) -> None:
+        self.status = text
+
+    def identity_of(self, name: str) -> bytes | None:
+        return None
+
+
+class Desk:
+    """A desk on the listener's side of one connection with laptop."""
+
+    def __init__(self, folder: Path) -> None:
+        self.peer = FakePeer("laptop", Role.LISTENER)
+        self.link = FakeLink(self.peer)
+        self.carrier = FakeCarrier({"laptop": self.link})
+        self.user = FakeUser()
+        self.downloads = folder / "Downloads"
+        self.downloads.mkdir()
+        self.desk = FileDesk(self.carrier, self.user, str(self.downloads), plain_progress=True)
+
+    def receive(self, message: Message) -> None:
+        self.desk.message(self.link, message, 1.0)  # type: ignore[arg-type]
+
+    def chunk(self, transfer: int, offset: int, data: bytes) -> None:
+        self.desk.chunk(self.link, ChunkReceived(transfer, offset, data), 1.0)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def desk(tmp_path: Path) -> Desk:
+    return Desk(tmp_path)
+
+
+def offered(
+    desk: Desk, data: bytes, name: str = "holiday.jpg", digest: bytes | None = None
+) -> None:
+    desk.receive(FileOffer(1, len(data), digest or hashlib.sha256(data).digest(), name))
+
+
+def test_an_offer_is_shown_with_the_commands_that_answer_it(desk: Desk) -> None:
+    offered(desk, b"x" * 2_400_000)
+    assert desk.user.lines == ["laptop offers holiday.jpg (2.4 MB): /accept 1 or /reject 1"]
+    assert desk.carrier.delivered == []  # nothing is answered until the person does
+
+
+def test_accepted_data_is_written_checked_and_saved_then_the_sender_is_told(desk: Desk) -> None:
+    data = os.urandom(3 * CHUNK_SIZE + 1234)
+    offered(desk, data)
+    desk.desk.accept(None, 1.0)  # the oldest waiting offer
+    [accept] = desk.carrier.of_kind(FileAccept)
+    assert accept == FileAccept(1, 0, FILE_WINDOW)
+    assert desk.user.lines[-1] == f"Receiving holiday.jpg from laptop into {desk.downloads}."
+    for offset in range(0, len(data), CHUNK_SIZE):
+        desk.chunk(1, offset, data[offset : offset + CHUNK_SIZE])
+    desk.receive(FileDone(1))
+    desk.carrier.run_until(lambda: bool(desk.carrier.of_kind(FileReceived)))
+    saved = desk.downloads / "holiday.jpg"
+    assert desk.user.lines[-1] == (
+        f"Received holiday.jpg from laptop (197.8 kB, SHA-256 verified): saved as {saved}"
+    )
+    assert saved.read_bytes() == data
+    assert sorted(p.name for p in desk.downloads.iterdir()) == ["holiday.jpg"]  # no .part left
+
+
+def test_data_that_does_not_match_the_offered_hash_is_deleted(desk: Desk) -> None:
+    data = b"the real thing" * 1000
+    offered(desk, data, digest=hashlib.sha256(b"something else").digest())
+    desk.desk.accept(1, 1.0)
+    desk.chunk(1, 0, data)
+    desk.receive(FileDone(1))
+    desk.carrier.run_until(lambda: bool(desk.user.errors))
+    assert desk.user.errors == [
+        "error: holiday.jpg from laptop does not match the SHA-256 it was offered with: "
+        "the partial file was deleted"
+    ]
+    [cancel] = desk.carrier.of_kind(FileCancel)
+    assert cancel == FileCancel(1, False, "its SHA-256 did not match: deleted")
+    desk.desk.finish_writing(WAIT)
+    assert list(desk.downloads.iterdir()) == []
+
+
+def test_data_before_the_accept_ends_the_transfer_and_nothing_is_written(desk: Desk) -> None:
+    offered(desk, b"abc")
+    desk.chunk(1, 0, b"abc")
+    assert desk.user.errors == [
+        "error: laptop sent data for holiday.jpg before it was accepted: transfer ended, "
+        "nothing saved"
+    ]
+    assert desk.carrier.of_kind(FileCancel) == [
+        FileCancel(1, False, "laptop sent data for holiday.jpg before it was accepted")
+    ]
+    assert list(desk.downloads.iterdir()) == []
+
+
+def test_data_out_of_place_or_beyond_the_credit_is_refused(desk: Desk) -> None:
+    data = os.urandom(2 * CHUNK_SIZE)
+    offered(desk, data)
+    desk.desk.accept(1, 1.0)
+    desk.chunk(1, CHUNK_SIZE, data[CHUNK_SIZE:])  # skips the first chunk
+    assert desk.user.errors[-1].startswith(
+        "error: laptop sent data for holiday.jpg out of place (at 65536, not 0)"
+    )
+
+
+def test_a_rejected_offer_is_answered_and_listed(desk: Desk) -> None:
+    offered(desk, b"abc")
+    desk.desk.reject(1, 1.0)
+    assert desk.carrier.of_kind(FileReject) == [FileReject(1)]
+    assert desk.user.lines[-1] == "Declined holiday.jpg from laptop."
+    desk.desk.listing()
+    assert desk.user.lines[-1] == "Files:\n  1. holiday.jpg (3 bytes) from laptop: declined"
+
+
+def test_a_flood_of_offers_is_bounded_and_said_once(desk: Desk) -> None:
+    for number in range(1, MAX_OPEN_OFFERS + 11):
+        desk.receive(FileOffer(number, 1, bytes(32), f"f{number}"))
+    assert len(desk.user.lines) == MAX_OPEN_OFFERS
+    assert len(desk.carrier.of_kind(FileReject)) == 10
+    assert desk.user.errors == [
+        f"laptop offered over {MAX_OPEN_OFFERS} files at once: the rest are declined until "
+        "you answer some"
+    ]
+
+
+def test_a_name_offered_twice_under_one_number_fails_the_connection(desk: Desk) -> None:
+    offered(desk, b"abc")
+    offered(desk, b"abc")
+    assert desk.peer.failed == ["it offered two files as number 1"]
+
+
+def test_a_sent_file_goes_out_in_chunks_within_the_credit_then_done(
+    desk: Desk, tmp_path: Path
+) -> None:
+    data = os.urandom(2 * CHUNK_SIZE + 10)
+    path = tmp_path / "photo.png"
+    path.write_bytes(data)
+    fd, size = open_for_sending(str(path))
+    digest, stamp = hash_file(fd, size)
+    desk.desk.offer(
+        PreparedFile(str(path), "photo.png", fd, size, digest, stamp), [("laptop", False)], 1.0
+    )
+    [offer] = desk.carrier.of_kind(FileOffer)
+    assert offer == FileOffer(1, size, hashlib.sha256(data).digest(), "photo.png", "")
+    assert desk.user.lines[-1] == "Offered photo.png (131.1 kB) to laptop."
+    desk.receive(FileAccept(1, 0, CHUNK_SIZE))  # credit for one chunk only
+    assert desk.user.lines[-1] == "laptop accepted photo.png."
+
+    def send_until(done: Callable[[], bool]) -> None:
+        """Pump as the network loop does whenever the reader nudges, until `done()`."""
+
+        def pumped_all() -> bool:
+            while desk.desk.pump(desk.link, 1.0):  # type: ignore[arg-type]
+                pass
+            return done()
+
+        desk.carrier.run_until(pumped_all)
+
+    send_until(lambda: len(desk.peer.chunks) == 1)
+    assert not desk.desk.has_data(desk.link)  # type: ignore[arg-type]
+    assert not desk.desk.pump(desk.link, 1.0)  # type: ignore[arg-type]  # the credit is spent
+    desk.receive(FileCredit(1, len(data)))
+    send_until(lambda: bool(desk.peer.sent))
+    assert b"".join(chunk for _, _, chunk in desk.peer.chunks) == data
+    assert [offset for _, offset, _ in desk.peer.chunks] == [0, CHUNK_SIZE, 2 * CHUNK_SIZE]
+    assert desk.peer.sent == [FileDone(1)]
+    desk.receive(FileReceived(1))
+    assert desk.user.lines[-1].startswith("laptop received photo.png (131.1 kB in ")
