@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -223,3 +223,43 @@ def start_pair(
     connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
     listener.expect(r"^laptop joined the chat\.$")
     return listener, connector
+
+
+# --- Chats whose processes are checked (test_cli.py, test_cli_setup.py) ---------------
+
+Spawn = Callable[..., ChatProcess]
+NEVER = r"(?!)"  # a pattern no line matches: waiting on it waits for both streams to close
+
+
+@pytest.fixture
+def chat(spawn: Spawn) -> Iterator[Spawn]:
+    """Like `spawn`, and every process's output is checked for a traceback at the end."""
+    started: list[ChatProcess] = []
+
+    def start(
+        *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> ChatProcess:
+        proc = spawn(*args, cwd=cwd, env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        assert "Traceback" not in proc.all_output(), proc.all_output()
+
+
+def finish(proc: ChatProcess, timeout: float = TIMEOUT) -> int:
+    """Wait for the exit status and for both output streams to be read to their end."""
+    status = proc.wait(timeout)
+    started = time.monotonic()
+    with pytest.raises(AssertionError, match="no line matching"):
+        proc.expect(NEVER, timeout=5.0)
+    assert time.monotonic() - started < 5.0, "output streams still open after the exit"
+    return status
+
+
+def leave(proc: ChatProcess, goodbye: str = "") -> None:
+    """Type exit and the goodbye text, and see the side close the chat itself."""
+    proc.send("exit", goodbye)
+    proc.expect(r"^Sent TERMINATE message\.$")
+    proc.expect(r"^Connection closed by you\.$")

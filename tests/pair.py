@@ -23,7 +23,7 @@ from chatclient.handshake import (
     SessionKeys,
     derive_psk,
 )
-from chatclient.messages import MESSAGES, FrameDecoder, Message, Welcome, encode_frame
+from chatclient.messages import MAX_FRAME, MESSAGES, FrameDecoder, Message, Welcome, encode_frame
 from chatclient.peer import Event, Failed, KeyProven, PeerProtocol, Stage
 from chatclient.session import Session
 
@@ -45,6 +45,11 @@ def one_frame(data: bytes, limit: int = MAX_HELLO_SIZE) -> bytes:
     body = decoder.next_frame(limit)
     assert body is not None and decoder.buffered == 0
     return body
+
+
+def body_of(frame: bytes) -> bytes:
+    """The body of one complete frame."""
+    return one_frame(frame, MAX_FRAME)
 
 
 def handshake_keys(

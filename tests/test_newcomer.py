@@ -25,7 +25,6 @@ from conftest import (
 )
 from socks5 import Socks5Server
 
-from chatclient.config import program_name
 from chatclient.sockets import socks5_request
 
 Spawn = Callable[..., ChatProcess]
@@ -98,25 +97,6 @@ def test_a_cryptography_too_old_for_chatclient_is_named_with_its_version(tmp_pat
         "error: chatclient needs cryptography>=41 (it has 38.0.4), spake2>=0.9; this Python"
     )
     assert list(work.iterdir()) == []
-
-
-def test_program_name_is_the_command_as_run() -> None:
-    cwd = "/home/me/chat"
-    assert (
-        program_name("chatclient.py", "/usr/bin/python3", cwd, "/usr/bin")
-        == "python3 chatclient.py"
-    )
-    assert (
-        program_name("chatclient.py", "/home/me/chat/.venv/bin/python", cwd, "")
-        == ".venv/bin/python chatclient.py"
-    )
-    assert program_name("/nowhere/bin/chatclient", "/x/python", cwd, "") == (
-        "/nowhere/bin/chatclient"
-    )
-    # A Python that PATH would not find is named by its path, so the hint works as typed.
-    assert program_name("chatclient.py", "/other/.venv/bin/python", cwd, "/usr/bin") == (
-        "/other/.venv/bin/python chatclient.py"
-    )
 
 
 def test_the_console_script_names_itself_in_its_hints(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
-"""Group chat: the room's rules and the check of relayed words (pure), then real rooms of
-real processes on 127.0.0.1, each person in a folder of their own."""
+"""Group chat: the room's rules (room.py: places, names, audiences, and the listener's
+admission of handshakes and its summaries of refusals) and the check of relayed words
+(pure), then real rooms of real processes on 127.0.0.1, each person in a folder of
+their own."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from conftest import KEY, SCRIPT, TIMEOUT, ChatProcess, free_port, run, write_co
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
-from pair import PSK, drive
+from pair import PSK, FakeClock, drive
 
 from chatclient.cli import parse_args
 from chatclient.errors import ProtocolError
@@ -40,7 +42,17 @@ from chatclient.messages import (
 )
 from chatclient.network import Network
 from chatclient.peer import Established, PeerProtocol, refusal_error
-from chatclient.room import Hearing, Room, Voice
+from chatclient.room import (
+    MAX_HANDSHAKES_PER_ADDRESS,
+    MAX_PENDING_HANDSHAKES,
+    AbandonLog,
+    Hearing,
+    Pending,
+    RefusalLog,
+    Room,
+    Voice,
+    handshake_to_evict,
+)
 from chatclient.sockets import listen_socket
 from chatclient.text import name_problem
 
@@ -85,6 +97,95 @@ def test_words_go_to_everyone_else_or_only_to_the_one_they_are_for() -> None:
     private = Say(Form.CHAT, 0, bytes(64), "carol", "psst")
     assert room.audience(members["alice"], private) == [members["carol"]]
     assert room.audience(members["alice"], Say(Form.CHAT, 0, bytes(64), "zoe", "x")) == []
+
+
+def test_the_room_hands_out_places_up_to_its_capacity() -> None:
+    room = Room(capacity=1)
+    first, second = object(), object()
+    assert room.claim(first) and first in room and room.full
+    assert not room.claim(second)  # told busy: the place went to the first proven connector
+    room.release(first)
+    assert not room and room.claim(second)
+    room.release(object())  # releasing someone without a place changes nothing
+    assert len(room) == 1
+
+
+def test_the_host_holds_a_name_from_the_check_until_its_owner_is_in_or_gone() -> None:
+    room = Room(5)
+    first, second = object(), object()
+    room.claim(first)
+    room.hold(first, "zed")
+    assert room.taken("zed") and room.named("zed") is None
+    room.claim(second)
+    assert room.taken("zed")  # the second zed is refused while the first one comes in
+    room.release(first)
+    assert not room.taken("zed")
+
+
+def test_the_host_wants_each_members_words_in_sequence() -> None:
+    room = Room(2)
+    alice = object()
+    room.claim(alice)
+    words = [Say(Form.CHAT, n, bytes(64), "", "x") for n in range(3)]
+    assert room.in_sequence(alice, words[0]) and room.in_sequence(alice, words[1])
+    assert not room.in_sequence(alice, words[1])  # the same number again
+    private = Say(Form.CHAT, 0, bytes(64), "bob", "x")
+    assert room.in_sequence(alice, private)  # each audience is numbered apart
+
+
+# --- The listener's admission rules ---------------------------------------------------------
+
+
+def pending(host: str, since: float, greeted: bool, key: int) -> Pending:
+    return Pending(host, since, greeted, key)
+
+
+def test_room_for_a_new_connection_needs_no_eviction() -> None:
+    assert handshake_to_evict([pending("127.0.0.2", 0, False, 1)], "127.0.0.1") is None
+
+
+def test_a_third_handshake_from_one_address_evicts_that_addresss_oldest() -> None:
+    flood = [pending("127.0.0.2", t, False, t) for t in range(MAX_HANDSHAKES_PER_ADDRESS)]
+    real = pending("127.0.0.1", 0.5, True, 99)
+    victim, reason = handshake_to_evict([*flood, real], "127.0.0.2")  # type: ignore[misc]
+    assert victim.key == 0 and "from 127.0.0.2" in reason
+
+
+def test_at_the_global_cap_a_silent_connection_goes_before_a_greeted_one() -> None:
+    greeted = [pending(f"10.0.0.{n}", n, True, n) for n in range(MAX_PENDING_HANDSHAKES - 1)]
+    silent = pending("10.0.1.1", 100, False, 500)
+    victim, reason = handshake_to_evict([*greeted, silent], "10.0.2.1")  # type: ignore[misc]
+    assert victim is silent and "silent" in reason
+    everyone_greeted = [pending(f"10.0.0.{n}", n, True, n) for n in range(MAX_PENDING_HANDSHAKES)]
+    victim, _ = handshake_to_evict(everyone_greeted, "10.0.2.1")  # type: ignore[misc]
+    assert victim.key == 0  # then the oldest
+
+
+def test_refusals_show_the_first_then_one_summary_per_address_per_window() -> None:
+    log = RefusalLog(window=10.0)
+    assert log.refused("127.0.0.2", "first", 0.0) == "first"
+    assert all(log.refused("127.0.0.2", "again", t / 1000) is None for t in range(1, 1713))
+    assert log.refused("127.0.0.3", "other host", 1.0) == "other host"
+    assert log.summaries(9.9) == []
+    assert log.next_deadline() == 10.0
+    assert log.summaries(10.0) == ["Refused 1712 more connections from 127.0.0.2 in the last 10 s"]
+    assert log.summaries(11.0) == []  # 127.0.0.3 had nothing more: forgotten
+    assert log.refused("127.0.0.3", "shown again", 12.0) == "shown again"
+    assert log.summaries(20.0) == []  # 127.0.0.2 stayed quiet for a window: forgotten
+    assert log.refused("127.0.0.2", "new", 21.0) == "new"
+
+
+def test_abandoned_handshakes_are_counted_per_address_and_summarised() -> None:
+    log = AbandonLog(window=10.0)
+    clock = FakeClock(0.0)
+    assert log.abandoned("10.0.0.5", clock.now) == "1 handshake from 10.0.0.5 was abandoned halfway"
+    assert log.abandoned("10.0.0.5", clock.advance(1)) is None
+    assert log.abandoned("10.0.0.5", clock.advance(1)) is None
+    assert log.summaries(clock.advance(1)) == []
+    assert log.next_deadline() == 10.0
+    assert log.summaries(clock.advance(7)) == ["3 handshakes from 10.0.0.5 were abandoned halfway"]
+    assert log.summaries(clock.advance(10)) == []  # a quiet window: forgotten
+    assert log.next_deadline() is None
 
 
 # --- Signed words ------------------------------------------------------------------------------
@@ -137,6 +238,21 @@ def test_private_words_are_numbered_apart_and_only_for_their_reader() -> None:
     assert heard(Said("alice", to_bob), public(alice)) == (True, None)
     show, note = heard(Said("alice", to_carol), public(alice))
     assert not show and note is not None and "someone else" in note
+
+
+def test_someone_who_joined_while_we_were_here_starts_at_zero_and_a_rejoin_starts_again() -> None:
+    alice = key()
+    hearing = Hearing("bob", HOST, ROOM)
+    hearing.arrived("alice")
+    voice = Voice(alice, "alice", HOST, ROOM)
+    first, second = voice.say("one"), voice.say("two")
+    show, note = hearing.check(Said("alice", second), public(alice))  # the first was withheld
+    assert show and note is not None and "never arrived" in note
+    hearing.left("alice")
+    hearing.arrived("alice")  # a new session of alice numbers from 0 again
+    again = Voice(alice, "alice", HOST, ROOM).say("back")
+    assert hearing.check(Said("alice", again), public(alice)) == (True, None)
+    assert first.seq == 0
 
 
 @given(
@@ -397,44 +513,6 @@ def test_two_people_keep_the_seed_lines(spawn: Spawn, tmp_path: Path) -> None:
     desk.expect(r"^Connection closed by peer\.$")
     assert desk.wait() == 0 and laptop.wait() == 0
     assert not any(re.match(r"Also in the chat|.* lost the connection", line) for line in desk.out)
-
-
-def test_the_host_holds_a_name_from_the_check_until_its_owner_is_in_or_gone() -> None:
-    room = Room(5)
-    first, second = object(), object()
-    room.claim(first)
-    room.hold(first, "zed")
-    assert room.taken("zed") and room.named("zed") is None
-    room.claim(second)
-    assert room.taken("zed")  # the second zed is refused while the first one comes in
-    room.release(first)
-    assert not room.taken("zed")
-
-
-def test_the_host_wants_each_members_words_in_sequence() -> None:
-    room = Room(2)
-    alice = object()
-    room.claim(alice)
-    words = [Say(Form.CHAT, n, bytes(64), "", "x") for n in range(3)]
-    assert room.in_sequence(alice, words[0]) and room.in_sequence(alice, words[1])
-    assert not room.in_sequence(alice, words[1])  # the same number again
-    private = Say(Form.CHAT, 0, bytes(64), "bob", "x")
-    assert room.in_sequence(alice, private)  # each audience is numbered apart
-
-
-def test_someone_who_joined_while_we_were_here_starts_at_zero_and_a_rejoin_starts_again() -> None:
-    alice = key()
-    hearing = Hearing("bob", HOST, ROOM)
-    hearing.arrived("alice")
-    voice = Voice(alice, "alice", HOST, ROOM)
-    first, second = voice.say("one"), voice.say("two")
-    show, note = hearing.check(Said("alice", second), public(alice))  # the first was withheld
-    assert show and note is not None and "never arrived" in note
-    hearing.left("alice")
-    hearing.arrived("alice")  # a new session of alice numbers from 0 again
-    again = Voice(alice, "alice", HOST, ROOM).say("back")
-    assert hearing.check(Said("alice", again), public(alice)) == (True, None)
-    assert first.seq == 0
 
 
 def test_a_member_sending_what_only_a_host_sends_is_put_out(spawn: Spawn, tmp_path: Path) -> None:
