@@ -35,7 +35,19 @@ from chatclient.handshake import (
     welcome_signed_data,
 )
 from chatclient.identity import safety_number
-from chatclient.messages import FRAME_HEADER, Chat, Phase, Welcome
+from chatclient.messages import (
+    FRAME_HEADER,
+    Chat,
+    Form,
+    Phase,
+    Said,
+    Say,
+    Welcome,
+    chunk_associated_data,
+    chunk_nonce,
+    decode_payload,
+)
+from chatclient.room import Hearing, Voice, words_signed_data
 from chatclient.session import Session
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
@@ -218,3 +230,33 @@ def test_file_keys_and_a_sealed_chunk() -> None:
     assert frames[2][FRAME_HEADER.size :].hex() == V["chunk_listener_to_connector_third_body"]
     opened = [connector.open_chunk(frame[FRAME_HEADER.size :]) for frame in frames]
     assert opened[2] == (7, 65536, data)
+
+
+def test_chunk_nonce_and_associated_data() -> None:
+    """The listener's third chunk (number 2) of transfer 7 at offset 65536: both big-endian."""
+    assert chunk_nonce(1, 2).hex() == V["chunk_nonce"]
+    assert chunk_associated_data(7, 65536).hex() == V["chunk_associated_data"]
+
+
+def test_signed_words_in_a_room() -> None:
+    """A member's SAY to the room and to one person, and the SAID relaying it, byte for byte."""
+    laptop = Ed25519PrivateKey.from_private_bytes(h("connector_identity_private"))
+    host, room, author = h("listener_identity"), h("room"), V["say_author"]
+    voice = Voice(laptop, author, host, room)
+    voice.say("one")
+    voice.say("two")  # the vector's words are laptop's third to the room
+    say = voice.say(V["say_text"])
+    whisper = voice.say(V["whisper_text"], Form.CHAT, to=V["whisper_to"])
+    assert (say.seq, whisper.seq) == (V["say_seq"], 0)  # each audience numbers on its own
+    for words, name in ((say, "say"), (whisper, "whisper")):
+        assert words_signed_data(host, room, author, words).hex() == V[f"{name}_signed_data"]
+        assert words.signature.hex() == V[f"{name}_signature"]
+        assert words.encode_body().hex() == V[f"{name}_body"]
+    said = Said(author, say)
+    assert said.encode_body().hex() == V["said_body"]
+    # The vector's bytes decode to the same message, and a member who was in the room
+    # before laptop spoke shows them.
+    _, decoded = decode_payload((9).to_bytes(8, "big") + bytes([Said.TAG]) + h("said_body"))
+    assert decoded == said
+    assert isinstance(decoded, Said) and isinstance(decoded.words, Say)
+    assert Hearing("bob", host, room).check(decoded, h("connector_identity")) == (True, None)

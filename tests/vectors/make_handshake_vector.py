@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Write handshake.json: the known answers of the chatclient/2 handshake.
 
-This script implements the README / issue 3 formulas directly, with HKDF and
-HMAC written out from RFC 5869 and the Fernet spec; it never calls chatclient,
-so the known-answer test compares two independent implementations.
+This script implements the formulas of docs/protocol.md (issue 3) directly, with
+HKDF and HMAC written out from RFC 5869 and the Fernet spec; it never calls
+chatclient, so the known-answer test compares two independent implementations.
 
     python tests/vectors/make_handshake_vector.py      # rewrites handshake.json
 """
@@ -57,6 +57,13 @@ TOKEN_IV = bytes(range(16))
 WELCOME_TYPE = 1
 CHAT_TYPE = 2
 READY_TYPE = 6
+# A member's words in the room: the connector (RFC 8032 test 1) as "laptop", in the
+# listener's room (the host's identity is RFC 8032 test 2's public key).
+SAY_AUTHOR = "laptop"
+SAY_TEXT = "hello all \N{WAVING HAND SIGN}"
+SAY_SEQ = 2  # laptop's third words to the whole room
+WHISPER_TO = "desktop"
+WHISPER_TEXT = "see you at 5"
 
 
 def safety_half(public: bytes) -> str:
@@ -88,6 +95,37 @@ def fernet_token(key32: bytes, plaintext: bytes, when: int, iv: bytes) -> bytes:
     ciphertext = encryptor.update(padded) + encryptor.finalize()
     signed = b"\x80" + struct.pack(">Q", when) + iv + ciphertext
     return base64.urlsafe_b64encode(signed + hmac.new(signing_key, signed, hashlib.sha256).digest())
+
+
+def length_prefixed(data: bytes) -> bytes:
+    """A length-prefixed field: 4-byte big-endian length, then the bytes."""
+    return len(data).to_bytes(4, "big") + data
+
+
+def words(
+    signer: Ed25519PrivateKey, host: bytes, form: int, seq: int, to: str, text: str
+) -> dict[str, bytes]:
+    """A SAY by SAY_AUTHOR: the bytes its signature covers, the signature, its body, and
+    the body of the SAID the host relays it in."""
+    author, recipient, said = SAY_AUTHOR.encode(), to.encode(), text.encode()
+    signed = (
+        b"chatclient/2 words\0"
+        + host
+        + ROOM
+        + bytes([form])
+        + seq.to_bytes(8, "big")
+        + length_prefixed(author)
+        + length_prefixed(recipient)
+        + said
+    )
+    signature = signer.sign(signed)
+    body = bytes([form]) + seq.to_bytes(8, "big") + signature + length_prefixed(recipient) + said
+    return {
+        "signed": signed,
+        "signature": signature,
+        "body": body,
+        "said": length_prefixed(author) + body,
+    }
 
 
 def payload(seq: int, kind: int, body: bytes) -> bytes:
@@ -138,6 +176,7 @@ def compute() -> dict[str, Any]:
         + (65536).to_bytes(8, "big")
         + AESGCM(file_l2c).encrypt(chunk_nonce, chunk_data, chunk_aad)
     )
+    assert chunk_nonce.hex() == "000000010000000000000002"  # big-endian, both fields
 
     # Each WELCOME: identity key, Ed25519 signature (deterministic) over the label, the
     # sender's role, a zero byte, th, the room id and the name; then the room id and the
@@ -160,6 +199,13 @@ def compute() -> dict[str, Any]:
     digits = "".join(safety_half(key) for key in ordered)
     safety = " ".join(digits[i : i + 5] for i in range(0, 60, 5))
 
+    # laptop's words to the room, then to desktop alone (/msg desktop ...): the first words
+    # to that audience, so number 0. Both said (form 1), signed with laptop's identity.
+    laptop = Ed25519PrivateKey.from_private_bytes(CONNECTOR_IDENTITY)
+    say = words(laptop, identities["listener"], 1, SAY_SEQ, "", SAY_TEXT)
+    whisper = words(laptop, identities["listener"], 1, 0, WHISPER_TO, WHISPER_TEXT)
+    laptop.public_key().verify(say["signature"], say["signed"])
+
     c2l_plain = payload(0, WELCOME_TYPE, welcomes["connector"])
     l2c_plain = payload(1, CHAT_TYPE, "hello laptop \N{WAVING HAND SIGN}".encode())
     c2l_token = fernet_token(c2l, c2l_plain, TOKEN_TIME, TOKEN_IV)
@@ -170,7 +216,7 @@ def compute() -> dict[str, Any]:
     return {
         "description": (
             "chatclient/2 handshake known answers; made by make_handshake_vector.py "
-            "from the protocol formulas, independently of chatclient.py"
+            "from the protocol formulas, independently of chatclient"
         ),
         "config_key": CONFIG_KEY,
         "connector_private": CONNECTOR_PRIVATE.hex(),
@@ -196,6 +242,8 @@ def compute() -> dict[str, Any]:
         "file_key_connector_to_listener": file_c2l.hex(),
         "file_key_listener_to_connector": file_l2c.hex(),
         "chunk_data": chunk_data.hex(),
+        "chunk_nonce": chunk_nonce.hex(),
+        "chunk_associated_data": chunk_aad.hex(),
         "chunk_listener_to_connector_third_body": chunk_body.hex(),
         "confirm_tag": confirm_tag.hex(),
         "connector_identity_private": CONNECTOR_IDENTITY.hex(),
@@ -212,6 +260,18 @@ def compute() -> dict[str, Any]:
         "connector_to_listener_token": c2l_token.decode("ascii"),
         "listener_to_connector_payload": l2c_plain.hex(),
         "listener_to_connector_token": l2c_token.decode("ascii"),
+        "say_author": SAY_AUTHOR,
+        "say_text": SAY_TEXT,
+        "say_seq": SAY_SEQ,
+        "say_signed_data": say["signed"].hex(),
+        "say_signature": say["signature"].hex(),
+        "say_body": say["body"].hex(),
+        "said_body": say["said"].hex(),
+        "whisper_to": WHISPER_TO,
+        "whisper_text": WHISPER_TEXT,
+        "whisper_signed_data": whisper["signed"].hex(),
+        "whisper_signature": whisper["signature"].hex(),
+        "whisper_body": whisper["body"].hex(),
     }
 
 
