@@ -150,9 +150,12 @@ class Conversation:
         room: bytes = bytes(ROOM_ID_SIZE),
         *,
         program: str,
+        destination: str | None = None,
     ) -> None:
         self.term = term
         self.program = program  # the command as it was run, for hints
+        # Connecting: where we asked to go (the socket's own peer is the proxy, if any).
+        self.destination = destination
         self.config = config
         if identity is None:
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -234,14 +237,14 @@ class Conversation:
         self.term.error(line)
 
     def invite_void(self, line: str) -> None:
-        """The invite is void: stop waiting (a chat in progress goes on)."""
-        line = f"{line}. Run {self.program} --invite for a new code"
+        """The invite is void: stop waiting (a chat in progress goes on, and its host makes
+        a new code with /invite)."""
         if not self.joined:
-            self.failure = ChatError(line)
+            self.failure = ChatError(f"{line}. Run {self.program} --invite for a new code")
             self.started.set()
             self.ended.set()
         else:
-            self.term.error(line)
+            self.term.error(f"{line}. Type /invite for a new code")
 
     def network_failed(self, error: ChatError) -> None:
         """The network thread failed: end the chat, or the wait for it, with the reason."""
@@ -273,8 +276,9 @@ class Conversation:
         self.joined = True
         hosting = link.peer.role is Role.LISTENER
         now = time.monotonic()
+        address = self.destination if not hosting and self.destination else None
         self.people[name] = PeerInfo(
-            name, format_address(link.address), event.identity, now, host=not hosting
+            name, address or format_address(link.address), event.identity, now, host=not hosting
         )
         if hosting:
             self.names[link] = name
@@ -416,11 +420,16 @@ class Conversation:
 
     # The main thread ------------------------------------------------------------------
 
-    def wait_until_started(self, listening: bool) -> None:
-        """Block until the chat starts; while listening, refuse lines typed meanwhile."""
+    def wait_until_started(self, listening: bool, net: Network | None = None) -> None:
+        """Block until the chat starts; while listening, refuse lines typed meanwhile,
+        but for /invite, which opens an invite on `net`."""
         while not self.started.is_set():
             if listening:
-                self.term.watch_input(self.started)
+                typed = self.term.watch_input(self.started)
+                if typed is not None and typed.strip().lower() == "/invite" and net is not None:
+                    self._open_invite(net)  # the one command that makes sense before anyone came
+                elif typed is not None:
+                    self.term.error("Nobody is connected yet: that line was not sent.")
             else:
                 self.started.wait(0.1)  # short waits keep Ctrl-C responsive
         if self.failure is not None:
@@ -443,19 +452,28 @@ class Conversation:
         try:
             try:
                 goodbye = self._read_until_exit()
-            except KeyboardInterrupt:  # Ctrl-C while sending or printing
-                self.term.newline()
+            except KeyboardInterrupt:  # Ctrl-C while sending, printing or in a long line
+                self._drop_unsent("Not sent")
                 goodbye = ""
             self._leave(goodbye)
         except PeerEnded:
-            typed = "\n".join(part for part in (self._collected, self.term.typed_text()) if part)
-            self.term.clear_prompt()
-            if typed.strip():  # a half-typed line is never thrown away silently
-                self.term.show(f"Not sent (the chat had ended): {peer_text(typed)}")
+            self._drop_unsent("Not sent (the chat had ended)", keep_row=False)
             self.ended.wait(GOODBYE_DRAIN_SECONDS)
         finally:
             self._interrupted.set()
         return self.status()
+
+    def _drop_unsent(self, why: str, keep_row: bool = True) -> None:
+        """Leave the prompt; a half-typed line is never thrown away silently. `keep_row`:
+        it stays on the screen (after Ctrl-C), so the line below says it did not go."""
+        typed = "\n".join(part for part in (self._collected, self.term.typed_text()) if part)
+        self._collected = ""
+        if keep_row:
+            self.term.newline()
+        else:
+            self.term.clear_prompt()
+        if typed.strip():
+            self.term.show(f"{why}: {peer_text(typed)}")
 
     def status(self) -> int:
         """The exit status: 0 after a goodbye from either side, 1 otherwise."""
@@ -467,7 +485,7 @@ class Conversation:
             try:
                 line = self.term.ask(self.prompt)
             except (EOFError, KeyboardInterrupt):
-                self.term.newline()
+                self._drop_unsent("Not sent")
                 return ""
             except UnicodeDecodeError:
                 self.term.error("error: that line is not valid UTF-8 text: not sent")
@@ -612,35 +630,42 @@ class Conversation:
             minutes, seconds = divmod(int(now - peer.since), 60)
             self.term.show(
                 f"Talking to {sanitize(peer.name)} at {peer.address}, connected "
-                f"{minutes} min {seconds} s. Identity: {fingerprint(peer.identity)} "
-                "(/verify compares it)"
+                f"{minutes} min {seconds} s, {self._verified_word(peer)}. "
+                f"Identity: {fingerprint(peer.identity)} (/verify compares it)"
             )
             return False
-        try:
-            known = read_known_peers(self.known_path)
-        except ConfigError:
-            known = KnownPeers(self.known_path)
         rows = [f"In the chat ({len(self.people) + 1} people):"]
         if self.names or not any(p.host for p in self.people.values()):
             rows.append(f"  {sanitize(self.config.username)} (you, host)")
         for peer in self.people.values():
             minutes, seconds = divmod(int(now - peer.since), 60)
-            trust = known.recognize(peer.name, peer.identity).trust
             rows.append(
                 f"  {sanitize(peer.name)}{' (host)' if peer.host else ''} at {peer.address}, "
-                f"{minutes} min {seconds} s, "
-                f"{'verified' if trust is Trust.VERIFIED else 'not verified'}"
+                f"{minutes} min {seconds} s, {self._verified_word(peer)}"
             )
         if not self.names:
             rows.append(f"  {sanitize(self.config.username)} (you)")
         self.term.show("\n".join(rows))
         return False
 
+    def _is_verified(self, peer: PeerInfo) -> bool:
+        """The one rule for "verified", wherever it is shown: known_peers, read now, pins
+        this identity under this name as verified (by /verify ok, or by an invite code)."""
+        try:
+            known = read_known_peers(self.known_path)
+        except ConfigError:
+            known = KnownPeers(self.known_path)
+        return known.recognize(peer.name, peer.identity).trust is Trust.VERIFIED
+
+    def _verified_word(self, peer: PeerInfo) -> str:
+        return "verified" if self._is_verified(peer) else "not verified"
+
     def completions(self, line: str) -> list[str]:
         """What Tab offers for `line`: command names, then after /msg or /verify a name."""
         command, space, rest = line.partition(" ")
         if not space:
-            words = [f"/{word}" for word in COMMAND_INDEX]
+            hidden = set() if self.hosting else {"invite"}  # the host's alone
+            words = [f"/{word}" for word in COMMAND_INDEX if word not in hidden]
             return sorted(f"{word} " for word in words if word.startswith(line.lower()))
         if command.lower() in ("/msg", "/verify", "/send"):
             return [f"{command} {name} " for name in self.people if name.startswith(rest)]
@@ -676,25 +701,36 @@ class Conversation:
                     f"{sanitize(name)} is now verified in {self.known_path}: later chats say so."
                 )
         else:
+            shown = sanitize(peer.name)
+            after = (
+                f"{shown} is already verified (in {self.known_path}): nothing more to do."
+                if self._is_verified(peer)
+                else f"If they match, type /verify {shown} ok to remember them as verified."
+            )
             self.term.show(
-                f"Safety number with {sanitize(peer.name)}:\n"
+                f"Safety number with {shown}:\n"
                 f"    {safety_number(self.identity, peer.identity)}\n"
                 "Compare all 60 digits with theirs, by voice or side by side.\n"
                 "The same 60 digits mean nobody is in the middle; a few matching prove nothing.\n"
-                f"If they match, type /verify {sanitize(peer.name)} ok to remember them as "
-                "verified."
+                + after
             )
         return False
 
     def invite(self, argument: str) -> bool:
         """/invite: a new one-time code for one more person (the host only)."""
         if not self.hosting or self.net is None:
-            self.term.error("try again: only the one who listens (the host) can invite")
+            self.term.error(
+                "only the host (the one who listens) can make invite codes: ask them to type "
+                "/invite"
+            )
             return False
-        invite = Invite(new_invite_code())
-        self.net.offer(invite)
-        show_invite(invite, self.config, self.term, self.program)
+        self._open_invite(self.net)
         return False
+
+    def _open_invite(self, net: Network) -> None:
+        invite = Invite(new_invite_code())
+        net.offer(invite)
+        show_invite(invite, self.config, self.term, self.program)
 
     def whisper(self, argument: str) -> bool:
         """/msg NAME text: words for one person only (through the host)."""

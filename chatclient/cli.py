@@ -32,6 +32,7 @@ from .firstrun import (
     ask_code,
     ask_mode,
     ask_target,
+    contacts_line,
     downloads_folder,
     forget_peer,
     init_config,
@@ -71,26 +72,49 @@ def parse_proxy(text: str) -> tuple[str, int]:
 # --- main ----------------------------------------------------------------------
 
 
+# The -h examples: what each does, then the command (its arguments after the program).
+EXAMPLES = (
+    ("ask whether to listen or connect", ""),
+    ("wait for your peer", "--listen"),
+    ("wait for someone you share no key with", "--invite"),
+    (
+        "join with the invite code your peer read out",
+        "--connect 192.168.1.112:50233 --code 7-gazelle-microwave",
+    ),
+    ("join a contact, or with a shared key", "--connect 192.168.1.112:50233"),
+    ("IPv6 addresses go in brackets", "--connect [::1]:50233"),
+    ("through Tor or ssh -D", "--connect peer.example:50233 --proxy socks5://127.0.0.1:9050"),
+    ("write the config without questions", "--init --username laptop --port 50233"),
+    ("save your peer's key (it asks for it)", "--init --key - --username laptop"),
+    ("print a new key", "--genkey"),
+    ("after laptop really made a new identity", "--forget laptop"),
+)
+
+
+def shell_lines(command: str, width: int) -> list[str]:
+    """`command` as shell lines of at most `width` columns where its words allow, each but
+    the last ending in a backslash, so the whole still pastes as one command."""
+    lines: list[str] = []
+    line = "  "
+    for word in command.split(" "):
+        if line.strip() and len(line) + 1 + len(word) + 2 > width:
+            lines.append(line + " \\")
+            line = "      "
+        line += word if not line.strip() else " " + word
+    return [*lines, line]
+
+
 def examples(program: str) -> str:
-    """The -h epilog, naming the command as it was run."""
-    return "\n".join(
-        [
-            "examples:",
-            f"  {program}                     ask whether to listen or connect",
-            f"  {program} --listen            wait for your peer",
-            f"  {program} --invite            wait for someone you share no key with",
-            f"  {program} --connect 192.168.1.112:50233 --code 7-gazelle-microwave",
-            f"  {program} --connect 192.168.1.112:50233",
-            f"  {program} --connect [::1]:50233            IPv6 in brackets",
-            f"  {program} --connect peer.example:50233 --proxy socks5://127.0.0.1:9050",
-            f"  {program} --init --username laptop --port 50233",
-            f"  {program} --init --key - --username laptop  (paste your peer's key when asked)",
-            f"  {program} --genkey            print a new key",
-            f"  {program} --forget laptop     after laptop really made a new identity",
-        ]
-    )
+    """The -h epilog, naming the command as it was run, within 80 columns."""
+    lines = ["examples:"]
+    for what, arguments in EXAMPLES:
+        lines.append(f"  # {what}")
+        lines += shell_lines(f"{program} {arguments}".rstrip(), 80)
+    return "\n".join(lines)
 
 
+# argparse would indent its own usage past 80 columns after a long program name.
+USAGE = "%(prog)s\n         [--listen | --invite | --connect HOST:PORT [--code CODE]] [OPTIONS]"
 DESCRIPTION = """\
 Peer-to-peer, end-to-end encrypted chat for the terminal. One person listens,
 the other connects: with a one-time invite code the first time, as contacts
@@ -180,6 +204,7 @@ def parse_args(argv: list[str] | None, program: str) -> Options:
 
     parser = Parser(
         prog=program,
+        usage=USAGE,
         description=DESCRIPTION,
         epilog=examples(program),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -324,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         identity = open_identity(config, term)
         known = read_known_peers(beside(config.path, KNOWN_PEERS_FILE))  # damaged: stop here
         psk = derive_psk(config.key) if config.key is not None else None
-        term.show(f"Your IP and port are: {shown_address(config)}")
+        if args.connect is None:  # the seed's line; a connector is not listening anywhere
+            term.show(f"Your IP and port are: {shown_address(config)}")
         if psk is not None:
             term.show(
                 f"Key ID: {key_id(psk)} (your peer must see the same ID, or your keys differ)"
@@ -335,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             or (not args.connect and (just_created or ask_mode(term) == "listen"))
         )
         target = None if listening else (args.connect or ask_target(term))
-        invite = Invite(new_invite_code()) if listening and (args.invite or not psk) else None
+        # An invite opens when asked, or when nobody could get in without one.
+        wanted = args.invite or (psk is None and not known.peers)
+        invite = Invite(new_invite_code()) if listening and wanted else None
         code = None if listening else args.code or ask_code(term, psk, known)
         # The chat itself (the network thread, files, the room) loads only now: start-up
         # to the first prompt does not pay for it.
@@ -345,7 +373,14 @@ def main(argv: list[str] | None = None) -> int:
 
         room = os.urandom(ROOM_ID_SIZE)
         downloads = downloads_folder(config, args.downloads)
-        conversation = Conversation(term, config, identity, room, program=program)
+        destination = None
+        if target is not None:
+            destination = f"{format_host(target[0])}:{target[1] or config.port}"
+            if args.proxy is not None:
+                destination += f" through the proxy at {format_host(args.proxy[0])}:{args.proxy[1]}"
+        conversation = Conversation(
+            term, config, identity, room, program=program, destination=destination
+        )
         network = Network(
             psk,
             config.username,
@@ -365,9 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if target is None:
             source = "--port" if args.port is not None else config.path
-            network.listen(listen_socket(config.ip, config.port, source))
+            network.listen(listen_socket(config.ip, config.port, source, config.path))
             if invite is not None:
                 show_invite(invite, config, term, program)
+            elif psk is None:
+                term.show(contacts_line(known.peers))
             term.show(
                 f"Listening on {format_host(config.ip)}:{config.port}; "
                 "waiting for your peer (Ctrl-C to stop)."
@@ -377,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             network.connect(connect_socket(host, port, proxy=args.proxy))
         network.start()
         try:
-            conversation.wait_until_started(listening)
+            conversation.wait_until_started(listening, network)
             return conversation.run(network)
         except PeerEnded:  # the network's interrupt landed as run() returned
             return conversation.status()

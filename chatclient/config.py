@@ -155,6 +155,51 @@ def user_config_path() -> str:
     return os.path.join(base, "chatclient", "config.ini")
 
 
+def xdg_download_dir(home: str) -> str | None:
+    """XDG_DOWNLOAD_DIR from user-dirs.dirs (xdg-user-dirs), when it names a folder other
+    than the home folder itself (which, by that spec, means there is none)."""
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    base = xdg if os.path.isabs(xdg) else os.path.join(home, ".config")
+    try:
+        with open(os.path.join(base, "user-dirs.dirs"), encoding="utf-8") as file:
+            lines = file.read(65536).splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        name, equals, value = line.strip().partition("=")
+        if name != "XDG_DOWNLOAD_DIR" or not equals:
+            continue
+        value = value.strip().strip('"')
+        if value.startswith("$HOME"):
+            value = home + value[len("$HOME") :]
+        folder = os.path.normpath(value)
+        if os.path.isabs(value) and folder != os.path.normpath(home):
+            return folder
+    return None
+
+
+def default_downloads() -> tuple[str, bool]:
+    """Where received files go when nothing says: the desktop's download folder
+    (XDG_DOWNLOAD_DIR, else ~/Downloads where it exists), else chatclient's own folder
+    in the user's data directory, never the current folder (a checkout, say). The bool:
+    whether the folder is chatclient's own, to be created (mode 700) if missing."""
+    home = os.path.expanduser("~")
+    if sys.platform not in ("win32", "darwin") and (folder := xdg_download_dir(home)):
+        if os.path.isdir(folder):
+            return folder, False
+    downloads = os.path.join(home, "Downloads")
+    if os.path.isdir(downloads):
+        return downloads, False
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+    elif sys.platform == "darwin":
+        base = os.path.join(home, "Library", "Application Support")
+    else:
+        xdg = os.environ.get("XDG_DATA_HOME", "")
+        base = xdg if os.path.isabs(xdg) else os.path.join(home, ".local", "share")
+    return os.path.join(base, "chatclient", "downloads"), True
+
+
 def choose_config_path(explicit: str | None, console_script: bool) -> str:
     """Which config.ini to use: --config, then ./config.ini, then the per-user one.
 
@@ -298,9 +343,11 @@ def read_fields(path: str, program: str) -> dict[str, str]:
         with open(path, encoding="utf-8") as file:
             parser.read_file(file)
     except FileNotFoundError:
+        flag = config_flag(path, program)
         raise ConfigMissing(
-            f"{path} not found: create it with `{program} --init{config_flag(path, program)}` "
-            "(or copy the example config.ini and set fernet_key)"
+            f"{path} not found: run `{program}{flag}` on a terminal to be asked for a name, or "
+            f"create it with `{program} --init{flag} --username NAME` (no key is needed: the "
+            "first chat uses an invite code)"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it: {describe_os_error(exc)}") from exc
@@ -370,7 +417,7 @@ def render_config(config: Config) -> str:
         "# Address to listen on; 0.0.0.0 (or ::) means all interfaces.\n"
         f"ip = {config.ip}\n"
         f"port = {config.port}\n"
-        "# Optional: a key both people share (chatclient.py --genkey makes one).\n"
+        "# Optional: a key both people share (chatclient --genkey makes one).\n"
         "# Left empty, you chat by invite codes and, after that, as contacts.\n"
         f"fernet_key = {config.fernet_key}\n"
         f"username = {config.username}\n"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ from .config import (
     choose_config_path,
     complete,
     decode_key,
+    default_downloads,
     field_line,
     generate_key,
     is_console_script,
@@ -30,13 +31,14 @@ from .config import (
     read_secret,
     write_config,
 )
-from .errors import ChatError, ConfigError, ConfigMissing, NetworkError
+from .errors import ChatError, ConfigError, ConfigMissing, NetworkError, describe_os_error
 from .handshake import derive_psk, key_id
 from .identity import (
     IDENTITY_FILE,
     KNOWN_PEERS_FILE,
     MAX_INVITE_FAILURES,
     Invite,
+    KnownPeer,
     KnownPeers,
     beside,
     fingerprint,
@@ -223,7 +225,8 @@ def init_config(args: Options, term: Terminal) -> None:
 
 
 def downloads_folder(config: Config, flag: str | None) -> str:
-    """Where received files go: --downloads, config.ini's downloads, ~/Downloads, or here.
+    """Where received files go: --downloads, config.ini's downloads, else the desktop's
+    download folder, else chatclient's own (see default_downloads).
 
     Checked at start: a folder that is missing or not writable is an error now,
     not when the first file arrives.
@@ -232,8 +235,16 @@ def downloads_folder(config: Config, flag: str | None) -> str:
     if config.downloads:
         folder = os.path.abspath(os.path.expanduser(config.downloads))
     else:
-        home = os.path.expanduser("~/Downloads")
-        return home if os.path.isdir(home) else os.getcwd()
+        folder, ours = default_downloads()
+        if ours:
+            try:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot create {folder} for received files: {describe_os_error(exc)} "
+                    "(choose a folder with --downloads DIR)"
+                ) from exc
+        where = "the downloads folder"
     if not os.path.isdir(folder):
         raise ConfigError(
             f"{where}: {folder} is not a folder: create it (mkdir -p {shlex.quote(folder)}) or "
@@ -327,6 +338,18 @@ def ask_target(term: Terminal) -> tuple[str, int]:
             return host, parse_port(term.ask("Enter peer port: "), "peer port")
         except ConfigError as exc:
             term.error(f"try again: {exc}")
+
+
+def contacts_line(peers: Sequence[KnownPeer]) -> str:
+    """What a listener with contacts and no invite says: who can come, and how someone new
+    can."""
+    names = ", ".join(sanitize(peer.name) for peer in peers[:3])
+    if len(peers) > 3:
+        names += f" and {len(peers) - 3} more"
+    return (
+        f"Your contacts ({names}) can connect now. For someone new, type /invite for a "
+        "one-time code (or start with --invite)."
+    )
 
 
 def shown_address(config: Config) -> str:

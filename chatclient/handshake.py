@@ -136,7 +136,8 @@ def parse_reject(body: bytes) -> HandshakeError | None:
         return KeyMismatch(UNAUTHENTICATED_TEXT)
     if reason == Reject.BUSY:
         return HandshakeError(
-            "the peer is already chatting with someone (two people per chat for now)"
+            "the peer is not taking connections now (it is closing): try again once it "
+            "listens again"
         )
     if reason == Reject.NO_SHARED_KEY:
         return HandshakeError(
@@ -171,7 +172,7 @@ def version_mismatch(version: int) -> str:
     """The message for a peer speaking another protocol version."""
     return (
         f"the peer speaks chatclient protocol version {version}, this program speaks "
-        f"version {VERSION}: both people need the same chatclient.py"
+        f"version {VERSION}: the one with the older chatclient needs to update it"
     )
 
 

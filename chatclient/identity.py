@@ -122,7 +122,7 @@ class KnownPeers:
         head = (
             "# chatclient known peers: the identity first seen under each name.\n"
             "# NAME ed25519:KEY FIRST-SEEN verified|unverified. To forget a peer,\n"
-            "# delete its line or run: chatclient.py --forget NAME\n"
+            "# delete its line or run: chatclient --forget NAME\n"
         )
         return head + "".join(peer.render() + "\n" for peer in self.peers)
 

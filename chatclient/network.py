@@ -429,6 +429,9 @@ class Network:
                 self._room.release(link)  # an admitted connector that vanished frees its place
                 self._refused(link, event.error, now)
         link.outgoing += link.peer.data_to_send()
+        if any(ends_link(event) for event in shown):
+            # Its transfers stop first, so "54% kept" comes before the chat's last line.
+            self.files.link_closed(link, now)
         if shown:
             self._user.connection_events(link, shown)
 
@@ -575,6 +578,8 @@ class Network:
             claimed = f"someone claiming to be {sanitize(error.name)}"
             if (shown := self._impostors.refused(claimed, line, now)) is not None:
                 self._user.refused(shown)
+        elif isinstance(error, IdentityRefused) and error.reason is Refuse.NOT_A_CONTACT:
+            self._report(link, "Refused a connection from", str(error), now, "not a contact")
         else:
             self._report(link, "Refused a connection from", str(error), now)
         invite = self._invite
@@ -585,12 +590,12 @@ class Network:
                 f"times with a wrong code, and nobody got in"
             )
 
-    def _report(self, link: Link, what: str, reason: str, now: float) -> None:
+    def _report(self, link: Link, what: str, reason: str, now: float, kind: str = "") -> None:
         """A refusal line, unless the chat is full (then it is on screen: stay quiet)."""
         if self._room.full:
             return
         line = f"{what} {link.address!r}: {reason}"
-        if (shown := self._refusals.refused(link.host, line, now)) is not None:
+        if (shown := self._refusals.refused(link.host, line, now, kind)) is not None:
             self._user.refused(shown)
 
     # Commands (run on the network thread) ------------------------------------------
@@ -682,6 +687,13 @@ class Network:
         self._selector.close()
         self._wake_reader.close()
         self._wake_writer.close()
+
+
+def ends_link(event: Event) -> bool:
+    """Whether `event` is the end of its connection (a goodbye, a close or a failure)."""
+    if isinstance(event, MessageReceived):
+        return isinstance(event.message, Terminate)
+    return isinstance(event, (Closed, Failed))
 
 
 def peer_address(sock: socket.socket) -> tuple[str, int]:

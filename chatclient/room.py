@@ -240,37 +240,42 @@ class Hearing:
 class RefusalLog:
     """Refusal lines that stay readable in a flood.
 
-    The first refusal from an address is shown in full; after that, at most one
-    summary line per address every REFUSAL_SUMMARY_SECONDS.
+    The first refusal of each kind from an address is shown in full (so a stranger
+    refused as not a contact is seen even after a wrong invite code from the same
+    address); after that, at most one summary line per address and kind every
+    REFUSAL_SUMMARY_SECONDS.
     """
 
     def __init__(self, window: float = REFUSAL_SUMMARY_SECONDS) -> None:
         self._window = window
-        self._hosts: dict[str, tuple[float, int]] = {}  # window start, refusals held back
+        # (address, kind) -> window start, refusals held back
+        self._hosts: dict[tuple[str, str], tuple[float, int]] = {}
 
-    def refused(self, host: str, line: str, now: float) -> str | None:
+    def refused(self, host: str, line: str, now: float, kind: str = "") -> str | None:
         """The line to show for this refusal now, or None when it is counted instead."""
-        if host not in self._hosts:
-            self._hosts[host] = (now, 0)
+        key = (host, kind)
+        if key not in self._hosts:
+            self._hosts[key] = (now, 0)
             return line
-        since, count = self._hosts[host]
-        self._hosts[host] = (since, count + 1)
+        since, count = self._hosts[key]
+        self._hosts[key] = (since, count + 1)
         return None
 
     def summaries(self, now: float) -> list[str]:
         """Summary lines of the windows that have ended by `now`."""
         lines = []
-        for host, (since, count) in list(self._hosts.items()):
+        for key, (since, count) in list(self._hosts.items()):
             if now - since < self._window:
                 continue
+            host, kind = key
             if count:
                 lines.append(
-                    f"Refused {count} more connection{'s' if count != 1 else ''} from {host} "
-                    f"in the last {self._window:g} s"
+                    f"Refused {count} more connection{'s' if count != 1 else ''} from {host}"
+                    f"{f' ({kind})' if kind else ''} in the last {self._window:g} s"
                 )
-                self._hosts[host] = (now, 0)
+                self._hosts[key] = (now, 0)
             else:
-                del self._hosts[host]  # quiet for a whole window: the next one is shown
+                del self._hosts[key]  # quiet for a whole window: the next one is shown
         return lines
 
     def next_deadline(self) -> float | None:

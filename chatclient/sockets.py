@@ -85,7 +85,9 @@ def resolve(
     return family, (str(address[0]), int(address[1]))
 
 
-def listen_socket(host: str, port: int, source: str = "config.ini") -> socket.socket:
+def listen_socket(
+    host: str, port: int, source: str = "config.ini", ip_source: str | None = None
+) -> socket.socket:
     """A listening TCP socket on host:port (:: also accepts IPv4).
 
     `source` says where the port came from (a config file, or --port), for the advice.
@@ -112,7 +114,8 @@ def listen_socket(host: str, port: int, source: str = "config.ini") -> socket.so
         if getattr(exc, "errno", None) in (99, 49, 10049):  # EADDRNOTAVAIL
             raise NetworkError(
                 f"cannot listen on {where}: that address is not on this machine; "
-                f"set ip = 0.0.0.0 in {source or 'the config'} to listen on all interfaces"
+                f"set ip = 0.0.0.0 in {ip_source or source or 'the config'} to listen on all "
+                "interfaces"
             ) from exc
         raise NetworkError(f"cannot listen on {where}: {describe_os_error(exc)}") from exc
     return server
@@ -198,6 +201,7 @@ def socks5_connect(sock: socket.socket, host: str, port: int) -> None:
     """Ask the proxy on `sock` to connect to host:port; NetworkError says why it did not."""
     where = f"{format_host(host)}:{port}"
     try:
+        proxy = format_address(sock.getpeername())
         sock.sendall(b"\x05\x01\x00")  # version 5, one method: no authentication
         version, method = receive_exactly(sock, 2)
         if version != 5:
@@ -205,7 +209,14 @@ def socks5_connect(sock: socket.socket, host: str, port: int) -> None:
         if method != 0:
             raise NetworkError("the proxy wants a login, which chatclient does not support")
         sock.sendall(socks5_request(host, port))
-        version, reply, _, kind = receive_exactly(sock, 4)
+        # OpenSSH's `ssh -D` closes without a reply when it cannot reach the destination
+        # (refused, or an unknown host): that says nothing against the proxy itself.
+        unreached = (
+            f"the proxy at {proxy} could not reach {where} (or refused to): it closed the "
+            f"connection without saying why; check that {where} is right and that the peer "
+            "is listening there"
+        )
+        version, reply, _, kind = receive_exactly(sock, 4, unreached)
         if version != 5:
             raise NetworkError("that is not a SOCKS5 proxy (check --proxy)")
         if reply != 0:
@@ -219,13 +230,18 @@ def socks5_connect(sock: socket.socket, host: str, port: int) -> None:
         raise NetworkError(f"the proxy failed: {describe_os_error(exc)}") from exc
 
 
-def receive_exactly(sock: socket.socket, size: int) -> bytes:
-    """Exactly `size` bytes (the socket's timeout bounds each read), or NetworkError."""
+def receive_exactly(
+    sock: socket.socket,
+    size: int,
+    closed: str = "the proxy closed the connection (check --proxy)",
+) -> bytes:
+    """Exactly `size` bytes (the socket's timeout bounds each read), or NetworkError
+    (`closed` when the other end closes first)."""
     data = b""
     while len(data) < size:
         chunk = sock.recv(size - len(data))
         if not chunk:
-            raise NetworkError("the proxy closed the connection (check --proxy)")
+            raise NetworkError(closed)
         data += chunk
     return data
 

@@ -303,23 +303,24 @@ class Terminal:
                 elif self.interactive and self._status_shown:  # left at the prompt
                     self._clear_prompt_rows()
 
-    def watch_input(self, done: threading.Event) -> None:
-        """Wait a moment for `done` while nobody is connected yet.
+    def watch_input(self, done: threading.Event) -> str | None:
+        """Wait a moment for `done` while nobody is connected yet; what was typed meanwhile
+        (it has nobody to go to: the caller refuses it, or runs it if it is a command).
 
-        End of input raises EOFError (the program ends quietly); a line typed
-        now has nobody to go to, so it is refused rather than sent later.
+        End of input raises EOFError (the program ends quietly).
         """
         try:
             fd = self.stdin.fileno()
             readable, _, _ = select.select([fd], [], [], 0.1)
         except (OSError, ValueError):  # no pollable stdin (closed, or Windows)
             done.wait(0.5)
-            return
+            return None
         if not readable or done.is_set():  # once connected, input() reads it
-            return
-        if not os.read(fd, 4096):
+            return None
+        typed = os.read(fd, 4096)
+        if not typed:
             raise EOFError
-        self.error("Nobody is connected yet: that line was not sent.")
+        return typed.decode("utf-8", "replace")
 
     def clear_prompt(self) -> None:
         """Wipe an abandoned prompt line, every row of it (the chat ended while typing)."""

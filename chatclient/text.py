@@ -105,31 +105,64 @@ def char_width(ch: str) -> int:
     return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
 
 
+# Characters drawn as blank space: a row may break at them, and a "word" (which may go
+# out longer than a row, for the terminal to wrap) never holds one, so no part of a
+# word the terminal wraps can pass for a line of the program's own.
+_BLANK_LOOKALIKES = frozenset("\u2800\u3164\uffa0\u115f\u1160")
+
+
+def is_blank(ch: str) -> bool:
+    """True for a character drawn as blank space (any Unicode space, and look-alikes)."""
+    return ch.isspace() or unicodedata.category(ch) == "Zs" or ch in _BLANK_LOOKALIKES
+
+
+def split_words(line: str) -> list[str]:
+    """`line` as alternating runs of blanks and of other characters (words)."""
+    runs: list[str] = []
+    for ch in line:
+        if runs and is_blank(runs[-1][-1]) == is_blank(ch):
+            runs[-1] += ch
+        else:
+            runs.append(ch)
+    return runs
+
+
 def wrap_rows(line: str, width: int) -> list[str]:
     """One line cut into rows of at most `width` columns, continuation rows indented.
 
-    A row ends after its last space when it has one (words stay whole), else
-    wherever the width runs out.
+    Rows break only at blanks, so words (and links) stay whole and copy whole; a row
+    keeps the blank after its last word. A word wider than a row goes out whole where
+    it starts, for the terminal to wrap; the next word starts a new indented row, so
+    nothing after such a word can reach column 0 of a row the terminal wrapped, and
+    the word itself holds no blank to fake a line of the program's with. No
+    character is added or dropped but the indents.
     """
     width = max(width, len(CONTINUATION) + 8)
     indent = len(CONTINUATION)
     rows: list[str] = []
-    row: list[str] = []
-    used = 0
-    for ch in line:
-        columns = char_width(ch)
-        if used + columns > width and used > indent:
-            start = indent if rows else 0
-            cut = max((i + 1 for i in range(start, len(row)) if row[i] == " "), default=len(row))
-            carried = row[cut:]
-            if indent + sum(map(char_width, carried)) + columns > width:
-                cut, carried = len(row), []  # no room to carry the word: cut it here
-            rows.append("".join(row[:cut]))
-            row = [CONTINUATION, *carried]
-            used = indent + sum(map(char_width, carried))
-        row.append(ch)
-        used += columns
-    rows.append("".join(row))
+    row, used = "", 0
+    after_long = False  # the row holds a word wider than a row: the next word goes below
+    runs = split_words(line)
+    for number, run in enumerate(runs):
+        if is_blank(run[0]):
+            for ch in run:
+                columns = char_width(ch)
+                if not after_long and used + columns > width:
+                    rows.append(row)
+                    row, used = CONTINUATION, indent
+                row, used = row + ch, used + columns
+            continue
+        # A word fits with the blank after it, so that blank ends its row, not the next.
+        columns = sum(map(char_width, run))
+        needed = columns + (1 if number + 1 < len(runs) else 0)
+        empty = used == (indent if rows else 0)
+        moves_down = used + needed > width and not empty and indent + columns <= width
+        if after_long or moves_down:
+            rows.append(row)
+            row, used = CONTINUATION, indent
+        row, used = row + run, used + columns
+        after_long = used > width
+    rows.append(row)
     return rows
 
 

@@ -165,6 +165,7 @@ class FileDesk:
         self._status_at = 0.0
         self._sinks: list[FileSink] = []  # every writer still running (or just finished)
         self._complained: set[tuple[Link, int]] = set()
+        self._told_folder = False
 
     # Reports -------------------------------------------------------------------------
 
@@ -350,7 +351,7 @@ class FileDesk:
         t.credit = FILE_WINDOW
         self._net.deliver(t.link, FileAccept(t.id, offset, FILE_WINDOW), now)
         if offset:
-            self._say(f"resuming {name} at {t.percent}%")
+            self._say(f"Resuming {name} at {t.percent}%")
         else:
             self._say(f"Receiving {name} from {sanitize(t.person)} into {folder}.")
 
@@ -467,6 +468,11 @@ class FileDesk:
                 )
             return
         t = self._add(link, offer.id, False, name, offer.size, offer.digest, person)
+        if not self._told_folder:  # once: where accepted files will land
+            self._told_folder = True
+            self._say(
+                f"Files you accept are saved in {self.downloads} (--downloads DIR changes it)."
+            )
         self._say(
             f"{sanitize(person)} offers {sanitize(name)} ({format_size(offer.size)}): "
             f"/accept {t.number} or /reject {t.number}"

@@ -81,8 +81,13 @@ class Socks5Server:
 
     port: int
 
-    def __init__(self, *, allowed_hosts: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *, allowed_hosts: dict[str, str] | None = None, like_openssh: bool = False
+    ) -> None:
         self.allowed_hosts = {"localhost": "127.0.0.1", **(allowed_hosts or {})}
+        # OpenSSH's `ssh -D` answers a destination it cannot reach (refused, unknown host,
+        # not allowed) by closing the connection, with no reply code.
+        self.like_openssh = like_openssh
         if bad := [f"{k} -> {v}" for k, v in self.allowed_hosts.items() if not is_loopback(v)]:
             raise ValueError(f"allowed_hosts must map to 127.0.0.0/8 or ::1: {bad}")
         self.requests: list[tuple[int, str, int]] = []  # (ATYP, host as sent, port)
@@ -145,6 +150,11 @@ class Socks5Server:
                         self._sockets.discard(sock)
                         sock.close()
 
+    def _fail(self, client: socket.socket, code: int) -> None:
+        """Refuse the request: with a reply code, or (like OpenSSH) by closing without one."""
+        if not self.like_openssh:
+            reply(client, code)
+
     def _negotiate(self, client: socket.socket) -> socket.socket | None:
         """Method selection, the request and the connect: the target, or None after a refusal."""
         version, count = recv_exact(client, 2)
@@ -169,12 +179,13 @@ class Socks5Server:
         self.requests.append((atyp, host, port))
         address = self.allowed_hosts.get(host) if atyp == DOMAIN else host
         if address is None or not is_loopback(address):  # the one gate before any connect
-            reply(client, NOT_ALLOWED)
+            self._fail(client, NOT_ALLOWED)
             return None
         try:
             target = socket.create_connection((address, port), timeout=TIMEOUT)
         except OSError as exc:
-            reply(client, REFUSED if isinstance(exc, ConnectionRefusedError) else GENERAL_FAILURE)
+            refused = isinstance(exc, ConnectionRefusedError)
+            self._fail(client, REFUSED if refused else GENERAL_FAILURE)
             return None
         with self._lock:
             self._sockets.add(target)

@@ -196,3 +196,64 @@ def test_tab_completes_commands(tmp_path: Path) -> None:
     screen = Screen(tmp_path)
     assert screen.conversation.completions("/he") == ["/help "]
     assert "/send " in screen.conversation.completions("/se")
+
+
+# --- What a newcomer tripped over (issue 22) -------------------------------------------
+
+
+def member_screen(tmp_path: Path, destination: str | None = None) -> Screen:
+    """desktop as a member of laptop's chat (connected, not hosting)."""
+    screen = Screen(tmp_path)
+    screen.conversation.destination = destination
+    screen.link = FakeLink(Role.CONNECTOR)
+    screen.arrive()
+    return screen
+
+
+def test_a_member_is_told_who_can_invite_and_tab_does_not_offer_it(tmp_path: Path) -> None:
+    screen = member_screen(tmp_path)
+    screen.conversation.net = FakeNet()  # type: ignore[assignment]
+    screen.conversation.invite("")
+    screen.term.flush()
+    assert screen.err == [
+        "only the host (the one who listens) can make invite codes: ask them to type /invite"
+    ]
+    assert screen.conversation.completions("/in") == []
+    host = Screen(tmp_path)
+    host.arrive()
+    assert host.conversation.completions("/in") == ["/invite "]
+
+
+def test_a_void_invite_during_a_chat_points_to_invite_not_a_restart(tmp_path: Path) -> None:
+    screen = Screen(tmp_path)
+    screen.arrive()
+    screen.conversation.invite_void("the invite code 7-a-b is void")
+    screen.term.flush()
+    assert screen.err == ["the invite code 7-a-b is void. Type /invite for a new code"]
+    assert screen.conversation.outcome is None  # the chat goes on
+
+
+def test_verified_reads_the_same_in_who_and_verify(tmp_path: Path) -> None:
+    screen = Screen(tmp_path)
+    screen.arrive()
+    screen.conversation.show_peer("")
+    assert ", not verified. Identity: " in screen.out[-1]
+    screen.conversation.verify("")
+    assert screen.out[-1] == "If they match, type /verify laptop ok to remember them as verified."
+    screen.conversation.verify("ok")
+    screen.conversation.show_peer("")
+    assert screen.out[-1].startswith("Talking to laptop at 127.0.0.1:40000, connected 0 min ")
+    assert ", verified. Identity: " in screen.out[-1]
+    screen.conversation.verify("laptop")
+    assert screen.out[-1] == (
+        f"laptop is already verified (in {tmp_path / 'known_peers'}): nothing more to do."
+    )
+    assert not any("/verify laptop ok" in line for line in screen.out[-6:])
+
+
+def test_who_through_a_proxy_names_the_peer_not_the_proxy(tmp_path: Path) -> None:
+    screen = member_screen(tmp_path, "peer.example:50233 through the proxy at 127.0.0.1:1080")
+    screen.conversation.show_peer("")
+    assert screen.out[-1].startswith(
+        "Talking to laptop at peer.example:50233 through the proxy at 127.0.0.1:1080, connected "
+    )

@@ -316,7 +316,9 @@ def test_slash_commands(chat: Spawn, tmp_path: Path) -> None:
 
     connector.send("/who")
     who = connector.expect(rf"^Talking to desktop at 127\.0\.0\.1:{port}, connected ")
-    assert re.search(r"connected \d+ min \d+ s\. Identity: [0-9a-f]{4}( [0-9a-f]{4}){7} ", who)
+    assert re.search(
+        r"connected \d+ min \d+ s, not verified\. Identity: [0-9a-f]{4}( [0-9a-f]{4}){7} ", who
+    )
     listener.send("/who")
     listener.expect(r"^Talking to laptop at 127\.0\.0\.1:\d+, connected ")
 

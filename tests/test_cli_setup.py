@@ -25,6 +25,7 @@ from conftest import (
     free_port,
     leave,
     run,
+    start_pair,
     write_config,
 )
 from cryptography.fernet import Fernet
@@ -111,6 +112,16 @@ def test_missing_config_says_how_to_create_one(tmp_path: Path) -> None:
     assert "config.ini" in line
     assert "--init" in line
     assert not (tmp_path / "config.ini").exists()
+
+
+def test_a_connector_given_an_address_does_not_say_where_it_listens(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    listener, connector = start_pair(spawn, tmp_path)
+    assert any(line.startswith("Your IP and port are: ") for line in listener.out)
+    assert not any(line.startswith("Your IP and port are: ") for line in connector.out)
+    leave(connector)
+    listener.expect(r"^Connection closed by peer\.$")
 
 
 def test_port_already_in_use(tmp_path: Path) -> None:

@@ -79,8 +79,13 @@ def test_strangers_become_contacts_by_invite_then_chat_with_no_key(
         assert (folder / "known_peers").stat().st_mode & 0o777 == 0o600
         assert (folder / "identity.key").stat().st_mode & 0o777 == 0o600
 
-    # Later: no key, no code: the pinned identities are enough.
-    listener, _ = listen(spawn, desktop)
+    # Later: no key, no code: the pinned identities are enough, and no invite is opened.
+    listener, code = listen(spawn, desktop)
+    assert code is None
+    listener.expect(
+        r"^Your contacts \(laptop\) can connect now\. For someone new, type /invite for a "
+        r"one-time code \(or start with --invite\)\.$"
+    )
     connector = spawn("--connect", f"127.0.0.1:{port}", cwd=laptop)
     connector.expect(r"^WELCOME Welcome to the chat! I am desktop$")
     connector.expect(r"^desktop is a verified contact \(/verify shows your safety number\)\.$")
@@ -113,6 +118,39 @@ def test_a_stranger_with_no_key_no_code_and_no_pin_is_refused_and_the_listener_g
     connector = spawn("--connect", f"127.0.0.1:{port}", "--code", code, cwd=friend)
     listener.expect(r"^laptop joined the chat \(verified\)\.$")
     leave(connector, listener)
+
+
+def test_a_listener_with_contacts_opens_an_invite_when_asked_while_waiting(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    port = free_port()
+    desktop, laptop = person(tmp_path, "desktop", port), person(tmp_path, "laptop", port)
+    listener, code = listen(spawn, desktop)
+    assert code is not None
+    connector = spawn("--connect", f"127.0.0.1:{port}", "--code", code, cwd=laptop)
+    listener.expect(r"^laptop joined the chat \(verified\)\.$")
+    leave(connector, listener)
+
+    listener, code = listen(spawn, desktop)
+    assert code is None
+    stranger = person(tmp_path, "stranger", port)
+    early = run("--connect", f"127.0.0.1:{port}", "--code", "5-aardvark-adroitness", cwd=stranger)
+    assert early.returncode == 1  # no invite is open: refused, and shown
+    listener.expect(r"^Refused a connection from ", stream="err")
+    refused = run("--connect", f"127.0.0.1:{port}", cwd=stranger, stdin="\n")
+    assert refused.returncode == 1
+    # Shown with its reason, though not the first refusal from 127.0.0.1 in this window.
+    listener.expect(
+        r"^Refused a connection from .*stranger is not one of your contacts", stream="err"
+    )
+    listener.send("/invite")
+    line = listener.expect(r"^Invite code: ")
+    assert listener.err.count("Nobody is connected yet: that line was not sent.") == 0
+    newcomer = spawn(
+        "--connect", f"127.0.0.1:{port}", "--code", line.removeprefix("Invite code: "), cwd=stranger
+    )
+    listener.expect(r"^stranger joined the chat \(verified\)\.$")
+    leave(newcomer, listener)
 
 
 def test_three_wrong_codes_void_the_invite_and_the_listener_stops(

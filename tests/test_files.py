@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import KEY, SCRIPT, TIMEOUT, ChatProcess, free_port, write_config
 
 from chatclient.config import Config
@@ -145,20 +146,36 @@ def test_a_missing_downloads_folder_is_an_error_at_start(tmp_path: Path) -> None
     assert result.stderr.startswith(f"error: --downloads: {tmp_path}/nowhere is not a folder: ")
 
 
-def test_files_go_to_the_config_folder_or_to_downloads_in_home(tmp_path: Path) -> None:
-    (tmp_path / "Downloads").mkdir()
+def test_files_go_to_the_desktop_download_folder_and_never_to_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
     config = Config(path="config.ini")
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(tmp_path)
-    try:
-        assert downloads_folder(config, None) == str(tmp_path / "Downloads")
-        (tmp_path / "Downloads").rmdir()
-        assert downloads_folder(config, None) == os.getcwd()
-        there = Config(path="config.ini", downloads=str(tmp_path))
-        assert downloads_folder(there, None) == str(tmp_path)
-    finally:
-        if old is not None:
-            os.environ["HOME"] = old
+    # Nothing there: chatclient's own folder in the data directory, made private.
+    own = home / ".local" / "share" / "chatclient" / "downloads"
+    assert downloads_folder(config, None) == str(own)
+    assert own.stat().st_mode & 0o777 == 0o700
+    # ~/Downloads where it exists.
+    (home / "Downloads").mkdir()
+    assert downloads_folder(config, None) == str(home / "Downloads")
+    # XDG_DOWNLOAD_DIR (xdg-user-dirs) first, with $HOME expanded.
+    (home / "Fetched").mkdir()
+    (home / ".config").mkdir()
+    (home / ".config" / "user-dirs.dirs").write_text(
+        '# written by xdg-user-dirs-update\nXDG_DOWNLOAD_DIR="$HOME/Fetched"\n', encoding="utf-8"
+    )
+    assert downloads_folder(config, None) == str(home / "Fetched")
+    # "$HOME/" alone means the desktop has no download folder.
+    (home / ".config" / "user-dirs.dirs").write_text('XDG_DOWNLOAD_DIR="$HOME/"\n')
+    assert downloads_folder(config, None) == str(home / "Downloads")
+    there = Config(path="config.ini", downloads=str(tmp_path))
+    assert downloads_folder(there, None) == str(tmp_path)
+    assert str(tmp_path) not in (downloads_folder(config, None),)
 
 
 # --- In a room -------------------------------------------------------------------------

@@ -215,6 +215,9 @@ def test_a_transfer_cut_at_60_percent_resumes_from_there(spawn: Spawn, tmp_path:
     desk.expect(r"^holiday\.jpg stopped: the connection ended \(60% kept: offered again, ")
     desk.expect(r"^Connection lost: ")
     assert desk.wait() == 1  # the two-person chat ended with the connection
+    stopped = next(i for i, line in enumerate(desk.out) if " stopped: the connection " in line)
+    lost = next(i for i, line in enumerate(desk.out) if line.startswith("Connection lost: "))
+    assert stopped < lost  # what happened to the file, then the chat's last line
     assert (downloads / "holiday.jpg.part").stat().st_size == cut  # every byte that came
     assert "sha256 = " in (downloads / "holiday.jpg.part.meta").read_text()
     desk, port, downloads = listener(spawn, tmp_path)
@@ -230,7 +233,7 @@ def test_a_transfer_cut_at_60_percent_resumes_from_there(spawn: Spawn, tmp_path:
     desk.expect(r"^mallory offers ")
     desk.send("/accept 2")
     assert mallory.expect(FileAccept) == FileAccept(1, cut, FILE_WINDOW)
-    desk.expect(r"^resuming holiday\.jpg at 60%$")
+    desk.expect(r"^Resuming holiday\.jpg at 60%$")
     mallory.send_all(1, data, start=cut)
     mallory.send(FileDone(1))
     desk.expect(r"^Received holiday\.jpg from mallory \(2\.6 MB, SHA-256 verified\)")

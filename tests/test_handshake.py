@@ -207,7 +207,7 @@ def test_parse_reject_bad_version() -> None:
 def test_parse_reject_busy() -> None:
     error = parse_reject(reject_frame(Reject.BUSY))
     assert type(error) is HandshakeError
-    assert "already chatting" in str(error)
+    assert "not taking connections now" in str(error)
 
 
 def test_parse_reject_from_another_version_names_it() -> None:

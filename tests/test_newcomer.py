@@ -25,6 +25,7 @@ from conftest import (
 )
 from socks5 import Socks5Server
 
+from chatclient.cli import parse_args
 from chatclient.sockets import socks5_request
 
 Spawn = Callable[..., ChatProcess]
@@ -201,6 +202,18 @@ def test_help_fits_an_80_column_terminal(tmp_path: Path) -> None:
     assert all(len(line) <= 80 for line in description.splitlines()), description
 
 
+@pytest.mark.parametrize("program", ["python3 chatclient.py", ".venv/bin/python chatclient.py"])
+def test_every_line_of_help_fits_80_columns(
+    program: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        parse_args(["-h"], program)
+    shown = capsys.readouterr().out
+    assert [line for line in shown.splitlines() if len(line) > 80] == []
+    assert f"  {program} --connect 192.168.1.112:50233" in shown  # examples name the program
+
+
 def test_an_empty_key_pasted_for_init_says_so(tmp_path: Path) -> None:
     result = run("--init", "--key", "-", cwd=tmp_path, stdin="\n")
     assert result.returncode == 1
@@ -228,6 +241,19 @@ def test_the_missing_config_hint_names_the_config_given(tmp_path: Path) -> None:
     result = run("--config", str(path), "--listen", cwd=tmp_path)
     assert result.returncode == 1
     assert f"--init --config {path}" in result.stderr
+
+
+def test_no_config_and_no_terminal_points_to_a_name_not_a_key(tmp_path: Path) -> None:
+    result = run("--listen", cwd=tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    program = line.split("run `", 1)[1].split("`", 1)[0]
+    assert line == (
+        f"error: config.ini not found: run `{program}` on a terminal to be asked for a name, or "
+        f"create it with `{program} --init --username NAME` (no key is needed: the first chat "
+        "uses an invite code)"
+    )
+    assert "fernet_key" not in line
 
 
 # --- Typing and reading ----------------------------------------------------------------------
@@ -290,6 +316,11 @@ def test_connect_through_a_socks5_proxy_that_resolves_the_name(
         assert proxy.requests == [(3, "desktop.example", port)]  # the name, resolved there
         connector.send("through the proxy")
         listener.expect(r"^laptop says: through the proxy$")
+        connector.send("/who")  # where the peer is, not where the proxy is
+        connector.expect(
+            rf"^Talking to desktop at desktop\.example:{port} through the proxy at "
+            rf"127\.0\.0\.1:{proxy.port}, connected "
+        )
         connector.send("exit", "bye")
         listener.expect(r"^laptop left the chat: bye$")
         assert listener.wait() == 0 and connector.wait() == 0
@@ -322,6 +353,25 @@ def test_socks5_failures_are_one_clear_line(tmp_path: Path) -> None:
             cwd=tmp_path,
         )
         assert "connection refused" in closed.stderr
+
+
+def test_a_proxy_that_closes_instead_of_replying_is_not_blamed(tmp_path: Path) -> None:
+    # OpenSSH's ssh -D closes without a reply when the destination refuses or is unknown.
+    write_config(tmp_path, port=free_port())
+    nobody = free_port()
+    with Socks5Server(like_openssh=True) as proxy:
+        for target in (f"127.0.0.1:{nobody}", "nowhere.example:1"):
+            result = run(
+                "--connect", target, "--proxy", f"socks5://127.0.0.1:{proxy.port}", cwd=tmp_path
+            )
+            assert result.returncode == 1
+            [line] = result.stderr.splitlines()
+            assert line == (
+                f"error: the proxy at 127.0.0.1:{proxy.port} could not reach {target} (or "
+                "refused to): it closed the connection without saying why; check that "
+                f"{target} is right and that the peer is listening there"
+            )
+            assert "check --proxy" not in line
 
 
 def test_the_socks5_request_carries_names_as_names() -> None:

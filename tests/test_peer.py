@@ -91,7 +91,7 @@ def test_the_listener_refuses_busy_and_the_connector_hears_why() -> None:
     assert pair.listener.stage is Stage.CLOSED
     pair.pump()
     [failed] = pair.events[pair.connector]
-    assert isinstance(failed, Failed) and "already chatting" in str(failed.error)
+    assert isinstance(failed, Failed) and "not taking connections now" in str(failed.error)
 
 
 def test_a_wrong_key_is_refused_on_both_sides_before_anything_encrypted() -> None:

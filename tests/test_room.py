@@ -175,6 +175,19 @@ def test_refusals_show_the_first_then_one_summary_per_address_per_window() -> No
     assert log.refused("127.0.0.2", "new", 21.0) == "new"
 
 
+def test_each_kind_of_refusal_from_an_address_is_shown_once_in_full() -> None:
+    log = RefusalLog()
+    assert log.refused("127.0.0.1", "wrong code", 0.0) == "wrong code"
+    assert log.refused("127.0.0.1", "wrong code again", 1.0) is None
+    stranger = "stranger is not one of your contacts"
+    assert log.refused("127.0.0.1", stranger, 2.0, "not a contact") == stranger
+    assert log.refused("127.0.0.1", stranger, 3.0, "not a contact") is None
+    assert sorted(log.summaries(12.0)) == [
+        "Refused 1 more connection from 127.0.0.1 (not a contact) in the last 10 s",
+        "Refused 1 more connection from 127.0.0.1 in the last 10 s",
+    ]
+
+
 def test_abandoned_handshakes_are_counted_per_address_and_summarised() -> None:
     log = AbandonLog(window=10.0)
     clock = FakeClock(0.0)
@@ -590,4 +603,7 @@ def test_the_host_invites_one_more_person_at_a_time(spawn: Spawn, tmp_path: Path
     alice.expect(r"^bob joined the chat\.$")
     bob.expect(r"^Also in the chat: alice$")
     alice.send("/invite")
-    alice.expect(r"^try again: only the one who listens", stream="err")
+    alice.expect(
+        r"^only the host \(the one who listens\) can make invite codes: ask them to type /invite$",
+        stream="err",
+    )

@@ -385,6 +385,21 @@ def test_lines_collected_after_a_backslash_are_not_lost_when_the_peer_leaves(
     child.expect(pexpect.EOF)
 
 
+def test_ctrl_c_with_a_half_typed_line_says_it_was_not_sent(
+    terminal: Terminal, spawn: Spawn, tmp_path: Path
+) -> None:
+    child, connector = start_listening_terminal(terminal, spawn, tmp_path)
+    child.send("half typed")
+    child.expect_exact("half typed")
+    child.sendintr()
+    child.expect_exact("Not sent: half typed")
+    child.expect_exact("Sent TERMINATE message.")
+    connector.expect(r"^desktop left the chat\.$")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert says(connector.out, "desktop") == []
+
+
 def test_a_half_typed_line_is_shown_as_not_sent_when_the_peer_leaves(
     terminal: Terminal, spawn: Spawn, tmp_path: Path
 ) -> None:

@@ -4,11 +4,19 @@ line of its own. The property over any text is in test_properties.py."""
 
 from __future__ import annotations
 
+import pyte
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatclient.text import CONTINUATION, char_width, sanitize, wrap_rows
+from chatclient.text import (
+    CONTINUATION,
+    char_width,
+    is_blank,
+    sanitize,
+    wrap_for_terminal,
+    wrap_rows,
+)
 
 # --- sanitize --------------------------------------------------------------------
 
@@ -82,18 +90,53 @@ def test_rows_end_after_a_space_so_words_stay_whole() -> None:
         "  same on both screens means ",
         "  nobody is in the middle)",
     ]
-    assert wrap_rows("x" * 25, 10) == ["x" * 10, "  " + "x" * 8, "  " + "x" * 7]
+
+
+def test_a_word_wider_than_a_row_goes_out_whole_and_what_follows_starts_below() -> None:
+    assert wrap_rows("x" * 25, 10) == ["x" * 25]
+    assert wrap_rows("see " + "x" * 25 + " then more", 10) == [
+        "see " + "x" * 25 + " ",
+        "  then ",
+        "  more",
+    ]
+
+
+def test_a_long_cjk_message_stays_beside_who_said_it() -> None:
+    line = "laptop says: " + "界" * 60
+    assert wrap_rows(line, 79) == [line]  # never "laptop says:" alone on its row
 
 
 def test_wide_and_combining_characters_are_measured() -> None:
     assert char_width("界") == 2 and char_width("\u0301") == 0 and char_width("a") == 1
     assert sum(char_width(ch) for ch in "\u2764\ufe0f") == 2  # a red heart, drawn wide
-    rows = wrap_rows("界" * 30, 20)
-    assert [sum(char_width(ch) for ch in row) for row in rows][:2] == [20, 20]
+    assert wrap_rows("界界界 界界界 界界界 界界界", 20) == ["界界界 界界界 ", "  界界界 界界界"]
+    assert wrap_rows("e\u0301" * 30, 20) == ["e\u0301" * 30]  # 30 columns: one long word
+
+
+@pytest.mark.parametrize("blank", [" ", "\u00a0", "\u3000", "\u2800", "\u3164", "\u2003"])
+def test_no_blank_looking_character_can_hide_inside_a_long_word(blank: str) -> None:
+    fake = blank.join(["Connection", "closed", "by", "peer."])
+    line = "laptop says: " + "x" * 150 + fake + "x" * 150
+    rows = wrap_rows(line, 79)
+    assert all(row.startswith(CONTINUATION) for row in rows[1:])
+    assert all(beyond(row, 79).rstrip(blank) == beyond(row, 79).strip(blank) for row in rows)
+    assert not any(blank in beyond(row, 79).rstrip(blank) for row in rows)
+
+
+def beyond(row: str, width: int) -> str:
+    """What of `row` the terminal wraps onto rows of its own (past `width` columns)."""
+    used = 0
+    for index, ch in enumerate(row):
+        used += char_width(ch)
+        if used > width:
+            return row[index:]
+    return ""
 
 
 @given(st.text(max_size=300), st.integers(min_value=1, max_value=200))
-def test_wrapped_rows_fit_and_only_the_first_starts_at_column_zero(text: str, width: int) -> None:
+def test_wrapped_rows_keep_every_character_and_only_the_first_starts_at_column_zero(
+    text: str, width: int
+) -> None:
     line = "laptop says: " + text.replace("\n", " ")
     rows = wrap_rows(line, width)
     assert (
@@ -101,4 +144,34 @@ def test_wrapped_rows_fit_and_only_the_first_starts_at_column_zero(text: str, wi
     )
     assert all(row.startswith(CONTINUATION) for row in rows[1:])
     limit = max(width, len(CONTINUATION) + 8)
-    assert all(sum(char_width(ch) for ch in row) <= limit for row in rows if len(row) > 3)
+    for row in rows:  # past the width, a row holds only the end of one word (and blanks)
+        tail = beyond(row, limit).rstrip()
+        assert not any(is_blank(ch) for ch in tail.rstrip("".join(filter(is_blank, tail))))
+
+
+# --- What a person copies off the screen (pyte: a terminal of 80 columns) ---------------
+
+
+def screen_of(text: str, columns: int = 80) -> list[str]:
+    """The rows of an 80-column terminal after printing `text` as the Terminal does."""
+    screen = pyte.Screen(columns, 40)
+    stream = pyte.Stream(screen)
+    stream.feed(wrap_for_terminal(text, columns - 1).replace("\n", "\r\n") + "\r\n")
+    return [row.rstrip() for row in screen.display]
+
+
+def test_a_long_link_copied_off_the_screen_is_the_link() -> None:
+    url = "https://example.com/" + "/".join(f"part{i:03d}" for i in range(36))
+    assert len(url) >= 300
+    rows = screen_of(f"laptop says: look at {url} and tell me")
+    # A terminal joins the rows it wrapped itself when the text is copied.
+    first = next(i for i, row in enumerate(rows) if row.startswith("laptop says: look at "))
+    after = rows.index("  and tell me")
+    assert "".join(rows[first:after]) == f"laptop says: look at {url}"
+
+
+def test_after_a_long_word_nothing_reaches_column_zero() -> None:
+    word = "x" * 170
+    rows = screen_of(f"laptop says: {word} Connection closed by peer.")
+    assert "Connection closed by peer." not in rows
+    assert "  Connection closed by peer." in rows

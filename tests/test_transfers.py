@@ -155,7 +155,12 @@ def offered(
 
 def test_an_offer_is_shown_with_the_commands_that_answer_it(desk: Desk) -> None:
     offered(desk, b"x" * 2_400_000)
-    assert desk.user.lines == ["laptop offers holiday.jpg (2.4 MB): /accept 1 or /reject 1"]
+    assert desk.user.lines == [
+        f"Files you accept are saved in {desk.downloads} (--downloads DIR changes it).",
+        "laptop offers holiday.jpg (2.4 MB): /accept 1 or /reject 1",
+    ]
+    desk.receive(FileOffer(2, 5, bytes(32), "notes.txt"))
+    assert desk.user.lines[2:] == ["laptop offers notes.txt (5 bytes): /accept 2 or /reject 2"]
     assert desk.carrier.delivered == []  # nothing is answered until the person does
 
 
@@ -230,7 +235,7 @@ def test_a_rejected_offer_is_answered_and_listed(desk: Desk) -> None:
 def test_a_flood_of_offers_is_bounded_and_said_once(desk: Desk) -> None:
     for number in range(1, MAX_OPEN_OFFERS + 11):
         desk.receive(FileOffer(number, 1, bytes(32), f"f{number}"))
-    assert len(desk.user.lines) == MAX_OPEN_OFFERS
+    assert len(desk.user.lines) == 1 + MAX_OPEN_OFFERS  # the folder, then each offer
     assert len(desk.carrier.of_kind(FileReject)) == 10
     assert desk.user.errors == [
         f"laptop offered over {MAX_OPEN_OFFERS} files at once: the rest are declined until "
