@@ -81,7 +81,9 @@ def progress_text(name: str, done: int, size: int, seconds: float, moved: int) -
     `seconds`: a resume's kept bytes do not count) and time left."""
     percent = done * 100 // size if size else 100
     rate = moved / seconds if seconds > 0 else 0.0
-    left = f", {format_duration((size - done) / rate)} left" if rate > 0 and done < size else ""
+    if rate <= 0:  # no time has passed yet (the first chunk goes with the accept): no rate
+        return f"{name} {percent}% ({format_size(done)} of {format_size(size)})"
+    left = f", {format_duration((size - done) / rate)} left" if done < size else ""
     return (
         f"{name} {percent}% ({format_size(done)} of {format_size(size)}, "
         f"{rate / 1e6:.1f} MB/s{left})"
