@@ -49,6 +49,7 @@ from .messages import (
     Said,
     Terminate,
 )
+from .nearby import Presence
 from .network import GOODBYE_DRAIN_SECONDS, Network
 from .peer import Closed, Established, Event, Failed, IdentityRefused, Judge, MessageReceived
 from .room import Hearing, Voice
@@ -151,11 +152,13 @@ class Conversation:
         *,
         program: str,
         destination: str | None = None,
+        presence: Presence | None = None,
     ) -> None:
         self.term = term
         self.program = program  # the command as it was run, for hints
         # Connecting: where we asked to go (the socket's own peer is the proxy, if any).
         self.destination = destination
+        self.presence = presence  # hosting: our announcement on the LAN, if any
         self.config = config
         if identity is None:
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -239,6 +242,7 @@ class Conversation:
     def invite_void(self, line: str) -> None:
         """The invite is void: stop waiting (a chat in progress goes on, and its host makes
         a new code with /invite)."""
+        self._invite_closed()
         if not self.joined:
             self.failure = ChatError(f"{line}. Run {self.program} --invite for a new code")
             self.started.set()
@@ -290,6 +294,8 @@ class Conversation:
             self.hearing = Hearing(self.config.username, host, self.room)
             self.hosting = hosting
         verified, trust = self._trust(name, event.identity, event.mode is Mode.INVITE)
+        if hosting and event.mode is Mode.INVITE:
+            self._invite_closed()
         if hosting:
             joined = " (verified)." if verified else "."
             arrival = [f"Connected by {link.address!r}", f"{shown} joined the chat{joined}"]
@@ -728,9 +734,18 @@ class Conversation:
         return False
 
     def _open_invite(self, net: Network) -> None:
-        invite = Invite(new_invite_code())
+        slot = self.presence.free_slot() if self.presence is not None else None
+        invite = Invite(new_invite_code(slot))
         net.offer(invite)
-        show_invite(invite, self.config, self.term, self.program)
+        announced = self.presence is not None and self.presence.active
+        if self.presence is not None:
+            self.presence.announce(slot)
+        show_invite(invite, self.config, self.term, self.program, announced)
+
+    def _invite_closed(self) -> None:
+        """The invite was used or is void: its slot leaves the announcement."""
+        if self.presence is not None:
+            self.presence.announce(None)
 
     def whisper(self, argument: str) -> bool:
         """/msg NAME text: words for one person only (through the host)."""

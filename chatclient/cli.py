@@ -27,7 +27,7 @@ from .config import (
     program_name,
     shown_path,
 )
-from .errors import ChatError, ConfigError
+from .errors import ChatError, ConfigError, NetworkError
 from .firstrun import (
     ask_code,
     ask_mode,
@@ -45,13 +45,16 @@ from .handshake import ROOM_ID_SIZE, VERSION, Role, derive_psk, key_id
 from .identity import (
     KNOWN_PEERS_FILE,
     Invite,
+    KnownPeers,
     beside,
     new_invite_code,
     parse_invite_code,
     read_known_peers,
 )
+from .nearby import Presence, find_by_code, find_contact, list_listeners, show_nearby
 from .sockets import connect_socket, format_host, listen_socket
 from .terminal import Terminal, ensure_std_streams, write
+from .text import sanitize
 
 
 def parse_proxy(text: str) -> tuple[str, int]:
@@ -226,13 +229,27 @@ def parse_args(argv: list[str] | None, program: str) -> Options:
         "--connect",
         type=parse_target,
         metavar="HOST:PORT",
-        help="connect to a listening peer, e.g. 192.168.1.112:50233 or [::1]:50233",
+        help="connect to a listening peer, e.g. 192.168.1.112:50233 or [::1]:50233, or to a "
+        "contact on the LAN by name (--connect desktop)",
+    )
+    mode.add_argument(
+        "--list",
+        action="store_true",
+        dest="list_listeners",
+        help="list the listeners on the LAN (about 2 s) and exit",
     )
     add(
         "--code",
         type=flag_type(parse_invite_code),
         metavar="CODE",
-        help="with --connect: the invite code the listener showed you, e.g. 7-gazelle-microwave",
+        help="the invite code the listener showed you, e.g. 7-gazelle-microwave: alone, it "
+        "finds the listener on the LAN; with --connect HOST:PORT, it goes there",
+    )
+    add(
+        "--no-announce",
+        action="store_true",
+        help="no LAN discovery: a listener is not announced, and the address prompt shows "
+        "nobody found (config.ini: announce = no)",
     )
     add(
         "--max-members",
@@ -307,9 +324,9 @@ def parse_args(argv: list[str] | None, program: str) -> Options:
         parser.error("--key only goes with --init")
     if args.proxy is not None and args.connect is None:
         parser.error("--proxy only goes with --connect")
-    if args.code is not None and args.connect is None:
-        parser.error("--code only goes with --connect HOST:PORT")
-    chatting = args.listen or args.connect or args.invite
+    if args.code is not None and (args.listen or args.invite or args.list_listeners):
+        parser.error("--code is for the one who connects: leave out --listen and --invite")
+    chatting = args.listen or args.connect or args.invite or args.code or args.list_listeners
     if args.init and (chatting or args.genkey):
         parser.error("--init only writes the config: run again without it to chat")
     if args.genkey and chatting:
@@ -319,6 +336,27 @@ def parse_args(argv: list[str] | None, program: str) -> Options:
     if args.forget is not None and not args.forget.strip():
         parser.error("--forget needs the name of a peer in known_peers")
     return args
+
+
+def find_target(
+    args: Options, known: KnownPeers, term: Terminal, on_lan: bool
+) -> tuple[str, int | None]:
+    """Where to connect: --connect HOST:PORT, a contact found on the LAN by name, the
+    listener announcing --code's slot, or what is typed at the seed's prompts."""
+    if args.connect is not None:
+        host, port = args.connect
+        if port is None and (entry := known.named(host)) is not None:
+            return find_contact(entry, term, args.program)
+        if port is None and "." not in host and host != "localhost":
+            raise NetworkError(
+                f"{sanitize(host)} is not one of your contacts: for someone new, run "
+                f"`{args.program} --code CODE` with the invite code they show you, or "
+                f"`{args.program} --connect HOST:PORT`"
+            )
+        return args.connect
+    if args.code is not None:
+        return find_by_code(args.code, term, args.program)
+    return ask_target(term, show_nearby(term, known) if on_lan else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     term = Terminal(sys.stdin, sys.stdout, sys.stderr)
+    presence = Presence(None, term.error)
     try:
         if args.genkey:
             term.show(generate_key())
@@ -348,8 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         config, just_created = obtain_config(args, term)
         identity = open_identity(config, term)
         known = read_known_peers(beside(config.path, KNOWN_PEERS_FILE))  # damaged: stop here
+        if args.list_listeners:
+            return list_listeners(term, known)
         psk = derive_psk(config.key) if config.key is not None else None
-        if args.connect is None:  # the seed's line; a connector is not listening anywhere
+        if args.connect is None and args.code is None:  # a connector listens nowhere
             term.show(f"Your IP and port are: {shown_address(config)}")
         if psk is not None:
             term.show(
@@ -358,12 +399,17 @@ def main(argv: list[str] | None = None) -> int:
         listening = (
             args.listen
             or args.invite
-            or (not args.connect and (just_created or ask_mode(term) == "listen"))
+            or (not args.connect and not args.code and (just_created or ask_mode(term) == "listen"))
         )
-        target = None if listening else (args.connect or ask_target(term))
-        # An invite opens when asked, or when nobody could get in without one.
+        on_lan = config.announce and not args.no_announce
+        target = None if listening else find_target(args, known, term, on_lan)
+        # An invite opens when asked, or when nobody could get in without one. Its number
+        # is the slot announced on the LAN: one no other listener there holds.
+        if listening and on_lan:
+            identity_key = identity.public_key().public_bytes_raw()
+            presence = Presence.start(config.ip, config.port, identity_key, term.error)
         wanted = args.invite or (psk is None and not known.peers)
-        invite = Invite(new_invite_code()) if listening and wanted else None
+        invite = Invite(new_invite_code(presence.free_slot())) if listening and wanted else None
         code = None if listening else args.code or ask_code(term, psk, known)
         # The chat itself (the network thread, files, the room) loads only now: start-up
         # to the first prompt does not pay for it.
@@ -379,7 +425,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.proxy is not None:
                 destination += f" through the proxy at {format_host(args.proxy[0])}:{args.proxy[1]}"
         conversation = Conversation(
-            term, config, identity, room, program=program, destination=destination
+            term,
+            config,
+            identity,
+            room,
+            program=program,
+            destination=destination,
+            presence=presence,
         )
         network = Network(
             psk,
@@ -401,8 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         if target is None:
             source = "--port" if args.port is not None else config.path
             network.listen(listen_socket(config.ip, config.port, source, config.path))
+            presence.announce(int(invite.code.split("-")[0]) if invite else None)
             if invite is not None:
-                show_invite(invite, config, term, program)
+                show_invite(invite, config, term, program, presence.active)
             elif psk is None:
                 term.show(contacts_line(known.peers))
             term.show(
@@ -434,3 +487,5 @@ def main(argv: list[str] | None = None) -> int:
     except UnicodeDecodeError:
         term.error("error: what was typed is not valid UTF-8 text: check the terminal's encoding")
         return 1
+    finally:
+        presence.close()  # the announcement goes when the listener does, however it ends

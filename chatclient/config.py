@@ -43,10 +43,10 @@ PUBLIC_KEYS = frozenset({"DN80giegpRHpNHLClZep_maYg2iXRGHsbq9Uy1Cobi0="})
 KEY_FROM_INPUT = "-"
 # Every package the program needs beyond the standard library, with the oldest
 # version that has what it uses (X25519 public_bytes_raw), checked before anything.
-DEPENDENCIES = {"cryptography": (41,), "spake2": (0, 9)}
-# Importing spake2 loads its group arithmetic (22 ms of start-up, measured): only its
+DEPENDENCIES = {"cryptography": (41,), "spake2": (0, 9), "zeroconf": (0, 132)}
+# Importing spake2 or zeroconf costs 22 and 70 ms of start-up (measured): only their
 # presence is checked; pip installs a new enough one from pyproject.toml.
-PRESENCE_ONLY = frozenset({"spake2"})
+PRESENCE_ONLY = frozenset({"spake2", "zeroconf"})
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Config:
     timestamps: bool = False
     bell: bool = False
     downloads: str = ""  # where received files go; "" means the default (downloads_folder)
+    announce: bool = True  # a listener announces itself on the LAN (nearby.py)
 
     @property
     def fernet_key(self) -> str:
@@ -333,6 +334,7 @@ def read_config(path: str, program: str) -> Config:
         timestamps=parse_switch(fields.get("timestamps", ""), f"{path}: timestamps"),
         bell=parse_switch(fields.get("bell", ""), f"{path}: bell"),
         downloads=fields.get("downloads", "").strip(),
+        announce=parse_switch(fields.get("announce", "yes"), f"{path}: announce"),
     )
 
 
@@ -424,9 +426,12 @@ def render_config(config: Config) -> str:
         "# Optional: [14:03] before incoming lines, and the terminal bell for each.\n"
         f"timestamps = {'yes' if config.timestamps else 'no'}\n"
         f"bell = {'yes' if config.bell else 'no'}\n"
-        "# Optional: where received files are saved (empty: ~/Downloads if it exists,\n"
-        "# else the folder you start the chat in).\n"
+        "# Optional: where received files are saved (empty: your download folder, else\n"
+        "# chatclient/downloads in your data folder).\n"
         f"downloads = {config.downloads}\n"
+        "# Optional: while listening, let peers on the LAN find you by invite code or by\n"
+        "# your name as their contact (no name or identity is announced).\n"
+        f"announce = {'yes' if config.announce else 'no'}\n"
     )
 
 
@@ -484,3 +489,5 @@ class Options:
     forget: str | None = None
     max_members: int = 20
     downloads: str | None = None
+    no_announce: bool = False
+    list_listeners: bool = False

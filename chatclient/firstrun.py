@@ -307,12 +307,23 @@ def ask_code(term: Terminal, psk: bytes | None, known: KnownPeers) -> str | None
             term.error(f"try again: {exc}")
 
 
-def show_invite(invite: Invite, config: Config, term: Terminal, program: str) -> None:
-    """The invite code, and the command the peer runs with it."""
+def show_invite(
+    invite: Invite, config: Config, term: Terminal, program: str, announced: bool = False
+) -> None:
+    """The invite code, and the command the peer runs with it: on a LAN where this listener
+    is announced, the code alone; the address form always, for networks without multicast."""
     term.show(f"Invite code: {invite.code}")
+    by_address = f"{program} --connect {shown_address(config)} --code {invite.code}"
+    if announced:
+        term.show(
+            f"Tell it to your peer (it works once, and is void after {MAX_INVITE_FAILURES} "
+            f"wrong tries), who runs:\n    {program} --code {invite.code}\n"
+            f"or, where the network blocks multicast (guest Wi-Fi, a VPN):\n    {by_address}"
+        )
+        return
     term.show(
         f"Tell it to your peer (it works once, and is void after {MAX_INVITE_FAILURES} wrong "
-        f"tries), who runs:\n    {program} --connect {shown_address(config)} --code {invite.code}"
+        f"tries), who runs:\n    {by_address}"
     )
 
 
@@ -329,10 +340,13 @@ def ask_mode(term: Terminal) -> str:
         )
 
 
-def ask_target(term: Terminal) -> tuple[str, int]:
-    """Ask the peer's address and port."""
+def ask_target(term: Terminal, nearby: dict[str, tuple[str, int]] | None = None) -> tuple[str, int]:
+    """Ask the peer's address and port; the name of a contact found on the LAN (`nearby`)
+    may be typed in place of the address."""
     while not (host := term.ask("Enter peer IP: ").strip().strip("[]")):
         term.error("try again: type the IP address (or host name) of your peer")
+    if nearby and host in nearby:
+        return nearby[host]
     while True:
         try:
             return host, parse_port(term.ask("Enter peer port: "), "peer port")

@@ -194,9 +194,10 @@ def _safety_half(public_key: bytes) -> str:
     )
 
 
-def new_invite_code() -> str:
-    """A one-time code: a number and two words, e.g. 7-gazelle-microwave."""
-    number = 1 + int.from_bytes(os.urandom(4), "big") % 99
+def new_invite_code(slot: int | None = None) -> str:
+    """A one-time code: a number and two words, e.g. 7-gazelle-microwave. The number is
+    the slot the listener announces on the LAN, when it announces (else random)."""
+    number = slot if slot is not None else 1 + int.from_bytes(os.urandom(4), "big") % 99
     first, second = os.urandom(2)
     return f"{number}-{EVEN_WORDS[first]}-{ODD_WORDS[second]}"
 

@@ -64,10 +64,12 @@ def write_config(
     username: str = "desktop",
     mode: int = 0o600,
 ) -> Path:
-    """Write a config file (owner-only by default) and return its path."""
+    """Write a config file (owner-only by default) and return its path. It takes no part in
+    LAN discovery (announce = no): the suite never multicasts onto a real network."""
     path = folder / name
     path.write_text(
-        f"[parameters]\nip = {ip}\nport = {port}\nfernet_key = {key}\nusername = {username}\n",
+        f"[parameters]\nip = {ip}\nport = {port}\nfernet_key = {key}\nusername = {username}\n"
+        "announce = no\n",
         encoding="utf-8",
     )
     path.chmod(mode)

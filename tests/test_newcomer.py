@@ -69,10 +69,13 @@ def test_a_python_without_cryptography_gets_one_line_and_writes_nothing(tmp_path
     assert result.returncode == 1
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
-    assert line.startswith("error: chatclient needs cryptography>=41, spake2>=0.9; this Python")
-    assert f"{sys.executable} -m pip install 'cryptography>=41' 'spake2>=0.9'" in line
+    assert line.startswith(
+        "error: chatclient needs cryptography>=41, spake2>=0.9, zeroconf>=0.132; this Python"
+    )
+    specs = "'cryptography>=41' 'spake2>=0.9' 'zeroconf>=0.132'"
+    assert f"{sys.executable} -m pip install {specs}" in line
     # works where only a copy of chatclient.py is: no pyproject needed
-    assert "python3 -m venv .venv && .venv/bin/pip install 'cryptography>=41' 'spake2>=0.9'" in line
+    assert f"python3 -m venv .venv && .venv/bin/pip install {specs}" in line
     assert f"then run `.venv/bin/python {SCRIPT}`" in line
     assert list(tmp_path.iterdir()) == []  # no question asked, no config written
 
@@ -95,7 +98,8 @@ def test_a_cryptography_too_old_for_chatclient_is_named_with_its_version(tmp_pat
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(
-        "error: chatclient needs cryptography>=41 (it has 38.0.4), spake2>=0.9; this Python"
+        "error: chatclient needs cryptography>=41 (it has 38.0.4), spake2>=0.9, "
+        "zeroconf>=0.132; this Python"
     )
     assert list(work.iterdir()) == []
 

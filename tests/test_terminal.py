@@ -28,14 +28,15 @@ LEFT = "\x1b[D"
 
 @pytest.fixture
 def terminal(tmp_path: Path) -> Iterator[Terminal]:
-    """terminal(*args, cwd=tmp_path) -> chatclient on a pty; each is closed at the end."""
+    """terminal(*args, cwd=tmp_path) -> chatclient on a pty; each is closed at the end. It
+    never takes part in LAN discovery (--no-announce): first runs listen on 0.0.0.0."""
     children: list[tuple[pexpect.spawn, io.StringIO]] = []
 
     def start(*args: str, cwd: Path | None = None, columns: int = 200) -> pexpect.spawn:
         log = io.StringIO()
         child = pexpect.spawn(
             sys.executable,
-            [str(SCRIPT), *args],
+            [str(SCRIPT), "--no-announce", *args],
             cwd=str(cwd or tmp_path),
             env={**os.environ, "TERM": "xterm", "PYTHONUNBUFFERED": "1"},
             encoding="utf-8",
@@ -179,6 +180,7 @@ def check_saved_config(path: Path, port: int, username: str, key: str = "") -> N
         "timestamps": "no",
         "bell": "no",
         "downloads": "",
+        "announce": "yes",
     }
 
 

@@ -3,8 +3,8 @@
     python3 tools/build_pyz.py                 writes chatclient.pyz in this folder
     python3 tools/build_pyz.py -o /tmp/x.pyz   writes it there
 
-The peer runs it with `python3 chatclient.pyz` on a machine where the two
-dependencies are installed (`pip install cryptography spake2`). It holds the
+The peer runs it with `python3 chatclient.pyz` on a machine where the three
+dependencies are installed (`pip install cryptography spake2 zeroconf`). It holds the
 chatclient/ package as it is in this checkout, and nothing else; only the
 standard library's zipapp builds it.
 """
