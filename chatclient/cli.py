@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from functools import partial
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .config import (
@@ -51,10 +51,12 @@ from .identity import (
     parse_invite_code,
     read_known_peers,
 )
-from .nearby import Presence, find_by_code, find_contact, list_listeners, show_nearby
 from .sockets import connect_socket, format_host, listen_socket
 from .terminal import Terminal, ensure_std_streams, write
 from .text import sanitize
+
+if TYPE_CHECKING:
+    from .nearby import Presence
 
 
 def parse_proxy(text: str) -> tuple[str, int]:
@@ -195,11 +197,10 @@ def parse_args(argv: list[str] | None, program: str) -> Options:
 
     `program` is the command as it was run, for the usage and every later hint.
     """
-    import argparse  # here, not at the top: a run with no flags never needs it (13 ms)
-
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         return Options(program)
+    import argparse  # here, not at the top: a run with no flags never needs it
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> NoReturn:
@@ -343,6 +344,9 @@ def find_target(
 ) -> tuple[str, int | None]:
     """Where to connect: --connect HOST:PORT, a contact found on the LAN by name, the
     listener announcing --code's slot, or what is typed at the seed's prompts."""
+    # The LAN (nearby, discovery, lan) loads only when it is used: start-up does not pay.
+    from .nearby import find_by_code, find_contact, show_nearby
+
     if args.connect is not None:
         host, port = args.connect
         if port is None and (entry := known.named(host)) is not None:
@@ -373,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     term = Terminal(sys.stdin, sys.stdout, sys.stderr)
-    presence = Presence(None, term.error)
+    presence: Presence | None = None  # a listener's announcement on the LAN
     try:
         if args.genkey:
             term.show(generate_key())
@@ -388,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         identity = open_identity(config, term)
         known = read_known_peers(beside(config.path, KNOWN_PEERS_FILE))  # damaged: stop here
         if args.list_listeners:
+            from .nearby import list_listeners
+
             return list_listeners(term, known)
         psk = derive_psk(config.key) if config.key is not None else None
         if args.connect is None and args.code is None:  # a connector listens nowhere
@@ -406,10 +412,13 @@ def main(argv: list[str] | None = None) -> int:
         # An invite opens when asked, or when nobody could get in without one. Its number
         # is the slot announced on the LAN: one no other listener there holds.
         if listening and on_lan:
+            from .nearby import Presence
+
             identity_key = identity.public_key().public_bytes_raw()
             presence = Presence.start(config.ip, config.port, identity_key, term.error)
         wanted = args.invite or (psk is None and not known.peers)
-        invite = Invite(new_invite_code(presence.free_slot())) if listening and wanted else None
+        slot = presence.free_slot() if presence is not None else None
+        invite = Invite(new_invite_code(slot)) if listening and wanted else None
         code = None if listening else args.code or ask_code(term, psk, known)
         # The chat itself (the network thread, files, the room) loads only now: start-up
         # to the first prompt does not pay for it.
@@ -453,9 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         if target is None:
             source = "--port" if args.port is not None else config.path
             network.listen(listen_socket(config.ip, config.port, source, config.path))
-            presence.announce(int(invite.code.split("-")[0]) if invite else None)
+            if presence is not None:
+                presence.announce(slot if invite else None)
             if invite is not None:
-                show_invite(invite, config, term, program, presence.active)
+                show_invite(invite, config, term, program, presence is not None and presence.active)
             elif psk is None:
                 term.show(contacts_line(known.peers))
             term.show(
@@ -488,4 +498,5 @@ def main(argv: list[str] | None = None) -> int:
         term.error("error: what was typed is not valid UTF-8 text: check the terminal's encoding")
         return 1
     finally:
-        presence.close()  # the announcement goes when the listener does, however it ends
+        if presence is not None:  # the announcement goes when the listener does
+            presence.close()

@@ -5,7 +5,6 @@ lines arrive, and the status row above the prompt.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import signal
@@ -81,6 +80,8 @@ class Terminal:
             signal.signal(signal.SIGUSR2, self._print_posted)
             self._relay = True
         try:  # readline's own full redraw keeps the cursor where the user left it
+            import ctypes  # only here, on a terminal (2 ms of start-up elsewhere)
+
             library = ctypes.CDLL(readline.__file__)
             new_line, forced = library.rl_on_new_line, library.rl_forced_update_display
         except (ImportError, OSError, AttributeError):
