@@ -694,6 +694,8 @@ class Conversation:
         elif peer is None or rest.lower() not in ("", "ok"):
             names = ", ".join(sanitize(name) for name in self.people)
             self.term.error(f"try again: /verify NAME, or /verify NAME ok (in the chat: {names})")
+        elif rest and self._is_verified(peer):
+            self.term.show(f"{sanitize(peer.name)} is already verified in {self.known_path}.")
         elif rest:
             name, identity = peer.name, peer.identity
             try:

@@ -261,8 +261,8 @@ def parse_args(argv: list[str] | None, program: str) -> Options:
     add(
         "--downloads",
         metavar="DIR",
-        help="save received files here (config.ini: downloads; default ~/Downloads if it "
-        "exists, else the current folder)",
+        help="save received files here (config.ini: downloads; default: your download "
+        "folder, else chatclient/downloads in your data folder)",
     )
     add(
         "--forget",

@@ -394,8 +394,8 @@ def complete(config: Config) -> Config:
     return config
 
 
-def permission_warning(path: str) -> str | None:
-    """A warning when a config file holding a key is readable by others."""
+def permission_warning(path: str, holds: str = "your secret key") -> str | None:
+    """A warning when a file holding a secret (a key, an identity) is readable by others."""
     if os.name != "posix":
         return None
     try:
@@ -404,8 +404,7 @@ def permission_warning(path: str) -> str | None:
         return None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         return (
-            f"warning: {path} holds your secret key and is readable by other users: "
-            f"run `chmod 600 {path}`"
+            f"warning: {path} holds {holds} and is readable by other users: run `chmod 600 {path}`"
         )
     return None
 
@@ -438,10 +437,16 @@ def render_config(config: Config) -> str:
 def write_config(config: Config) -> None:
     """Write config.ini readable and writable by its owner only (its folder too, if new)."""
     path = config.path
+    if os.path.islink(path):  # a link (dangling or not) would take the key elsewhere
+        raise ConfigError(
+            f"{path} is a symbolic link: chatclient does not write a key through one; "
+            "remove the link, or give the real file with --config"
+        )
     try:
         if folder := os.path.dirname(path):
             os.makedirs(folder, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(path, flags, 0o600)
         if hasattr(os, "fchmod"):
             os.fchmod(fd, 0o600)  # an existing file loses its wider mode before the key lands
         with os.fdopen(fd, "w", encoding="utf-8") as file:

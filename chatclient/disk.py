@@ -148,11 +148,11 @@ def create_part(folder: str, name: str, record: str) -> tuple[int, str]:
     for number in range(10_000):
         part = os.path.join(folder, numbered(name, number) + PART_SUFFIX)
         try:
-            fd = os.open(part, os.O_RDWR | flags, 0o666)
+            fd = os.open(part, os.O_RDWR | flags, 0o600)  # the person widens it if they want
         except FileExistsError:
             continue
         try:
-            meta = os.open(part + META_SUFFIX, os.O_WRONLY | flags, 0o666)
+            meta = os.open(part + META_SUFFIX, os.O_WRONLY | flags, 0o600)
         except FileExistsError:
             os.close(fd)
             os.unlink(part)

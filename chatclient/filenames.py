@@ -28,10 +28,15 @@ def safe_file_name(offered: str) -> str | None:
     base = re.sub(r"^[A-Za-z]:", "", base)
     base = "".join(" " if ch.isspace() else ch for ch in base if not _unsafe_in_name(ch))
     base = base.strip().lstrip(".").strip()
-    for suffix in (PART_SUFFIX + META_SUFFIX, PART_SUFFIX):  # never one of our working files
+    if not base:
+        return None
+    # Never one of our working files: checked on the name as it will be saved, after the
+    # cut (which could otherwise bring a .part.meta ending back).
+    base = shorten_name(base, MAX_SAVED_NAME)
+    for suffix in (PART_SUFFIX + META_SUFFIX, PART_SUFFIX):
         if base.endswith(suffix):
             base = base[: -len(suffix)] + suffix.replace(PART_SUFFIX, "_part", 1)
-    return shorten_name(base, MAX_SAVED_NAME) if base else None
+    return base
 
 
 def _unsafe_in_name(ch: str) -> bool:

@@ -261,6 +261,8 @@ def open_identity(config: Config, term: Terminal) -> Ed25519PrivateKey:
     identity, created = load_identity(path)
     if created:
         term.show(f"Created your identity in {path} (readable only by you; never share it).")
+    elif (warning := permission_warning(path, "your private identity")) is not None:
+        term.error(warning)  # as ssh does for a private key: said, then used
     term.show(f"Your identity: {fingerprint(identity.public_key().public_bytes_raw())}")
     return identity
 

@@ -92,6 +92,7 @@ class Transfer:
     done: bool = False  # sender: FILEDONE came (relay) or was sent
     cancelled_here: bool = False  # we stopped it: its data still in flight is dropped
     complained: bool = False  # data after its end was reported once
+    done_twice: bool = False  # a repeated FILEDONE was reported once
     quarter: int = 0  # plain progress lines shown (at 25, 50, 75%)
     ungranted: int = 0  # host: bytes of this leg passed on, not yet granted back
 
@@ -525,6 +526,11 @@ class FileDesk:
                 t.complained = True
                 self._error(f"{who} sent data for {name} after it ended: ignored")
             return
+        if t.state is Moving.CHECKING:  # all of it came: the check goes on, this is dropped
+            if not t.complained:
+                t.complained = True
+                self._error(f"{who} sent data for {name} after its end: ignored")
+            return
         problem = None
         if t.state is not Moving.MOVING:
             problem = f"{who} sent data for {name} before it was accepted"
@@ -550,6 +556,14 @@ class FileDesk:
             self._progress(now)
 
     def _on_done(self, t: Transfer, now: float) -> None:
+        if t.state is Moving.CHECKING:  # a second FILEDONE: the file being checked stays
+            if not t.done_twice:
+                t.done_twice = True
+                self._error(
+                    f"{sanitize(t.link.peer.peer_name)} said twice that {sanitize(t.name)} "
+                    "was all sent: ignored"
+                )
+            return
         if t.state is not Moving.MOVING or t.position != t.size:
             problem = (
                 f"{sanitize(t.link.peer.peer_name)} sent less of {sanitize(t.name)} than "

@@ -249,6 +249,8 @@ def test_verified_reads_the_same_in_who_and_verify(tmp_path: Path) -> None:
         f"laptop is already verified (in {tmp_path / 'known_peers'}): nothing more to do."
     )
     assert not any("/verify laptop ok" in line for line in screen.out[-6:])
+    screen.conversation.verify("ok")  # once more: nothing changes, and it says so
+    assert screen.out[-1] == f"laptop is already verified in {tmp_path / 'known_peers'}."
 
 
 def test_who_through_a_proxy_names_the_peer_not_the_proxy(tmp_path: Path) -> None:

@@ -300,6 +300,30 @@ def test_a_damaged_identity_or_known_peers_is_one_error_and_left_alone(
     assert "Listening" not in result.stdout
 
 
+def test_an_identity_readable_by_others_is_warned_about_then_used(tmp_path: Path) -> None:
+    write_config(tmp_path, port=free_port())
+    first = run("--listen", cwd=tmp_path, stdin="")  # makes identity.key, 0600
+    assert "readable by other users" not in first.stderr
+    (tmp_path / "identity.key").chmod(0o644)
+    result = run("--listen", cwd=tmp_path, stdin="")
+    assert (
+        "warning: identity.key holds your private identity and is readable by other users: "
+        "run `chmod 600 identity.key`"
+    ) in result.stderr.splitlines()
+    assert "Listening on " in result.stdout  # used all the same, as ssh would say and go on
+
+
+def test_init_never_writes_a_key_through_a_symbolic_link(tmp_path: Path) -> None:
+    (tmp_path / "config.ini").symlink_to(tmp_path / "elsewhere.ini")  # dangling
+    result = run("--init", "--username", "laptop", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: config.ini is a symbolic link: chatclient does not write a key through one; "
+        "remove the link, or give the real file with --config"
+    ]
+    assert not (tmp_path / "elsewhere.ini").exists()
+
+
 def test_handshakes_abandoned_halfway_are_counted_by_the_listener(
     spawn: Spawn, tmp_path: Path
 ) -> None:

@@ -38,6 +38,28 @@ def test_an_offered_name_becomes_a_safe_base_name(offered: str, saved: str) -> N
     assert safe_file_name(offered) == saved
 
 
+@pytest.mark.parametrize(
+    "offered",
+    [
+        "x.part",
+        "x.part.meta",
+        "x" * 190 + ".part" + "y" * 20 + ".meta",  # the cut would bring .part.meta back
+        "x" * 195 + ".part" + "y" * 40,
+        "é" * 120 + ".part",
+    ],
+)
+def test_no_offered_name_is_saved_as_one_of_our_working_files(offered: str) -> None:
+    name = safe_file_name(offered)
+    assert name is not None
+    assert not name.endswith((".part", ".part.meta")), name
+
+
+@given(st.text(max_size=300).map(lambda text: text + ".part"), st.sampled_from(["", ".meta"]))
+def test_no_name_at_all_ends_as_a_working_file(offered: str, meta: str) -> None:
+    name = safe_file_name(offered + meta)
+    assert name is None or not name.endswith((".part", ".part.meta"))
+
+
 @pytest.mark.parametrize("offered", ["", "..", ".", "/", "a/", "...", "\x1b", "C:", " . "])
 def test_a_name_with_nothing_safe_left_is_refused(offered: str) -> None:
     assert safe_file_name(offered) is None

@@ -220,6 +220,8 @@ def test_a_transfer_cut_at_60_percent_resumes_from_there(spawn: Spawn, tmp_path:
     assert stopped < lost  # what happened to the file, then the chat's last line
     assert (downloads / "holiday.jpg.part").stat().st_size == cut  # every byte that came
     assert "sha256 = " in (downloads / "holiday.jpg.part.meta").read_text()
+    for working in ("holiday.jpg.part", "holiday.jpg.part.meta"):
+        assert (downloads / working).stat().st_mode & 0o777 == 0o600
     desk, port, downloads = listener(spawn, tmp_path)
     eve = Mallory(port, name="eve")  # the same file from someone else: not resumed
     eve.offer(1, data, "holiday.jpg")

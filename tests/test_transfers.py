@@ -181,6 +181,24 @@ def test_accepted_data_is_written_checked_and_saved_then_the_sender_is_told(desk
     )
     assert saved.read_bytes() == data
     assert sorted(p.name for p in desk.downloads.iterdir()) == ["holiday.jpg"]  # no .part left
+    assert saved.stat().st_mode & 0o777 == 0o600  # the person widens it if they want
+
+
+def test_stray_messages_after_the_end_are_named_and_never_cost_the_file(desk: Desk) -> None:
+    data = os.urandom(CHUNK_SIZE)
+    offered(desk, data)
+    desk.desk.accept(1, 1.0)
+    desk.chunk(1, 0, data)
+    desk.receive(FileDone(1))  # the check starts on the disk thread
+    desk.chunk(1, len(data), b"one more")
+    desk.receive(FileDone(1))
+    assert desk.user.errors == [
+        "laptop sent data for holiday.jpg after its end: ignored",
+        "laptop said twice that holiday.jpg was all sent: ignored",
+    ]
+    desk.carrier.run_until(lambda: bool(desk.carrier.of_kind(FileReceived)))
+    assert (desk.downloads / "holiday.jpg").read_bytes() == data
+    assert desk.carrier.of_kind(FileCancel) == []
 
 
 def test_data_that_does_not_match_the_offered_hash_is_deleted(desk: Desk) -> None:
