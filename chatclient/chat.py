@@ -240,15 +240,10 @@ class Conversation:
         self.term.error(line)
 
     def invite_void(self, line: str) -> None:
-        """The invite is void: stop waiting (a chat in progress goes on, and its host makes
-        a new code with /invite)."""
+        """The invite is void: it closes, and only it. The listener and its room go on
+        (strangers must not be able to stop them), and /invite makes a new code."""
         self._invite_closed()
-        if not self.joined:
-            self.failure = ChatError(f"{line}. Run {self.program} --invite for a new code")
-            self.started.set()
-            self.ended.set()
-        else:
-            self.term.error(f"{line}. Type /invite for a new code")
+        self.term.error(f"{line}. Type /invite for a new code")
 
     def network_failed(self, error: ChatError) -> None:
         """The network thread failed: end the chat, or the wait for it, with the reason."""
@@ -575,9 +570,12 @@ class Conversation:
             self.net.send_to(to, Said(self.config.username, words))
         else:
             self.net.send(words)
-        self.term.show(
-            "Sent CHAT message." if isinstance(message, Chat) else "Sent ACTION message."
-        )
+        if to:  # private words name who they went to: names may share a beginning
+            self.term.show(f"Sent to {sanitize(to)} privately.")
+        else:
+            self.term.show(
+                "Sent CHAT message." if isinstance(message, Chat) else "Sent ACTION message."
+            )
 
     def _leave(self, goodbye: str) -> None:
         if not self._decide(0, None):
@@ -895,7 +893,13 @@ COMMANDS = (
         Conversation.verify,
     ),
     Command("me", (), "an action: /me waves shows * yourname waves", Conversation.act),
-    Command("msg", (), "words for one person only: /msg NAME text", Conversation.whisper),
+    Command(
+        "msg",
+        (),
+        "words for one person only: /msg NAME text (NAME: the longest name in the chat that "
+        "the line starts with)",
+        Conversation.whisper,
+    ),
     Command(
         "send",
         (),

@@ -74,38 +74,42 @@ class Announcer:
         self._addresses, self._port, self._tag = addresses, port, tag
         self._info: ServiceInfo | None = None
         self._lock = threading.Lock()
-        self._others: dict[str, int] = {}  # name -> slot, of every other listener seen
+        self._others: set[str] = set()  # the names of the other listeners seen
         self._browser = ServiceBrowser(self._zc, SERVICE_TYPE, handlers=[self._changed])
 
     def _changed(self, zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
-        """On zeroconf's thread: note the slot of another listener (never blocks)."""
+        """On zeroconf's thread: note which other listeners there are (never blocks)."""
         from zeroconf import ServiceStateChange
 
-        if self._info is not None and name == self._info.name:
-            return
-        if state_change is ServiceStateChange.Removed:
-            with self._lock:
-                self._others.pop(name, None)
-            return
-        info = zeroconf.get_service_info(service_type, name, timeout=0)  # the cache only
-        if info is None or info.port is None:
-            return
-        try:
-            found = parse_announcement(info.properties, info.port, info.parsed_addresses())
-        except ProtocolError:
-            return
         with self._lock:
-            if found.slot is not None and len(self._others) < MAX_RESOLVED:
-                self._others[name] = found.slot
-            else:
-                self._others.pop(name, None)
+            if state_change is ServiceStateChange.Removed:
+                self._others.discard(name)
+            elif len(self._others) < MAX_RESOLVED:
+                self._others.add(name)
 
     def taken(self, wait: float = 0.0) -> set[int]:
-        """The invite slots other listeners announce (after `wait` seconds of listening)."""
+        """The invite slots other listeners announce (after `wait` seconds of listening,
+        and up to RESOLVE_SECONDS more to read their records)."""
+        from zeroconf import ServiceInfo
+
         if wait > 0:
             time.sleep(wait)  # mDNS answers the browser's first queries within a second
         with self._lock:
-            return set(self._others.values())
+            names = [name for name in self._others if self._info is None or name != self._info.name]
+        slots = set()
+        deadline = time.monotonic() + RESOLVE_SECONDS
+        for name in names:
+            info = ServiceInfo(SERVICE_TYPE, name)
+            left = deadline - time.monotonic()
+            if left <= 0 or not info.request(self._zc, left * 1000) or info.port is None:
+                continue
+            try:
+                found = parse_announcement(info.properties, info.port, info.parsed_addresses())
+            except ProtocolError:
+                continue
+            if found.slot is not None:
+                slots.add(found.slot)
+        return slots
 
     def announce(self, slot: int | None) -> None:
         """Announce (or update) with the open invite's slot, or with none."""

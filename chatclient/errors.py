@@ -33,6 +33,10 @@ class ProtocolError(ChatError):
     """The peer sent bytes that break the protocol; the session must end."""
 
 
+class NotAuthentic(ProtocolError):
+    """A message failed its integrity check: forged, replayed, or under another key."""
+
+
 class ConnectionLost(ChatError):
     """An established chat ended without a goodbye."""
 

@@ -64,6 +64,10 @@ MAX_OUTGOING = 4 * 1024 * 1024
 # until the peer has read some, and a sender waits once this many are queued.
 HIGH_WATER = 1024 * 1024
 MAX_QUEUED_COMMANDS = 4096
+# An address that guessed an invite code wrong twice may try again only after 5 s, then
+# 10, 20, ... (a first mistake, a typo, is retried at once).
+GUESS_BACKOFF_LIMIT = 60.0
+MAX_GUESSERS = 4096
 SETTLE_ROUNDS = 4  # rounds of writing per pass while links queue for one another
 
 
@@ -80,7 +84,8 @@ class NetworkUser(Protocol):
         """The network thread itself failed (a bug): nothing more will be reported."""
 
     def invite_void(self, line: str) -> None:
-        """The invite was guessed wrong too often (`line` says so): the listener stops."""
+        """The invite was guessed wrong too often (`line` says so): it is closed; the
+        listener goes on."""
 
 
 class Network:
@@ -134,6 +139,7 @@ class Network:
         self._abandoned = AbandonLog()
         self._leaving = False
         self._invite_reported = False
+        self._guessers: dict[str, tuple[float, int]] = {}  # host -> (no invite until, wrong)
         self._running = True
         self.finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="network", daemon=True)
@@ -360,6 +366,9 @@ class Network:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         links: list[Link] = []  # the judge needs the link this PeerProtocol is made for
+        # An address that guessed wrong lately is told no invite is open, before any SPAKE2
+        # work: its guesses slow down, and contacts from there still get in.
+        invite = self._invite if not self._backing_off(address[0], now) else None
         peer = PeerProtocol(
             role,
             self._psk,
@@ -368,7 +377,7 @@ class Network:
             identity=self._identity,
             judge=self._judge if role is Role.CONNECTOR else partial(self._judge_joiner, links),
             code=self._code if role is Role.CONNECTOR else None,
-            invite=self._invite if role is Role.LISTENER else None,
+            invite=invite if role is Role.LISTENER else None,
             room=self._room_id,
             handshake_seconds=self._handshake_seconds,
             keepalive=self._keepalive,
@@ -483,6 +492,11 @@ class Network:
             # The signature is not checked here: this connection already proves who sent
             # it, and the others check it (110 us an Ed25519 check, measured: the host would
             # pay it for every message of the room). The numbering costs nothing to check.
+            # Before the numbering, which keeps a count per recipient: a name nobody has
+            # must cost nothing to keep.
+            if message.to and message.to != self._username and not self._room.named(message.to):
+                self._to_nobody(link, author, message.to)
+                return []
             if not self._room.in_sequence(link, message):
                 link.peer.connection_failed("it sent a message out of sequence")
                 return []
@@ -498,6 +512,22 @@ class Network:
         # Unsigned words (CHAT, ACTION) are from a member who knew of nobody but the host:
         # shown here, relayed to no one, since nobody else could check who said them.
         return [MessageReceived(message)]
+
+    def _to_nobody(self, link: Link, author: Person, name: str) -> None:
+        """Private words for a name nobody in the room has: dropped, and counted so that the
+        count is said at 1, 10, 100, ... (a flood costs a few lines, never memory)."""
+        link.to_nobody += 1
+        count = link.to_nobody
+        if count == 1:
+            self._user.refused(
+                f"{sanitize(author.name)} sent private words to {sanitize(name)}, who is not in "
+                "the chat: not passed on"
+            )
+        elif count == 10 ** (len(str(count)) - 1):
+            self._user.refused(
+                f"{sanitize(author.name)} has sent {count} private messages to names not in "
+                "the chat: none passed on"
+            )
 
     def _tell_room(self, message: Message, now: float, but: object = None) -> None:
         for member in self._room.others(but):
@@ -571,6 +601,7 @@ class Network:
         elif link.peer.mode is Mode.INVITE and isinstance(error, KeyMismatch):
             # Each wrong code is shown: there are only MAX_INVITE_FAILURES of them.
             self._user.refused(f"Refused a connection from {link.address!r}: {error}")
+            self._guessed_wrong(link.host, now)
         elif isinstance(error, IdentityRefused) and error.reason is Refuse.IDENTITY_CHANGED:
             # Loud whatever else that address did, and even during a chat; one warning
             # per claimed name every REFUSAL_SUMMARY_SECONDS, the rest counted.
@@ -589,6 +620,18 @@ class Network:
                 f"the invite code {invite.code} is void: it was tried {MAX_INVITE_FAILURES} "
                 f"times with a wrong code, and nobody got in"
             )
+
+    def _guessed_wrong(self, host: str, now: float) -> None:
+        """Back off invite tries from `host`: none after its first wrong guess (a typo),
+        5 s after the second, doubling after each one more."""
+        _, wrong = self._guessers.pop(host, (0.0, 0))
+        if len(self._guessers) >= MAX_GUESSERS:  # the oldest goes: memory stays bounded
+            del self._guessers[next(iter(self._guessers))]
+        pause = min(5.0 * 2.0 ** (wrong - 1), GUESS_BACKOFF_LIMIT) if wrong else 0.0
+        self._guessers[host] = (now + pause, wrong + 1)
+
+    def _backing_off(self, host: str, now: float) -> bool:
+        return host in self._guessers and now < self._guessers[host][0]
 
     def _report(self, link: Link, what: str, reason: str, now: float, kind: str = "") -> None:
         """A refusal line, unless the chat is full (then it is on screen: stay quiet)."""

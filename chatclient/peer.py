@@ -11,7 +11,14 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from .config import DEAD_AFTER_INTERVALS, HANDSHAKE_SECONDS, KEEPALIVE_SECONDS
-from .errors import ChatError, ConnectionLost, HandshakeError, KeyMismatch, ProtocolError
+from .errors import (
+    ChatError,
+    ConnectionLost,
+    HandshakeError,
+    KeyMismatch,
+    NotAuthentic,
+    ProtocolError,
+)
 from .handshake import (
     MAX_HELLO_SIZE,
     ROOM_ID_SIZE,
@@ -421,8 +428,10 @@ class PeerProtocol:
                 raise self._unauthenticated() if isinstance(refusal, KeyMismatch) else refusal
             try:
                 message = self._session.decode(body)
-            except ProtocolError as exc:
+            except NotAuthentic as exc:  # only this says the keys (or the code) differ
                 raise self._unauthenticated() from exc
+            except ProtocolError as exc:  # it decrypted: the keys match, the content does not
+                raise ProtocolError(f"the listener's answer breaks the protocol: {exc}") from exc
         if isinstance(message, Refusal):
             raise refusal_error(message, self.name)
         assert isinstance(message, Welcome)  # the session's phase table guarantees it

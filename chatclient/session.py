@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import re
 
-from .errors import ProtocolError
+from .errors import NotAuthentic, ProtocolError
 from .handshake import SessionKeys
 from .messages import (
     CHUNK_HEADER,
@@ -141,7 +141,7 @@ class Session:
                 raise ValueError("not canonical base64")
             payload = self._receiver.decrypt(body)
         except (self._invalid_token, ValueError):
-            raise ProtocolError(
+            raise NotAuthentic(
                 "a message failed its integrity check (tampered with, replayed or "
                 "not from your peer)"
             ) from None

@@ -19,6 +19,8 @@ from .text import fit_row, screen_rows, wrap_for_terminal
 
 # Lines waiting for a screen that does not take them; more are counted, not kept.
 MAX_WAITING_LINES = 100_000
+# ... and at most this much text (characters): a line can be 64 KiB and more once escaped.
+MAX_WAITING_CHARACTERS = 16 * 1024 * 1024
 # Queued like a line, to ring the terminal bell after the lines before it.
 BELL = "\a"
 
@@ -54,6 +56,7 @@ class Terminal:
         self._waiting: deque[tuple[str, TextIO]] = deque()
         self._waiting_cond = threading.Condition()
         self._unshown = 0  # lines dropped while MAX_WAITING_LINES waited
+        self._waiting_characters = 0  # the size of what waits, bounded too
         self._printing = False  # the printer thread has lines in hand
         self._printer: threading.Thread | None = None
         self._status = ""  # the status row (file progress), drawn above the prompt
@@ -124,10 +127,12 @@ class Terminal:
             self._print(line, out)
             return
         with self._waiting_cond:
-            if len(self._waiting) >= MAX_WAITING_LINES:
+            too_much = self._waiting_characters + len(line) > MAX_WAITING_CHARACTERS
+            if len(self._waiting) >= MAX_WAITING_LINES or too_much:
                 self._unshown += 1
                 return
             self._waiting.append((line, out))
+            self._waiting_characters += len(line)
             self._waiting_cond.notify()
             if self._printer is None:
                 self._printer = threading.Thread(target=self._print_waiting, daemon=True)
@@ -159,7 +164,11 @@ class Terminal:
                 return f"({count} lines were not shown: the screen was not taking them)", (
                     self.stderr
                 )
-            return self._waiting.popleft() if self._waiting else None
+            if not self._waiting:
+                return None
+            line, out = self._waiting.popleft()
+            self._waiting_characters -= len(line)
+            return line, out
 
     def _print_waiting(self) -> None:
         while True:

@@ -18,6 +18,9 @@ def name_problem(name: str) -> str | None:
         return f"is longer than {MAX_NAME_BYTES} bytes"
     if sanitize(name) != name:
         return "must not contain control characters"
+    if any(is_blank(ch) and ch != " " for ch in name) or "  " in name:
+        # Runs of blanks could pad a name into a row that reads as the program's own.
+        return "must not hold blanks other than single spaces"
     if name.startswith("#"):
         return "must not start with '#'"
     return None
@@ -33,11 +36,28 @@ def peer_text(text: str) -> str:
     return f"\n{CONTINUATION}".join(sanitize(line.expandtabs(4)) for line in lines)
 
 
+# A run of one escaped character this long or longer is shown once with its count
+# (`\x01` then U+00D7 and 4000): what a peer sends cannot grow fourfold on screen and in memory.
+RUN_SHOWN_COUNTED = 4
+
+
 def sanitize(text: str) -> str:
     """Peer text made safe to print: control and format characters escaped."""
     if text.isprintable():
         return text
-    return "".join(_safe_char(ch) for ch in text)
+    parts: list[str] = []
+    start, end = 0, len(text)
+    while start < end:
+        ch = text[start]
+        shown = _safe_char(ch)
+        stop = start + 1
+        if shown is not ch:  # escaped: take the whole run of it
+            while stop < end and text[stop] == ch:
+                stop += 1
+        run = stop - start
+        parts.append(f"{shown} \u00d7{run}" if run >= RUN_SHOWN_COUNTED else shown * run)
+        start = stop
+    return "".join(parts)
 
 
 _JOINERS = frozenset("\u200c\u200d")  # needed by emoji and some scripts

@@ -320,7 +320,13 @@ class FileDesk:
         ):
             found = None  # the same file, still being written by another transfer
         offset = found[1] if found is not None else 0
-        free = free_space(folder)
+        # What transfers already accepted will still write is spoken for.
+        reserved = sum(
+            other.size - other.position
+            for other in self._receiving.values()
+            if other.state is Moving.MOVING and other.sink is not None
+        )
+        free = max(free_space(folder) - reserved, 0)
         if free < t.size - offset:
             raise ChatError(
                 f"not enough space in {folder} for {name}: it needs "

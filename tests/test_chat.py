@@ -4,6 +4,7 @@ The terminal is real, over pipes of text (io.StringIO), so its lines are the pro
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 from collections.abc import Callable
@@ -126,16 +127,13 @@ def test_a_failure_before_anyone_joined_is_the_reason_to_stop(tmp_path: Path) ->
         screen.conversation.wait_until_started(listening=False)
 
 
-def test_a_void_invite_before_anyone_came_stops_with_the_hint_for_a_new_code(
-    tmp_path: Path,
-) -> None:
+def test_a_void_invite_before_anyone_came_closes_only_the_invite(tmp_path: Path) -> None:
     screen = Screen(tmp_path)
     screen.conversation.invite_void("the invite code 7-a-b is void")
-    with pytest.raises(ChatError) as raised:
-        screen.conversation.wait_until_started(listening=False)
-    assert str(raised.value) == (
-        "the invite code 7-a-b is void. Run chatclient --invite for a new code"
-    )
+    screen.term.flush()
+    assert screen.err == ["the invite code 7-a-b is void. Type /invite for a new code"]
+    assert not screen.conversation.started.is_set()  # still waiting for someone
+    assert screen.conversation.failure is None
 
 
 @pytest.fixture
@@ -259,3 +257,58 @@ def test_who_through_a_proxy_names_the_peer_not_the_proxy(tmp_path: Path) -> Non
     assert screen.out[-1].startswith(
         "Talking to laptop at peer.example:50233 through the proxy at 127.0.0.1:1080, connected "
     )
+
+
+def test_private_words_name_who_they_went_to(typing: Callable[[str], Screen]) -> None:
+    screen = typing("/msg alice I think we should tell desktop\n")
+    screen.link = FakeLink(Role.CONNECTOR)
+    screen.arrive("desktop")
+    for name in ("alice", "alice I"):  # two members, one name the start of the other
+        host = screen.conversation.people["desktop"]
+        screen.conversation.people[name] = dataclasses.replace(host, name=name, host=False)
+    net = FakeNet()
+    screen.conversation.run(net)  # type: ignore[arg-type]
+    assert "Sent to alice I privately." in screen.out  # the longest name: said, not hidden
+    assert "Sent CHAT message." not in screen.out
+
+
+class StalledScreen(io.StringIO):
+    """A stdout that takes nothing until `go` is set (a terminal paused with Ctrl-S)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.writing = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.writing.set()
+        assert self.go.wait(10)
+        return super().write(text)
+
+
+def test_lines_waiting_for_a_stalled_screen_are_bounded_in_characters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import chatclient.terminal
+
+    monkeypatch.setattr(chatclient.terminal, "MAX_WAITING_CHARACTERS", 1000)
+    screen = StalledScreen()
+    term = Terminal(io.StringIO(), screen, io.StringIO())
+    first = threading.Thread(target=term.show, args=("x" * 400,))  # from another thread
+    first.start()
+    first.join(5)
+    assert screen.writing.wait(5)  # the printer holds the first line, stuck in write()
+
+    def more() -> None:
+        for line in ("a" * 400, "b" * 400, "c" * 400):  # the third would pass 1000
+            term.show(line)
+
+    sender = threading.Thread(target=more)
+    sender.start()
+    sender.join(5)
+    assert not sender.is_alive()  # the network thread never waits for the screen
+    screen.go.set()
+    term.wait_shown(5)
+    shown = screen.getvalue().splitlines()
+    assert shown[:3] == ["x" * 400, "a" * 400, "b" * 400]
+    assert "c" * 400 not in shown

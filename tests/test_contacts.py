@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import KEY, TIMEOUT, ChatProcess, free_port, run, write_config
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pair import PSK
+from pair import PSK, drive
 
 from chatclient.handshake import Role
 from chatclient.identity import MAX_INVITE_FAILURES
@@ -153,7 +153,19 @@ def test_a_listener_with_contacts_opens_an_invite_when_asked_while_waiting(
     leave(newcomer, listener)
 
 
-def test_three_wrong_codes_void_the_invite_and_the_listener_stops(
+def guess(port: int, code: str, source: str) -> list[Event]:
+    """One invite-code try from `source` (127.0.0.x plays another machine)."""
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT, source_address=(source, 0)) as sock:
+        peer = PeerProtocol(Role.CONNECTOR, None, "guesser", time.monotonic(), code=code)
+        return drive(sock, peer, Established)
+
+
+def failure(events: list[Event]) -> str:
+    [failed] = [event for event in events if isinstance(event, Failed)]
+    return str(failed.error)
+
+
+def test_wrong_codes_void_the_invite_but_never_stop_the_listener(
     spawn: Spawn, tmp_path: Path
 ) -> None:
     port = free_port()
@@ -162,19 +174,30 @@ def test_three_wrong_codes_void_the_invite_and_the_listener_stops(
     assert code is not None
     number, first, second = code.split("-")
     wrong = f"{int(number) % 99 + 1}-{first}-{second}"
-    guesser = person(tmp_path, "guesser", port)
-    for attempt in range(1, MAX_INVITE_FAILURES + 1):
-        result = run("--connect", f"127.0.0.1:{port}", "--code", wrong, cwd=guesser)
-        assert result.returncode == 1
-        assert result.stderr.splitlines()[-1].startswith("error: the invite code is wrong")
+    for attempt in range(1, MAX_INVITE_FAILURES + 1):  # from three addresses
+        refused = failure(guess(port, wrong, f"127.0.0.{attempt + 1}"))
+        assert refused.startswith("the invite code is wrong")
         left = MAX_INVITE_FAILURES - attempt
         listener.expect(
             rf"wrong invite code \({left} of {MAX_INVITE_FAILURES} tries left\)", stream="err"
         )
-    line = listener.expect(r"^error: the invite code .* is void", stream="err")
-    assert code in line and "--invite" in line
-    assert listener.wait() == 1
-    assert not any(" joined the chat" in out for out in listener.out)
+    line = listener.expect(r"^the invite code .* is void", stream="err")
+    assert code in line and line.endswith(". Type /invite for a new code")
+    assert "no open invite" in failure(guess(port, code, "127.0.0.5"))  # void: closed
+    # The listener goes on: a new code, and an address that guessed wrong twice waits.
+    listener.send("/invite")
+    fresh = CODE.match(listener.expect(CODE.pattern))
+    assert fresh is not None and fresh[1] != code
+    number, first, second = fresh[1].split("-")
+    typo = f"{int(number) % 99 + 1}-{first}-{second}"
+    for left in (2, 1):  # a typo is retried at once; the second wrong guess backs off
+        failure(guess(port, typo, "127.0.0.6"))
+        listener.expect(rf"wrong invite code \({left} of 3 tries left\)", stream="err")
+    # Right at once after two wrong ones, from the same address: no SPAKE2, no try spent.
+    assert "no open invite" in failure(guess(port, fresh[1], "127.0.0.6"))
+    joined = guess(port, fresh[1], "127.0.0.7")
+    assert any(isinstance(event, Established) for event in joined)
+    listener.expect(r"^guesser joined the chat \(verified\)\.$")
 
 
 def test_a_malformed_code_is_refused_before_it_costs_a_try(tmp_path: Path) -> None:

@@ -246,3 +246,16 @@ def test_no_keepalive_after_our_goodbye() -> None:
     pair.connector.send(Terminate(), pair.clock.now)
     pair.connector.timers(pair.clock.advance(20.0))
     assert pair.connector.data_to_send() == b""
+
+
+def test_a_listener_name_that_breaks_the_rules_is_named_not_blamed_on_the_keys() -> None:
+    pair = PeerPair()
+    pair.listener.name = "desktop  padded"  # two spaces: refused since issue 21 (item 13)
+    pair.pump()
+    [failed] = [event for event in pair.events[pair.connector] if isinstance(event, Failed)]
+    assert not isinstance(failed.error, KeyMismatch)
+    assert "fernet_key" not in str(failed.error)
+    assert str(failed.error) == (
+        "the listener's answer breaks the protocol: the peer's name must not hold blanks "
+        "other than single spaces"
+    )

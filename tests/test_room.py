@@ -469,6 +469,31 @@ def test_words_signed_by_another_key_are_not_shown_by_the_others(
     mallory.sock.close()
 
 
+def test_private_words_to_names_nobody_has_are_dropped_and_counted(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    desk, port = host(spawn, tmp_path)
+    alice = join(spawn, tmp_path, "alice", port)
+    mallory = Mallory(port)
+    alice.expect(r"^mallory joined the chat\.$")
+    voice = Voice(key(), "mallory", HOST, mallory.peer.room)
+    now = time.monotonic()
+    flood = b"".join(
+        mallory.peer.send(voice.say(f"psst {n}", to=f"ghost{n}"), now) for n in range(150)
+    )
+    mallory.sock.sendall(flood)
+    desk.expect(
+        r"^mallory sent private words to ghost0, who is not in the chat: not passed on$",
+        stream="err",
+    )
+    desk.expect(r"^mallory has sent 100 private messages to names not in the chat", stream="err")
+    mallory.sock.sendall(mallory.peer.send(voice.say("to all"), time.monotonic()))
+    alice.expect(r"^warning: a message claiming to be from mallory failed")  # her key, not hers
+    assert sum("names not in the chat" in line for line in desk.err) == 2  # 10 and 100
+    assert not any("psst" in line for line in alice.out + desk.out)
+    mallory.sock.close()
+
+
 def test_a_host_that_alters_relayed_words_is_caught(spawn: Spawn, tmp_path: Path) -> None:
     """A host that changes what alice said before bob sees it: bob does not show it."""
 

@@ -13,6 +13,7 @@ from chatclient.text import (
     CONTINUATION,
     char_width,
     is_blank,
+    name_problem,
     sanitize,
     wrap_for_terminal,
     wrap_rows,
@@ -175,3 +176,19 @@ def test_after_a_long_word_nothing_reaches_column_zero() -> None:
     rows = screen_of(f"laptop says: {word} Connection closed by peer.")
     assert "Connection closed by peer." not in rows
     assert "  Connection closed by peer." in rows
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Connection closed by peer." + " " * 37 + "x", "a  b", "a\u00a0b", "a\u3000b", "a\u2800b"],
+)
+def test_a_name_cannot_pad_itself_into_a_line_of_its_own(name: str) -> None:
+    assert name_problem(name) == "must not hold blanks other than single spaces"
+    assert name_problem("alice I") is None
+
+
+def test_a_long_run_of_one_escaped_character_is_shown_once_with_its_count() -> None:
+    assert sanitize("a" + "\x01" * 4000 + "b") == "a\\x01 \u00d74000b"
+    assert sanitize("\x07\x07\x07") == "\\x07\\x07\\x07"  # short runs as they are
+    assert len(sanitize("\x01" * 65536)) < 20  # 64 KiB of it is a few characters on screen
+    assert sanitize("\x1b" * 5 + "[2J").isprintable()

@@ -304,3 +304,21 @@ def test_a_sent_file_goes_out_in_chunks_within_the_credit_then_done(
     assert desk.peer.sent == [FileDone(1)]
     desk.receive(FileReceived(1))
     assert desk.user.lines[-1].startswith("laptop received photo.png (131.1 kB in ")
+
+
+def test_two_accepted_offers_are_checked_against_the_space_left_by_each_other(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chatclient.transfers.free_space", lambda folder: 100_000)
+    desk.receive(FileOffer(1, 60_000, bytes(32), "one.bin"))
+    desk.receive(FileOffer(2, 60_000, bytes(32), "two.bin"))
+    desk.desk.accept(1, 1.0)
+    assert desk.carrier.of_kind(FileAccept) == [FileAccept(1, 0, FILE_WINDOW)]
+    desk.desk.accept(2, 1.0)  # the first will still write 60 kB of the 100 kB free
+    assert desk.user.errors == [
+        f"error: not enough space in {desk.downloads} for two.bin: it needs 60.0 kB, 40.0 kB "
+        "is free (make room and /accept 2 again, or /reject 2)"
+    ]
+    assert len(desk.carrier.of_kind(FileAccept)) == 1
+    desk.desk.cancel(1, 1.0)
+    desk.desk.finish_writing(WAIT)
