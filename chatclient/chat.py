@@ -74,7 +74,11 @@ def identity_judge(config_path: str, role: Role, program: str) -> Judge:
         if seen.trust is Trust.CHANGED:  # an invite code vouches for nobody's old name
             assert seen.pinned is not None
             warning = changed_identity(config_path, seen.pinned, identity, program)
-            raise IdentityRefused(Refuse.IDENTITY_CHANGED, warning, name)
+            # A stranger (no key, no code) learns nothing from us: not even that the name
+            # it tried is a contact's. This screen still shows the warning.
+            stranger = mode is Mode.CONTACT and role is Role.LISTENER
+            told = Refuse.NOT_A_CONTACT if stranger else None
+            raise IdentityRefused(Refuse.IDENTITY_CHANGED, warning, name, told=told)
         if mode is Mode.CONTACT and seen.trust is Trust.NEW:
             shown = sanitize(name)
             if role is Role.LISTENER:
@@ -368,6 +372,8 @@ class Conversation:
             return self._members_lines(message)
         if isinstance(message, Joined):
             person = message.person
+            if (clash := self._name_clash(person.name)) is not None:
+                return [clash]
             self._meet(person)
             if self.hearing is not None:
                 self.hearing.arrived(person.name)
@@ -406,14 +412,33 @@ class Conversation:
 
     def _members_lines(self, members: Members) -> list[str]:
         """The room as a member finds it on arrival."""
-        lines = []
+        lines, met = [], []
         for person in members.people:
+            if (clash := self._name_clash(person.name)) is not None:
+                lines.append(clash.replace("joining", "in the room"))
+                continue
             self._meet(person)
+            met.append(person)
             lines += self._trust(person.name, person.identity)[1]
-        if members.people:
-            names = ", ".join(sanitize(person.name) for person in members.people)
+        if met:
+            names = ", ".join(sanitize(person.name) for person in met)
             lines.insert(0, f"Also in the chat: {names}")
         return lines
+
+    def _name_clash(self, name: str) -> str | None:
+        """The warning for a name the host announces that is already on this screen (ours,
+        the host's, or someone's here): one name is one person, so it is refused."""
+        if name == self.config.username:
+            why = "your own name"
+        elif name in self.people:
+            why = "the name of someone already in the chat"
+        else:
+            return None
+        shown = sanitize(name)
+        return (
+            f"warning: the host announced {shown} joining, but {shown} is {why}: refused "
+            "(nothing said under that name by the newcomer is shown)"
+        )
 
     def _meet(self, person: Person) -> None:
         since = time.monotonic() - person.seconds

@@ -136,6 +136,7 @@ class Network:
         self._accept_paused_until: float | None = None
         self._refusals = RefusalLog()
         self._impostors = RefusalLog()
+        self._impostor_hosts = RefusalLog()
         self._abandoned = AbandonLog()
         self._leaving = False
         self._invite_reported = False
@@ -316,7 +317,7 @@ class Network:
                 deadlines.append(link.leave_by)
             if link.peer.pending() or link.peer.stage is Stage.CLOSED:
                 self._settle(link, now)
-        for log in (self._refusals, self._impostors, self._abandoned):
+        for log in (self._refusals, self._impostors, self._impostor_hosts, self._abandoned):
             for line in log.summaries(now):
                 self._user.refused(line)
             if (due := log.next_deadline()) is not None:
@@ -454,14 +455,19 @@ class Network:
         link.peer.admit()
 
     def _judge_joiner(self, links: list[Link], name: str, identity: bytes, mode: Mode) -> None:
-        """The host's judge: a place and a free name, then known_peers."""
+        """The host's judge: a place, a free name and known_peers. With no key and no code
+        (where any stranger may try) known_peers comes first, so a stranger learns nothing
+        of the room: who is in it, or whether it is full."""
+        if mode is Mode.CONTACT:
+            self._judge(name, identity, mode)
         if links[0].no_room:
             raise IdentityRefused(
                 Refuse.ROOM_FULL, "the chat is full", name, number=self._room.capacity
             )
         if name == self._username or self._room.taken(name):
             raise IdentityRefused(Refuse.NAME_TAKEN, f"the name {name} is taken here", name)
-        self._judge(name, identity, mode)
+        if mode is not Mode.CONTACT:
+            self._judge(name, identity, mode)
         self._room.hold(links[0], name)
 
     # The room (this side hosts it) -------------------------------------------------
@@ -607,7 +613,13 @@ class Network:
             # per claimed name every REFUSAL_SUMMARY_SECONDS, the rest counted.
             line = f"Refused a connection from {link.address!r}: {error}"
             claimed = f"someone claiming to be {sanitize(error.name)}"
-            if (shown := self._impostors.refused(claimed, line, now)) is not None:
+            # One warning per address and per claimed name in each window: an address
+            # trying every contact's name costs one block of lines, the rest are counted.
+            by_address = self._impostor_hosts.refused(link.host, line, now, "impostor")
+            if (
+                by_address is not None
+                and (shown := self._impostors.refused(claimed, line, now)) is not None
+            ):
                 self._user.refused(shown)
         elif isinstance(error, IdentityRefused) and error.reason is Refuse.NOT_A_CONTACT:
             self._report(link, "Refused a connection from", str(error), now, "not a contact")

@@ -83,11 +83,21 @@ HANDSHAKE_STAGES = frozenset({Stage.HELLO, Stage.CONFIRM, Stage.PROVEN, Stage.WE
 class IdentityRefused(HandshakeError):
     """This side refuses the identity the peer offered under `name`; the peer is told why."""
 
-    def __init__(self, reason: Refuse, text: str, name: str = "", number: int = 0) -> None:
+    def __init__(
+        self,
+        reason: Refuse,
+        text: str,
+        name: str = "",
+        number: int = 0,
+        told: Refuse | None = None,
+    ) -> None:
         super().__init__(text)
         self.reason = reason
         self.name = name
         self.number = number
+        # What the peer is told, when it must learn less than this side knows (a stranger
+        # claiming a contact's name is told what any stranger is told).
+        self.told = reason if told is None else told
 
 
 # Decides whether the identity a peer offers under a name may in (for this mode):
@@ -466,7 +476,7 @@ class PeerProtocol:
         try:
             self._judge(welcome.name, welcome.identity, self.mode)
         except IdentityRefused as exc:
-            refusal = Refusal(exc.reason, self.name, exc.number)
+            refusal = Refusal(exc.told, self.name, exc.number)
             self._outgoing += self._session.encode(refusal)
             raise
         self.peer_name, self.peer_identity = welcome.name, welcome.identity

@@ -4,6 +4,7 @@ The terminal is real, over pipes of text (io.StringIO), so its lines are the pro
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import threading
@@ -17,7 +18,7 @@ from chatclient.chat import Conversation
 from chatclient.config import Config
 from chatclient.errors import ChatError, ConnectionLost
 from chatclient.handshake import Mode, Role
-from chatclient.messages import Action, Chat, Message, Terminate
+from chatclient.messages import Action, Chat, Joined, Members, Message, Person, Terminate
 from chatclient.peer import Established, Failed, MessageReceived
 from chatclient.terminal import Terminal
 
@@ -312,3 +313,25 @@ def test_lines_waiting_for_a_stalled_screen_are_bounded_in_characters(
     shown = screen.getvalue().splitlines()
     assert shown[:3] == ["x" * 400, "a" * 400, "b" * 400]
     assert "c" * 400 not in shown
+
+
+def test_a_host_cannot_put_a_second_person_under_a_name_already_on_screen(
+    tmp_path: Path,
+) -> None:
+    screen = member_screen(tmp_path)  # desktop, a member of laptop's room
+    stranger = bytes(range(100, 132))
+    screen.events(MessageReceived(Joined(Person("desktop", stranger, "10.0.0.9:1"))))
+    screen.events(MessageReceived(Joined(Person("laptop", stranger, "10.0.0.9:2"))))
+    screen.events(MessageReceived(Members((Person("laptop", stranger, "10.0.0.9:3"),))))
+    assert screen.out[-3:] == [
+        "warning: the host announced desktop joining, but desktop is your own name: refused "
+        "(nothing said under that name by the newcomer is shown)",
+        "warning: the host announced laptop joining, but laptop is the name of someone already "
+        "in the chat: refused (nothing said under that name by the newcomer is shown)",
+        "warning: the host announced laptop in the room, but laptop is the name of someone "
+        "already in the chat: refused (nothing said under that name by the newcomer is shown)",
+    ]
+    assert not any("joined the chat" in line for line in screen.out)
+    assert screen.conversation.people["laptop"].identity == LAPTOP  # the host kept its own
+    pinned = (tmp_path / "known_peers").read_text(encoding="utf-8")
+    assert base64.b64encode(stranger).decode() not in pinned and "desktop ed25519" not in pinned

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pair import PSK, drive
 
 from chatclient.handshake import Role
-from chatclient.identity import MAX_INVITE_FAILURES
+from chatclient.identity import MAX_INVITE_FAILURES, update_known_peers
 from chatclient.messages import Chat
 from chatclient.peer import Established, Event, Failed, KeyProven, MessageReceived, PeerProtocol
 
@@ -437,3 +437,30 @@ def test_a_man_in_the_middle_with_the_key_shows_different_safety_numbers(
     assert numbers[listener] != numbers[connector], middle.errors
     listener.kill()
     connector.kill()
+
+
+def test_a_stranger_learns_nothing_of_a_contacts_room_and_warnings_are_bounded(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    port = free_port()
+    desktop, alice = person(tmp_path, "desktop", port), person(tmp_path, "alice", port)
+    listener, code = listen(spawn, desktop, "--listen", "--max-members", "1")
+    assert code is not None
+    member = spawn("--connect", f"127.0.0.1:{port}", "--code", code, cwd=alice)
+    listener.expect(r"^alice joined the chat \(verified\)\.$")  # the room is now full
+    other = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    update_known_peers(str(desktop / "known_peers"), lambda p: p.pin("carol", other, True, "t"))
+    stranger = person(tmp_path, "stranger", port)
+    told = set()
+    for name in ("alice", "carol", "zoe"):  # a member's name, a contact's, a new one
+        result = run("--connect", f"127.0.0.1:{port}", "--username", name, cwd=stranger, stdin="\n")
+        assert result.returncode == 1
+        told.add(result.stderr.splitlines()[-1])
+    # One and the same answer: not who is in the room, nor that it is full, nor who are
+    # contacts.
+    assert told == {"error: you are not one of desktop's contacts: ask for an invite code"}
+    listener.expect(r"alice's identity has changed: connection refused", stream="err")
+    member.send("still here")
+    listener.expect(r"^alice says: still here$")
+    warnings = [line for line in listener.err if "identity has changed" in line]
+    assert len(warnings) == 1  # carol's, from the same address, is counted, not shown
