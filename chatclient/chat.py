@@ -55,7 +55,7 @@ from .peer import Closed, Established, Event, Failed, IdentityRefused, Judge, Me
 from .room import Hearing, Voice
 from .sockets import Link, format_address
 from .terminal import Terminal, main_thread_can_be_signalled, signal_until
-from .text import format_size, peer_text, sanitize
+from .text import format_size, name_skeleton, peer_text, sanitize
 from .transfers import FileDesk
 
 if TYPE_CHECKING:
@@ -428,10 +428,13 @@ class Conversation:
     def _name_clash(self, name: str) -> str | None:
         """The warning for a name the host announces that is already on this screen (ours,
         the host's, or someone's here): one name is one person, so it is refused."""
-        if name == self.config.username:
-            why = "your own name"
+        skeleton = name_skeleton(name)
+        if skeleton == name_skeleton(self.config.username):
+            why = "your own name" if name == self.config.username else "a look-alike of yours"
         elif name in self.people:
             why = "the name of someone already in the chat"
+        elif alike := next((o for o in self.people if name_skeleton(o) == skeleton), None):
+            why = f"a look-alike of {sanitize(alike)}, who is already in the chat"
         else:
             return None
         shown = sanitize(name)

@@ -17,7 +17,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError, describe_os_error
-from .text import name_problem
+from .text import name_problem, name_skeleton
 from .wordlist import EVEN_WORDS, ODD_WORDS
 
 if TYPE_CHECKING:
@@ -130,9 +130,18 @@ class KnownPeers:
         """The entry under `name`, if any."""
         return next((peer for peer in self.peers if peer.name == name), None)
 
+    def looks_like(self, name: str) -> KnownPeer | None:
+        """The entry whose name looks like `name` (one skeleton: Unicode TS #39), if any."""
+        skeleton = name_skeleton(name)
+        return next((peer for peer in self.peers if name_skeleton(peer.name) == skeleton), None)
+
     def recognize(self, name: str, key: bytes) -> Recognition:
-        """How the identity `key`, offered under `name`, compares with what is pinned."""
+        """How the identity `key`, offered under `name`, compares with what is pinned. A
+        name that looks like a pinned one (alice with a Cyrillic a) is judged as that one."""
         pinned = self.named(name)
+        alike = self.looks_like(name) if pinned is None else None
+        if alike is not None and not hmac.compare_digest(alike.key, key):
+            return Recognition(Trust.CHANGED, alike, ())
         aliases = tuple(p.name for p in self.peers if p.key == key and p.name != name)
         if pinned is None:
             verified = any(p.verified for p in self.peers if p.key == key)

@@ -22,7 +22,7 @@ from .messages import (
     bytes_field,
     int_field,
 )
-from .text import sanitize
+from .text import name_skeleton, sanitize
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -119,8 +119,11 @@ class Room:
         return next((m for m, seat in self._seats.items() if seat and seat[0].name == name), None)
 
     def taken(self, name: str) -> bool:
-        """True when someone in the room, or on the way in, has `name`."""
-        return self.named(name) is not None or name in self._coming.values()
+        """True when someone in the room, or on the way in, has `name` or a name that looks
+        like it (one skeleton)."""
+        skeleton = name_skeleton(name)
+        present = [seat[0].name for seat in self._seats.values() if seat]
+        return any(name_skeleton(other) == skeleton for other in [*present, *self._coming.values()])
 
     def people(self, now: float, but: object = None) -> tuple[Person, ...]:
         """Everyone in, in the order they came, with their seconds in the room."""

@@ -21,9 +21,84 @@ def name_problem(name: str) -> str | None:
     if any(is_blank(ch) and ch != " " for ch in name) or "  " in name:
         # Runs of blanks could pad a name into a row that reads as the program's own.
         return "must not hold blanks other than single spaces"
+    if any(_invisible(ch) for ch in name):
+        return "must not contain invisible characters"
+    if unicodedata.normalize("NFKC", name) != name:
+        return f"must be written in its plain form ({unicodedata.normalize('NFKC', name)!r})"
     if name.startswith("#"):
         return "must not start with '#'"
     return None
+
+
+# Characters that print as nothing, or as a blank, and could make two names look one:
+# joiners, the combining grapheme joiner, variation selectors (FE00-FE0F, checked by
+# range), and fillers (the blank look-alikes are refused as blanks).
+_INVISIBLE = frozenset("\u200b\u200c\u200d\u200e\u200f\u034f\u2060\u2061\u2062\u2063\u2064\u180e")
+
+# Letters of other scripts drawn like Latin ones (a small table from Unicode's
+# confusables.txt, TS #39): the skeleton maps each to the letter it imitates.
+_LOOK_ALIKES = str.maketrans(
+    {
+        # Cyrillic
+        "\u0430": "a",
+        "\u0432": "b",
+        "\u0435": "e",
+        "\u0451": "e",
+        "\u043a": "k",
+        "\u043c": "m",
+        "\u043d": "h",
+        "\u043e": "o",
+        "\u0440": "p",
+        "\u0441": "c",
+        "\u0442": "t",
+        "\u0443": "y",
+        "\u0445": "x",
+        "\u0456": "i",
+        "\u0457": "i",
+        "\u0458": "j",
+        "\u0455": "s",
+        "\u0501": "d",
+        "\u04bb": "h",
+        "\u04cf": "l",
+        "\u051b": "q",
+        "\u051d": "w",
+        "\u04af": "y",
+        "\u0261": "g",
+        # Greek
+        "\u03b1": "a",
+        "\u03b2": "b",
+        "\u03b5": "e",
+        "\u03b7": "n",
+        "\u03b9": "i",
+        "\u03ba": "k",
+        "\u03bd": "v",
+        "\u03bf": "o",
+        "\u03c1": "p",
+        "\u03c4": "t",
+        "\u03c5": "u",
+        "\u03c7": "x",
+        "\u03c9": "w",
+        # digits and Latin shapes read as letters
+        "0": "o",
+        "1": "l",
+        "|": "l",
+        "\u0131": "i",
+        "\u0269": "i",
+    }
+)
+
+
+def _invisible(ch: str) -> bool:
+    return ch in _INVISIBLE or 0xFE00 <= ord(ch) <= 0xFE0F
+
+
+def name_skeleton(name: str) -> str:
+    """What a name looks like, for telling names apart (Unicode TS #39, in small): NFKC,
+    case folded, look-alike letters mapped to the Latin ones they imitate, and "rn" read
+    as "m". Two names with one skeleton are one name in a room and in known_peers."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    visible = "".join(ch for ch in folded if not _invisible(ch))
+    return visible.translate(_LOOK_ALIKES).replace("rn", "m").replace("l", "i")
 
 
 def peer_text(text: str) -> str:

@@ -335,3 +335,10 @@ def test_a_host_cannot_put_a_second_person_under_a_name_already_on_screen(
     assert screen.conversation.people["laptop"].identity == LAPTOP  # the host kept its own
     pinned = (tmp_path / "known_peers").read_text(encoding="utf-8")
     assert base64.b64encode(stranger).decode() not in pinned and "desktop ed25519" not in pinned
+
+
+def test_a_look_alike_name_counts_as_the_name_it_imitates(tmp_path: Path) -> None:
+    screen = member_screen(tmp_path)  # desktop, a member of laptop's room
+    screen.events(MessageReceived(Joined(Person("l\u0430ptop", LAPTOP, "10.0.0.9:1"))))
+    assert screen.out[-1].startswith("warning: the host announced l\u0430ptop joining, but ")
+    assert "joined the chat" not in screen.out[-1]

@@ -87,6 +87,16 @@ def test_known_peers_round_trips_and_names_may_hold_spaces() -> None:
     assert again.named("laptop") is not None and again.named("laptop").line == 4  # type: ignore[union-attr]
 
 
+def test_a_look_alike_of_a_contacts_name_is_judged_as_that_contact() -> None:
+    peers = KnownPeers("kp").pin("alice", ALICE, True, "t")
+    impostor = peers.recognize("\u0430lice", BOB)  # a Cyrillic a
+    assert impostor.trust is Trust.CHANGED and impostor.pinned is not None
+    assert impostor.pinned.name == "alice"
+    same = peers.recognize("Alice", ALICE)  # the same identity under a look-alike name
+    assert same.trust is Trust.VERIFIED and same.aliases == ("alice",)
+    assert peers.recognize("bob", BOB).trust is Trust.NEW
+
+
 def test_recognize_says_new_known_verified_changed_and_other_names() -> None:
     peers = KnownPeers("kp").pin("laptop", ALICE, False, "t").pin("desk", BOB, True, "t")
     assert peers.recognize("stranger", bytes(32)).trust is Trust.NEW

@@ -14,6 +14,7 @@ from chatclient.text import (
     char_width,
     is_blank,
     name_problem,
+    name_skeleton,
     sanitize,
     wrap_for_terminal,
     wrap_rows,
@@ -192,3 +193,25 @@ def test_a_long_run_of_one_escaped_character_is_shown_once_with_its_count() -> N
     assert sanitize("\x07\x07\x07") == "\\x07\\x07\\x07"  # short runs as they are
     assert len(sanitize("\x01" * 65536)) < 20  # 64 KiB of it is a few characters on screen
     assert sanitize("\x1b" * 5 + "[2J").isprintable()
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("alice\u200d", "must not contain invisible characters"),  # zero width joiner
+        ("alice\u034f", "must not contain invisible characters"),  # combining grapheme joiner
+        ("alice\ufe0f", "must not contain invisible characters"),  # variation selector 16
+        ("\u3164", "must not hold blanks other than single spaces"),  # Hangul filler
+        ("\u2800", "must not hold blanks other than single spaces"),  # Braille blank
+        ("\uff41lice", "must be written in its plain form ('alice')"),  # fullwidth a
+    ],
+)
+def test_invisible_blank_and_unnormalised_names_are_refused(name: str, problem: str) -> None:
+    assert name_problem(name) == problem
+
+
+def test_look_alike_names_share_one_skeleton() -> None:
+    alice = name_skeleton("alice")
+    for look_alike in ("\u0430lice", "ALICE", "a1ice", "alic\u0435", "aIice"):
+        assert name_skeleton(look_alike) == alice, look_alike
+    assert name_skeleton("bob") != alice and name_skeleton("alicia") != alice
