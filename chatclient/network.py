@@ -48,7 +48,15 @@ from .peer import (
     Stage,
     accept_anyone,
 )
-from .room import MEMBER_SENDS, AbandonLog, Pending, RefusalLog, Room, handshake_to_evict
+from .room import (
+    MEMBER_SENDS,
+    AbandonLog,
+    InviteBudget,
+    Pending,
+    RefusalLog,
+    Room,
+    handshake_to_evict,
+)
 from .sockets import LISTEN_BACKLOG, Link, format_address, unmap
 from .text import sanitize
 from .transfers import FileDesk, FileUser
@@ -141,6 +149,7 @@ class Network:
         self._leaving = False
         self._invite_reported = False
         self._guessers: dict[str, tuple[float, int]] = {}  # host -> (no invite until, wrong)
+        self._invite_budget = InviteBudget()
         self._running = True
         self.finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="network", daemon=True)
@@ -355,21 +364,37 @@ class Network:
                 victim, reason = eviction
                 self._report(self._links[victim.key], "Dropped a connection from", reason, now)
                 self._close(self._links[victim.key])
-            self._add(sock, (host, port), Role.LISTENER, now)
+            busy = any(p.host == host for p in pending)
+            self._add(sock, (host, port), Role.LISTENER, now, busy)
 
     def _resume_accepting(self) -> None:
         self._accept_paused_until = None
         if self._server is not None and not self._leaving:
             self._selector.register(self._server, selectors.EVENT_READ, self._server)
 
-    def _add(self, sock: socket.socket, address: tuple[str, int], role: Role, now: float) -> Link:
+    def _add(
+        self,
+        sock: socket.socket,
+        address: tuple[str, int],
+        role: Role,
+        now: float,
+        busy: bool = False,
+    ) -> Link:
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         links: list[Link] = []  # the judge needs the link this PeerProtocol is made for
-        # An address that guessed wrong lately is told no invite is open, before any SPAKE2
-        # work: its guesses slow down, and contacts from there still get in.
-        invite = self._invite if not self._backing_off(address[0], now) else None
+        # An address that guessed wrong lately, or one with a handshake still running, or
+        # any beyond the budget of tries a second, is told no invite is open, before any
+        # SPAKE2 work: guesses slow down, the CPU is bounded, and contacts still get in.
+        invite = self._invite
+        if (
+            role is Role.LISTENER
+            and invite is not None
+            and invite.open
+            and (self._backing_off(address[0], now) or not self._invite_budget.allow(busy, now))
+        ):
+            invite = None
         peer = PeerProtocol(
             role,
             self._psk,

@@ -286,6 +286,31 @@ class RefusalLog:
         return min((since + self._window for since, _ in self._hosts.values()), default=None)
 
 
+class InviteBudget:
+    """Who may try the invite code now. A try costs the listener about 10 ms of
+    pure-Python SPAKE2 before anything is known, so: one at a time per address, and at
+    most RATE new tries a second in all (a bucket of BURST). A connection refused a try
+    is told no invite is open; contacts never need one, so they get in all the same."""
+
+    RATE = 5.0
+    BURST = 5.0
+
+    def __init__(self) -> None:
+        self._tokens = self.BURST
+        self._at: float | None = None
+
+    def allow(self, busy: bool, now: float) -> bool:
+        """Whether a new connection may try the code (`busy`: its address has a handshake
+        still running)."""
+        if self._at is not None:
+            self._tokens = min(self.BURST, self._tokens + (now - self._at) * self.RATE)
+        self._at = now
+        if busy or self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 class AbandonLog:
     """Handshakes abandoned between M2 and M3, counted per address.
 

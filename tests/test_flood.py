@@ -156,3 +156,63 @@ def test_six_thousand_connections_leave_threads_and_memory_flat(
     listener.expect(r"^laptop joined the chat\.$")
     assert "Traceback" not in listener.all_output()
     assert os.path.exists(f"/proc/{pid}")
+
+
+class InviteFlood:
+    """One precomputed invite-mode M1, replayed from FLOODER as fast as one thread can:
+    each would cost the listener a SPAKE2 computation, were it let through."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.count = port, 0
+        guesser = PeerProtocol(
+            Role.CONNECTOR, None, "guesser", time.monotonic(), code="7-aardvark-adroitness"
+        )
+        self.m1 = guesser.data_to_send()
+        self.stop = threading.Event()
+        self.under_way = threading.Event()  # set after 50 tries
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> InviteFlood:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self._thread.join(TIMEOUT)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(OSError), socket.socket() as sock:
+                sock.bind((FLOODER, 0))
+                sock.settimeout(TIMEOUT)
+                sock.connect(("127.0.0.1", self.port))
+                sock.sendall(self.m1)
+                sock.recv(4096)  # its M2 (a SPAKE2 answer) or a refusal: then gone
+                self.count += 1
+                if self.count >= 50:
+                    self.under_way.set()
+
+
+def test_a_flood_of_invite_tries_is_budgeted_and_contacts_still_get_in(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    port = free_port()
+    for name in ("desktop", "laptop"):
+        (tmp_path / name).mkdir()
+        write_config(tmp_path / name, port=port, username=name, key="")
+    first = spawn("--listen", cwd=tmp_path / "desktop")
+    code = first.expect(r"^Invite code: ").removeprefix("Invite code: ")
+    first.expect(r"^Listening on ")
+    laptop = spawn("--connect", f"127.0.0.1:{port}", "--code", code, cwd=tmp_path / "laptop")
+    first.expect(r"^laptop joined the chat \(verified\)\.$")
+    laptop.send("exit", "")
+    assert first.wait() == 0 and laptop.wait() == 0
+    listener = spawn("--invite", cwd=tmp_path / "desktop")  # contacts, and an open invite
+    listener.expect(r"^Listening on ")
+    with InviteFlood(port) as flood:
+        assert flood.under_way.wait(TIMEOUT)  # at most a few tries a second are computed
+        contact = spawn("--connect", f"127.0.0.1:{port}", cwd=tmp_path / "laptop")
+        contact.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+        listener.expect(r"^laptop joined the chat \(verified\)\.$")
+    contact.send("exit", "")
+    listener.expect(r"^Connection closed by peer\.$")

@@ -47,6 +47,7 @@ from chatclient.room import (
     MAX_PENDING_HANDSHAKES,
     AbandonLog,
     Hearing,
+    InviteBudget,
     Pending,
     RefusalLog,
     Room,
@@ -632,3 +633,12 @@ def test_the_host_invites_one_more_person_at_a_time(spawn: Spawn, tmp_path: Path
         r"^only the host \(the one who listens\) can make invite codes: ask them to type /invite$",
         stream="err",
     )
+
+
+def test_invite_tries_are_one_at_a_time_per_address_and_a_few_a_second() -> None:
+    budget = InviteBudget()
+    assert not budget.allow(busy=True, now=0.0)  # its address is mid-handshake
+    assert [budget.allow(busy=False, now=0.0) for _ in range(7)] == [True] * 5 + [False] * 2
+    assert budget.allow(busy=False, now=0.2)  # 5 a second: one more after 0.2 s
+    assert not budget.allow(busy=False, now=0.2)
+    assert [budget.allow(busy=False, now=100.0) for _ in range(6)] == [True] * 5 + [False]
