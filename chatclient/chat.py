@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -52,9 +53,9 @@ from .messages import (
 from .nearby import Presence
 from .network import GOODBYE_DRAIN_SECONDS, Network
 from .peer import Closed, Established, Event, Failed, IdentityRefused, Judge, MessageReceived
-from .room import Hearing, Voice
+from .room import Hearing, Voice, signed_by, words_signed_data
 from .sockets import Link, format_address
-from .terminal import Terminal, main_thread_can_be_signalled, signal_until
+from .terminal import Later, Line, Terminal, main_thread_can_be_signalled, signal_until
 from .text import format_size, name_skeleton, peer_text, sanitize
 from .transfers import FileDesk
 
@@ -195,7 +196,7 @@ class Conversation:
 
     def connection_events(self, link: Link, events: list[Event]) -> None:
         """Show what happened on the chat's connection; end the chat when it is over."""
-        lines: list[str] = []
+        lines: list[Line] = []
         ending: tuple[int, str] | None = None
         hosting = link.peer.role is Role.LISTENER
         for event in events:
@@ -218,7 +219,7 @@ class Conversation:
         # is then never taken for one typed while nobody was connected.
         self.started.set()
         if lines:  # shown together: a burst of messages is one redraw
-            self.term.show("\n".join(lines))
+            self._show_all(lines)
             if self.config.bell and any(isinstance(e, MessageReceived) for e in events):
                 self.term.bell()
         if ending is not None:
@@ -353,7 +354,21 @@ class Conversation:
             lines.append(f"{shown} is not verified yet: compare safety numbers with /verify.")
         return lines
 
-    def _message_lines(self, link: Link, message: Message) -> list[str]:
+    def _show_all(self, lines: list[Line]) -> None:
+        """Lines shown together (a burst is one redraw), a Later one on its own."""
+        batch: list[str] = []
+        for line in lines:
+            if isinstance(line, str):
+                batch.append(line)
+                continue
+            if batch:
+                self.term.show("\n".join(batch))
+                batch = []
+            self.term.show(line)
+        if batch:
+            self.term.show("\n".join(batch))
+
+    def _message_lines(self, link: Link, message: Message) -> list[Line]:
         if link.peer.role is Role.LISTENER:
             speaker = self.names.get(link, "someone")
         else:
@@ -369,7 +384,7 @@ class Conversation:
         if isinstance(message, Said):
             return self._words_lines(link, message, stamp)
         if isinstance(message, Members):
-            return self._members_lines(message)
+            return [*self._members_lines(message)]
         if isinstance(message, Joined):
             person = message.person
             if (clash := self._name_clash(person.name)) is not None:
@@ -390,11 +405,16 @@ class Conversation:
             return [stamp + left_line(sanitize(message.name), message.text)]
         return []
 
-    def _words_lines(self, link: Link, said: Said, stamp: str) -> list[str]:
+    def _words_lines(self, link: Link, said: Said, stamp: str) -> list[Line]:
         """A member's words, once the signature and the numbering are checked."""
         words, author = said.words, sanitize(said.author)
         note = None
-        if link.peer.role is Role.CONNECTOR:  # the host checked its own copy already
+        if link.peer.role is Role.LISTENER:  # hosting: relayed already; checked off-thread
+            person = self.people.get(said.author)
+            identity = person.identity if person is not None else None
+            size = len(words.text) + len(said.author) + 40
+            return [Later(partial(self._hosted_words_line, said, identity, stamp), size)]
+        if link.peer.role is Role.CONNECTOR:  # a member: the host's copy, checked here
             assert self.hearing is not None
             person = self.people.get(said.author)
             show, note = self.hearing.check(said, person.identity if person else None)
@@ -409,6 +429,22 @@ class Conversation:
         else:
             line = f"{stamp}{author} says: {peer_text(words.text)}"
         return [line] if note is None else [f"warning: {note}", line]
+
+    def _hosted_words_line(self, said: Said, identity: bytes | None, stamp: str) -> str:
+        """On the printer thread: a member's words as the host shows them, only if the
+        signature is theirs (110 us a check: never on the relay path)."""
+        words, author = said.words, sanitize(said.author)
+        data = words_signed_data(self.identity, self.room, said.author, words)
+        if identity is None or not signed_by(identity, words.signature, data):
+            return (
+                f"warning: a message claiming to be from {author} failed its signature check: "
+                "not shown"
+            )
+        if words.form == Form.ACTION:
+            return f"{stamp}* {author} {peer_text(words.text)}"
+        if words.to:
+            return f"{stamp}{author} says privately: {peer_text(words.text)}"
+        return f"{stamp}{author} says: {peer_text(words.text)}"
 
     def _members_lines(self, members: Members) -> list[str]:
         """The room as a member finds it on arrival."""

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from types import FrameType
-from typing import TextIO
+from typing import TextIO, Union
 
 from .text import fit_row, screen_rows, wrap_for_terminal
 
@@ -32,6 +32,20 @@ class StatusText(str):
 # --- Terminal ----------------------------------------------------------------
 
 
+class Later:
+    """A line whose text is made where it is printed, not by the thread that shows it:
+    work that must not slow the network thread (checking a signature) is done here."""
+
+    def __init__(self, make: Callable[[], str], size: int) -> None:
+        self.make, self.size = make, size
+
+    def __len__(self) -> int:  # what it weighs in the queue, before it is made
+        return self.size
+
+
+Line = Union[str, "Later"]
+
+
 class Terminal:
     """All reading and printing; keeps the half-typed line intact on a terminal.
 
@@ -48,12 +62,12 @@ class Terminal:
         self._clear_line: Callable[[], None] | None = None
         self._main = threading.get_ident()
         self._relay = False  # lines from other threads are printed by the main thread
-        self._posted: list[tuple[str, TextIO, threading.Event]] = []
+        self._posted: list[tuple[Line, TextIO, threading.Event]] = []
         self._posted_lock = threading.RLock()  # RLock: a signal handler may nest
         self._printing_posted = False
         # Lines from other threads wait here for the printer thread, so the network
         # thread never waits for a screen (paused with Ctrl-S, or a pipe nobody reads).
-        self._waiting: deque[tuple[str, TextIO]] = deque()
+        self._waiting: deque[tuple[Line, TextIO]] = deque()
         self._waiting_cond = threading.Condition()
         self._unshown = 0  # lines dropped while MAX_WAITING_LINES waited
         self._waiting_characters = 0  # the size of what waits, bounded too
@@ -115,7 +129,7 @@ class Terminal:
         readline.set_completer(complete)
         readline.parse_and_bind("tab: complete")
 
-    def show(self, line: str, stream: TextIO | None = None) -> None:
+    def show(self, line: Line, stream: TextIO | None = None) -> None:
         """Print a line; on a terminal, redraw the prompt and typed text below it.
 
         From another thread the line is only queued: the printer thread prints it
@@ -157,7 +171,7 @@ class Terminal:
                 else:
                     return
 
-    def _next_waiting(self) -> tuple[str, TextIO] | None:
+    def _next_waiting(self) -> tuple[Line, TextIO] | None:
         with self._waiting_cond:
             if self._unshown:
                 count, self._unshown = self._unshown, 0
@@ -234,7 +248,9 @@ class Terminal:
         if self.draws_status:
             self.show(StatusText(text))
 
-    def _print(self, line: str, out: TextIO) -> None:
+    def _print(self, line: Line, out: TextIO) -> None:
+        if isinstance(line, Later):  # made here, by the printer (or the main) thread
+            line = line.make()
         if line is BELL:
             with self._lock:
                 write(self.stdout, "\a")
