@@ -37,7 +37,10 @@ PROGRESS_SECONDS = 0.25  # the status line is redrawn at most this often
 # While a file moves on a connection, the kernel holds at most this much of it unsent,
 # so a line typed meanwhile waits behind no more than this.
 NOT_SENT_LOW_WATER = 128 * 1024
-MAX_OPEN_OFFERS = 64  # offers waiting for an answer, per connection
+MAX_OPEN_OFFERS = 64  # offers waiting for an answer, per person offering
+MAX_OPEN_OFFERS_PER_LINK = 256  # ... and per connection (a host's relays included)
+MAX_RELAYED_OFFERS = 16  # a host relays at most this many unanswered offers per author,
+# and holds at most this many unanswered for each receiver
 MAX_KEPT_TRANSFERS = 1000  # ended transfers beyond this are forgotten, oldest first
 # Files are read and written at offsets, never following links: POSIX calls (Linux, macOS).
 FILES_WORK_HERE = all(hasattr(os, name) for name in ("pread", "pwritev", "O_NOFOLLOW", "statvfs"))

@@ -19,6 +19,8 @@ from .disk import (
     FILES_WORK_HERE,
     MAX_KEPT_TRANSFERS,
     MAX_OPEN_OFFERS,
+    MAX_OPEN_OFFERS_PER_LINK,
+    MAX_RELAYED_OFFERS,
     NO_FILES_HERE,
     PROGRESS_SECONDS,
     FileSink,
@@ -165,7 +167,7 @@ class FileDesk:
         self._status = ""
         self._status_at = 0.0
         self._sinks: list[FileSink] = []  # every writer still running (or just finished)
-        self._complained: set[tuple[Link, int]] = set()
+        self._complained: set[tuple[Link, int | str]] = set()
         self._told_folder = False
 
     # Reports -------------------------------------------------------------------------
@@ -453,9 +455,14 @@ class FileDesk:
         if key in self._receiving:
             link.peer.connection_failed(f"it offered two files as number {offer.id}")
             return
-        waiting = sum(
-            1 for t in self._receiving.values() if t.link is link and t.state is Moving.OFFERED
-        )
+        open_here = [
+            t for t in self._receiving.values() if t.link is link and t.state is Moving.OFFERED
+        ]
+        # Counted per person offering: one member's flood relayed by the host blocks only
+        # that member's offers, not the host's own or another member's.
+        waiting = sum(1 for t in open_here if t.person == person)
+        if len(open_here) >= MAX_OPEN_OFFERS_PER_LINK:
+            waiting = MAX_OPEN_OFFERS
         name = safe_file_name(offer.name)
         hosting = link.peer.role is Role.LISTENER
         if hosting and offer.who:  # a member's file for another member: relayed
@@ -468,7 +475,7 @@ class FileDesk:
                     f"{sanitize(person)} offered a file named {sanitize(offer.name)!r}, which "
                     "cannot be saved under a safe name: declined"
                 )
-            elif self._user is not None and self._complain(link, -1):
+            elif self._user is not None and self._complain(link, f"offers of {person}"):
                 self._error(
                     f"{sanitize(person)} offered over {MAX_OPEN_OFFERS} files at once: the "
                     "rest are declined until you answer some"
@@ -485,7 +492,7 @@ class FileDesk:
             f"/accept {t.number} or /reject {t.number}"
         )
 
-    def _complain(self, link: Link, about: int) -> bool:
+    def _complain(self, link: Link, about: int | str) -> bool:
         """True the first time something of `link` is worth a line (a peer repeating a
         mistake gets one line, not a flood)."""
         if (link, about) in self._complained:
@@ -745,6 +752,11 @@ class FileDesk:
             )
             return
         target = route[0]
+        if (why := self._relay_limit(link, target, offer.who)) is not None:
+            self._net.deliver(link, FileCancel(offer.id, False, why), now)
+            if self._complain(link, -2):
+                self._error(f"{sanitize(author)} offered many files at once: {why}")
+            return
         leg_in = self._add(
             link, offer.id, False, offer.name, offer.size, offer.digest, offer.who, False
         )
@@ -757,6 +769,26 @@ class FileDesk:
         self._net.deliver(
             target, FileOffer(number, offer.size, offer.digest, offer.name, author), now
         )
+
+    def _relay_limit(self, author: Link, target: Link, who: str) -> str | None:
+        """Why an offer from `author` for `target` is not relayed now, or None: the host
+        holds at most MAX_RELAYED_OFFERS unanswered offers of each author, and for each
+        receiver, so one member's flood costs bounded memory and blocks only that member."""
+        from_author = sum(
+            1
+            for t in self._receiving.values()
+            if t.link is author and t.partner is not None and t.state is Moving.OFFERED
+        )
+        if from_author >= MAX_RELAYED_OFFERS:
+            return f"{MAX_RELAYED_OFFERS} of your offers are still unanswered: wait for answers"
+        for_target = sum(
+            1
+            for t in self._sending.values()
+            if t.link is target and t.partner is not None and t.state is Moving.OFFERED
+        )
+        if for_target >= MAX_RELAYED_OFFERS:
+            return f"{who} has {MAX_RELAYED_OFFERS} offers still unanswered: try again later"
+        return None
 
     def _relay(self, t: Transfer, message: Message, now: float) -> None:
         """A message about a leg the host relays, passed on to the other leg. Each leg has

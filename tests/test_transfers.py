@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from chatclient.disk import FILE_WINDOW, MAX_OPEN_OFFERS, PreparedFile, hash_file, open_for_sending
+from chatclient.disk import (
+    FILE_WINDOW,
+    MAX_OPEN_OFFERS,
+    MAX_RELAYED_OFFERS,
+    PreparedFile,
+    hash_file,
+    open_for_sending,
+)
 from chatclient.handshake import Role
 from chatclient.messages import (
     CHUNK_SIZE,
@@ -322,3 +329,43 @@ def test_two_accepted_offers_are_checked_against_the_space_left_by_each_other(
     assert len(desk.carrier.of_kind(FileAccept)) == 1
     desk.desk.cancel(1, 1.0)
     desk.desk.finish_writing(WAIT)
+
+
+def test_a_host_relays_few_unanswered_offers_per_author_and_per_receiver(desk: Desk) -> None:
+    alice, bob = (
+        FakeLink(FakePeer("alice", Role.LISTENER)),
+        FakeLink(FakePeer("bob", Role.LISTENER)),
+    )
+    desk.carrier.links.update(alice=alice, bob=bob)  # laptop, alice and bob in desktop's room
+    for number in range(1, MAX_RELAYED_OFFERS + 5):  # laptop floods alice
+        desk.receive(FileOffer(number, 1, bytes(32), f"f{number}", "alice"))
+    relayed = [m for link, m in desk.carrier.delivered if link is alice]
+    assert len(relayed) == MAX_RELAYED_OFFERS
+    refused = [m for link, m in desk.carrier.delivered if link is desk.link]
+    assert refused == [
+        FileCancel(
+            n, False, f"{MAX_RELAYED_OFFERS} of your offers are still unanswered: wait for answers"
+        )
+        for n in range(MAX_RELAYED_OFFERS + 1, MAX_RELAYED_OFFERS + 5)
+    ]
+    assert len(desk.user.errors) == 1 and desk.user.errors[0].startswith("laptop offered many")
+    desk.desk.message(bob, FileOffer(1, 1, bytes(32), "real.jpg", "alice"), 1.0)  # type: ignore[arg-type]
+    assert desk.carrier.delivered[-1] == (
+        bob,
+        FileCancel(
+            1, False, f"alice has {MAX_RELAYED_OFFERS} offers still unanswered: try again later"
+        ),
+    )
+
+
+def test_a_receiver_counts_waiting_offers_per_person(tmp_path: Path) -> None:
+    member = Desk(tmp_path)
+    member.peer.role = Role.CONNECTOR  # our link to the host, who relays mallory's offers
+    for number in range(1, MAX_OPEN_OFFERS + 3):
+        member.receive(FileOffer(number, 1, bytes(32), f"f{number}", "mallory"))
+    member.receive(FileOffer(999, 1, bytes(32), "host.jpg", ""))  # the host's own file
+    assert member.user.lines[-1] == "laptop offers host.jpg (1 byte): /accept 65 or /reject 65"
+    assert member.user.errors == [
+        f"mallory offered over {MAX_OPEN_OFFERS} files at once: the rest are declined until "
+        "you answer some"
+    ]
