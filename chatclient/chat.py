@@ -120,6 +120,11 @@ def changed_identity(config_path: str, pinned: KnownPeer, offered: bytes, progra
     )
 
 
+def later(prefix: str, text: str) -> Later:
+    """`prefix` and a peer's `text`, escaped when printed (by the printer thread)."""
+    return Later(lambda: prefix + peer_text(text), len(prefix) + len(text))
+
+
 def left_line(name: str, goodbye: str) -> str:
     """`name left the chat: goodbye`, or `name left the chat.` without one."""
     text = peer_text(goodbye)
@@ -375,10 +380,12 @@ class Conversation:
             speaker = next(iter(self.people), "the peer")
         name = sanitize(speaker)
         stamp = time.strftime("[%H:%M] ") if self.config.timestamps else ""
+        # A message's text (up to 64 KiB of anything) is escaped where it is printed, not
+        # on the network thread, which only passes it on.
         if isinstance(message, Chat):
-            return [f"{stamp}{name} says: {peer_text(message.text)}"]
+            return [later(f"{stamp}{name} says: ", message.text)]
         if isinstance(message, Action):
-            return [f"{stamp}* {name} {peer_text(message.text)}"]
+            return [later(f"{stamp}* {name} ", message.text)]
         if isinstance(message, Terminate):
             return [stamp + left_line(name, message.text)]
         if isinstance(message, Said):
@@ -423,11 +430,11 @@ class Conversation:
             if not show:
                 return [f"warning: {note}"]
         if words.form == Form.ACTION:
-            line = f"{stamp}* {author} {peer_text(words.text)}"
+            line = later(f"{stamp}* {author} ", words.text)
         elif words.to:
-            line = f"{stamp}{author} says privately: {peer_text(words.text)}"
+            line = later(f"{stamp}{author} says privately: ", words.text)
         else:
-            line = f"{stamp}{author} says: {peer_text(words.text)}"
+            line = later(f"{stamp}{author} says: ", words.text)
         return [line] if note is None else [f"warning: {note}", line]
 
     def _hosted_words_line(self, said: Said, identity: bytes | None, stamp: str) -> str:

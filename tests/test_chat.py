@@ -20,7 +20,7 @@ from chatclient.errors import ChatError, ConnectionLost
 from chatclient.handshake import Mode, Role
 from chatclient.messages import Action, Chat, Joined, Members, Message, Person, Terminate
 from chatclient.peer import Established, Failed, MessageReceived
-from chatclient.terminal import Terminal
+from chatclient.terminal import Later, Terminal
 
 LAPTOP = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key().public_bytes_raw()
 
@@ -342,3 +342,21 @@ def test_a_look_alike_name_counts_as_the_name_it_imitates(tmp_path: Path) -> Non
     screen.events(MessageReceived(Joined(Person("l\u0430ptop", LAPTOP, "10.0.0.9:1"))))
     assert screen.out[-1].startswith("warning: the host announced l\u0430ptop joining, but ")
     assert "joined the chat" not in screen.out[-1]
+
+
+def test_a_peers_text_is_escaped_where_it_is_printed_not_by_the_network_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    screen = Screen(tmp_path)
+    screen.arrive()
+    handed: list[object] = []
+    monkeypatch.setattr(screen.term, "show", lambda line, stream=None: handed.append(line))
+    screen.conversation.connection_events(
+        screen.link,  # type: ignore[arg-type]
+        [MessageReceived(Chat("\x01" * 65536)), MessageReceived(Action("waves"))],
+    )
+    assert [type(line) for line in handed] == [Later, Later]  # nothing escaped yet
+    assert [line.make() for line in handed] == [  # type: ignore[attr-defined]
+        "laptop says: \\x01 \u00d765536",
+        "* laptop waves",
+    ]
