@@ -48,12 +48,13 @@ from .messages import (
     Person,
     Refuse,
     Said,
+    Say,
     Terminate,
 )
 from .nearby import Presence
 from .network import GOODBYE_DRAIN_SECONDS, Network
 from .peer import Closed, Established, Event, Failed, IdentityRefused, Judge, MessageReceived
-from .room import Hearing, Voice, signed_by, words_signed_data
+from .room import Hearing, Voice, forgery
 from .sockets import Link, format_address
 from .terminal import Later, Line, Terminal, main_thread_can_be_signalled, signal_until
 from .text import format_size, name_skeleton, peer_text, sanitize
@@ -123,6 +124,15 @@ def changed_identity(config_path: str, pinned: KnownPeer, offered: bytes, progra
 def later(prefix: str, text: str) -> Later:
     """`prefix` and a peer's `text`, escaped when printed (by the printer thread)."""
     return Later(lambda: prefix + peer_text(text), len(prefix) + len(text))
+
+
+def words_prefix(stamp: str, author: str, words: Say) -> str:
+    """How a member's words begin on the screen: an action, private words, or said."""
+    if words.form == Form.ACTION:
+        return f"{stamp}* {author} "
+    if words.to:
+        return f"{stamp}{author} says privately: "
+    return f"{stamp}{author} says: "
 
 
 def left_line(name: str, goodbye: str) -> str:
@@ -421,37 +431,22 @@ class Conversation:
             identity = person.identity if person is not None else None
             size = len(words.text) + len(said.author) + 40
             return [Later(partial(self._hosted_words_line, said, identity, stamp), size)]
-        if link.peer.role is Role.CONNECTOR:  # a member: the host's copy, checked here
-            assert self.hearing is not None
-            person = self.people.get(said.author)
-            show, note = self.hearing.check(said, person.identity if person else None)
-            if said.author in self.distrusted:
-                show, note = False, f"a message from {author} was not shown: its identity changed"
-            if not show:
-                return [f"warning: {note}"]
-        if words.form == Form.ACTION:
-            line = later(f"{stamp}* {author} ", words.text)
-        elif words.to:
-            line = later(f"{stamp}{author} says privately: ", words.text)
-        else:
-            line = later(f"{stamp}{author} says: ", words.text)
+        assert self.hearing is not None  # a member: the host's copy, checked here
+        person = self.people.get(said.author)
+        show, note = self.hearing.check(said, person.identity if person else None)
+        if said.author in self.distrusted:
+            show, note = False, f"a message from {author} was not shown: its identity changed"
+        if not show:
+            return [f"warning: {note}"]
+        line = later(words_prefix(stamp, author, words), words.text)
         return [line] if note is None else [f"warning: {note}", line]
 
     def _hosted_words_line(self, said: Said, identity: bytes | None, stamp: str) -> str:
         """On the printer thread: a member's words as the host shows them, only if the
         signature is theirs (110 us a check: never on the relay path)."""
-        words, author = said.words, sanitize(said.author)
-        data = words_signed_data(self.identity, self.room, said.author, words)
-        if identity is None or not signed_by(identity, words.signature, data):
-            return (
-                f"warning: a message claiming to be from {author} failed its signature check: "
-                "not shown"
-            )
-        if words.form == Form.ACTION:
-            return f"{stamp}* {author} {peer_text(words.text)}"
-        if words.to:
-            return f"{stamp}{author} says privately: {peer_text(words.text)}"
-        return f"{stamp}{author} says: {peer_text(words.text)}"
+        if (forged := forgery(self.identity, self.room, said, identity)) is not None:
+            return f"warning: {forged}"
+        return words_prefix(stamp, sanitize(said.author), said.words) + peer_text(said.words.text)
 
     def _members_lines(self, members: Members) -> list[str]:
         """The room as a member finds it on arrival."""
@@ -699,13 +694,13 @@ class Conversation:
         if not self.people:
             self.term.error("Nobody is connected yet.")
             return False
-        now = time.monotonic()
+        now, verified = time.monotonic(), self._verified()
         if len(self.people) == 1:  # the two-person line
             [peer] = self.people.values()
             minutes, seconds = divmod(int(now - peer.since), 60)
             self.term.show(
                 f"Talking to {sanitize(peer.name)} at {peer.address}, connected "
-                f"{minutes} min {seconds} s, {self._verified_word(peer)}. "
+                f"{minutes} min {seconds} s, {verified(peer)}. "
                 f"Identity: {fingerprint(peer.identity)} (/verify compares it)"
             )
             return False
@@ -716,24 +711,30 @@ class Conversation:
             minutes, seconds = divmod(int(now - peer.since), 60)
             rows.append(
                 f"  {sanitize(peer.name)}{' (host)' if peer.host else ''} at {peer.address}, "
-                f"{minutes} min {seconds} s, {self._verified_word(peer)}"
+                f"{minutes} min {seconds} s, {verified(peer)}"
             )
         if not self.names:
             rows.append(f"  {sanitize(self.config.username)} (you)")
         self.term.show("\n".join(rows))
         return False
 
-    def _is_verified(self, peer: PeerInfo) -> bool:
-        """The one rule for "verified", wherever it is shown: known_peers, read now, pins
-        this identity under this name as verified (by /verify ok, or by an invite code)."""
+    def _verified(self) -> Callable[[PeerInfo], str]:
+        """The one rule for "verified", wherever it is shown: known_peers, read now (once
+        for all the people shown), pins this identity under this name as verified (by
+        /verify ok, or by an invite code). Says "verified" or "not verified"."""
         try:
             known = read_known_peers(self.known_path)
         except ConfigError:
             known = KnownPeers(self.known_path)
-        return known.recognize(peer.name, peer.identity).trust is Trust.VERIFIED
 
-    def _verified_word(self, peer: PeerInfo) -> str:
-        return "verified" if self._is_verified(peer) else "not verified"
+        def word(peer: PeerInfo) -> str:
+            trust = known.recognize(peer.name, peer.identity).trust
+            return "verified" if trust is Trust.VERIFIED else "not verified"
+
+        return word
+
+    def _is_verified(self, peer: PeerInfo) -> bool:
+        return self._verified()(peer) == "verified"
 
     def completions(self, line: str) -> list[str]:
         """What Tab offers for `line`: command names, then after /msg or /verify a name."""

@@ -72,10 +72,6 @@ MAX_OUTGOING = 4 * 1024 * 1024
 # until the peer has read some, and a sender waits once this many are queued.
 HIGH_WATER = 1024 * 1024
 MAX_QUEUED_COMMANDS = 4096
-# An address that guessed an invite code wrong twice may try again only after 5 s, then
-# 10, 20, ... (a first mistake, a typo, is retried at once).
-GUESS_BACKOFF_LIMIT = 60.0
-MAX_GUESSERS = 4096
 SETTLE_ROUNDS = 4  # rounds of writing per pass while links queue for one another
 
 
@@ -148,7 +144,6 @@ class Network:
         self._abandoned = AbandonLog()
         self._leaving = False
         self._invite_reported = False
-        self._guessers: dict[str, tuple[float, int]] = {}  # host -> (no invite until, wrong)
         self._invite_budget = InviteBudget()
         self._running = True
         self.finished = threading.Event()
@@ -392,7 +387,7 @@ class Network:
             role is Role.LISTENER
             and invite is not None
             and invite.open
-            and (self._backing_off(address[0], now) or not self._invite_budget.allow(busy, now))
+            and not self._invite_budget.allow(address[0], busy, now)
         ):
             invite = None
         peer = PeerProtocol(
@@ -632,7 +627,7 @@ class Network:
         elif link.peer.mode is Mode.INVITE and isinstance(error, KeyMismatch):
             # Each wrong code is shown: there are only MAX_INVITE_FAILURES of them.
             self._user.refused(f"Refused a connection from {link.address!r}: {error}")
-            self._guessed_wrong(link.host, now)
+            self._invite_budget.guessed_wrong(link.host, now)
         elif isinstance(error, IdentityRefused) and error.reason is Refuse.IDENTITY_CHANGED:
             # Loud whatever else that address did, and even during a chat; one warning
             # per claimed name every REFUSAL_SUMMARY_SECONDS, the rest counted.
@@ -657,18 +652,6 @@ class Network:
                 f"the invite code {invite.code} is void: it was tried {MAX_INVITE_FAILURES} "
                 f"times with a wrong code, and nobody got in"
             )
-
-    def _guessed_wrong(self, host: str, now: float) -> None:
-        """Back off invite tries from `host`: none after its first wrong guess (a typo),
-        5 s after the second, doubling after each one more."""
-        _, wrong = self._guessers.pop(host, (0.0, 0))
-        if len(self._guessers) >= MAX_GUESSERS:  # the oldest goes: memory stays bounded
-            del self._guessers[next(iter(self._guessers))]
-        pause = min(5.0 * 2.0 ** (wrong - 1), GUESS_BACKOFF_LIMIT) if wrong else 0.0
-        self._guessers[host] = (now + pause, wrong + 1)
-
-    def _backing_off(self, host: str, now: float) -> bool:
-        return host in self._guessers and now < self._guessers[host][0]
 
     def _report(self, link: Link, what: str, reason: str, now: float, kind: str = "") -> None:
         """A refusal line, unless the chat is full (then it is on screen: stay quiet)."""

@@ -199,6 +199,15 @@ class Voice:
         return replace(unsigned, signature=self._identity.sign(data))
 
 
+def forgery(host: bytes, room: bytes, said: Said, identity: bytes | None) -> str | None:
+    """Why `said` is not shown as its author's (its signature is not theirs), or None."""
+    data = words_signed_data(host, room, said.author, said.words)
+    if identity is None or not signed_by(identity, said.words.signature, data):
+        author = sanitize(said.author)
+        return f"a message claiming to be from {author} failed its signature check: not shown"
+    return None
+
+
 class Hearing:
     """What one person makes of the words the host relays: checked, in order, or not shown."""
 
@@ -219,11 +228,8 @@ class Hearing:
     def check(self, said: Said, identity: bytes | None) -> tuple[bool, str | None]:
         """Whether to show `said` (`identity` is its author's, if known), and a note."""
         author, words = sanitize(said.author), said.words
-        data = words_signed_data(self.host, self.room, said.author, words)
-        if identity is None or not signed_by(identity, words.signature, data):
-            return False, (
-                f"a message claiming to be from {author} failed its signature check: not shown"
-            )
+        if (forged := forgery(self.host, self.room, said, identity)) is not None:
+            return False, forged
         if words.to and words.to != self.me:
             return False, f"a message from {author} for someone else reached you: not shown"
         key = (said.author, words.to)
@@ -288,20 +294,27 @@ class RefusalLog:
 
 class InviteBudget:
     """Who may try the invite code now. A try costs the listener about 10 ms of
-    pure-Python SPAKE2 before anything is known, so: one at a time per address, and at
-    most RATE new tries a second in all (a bucket of BURST). A connection refused a try
-    is told no invite is open; contacts never need one, so they get in all the same."""
+    pure-Python SPAKE2 before anything is known, so: one at a time per address, at most
+    RATE new tries a second in all (a bucket of BURST), and none from an address that
+    guessed wrong twice, for 5 s, then 10, 20, ... up to BACKOFF_LIMIT (a first wrong
+    guess, a typo, is retried at once). A connection refused a try is told no invite is
+    open; contacts never need one, so they get in all the same."""
 
     RATE = 5.0
     BURST = 5.0
+    BACKOFF_LIMIT = 60.0
+    MAX_GUESSERS = 4096  # addresses remembered; the oldest is forgotten first
 
     def __init__(self) -> None:
         self._tokens = self.BURST
         self._at: float | None = None
+        self._guessers: dict[str, tuple[float, int]] = {}  # host -> (no try until, wrong)
 
-    def allow(self, busy: bool, now: float) -> bool:
-        """Whether a new connection may try the code (`busy`: its address has a handshake
-        still running)."""
+    def allow(self, host: str, busy: bool, now: float) -> bool:
+        """Whether a new connection from `host` may try the code (`busy`: that address has
+        a handshake still running)."""
+        if host in self._guessers and now < self._guessers[host][0]:
+            return False
         if self._at is not None:
             self._tokens = min(self.BURST, self._tokens + (now - self._at) * self.RATE)
         self._at = now
@@ -309,6 +322,14 @@ class InviteBudget:
             return False
         self._tokens -= 1.0
         return True
+
+    def guessed_wrong(self, host: str, now: float) -> None:
+        """`host` gave a wrong code: back off its next tries once it has done so twice."""
+        _, wrong = self._guessers.pop(host, (0.0, 0))
+        if len(self._guessers) >= self.MAX_GUESSERS:
+            del self._guessers[next(iter(self._guessers))]
+        pause = min(5.0 * 2.0 ** (wrong - 1), self.BACKOFF_LIMIT) if wrong else 0.0
+        self._guessers[host] = (now + pause, wrong + 1)
 
 
 class AbandonLog:

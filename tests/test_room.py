@@ -642,8 +642,21 @@ def test_the_host_invites_one_more_person_at_a_time(spawn: Spawn, tmp_path: Path
 
 def test_invite_tries_are_one_at_a_time_per_address_and_a_few_a_second() -> None:
     budget = InviteBudget()
-    assert not budget.allow(busy=True, now=0.0)  # its address is mid-handshake
-    assert [budget.allow(busy=False, now=0.0) for _ in range(7)] == [True] * 5 + [False] * 2
-    assert budget.allow(busy=False, now=0.2)  # 5 a second: one more after 0.2 s
-    assert not budget.allow(busy=False, now=0.2)
-    assert [budget.allow(busy=False, now=100.0) for _ in range(6)] == [True] * 5 + [False]
+    host = "127.0.0.2"
+    assert not budget.allow(host, busy=True, now=0.0)  # its address is mid-handshake
+    assert [budget.allow(host, busy=False, now=0.0) for _ in range(7)] == [True] * 5 + [False] * 2
+    assert budget.allow(host, busy=False, now=0.2)  # 5 a second: one more after 0.2 s
+    assert not budget.allow(host, busy=False, now=0.2)
+    assert [budget.allow(host, busy=False, now=100.0) for _ in range(6)] == [True] * 5 + [False]
+
+
+def test_an_address_that_guessed_wrong_twice_backs_off_and_a_typo_does_not() -> None:
+    budget = InviteBudget()
+    budget.guessed_wrong("127.0.0.2", 0.0)  # a typo: retried at once
+    assert budget.allow("127.0.0.2", busy=False, now=0.0)
+    budget.guessed_wrong("127.0.0.2", 0.0)
+    assert not budget.allow("127.0.0.2", busy=False, now=4.9)  # 5 s
+    assert budget.allow("127.0.0.3", busy=False, now=4.9)  # other addresses go on
+    assert budget.allow("127.0.0.2", busy=False, now=5.0)
+    budget.guessed_wrong("127.0.0.2", 5.0)
+    assert not budget.allow("127.0.0.2", busy=False, now=14.9)  # then 10 s
