@@ -41,6 +41,7 @@ MAX_OPEN_OFFERS = 64  # offers waiting for an answer, per person offering
 MAX_OPEN_OFFERS_PER_LINK = 256  # ... and per connection (a host's relays included)
 MAX_RELAYED_OFFERS = 16  # a host relays at most this many unanswered offers per author,
 # and holds at most this many unanswered for each receiver
+RELAYED_OFFER_SECONDS = 600.0  # a host cancels a relayed offer nobody answered in this time
 MAX_KEPT_TRANSFERS = 1000  # ended transfers beyond this are forgotten, oldest first
 # Files are read and written at offsets, never following links: POSIX calls (Linux, macOS).
 FILES_WORK_HERE = all(hasattr(os, name) for name in ("pread", "pwritev", "O_NOFOLLOW", "statvfs"))

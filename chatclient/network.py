@@ -326,6 +326,8 @@ class Network:
                 self._user.refused(line)
             if (due := log.next_deadline()) is not None:
                 deadlines.append(due)
+        if (due := self.files.expire(now)) is not None:
+            deadlines.append(due)
         if self._accept_paused_until is not None:
             if now >= self._accept_paused_until:
                 self._resume_accepting()

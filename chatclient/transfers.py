@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
@@ -23,6 +23,7 @@ from .disk import (
     MAX_RELAYED_OFFERS,
     NO_FILES_HERE,
     PROGRESS_SECONDS,
+    RELAYED_OFFER_SECONDS,
     FileSink,
     FileSource,
     PreparedFile,
@@ -107,6 +108,41 @@ class Transfer:
         return self.position * 100 // self.size if self.size else 100
 
 
+class Legs:
+    """Transfers by connection, then by their id on its wire: a connection's turn looks
+    at its own transfers only, however many the others have."""
+
+    def __init__(self) -> None:
+        self._by_link: dict[Link, dict[int, Transfer]] = {}
+
+    def get(self, link: Link, number: int) -> Transfer | None:
+        """The transfer numbered `number` on `link`'s wire."""
+        on_link = self._by_link.get(link)
+        return on_link.get(number) if on_link is not None else None
+
+    def put(self, t: Transfer) -> None:
+        """Index `t` under its link and id."""
+        self._by_link.setdefault(t.link, {})[t.id] = t
+
+    def discard(self, t: Transfer) -> None:
+        """Forget `t` (if it is still the one under its id)."""
+        on_link = self._by_link.get(t.link)
+        if on_link is not None and on_link.get(t.id) is t:
+            del on_link[t.id]
+
+    def on(self, link: Link) -> list[Transfer]:
+        """`link`'s transfers, oldest first."""
+        return list(self._by_link.get(link, {}).values())
+
+    def drop_link(self, link: Link) -> None:
+        """Forget every transfer of a closed connection."""
+        self._by_link.pop(link, None)
+
+    def __iter__(self) -> Iterator[Transfer]:
+        for on_link in self._by_link.values():
+            yield from on_link.values()
+
+
 class FileUser(Protocol):
     """What the desk reports to (the conversation)."""
 
@@ -160,8 +196,11 @@ class FileDesk:
         self._net, self._user, self.downloads = net, user, downloads
         self._plain = plain_progress
         self._transfers: list[Transfer] = []
-        self._sending: dict[tuple[Link, int], Transfer] = {}
-        self._receiving: dict[tuple[Link, int], Transfer] = {}
+        self._sending = Legs()
+        self._receiving = Legs()
+        # Relayed offers by when they expire (RELAYED_OFFER_SECONDS after they came: in
+        # order, so the first is the next to go).
+        self._expiring: deque[tuple[float, Transfer]] = deque()
         self._next_id: dict[Link, int] = {}
         self._numbers = 0
         self._status = ""
@@ -257,7 +296,7 @@ class FileDesk:
         transfer = Transfer(
             self._numbers if shown else 0, link, number, sending, name, size, digest, person
         )
-        (self._sending if sending else self._receiving)[(link, number)] = transfer
+        (self._sending if sending else self._receiving).put(transfer)
         self._transfers.append(transfer)
         if len(self._transfers) > MAX_KEPT_TRANSFERS:
             self._forget_ended()
@@ -270,9 +309,9 @@ class FileDesk:
         ended.sort(key=lambda t: t.ours)  # stable: relayed legs first, then oldest first
         gone = {id(t) for t in ended[: len(self._transfers) - MAX_KEPT_TRANSFERS // 2]}
         self._transfers = [t for t in self._transfers if id(t) not in gone]
-        for table in (self._sending, self._receiving):
-            for key in [key for key, t in table.items() if id(t) in gone]:
-                del table[key]
+        for t in ended:
+            if id(t) in gone:
+                (self._sending if t.sending else self._receiving).discard(t)
 
     def _find(self, number: int | None, want: str) -> Transfer | None:
         """The transfer /accept, /reject or /cancel means; None after saying why not."""
@@ -325,7 +364,7 @@ class FileDesk:
         # What transfers already accepted will still write is spoken for.
         reserved = sum(
             other.size - other.position
-            for other in self._receiving.values()
+            for other in self._receiving
             if other.state is Moving.MOVING and other.sink is not None
         )
         free = max(free_space(folder) - reserved, 0)
@@ -414,9 +453,9 @@ class FileDesk:
             return
         assert isinstance(message, (FileAccept, FileAbout, FileCredit, FileCancel))
         if (isinstance(message, FileCancel) and message.mine) or isinstance(message, FileDone):
-            transfer = self._receiving.get((link, message.id))  # about what they send us
+            transfer = self._receiving.get(link, message.id)  # about what they send us
         else:
-            transfer = self._sending.get((link, message.id))  # about what we send them
+            transfer = self._sending.get(link, message.id)  # about what we send them
         if transfer is None or (transfer.state in ENDED and not isinstance(message, FileCancel)):
             return  # an answer crossing our cancel, or about nothing: nothing to do
         if isinstance(message, FileAccept) and (
@@ -451,13 +490,10 @@ class FileDesk:
 
     def _on_offer(self, link: Link, offer: FileOffer, now: float) -> None:
         person = offer.who or link.peer.peer_name
-        key = (link, offer.id)
-        if key in self._receiving:
+        if self._receiving.get(link, offer.id) is not None:
             link.peer.connection_failed(f"it offered two files as number {offer.id}")
             return
-        open_here = [
-            t for t in self._receiving.values() if t.link is link and t.state is Moving.OFFERED
-        ]
+        open_here = [t for t in self._receiving.on(link) if t.state is Moving.OFFERED]
         # Counted per person offering: one member's flood relayed by the host blocks only
         # that member's offers, not the host's own or another member's.
         waiting = sum(1 for t in open_here if t.person == person)
@@ -526,7 +562,7 @@ class FileDesk:
 
     def chunk(self, link: Link, event: ChunkReceived, now: float) -> None:
         """File data from `link`, opened: checked against the transfer's state and credit."""
-        t = self._receiving.get((link, event.transfer))
+        t = self._receiving.get(link, event.transfer)
         data, who = event.data, sanitize(link.peer.peer_name)
         if t is None:
             if self._complain(link, event.transfer):
@@ -653,8 +689,8 @@ class FileDesk:
 
     def link_closed(self, link: Link, now: float) -> None:
         """The connection is gone: its transfers stop; a partial download stays to resume."""
-        for t in self._transfers:
-            if t.link is not link or t.state in ENDED or t.state is Moving.CHECKING:
+        for t in [*self._sending.on(link), *self._receiving.on(link)]:
+            if t.state in ENDED or t.state is Moving.CHECKING:
                 continue  # a file being checked has all its bytes: it is saved all the same
             t.state = Moving.FAILED
             kept = t.sink is not None
@@ -670,8 +706,8 @@ class FileDesk:
             if t.ours:
                 more = f" ({t.percent}% kept: offered again, it resumes there)" if kept else ""
                 self._say(f"{sanitize(t.name)} stopped: the connection ended{more}.")
-        self._sending = {k: v for k, v in self._sending.items() if k[0] is not link}
-        self._receiving = {k: v for k, v in self._receiving.items() if k[0] is not link}
+        self._sending.drop_link(link)
+        self._receiving.drop_link(link)
         self._next_id.pop(link, None)
         self._complained = {key for key in self._complained if key[0] is not link}
         self._progress(now, force=True)
@@ -680,8 +716,8 @@ class FileDesk:
 
     def pump(self, link: Link, now: float) -> bool:
         """Queue the next chunk (or DONE) for `link`, when one is due; True if it did."""
-        for t in self._sending.values():
-            if t.link is not link or t.state is not Moving.MOVING:
+        for t in self._sending.on(link):
+            if t.state is not Moving.MOVING:
                 continue
             data = self._next_chunk(t) if t.position < t.size else None
             if data is not None:
@@ -728,8 +764,8 @@ class FileDesk:
 
     def has_data(self, link: Link) -> bool:
         """True when a chunk for `link` could go now (the loop then waits to write)."""
-        for t in self._sending.values():
-            if t.link is link and t.state is Moving.MOVING and t.position < t.size:
+        for t in self._sending.on(link):
+            if t.state is Moving.MOVING and t.position < t.size:
                 if t.partner is not None:
                     if t.relayed and len(t.relayed[0]) <= t.credit:
                         return True
@@ -739,7 +775,7 @@ class FileDesk:
 
     def busy(self, link: Link) -> bool:
         """True while a file comes in over `link` (reads are then larger)."""
-        return any(t.link is link and t.state is Moving.MOVING for t in self._receiving.values())
+        return any(t.state is Moving.MOVING for t in self._receiving.on(link))
 
     # The host relays members' files -----------------------------------------------------
 
@@ -766,9 +802,23 @@ class FileDesk:
             target, number, True, offer.name, offer.size, offer.digest, author, False
         )
         leg_in.partner, leg_out.partner = leg_out, leg_in
+        self._expiring.append((now + RELAYED_OFFER_SECONDS, leg_in))
         self._net.deliver(
             target, FileOffer(number, offer.size, offer.digest, offer.name, author), now
         )
+
+    def expire(self, now: float) -> float | None:
+        """Cancel the relayed offers nobody answered in RELAYED_OFFER_SECONDS (both legs:
+        the author and the receiver are told); when the next one is due, or None."""
+        while self._expiring:
+            due, leg_in = self._expiring[0]
+            if leg_in.state is Moving.OFFERED and leg_in.partner is not None and now < due:
+                return due
+            self._expiring.popleft()
+            if leg_in.state is Moving.OFFERED and leg_in.partner is not None:
+                minutes = f"{RELAYED_OFFER_SECONDS / 60:g} minutes"
+                self._end(leg_in, Moving.CANCELLED, now, tell=f"not answered in {minutes}")
+        return None
 
     def _relay_limit(self, author: Link, target: Link, who: str) -> str | None:
         """Why an offer from `author` for `target` is not relayed now, or None: the host
@@ -776,15 +826,15 @@ class FileDesk:
         receiver, so one member's flood costs bounded memory and blocks only that member."""
         from_author = sum(
             1
-            for t in self._receiving.values()
-            if t.link is author and t.partner is not None and t.state is Moving.OFFERED
+            for t in self._receiving.on(author)
+            if t.partner is not None and t.state is Moving.OFFERED
         )
         if from_author >= MAX_RELAYED_OFFERS:
             return f"{MAX_RELAYED_OFFERS} of your offers are still unanswered: wait for answers"
         for_target = sum(
             1
-            for t in self._sending.values()
-            if t.link is target and t.partner is not None and t.state is Moving.OFFERED
+            for t in self._sending.on(target)
+            if t.partner is not None and t.state is Moving.OFFERED
         )
         if for_target >= MAX_RELAYED_OFFERS:
             return f"{who} has {MAX_RELAYED_OFFERS} offers still unanswered: try again later"

@@ -16,6 +16,7 @@ from chatclient.disk import (
     FILE_WINDOW,
     MAX_OPEN_OFFERS,
     MAX_RELAYED_OFFERS,
+    RELAYED_OFFER_SECONDS,
     PreparedFile,
     hash_file,
     open_for_sending,
@@ -356,6 +357,30 @@ def test_a_host_relays_few_unanswered_offers_per_author_and_per_receiver(desk: D
             1, False, f"alice has {MAX_RELAYED_OFFERS} offers still unanswered: try again later"
         ),
     )
+
+
+def test_relayed_offers_nobody_answers_expire_and_free_their_places(desk: Desk) -> None:
+    alice = FakeLink(FakePeer("alice", Role.LISTENER))
+    desk.carrier.links.update(alice=alice)
+    for number in range(1, MAX_RELAYED_OFFERS + 1):  # laptop fills alice's places at time 1
+        desk.receive(FileOffer(number, 1, bytes(32), f"f{number}", "alice"))
+    assert desk.desk.expire(1.0) == 1.0 + RELAYED_OFFER_SECONDS
+    alice_answers = FileReject(1)
+    desk.desk.message(alice, alice_answers, 2.0)  # type: ignore[arg-type]
+    before = len(desk.carrier.delivered)
+    assert desk.desk.expire(RELAYED_OFFER_SECONDS) == 1.0 + RELAYED_OFFER_SECONDS
+    assert len(desk.carrier.delivered) == before  # not yet
+    assert desk.desk.expire(1.0 + RELAYED_OFFER_SECONDS) is None
+    told = desk.carrier.delivered[before:]
+    reason = f"not answered in {RELAYED_OFFER_SECONDS / 60:g} minutes"
+    assert [(link, m) for link, m in told if link is desk.link] == [
+        (desk.link, FileCancel(n, False, reason)) for n in range(2, MAX_RELAYED_OFFERS + 1)
+    ]
+    assert [m for link, m in told if link is alice] == [
+        FileCancel(n, True, reason) for n in range(2, MAX_RELAYED_OFFERS + 1)
+    ]
+    desk.receive(FileOffer(99, 1, bytes(32), "later.jpg", "alice"))  # places are free again
+    assert desk.carrier.delivered[-1][0] is alice
 
 
 def test_a_receiver_counts_waiting_offers_per_person(tmp_path: Path) -> None:
