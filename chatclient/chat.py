@@ -24,6 +24,7 @@ from .handshake import ROOM_ID_SIZE, Mode, Role
 from .identity import (
     IDENTITY_FILE,
     KNOWN_PEERS_FILE,
+    PAST_ROOMS_FILE,
     Invite,
     KnownPeer,
     KnownPeers,
@@ -33,11 +34,14 @@ from .identity import (
     fingerprint,
     new_invite_code,
     read_known_peers,
+    read_past_rooms,
+    remember_past,
     safety_number,
     update_known_peers,
     utc_now,
 )
 from .messages import (
+    NO_NONCE,
     Action,
     Chat,
     Form,
@@ -99,6 +103,23 @@ def identity_judge(config_path: str, role: Role, program: str) -> Judge:
     return judge
 
 
+def ended_room_check(config_path: str) -> Callable[[bytes, bytes], str]:
+    """A connector's check of the host's room: one whose host ended it before (past_rooms)
+    is not joined, since the host could replay what was said there."""
+    path = beside(config_path, PAST_ROOMS_FILE)
+
+    def check(host: bytes, room: bytes) -> str:
+        if (host, room) not in read_past_rooms(path).rooms:
+            return ""
+        return (
+            f"the host offers a room you saw it end (its id is in {path}): a host starts a "
+            "new room each time it is started, and one that brings an old room back could "
+            "replay what was said there. Not joining"
+        )
+
+    return check
+
+
 def changed_identity(config_path: str, pinned: KnownPeer, offered: bytes, program: str) -> str:
     """The warning for a known name with a new identity, in the spirit of SSH's."""
     name = sanitize(pinned.name)
@@ -154,6 +175,7 @@ class PeerInfo:
     identity: bytes
     since: float  # when they came, on this side's monotonic clock
     host: bool = False
+    nonce: bytes = NO_NONCE  # their join's: what their words are signed over
 
 
 class Conversation:
@@ -188,6 +210,7 @@ class Conversation:
         self.identity = identity.public_key().public_bytes_raw()  # for safety numbers
         self.room = room  # when hosting: ours; as a member: learnt from the host
         self.known_path = beside(config.path, KNOWN_PEERS_FILE)
+        self.past_path = beside(config.path, PAST_ROOMS_FILE)
         self.prompt = f"{config.username}> " if term.interactive else ""
         self.net: Network | None = None
         self.people: dict[str, PeerInfo] = {}  # everyone else in the chat, the host first
@@ -296,17 +319,19 @@ class Conversation:
         hosting = link.peer.role is Role.LISTENER
         now = time.monotonic()
         address = self.destination if not hosting and self.destination else None
-        self.people[name] = PeerInfo(
-            name, address or format_address(link.address), event.identity, now, host=not hosting
-        )
+        nonce = event.nonce if hosting else NO_NONCE
+        where = address or format_address(link.address)
+        self.people[name] = PeerInfo(name, where, event.identity, now, not hosting, nonce)
         if hosting:
             self.names[link] = name
         else:
             self.room = event.room
         if self.voice is None:  # one numbering of our words for the whole chat
             host = self.identity if hosting else event.identity
-            self.voice = Voice(self._identity_key, self.config.username, host, self.room)
-            self.hearing = Hearing(self.config.username, host, self.room)
+            mine = NO_NONCE if hosting else event.nonce
+            self.voice = Voice(self._identity_key, self.config.username, host, self.room, mine)
+            ended = frozenset() if hosting else read_past_rooms(self.past_path).joins
+            self.hearing = Hearing(self.config.username, host, self.room, mine, name, ended)
             self.hosting = hosting
         verified, trust = self._trust(name, event.identity, event.mode is Mode.INVITE)
         if hosting and event.mode is Mode.INVITE:
@@ -397,6 +422,8 @@ class Conversation:
         if isinstance(message, Action):
             return [later(f"{stamp}* {name} ", message.text)]
         if isinstance(message, Terminate):
+            if link.peer.role is Role.CONNECTOR:  # the host ended its room: never again
+                self._remember(rooms=[(link.peer.peer_identity, self.room)])
             return [stamp + left_line(name, message.text)]
         if isinstance(message, Said):
             return self._words_lines(link, message, stamp)
@@ -406,31 +433,53 @@ class Conversation:
             person = message.person
             if (clash := self._name_clash(person.name)) is not None:
                 return [clash]
+            if (refused := self._replayed_join(person, joining=True)) is not None:
+                return [refused]
             self._meet(person)
-            if self.hearing is not None:
-                self.hearing.arrived(person.name)
             verified, trust = self._trust(person.name, person.identity)
             joined = " (verified)." if verified else "."
             return [f"{sanitize(person.name)} joined the chat{joined}", *trust]
         if isinstance(message, Left):
-            self.people.pop(message.name, None)
+            if self.people.pop(message.name, None) is None:
+                return []  # someone never taken in (refused above): nothing to say
             self.distrusted.discard(message.name)
-            if self.hearing is not None:
-                self.hearing.left(message.name)
+            said_goodbye = self.hearing is not None and message.name in self.hearing.gone
+            if self.hearing is not None and (nonce := self.hearing.left(message.name)):
+                self._remember(joins=[nonce])
             if message.lost:
                 return [f"{stamp}{sanitize(message.name)} lost the connection."]
-            return [stamp + left_line(sanitize(message.name), message.text)]
+            return [] if said_goodbye else [stamp + left_line(sanitize(message.name), "")]
         return []
+
+    def _replayed_join(self, person: Person, joining: bool) -> str | None:
+        """The warning for a join the host announces that cannot be new (its nonce was seen
+        before, or its words do not start where a new join's do), or None."""
+        assert self.hearing is not None
+        if (why := self.hearing.present(person, joining)) is None:
+            return None
+        shown = sanitize(person.name)
+        return (
+            f"warning: the host announced {shown} with {why}: refused (nothing said under "
+            "that join is shown)"
+        )
+
+    def _remember(
+        self, rooms: list[tuple[bytes, bytes]] | None = None, joins: list[bytes] | None = None
+    ) -> None:
+        """Note an ended room or join in past_rooms, so a host cannot bring it back."""
+        try:
+            remember_past(self.past_path, rooms or [], joins or [])
+        except ConfigError as exc:
+            self.term.error(f"error: {exc}")
 
     def _words_lines(self, link: Link, said: Said, stamp: str) -> list[Line]:
         """A member's words, once the signature and the numbering are checked."""
         words, author = said.words, sanitize(said.author)
         note = None
         if link.peer.role is Role.LISTENER:  # hosting: relayed already; checked off-thread
-            person = self.people.get(said.author)
-            identity = person.identity if person is not None else None
             size = len(words.text) + len(said.author) + 40
-            return [Later(partial(self._hosted_words_line, said, identity, stamp), size)]
+            person = self.people.get(said.author)
+            return [Later(partial(self._hosted_words_line, said, person, stamp), size)]
         assert self.hearing is not None  # a member: the host's copy, checked here
         person = self.people.get(said.author)
         show, note = self.hearing.check(said, person.identity if person else None)
@@ -438,13 +487,20 @@ class Conversation:
             show, note = False, f"a message from {author} was not shown: its identity changed"
         if not show:
             return [f"warning: {note}"]
-        line = later(words_prefix(stamp, author, words), words.text)
+        line: Line
+        if words.form == Form.GOODBYE and not words.text:
+            line = f"{stamp}{author} left the chat."
+        elif words.form == Form.GOODBYE:
+            line = later(f"{stamp}{author} left the chat: ", words.text)
+        else:
+            line = later(words_prefix(stamp, author, words), words.text)
         return [line] if note is None else [f"warning: {note}", line]
 
-    def _hosted_words_line(self, said: Said, identity: bytes | None, stamp: str) -> str:
+    def _hosted_words_line(self, said: Said, person: PeerInfo | None, stamp: str) -> str:
         """On the printer thread: a member's words as the host shows them, only if the
         signature is theirs (110 us a check: never on the relay path)."""
-        if (forged := forgery(self.identity, self.room, said, identity)) is not None:
+        identity, nonce = (person.identity, person.nonce) if person else (None, None)
+        if (forged := forgery(self.identity, self.room, said, identity, nonce)) is not None:
             return f"warning: {forged}"
         return words_prefix(stamp, sanitize(said.author), said.words) + peer_text(said.words.text)
 
@@ -454,6 +510,9 @@ class Conversation:
         for person in members.people:
             if (clash := self._name_clash(person.name)) is not None:
                 lines.append(clash.replace("joining", "in the room"))
+                continue
+            if (refused := self._replayed_join(person, joining=False)) is not None:
+                lines.append(refused)
                 continue
             self._meet(person)
             met.append(person)
@@ -483,7 +542,9 @@ class Conversation:
 
     def _meet(self, person: Person) -> None:
         since = time.monotonic() - person.seconds
-        self.people[person.name] = PeerInfo(person.name, person.address, person.identity, since)
+        self.people[person.name] = PeerInfo(
+            person.name, person.address, person.identity, since, nonce=person.nonce
+        )
 
     # The main thread ------------------------------------------------------------------
 
@@ -626,7 +687,8 @@ class Conversation:
         relayed = not self.hosting and len(self.people) > 1
         try:
             message.encode_body()  # a line too long is refused here, before it is queued
-            words = self.voice.say(message.text, form, to) if to or relayed else None
+            to_nonce = self.people[to].nonce if to in self.people else NO_NONCE
+            words = self.voice.say(message.text, form, to, to_nonce) if to or relayed else None
         except ChatError as exc:
             self.term.error(f"error: {exc}")
             return
@@ -648,6 +710,10 @@ class Conversation:
             self.ended.wait(GOODBYE_DRAIN_SECONDS)  # the peer ended it first
             return
         assert self.net is not None
+        if not self.hosting and len(self.people) > 1 and self.voice is not None:
+            # The others hear our goodbye from us, signed: the host cannot write it for us.
+            with contextlib.suppress(ChatError):  # too long: TERMINATE alone still goes
+                self.net.send(self.voice.say(goodbye, Form.GOODBYE))
         self.net.leave(goodbye)
         self.term.show("Sent TERMINATE message.")
         self.term.show("Connection closed by you.")

@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         code = None if listening else args.code or ask_code(term, psk, known)
         # The chat itself (the network thread, files, the room) loads only now: start-up
         # to the first prompt does not pay for it.
-        from .chat import Conversation, PeerEnded, identity_judge
+        from .chat import Conversation, PeerEnded, ended_room_check, identity_judge
         from .disk import FINISH_WRITING_SECONDS
         from .network import Network
 
@@ -453,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             code=code,
             invite=invite,
             room=room,
+            room_check=ended_room_check(config.path),
             capacity=args.max_members,
             keepalive=args.keepalive,
             files_user=conversation,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # sign the WELCOMEs are what authenticates.
 
 MAGIC = b"CCHT"
-VERSION = 2
+VERSION = 3
 HELLO_SIZE = len(MAGIC) + 1 + 32  # M2 without SPAKE2's message
 SPAKE_SIZE = 33
 CONFIRM_SIZE = 32 + 32
@@ -44,8 +44,9 @@ FILES_INFO = b"chatclient/2 files"
 CONFIRM_LABEL = b"connector"
 WELCOME_LABEL = b"chatclient/2 welcome from the "
 SPAKE_IDS = {"idA": b"chatclient connector", "idB": b"chatclient listener"}
-WORDS_LABEL = b"chatclient/2 words\0"
+WORDS_LABEL = b"chatclient/3 words\0"
 ROOM_ID_SIZE = 16
+NONCE_SIZE = 16  # a member's join nonce, in its WELCOME's room field
 OKM_SIZE = 32 + 32 + 32
 
 

@@ -361,6 +361,61 @@ def update_known_peers(path: str, change: Callable[[KnownPeers], KnownPeers]) ->
     return peers
 
 
+PAST_ROOMS_FILE = "past_rooms"
+MAX_PAST_ROOMS = 4096  # lines kept; the oldest go first
+
+
+@dataclass(frozen=True)
+class PastRooms:
+    """What a member remembers of rooms, so a host cannot bring them back: the rooms whose
+    host ended them (host identity, room id), and the joins that ended (join nonces)."""
+
+    rooms: frozenset[tuple[bytes, bytes]] = frozenset()
+    joins: frozenset[bytes] = frozenset()
+
+
+def read_past_rooms(path: str) -> PastRooms:
+    """past_rooms (empty when there is none, or it cannot be read: it only ever adds
+    refusals). Lines it does not understand are skipped."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read(1024 * 1024).splitlines()
+    except (OSError, UnicodeDecodeError):
+        return PastRooms()
+    rooms, joins = set(), set()
+    for line in lines:
+        fields = line.split()
+        try:
+            if len(fields) == 3 and fields[0] == "room":
+                rooms.add((bytes.fromhex(fields[1]), bytes.fromhex(fields[2])))
+            elif len(fields) == 2 and fields[0] == "join":
+                joins.add(bytes.fromhex(fields[1]))
+        except ValueError:
+            continue
+    return PastRooms(frozenset(rooms), frozenset(joins))
+
+
+def remember_past(
+    path: str, rooms: Sequence[tuple[bytes, bytes]] = (), joins: Sequence[bytes] = ()
+) -> None:
+    """Add ended rooms and joins to past_rooms, keeping the newest MAX_PAST_ROOMS lines
+    (ConfigError if it cannot be written)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            kept = [line for line in file.read(1024 * 1024).splitlines() if line[:1] != "#"]
+    except FileNotFoundError:
+        kept = []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it: {describe_os_error(exc)}") from exc
+    kept += [f"room {host.hex()} {room.hex()}" for host, room in rooms]
+    kept += [f"join {nonce.hex()}" for nonce in joins]
+    header = (
+        "# chatclient: rooms whose host ended them, and members' joins that ended. A host\n"
+        "# that brings one back could replay what was said there, so it is refused.\n"
+    )
+    write_private_file(path, header + "".join(f"{line}\n" for line in kept[-MAX_PAST_ROOMS:]))
+
+
 def utc_now() -> str:
     """The time, as known_peers records first contact."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -12,7 +12,7 @@ from enum import Enum, IntEnum
 from typing import ClassVar, NamedTuple
 
 from .errors import ChatError, MessageTooLong, ProtocolError
-from .handshake import ROOM_ID_SIZE, check_size
+from .handshake import NONCE_SIZE, ROOM_ID_SIZE, check_size
 from .text import MAX_NAME_BYTES, name_problem, sanitize
 
 # --- Frames, fields and messages (pure) --------------------------------------
@@ -323,6 +323,7 @@ class Refuse(IntEnum):
     UNKNOWN_LISTENER = 3  # a connector expected a contact and met a stranger
     NAME_TAKEN = 4  # someone in the room already has that name
     ROOM_FULL = 5  # the room has its most members (the number says how many)
+    ENDED_ROOM = 6  # a connector saw this host's room (its id) end before
 
 
 @dataclass(frozen=True)
@@ -349,10 +350,11 @@ class Refusal(Message):
 
 
 class Form(IntEnum):
-    """What a member's words are: said, or an action (/me)."""
+    """What a member's words are: said, an action (/me), or their goodbye."""
 
     CHAT = 1
     ACTION = 2
+    GOODBYE = 3  # for the room only, and the member's last words: TERMINATE follows
 
 
 @dataclass(frozen=True)
@@ -409,7 +411,12 @@ def read_words(body: FieldReader) -> tuple[int, int, bytes, str, str]:
     to = body.text(MAX_NAME_BYTES, "recipient")
     if to:
         checked_name(to)
+    if to and form == Form.GOODBYE:
+        raise ProtocolError("the peer sent a goodbye to one person (goodbyes are for the room)")
     return form, seq, signature, to, body.rest_text(MAX_TEXT, "message")
+
+
+NO_NONCE = bytes(NONCE_SIZE)  # the host's, and the room's as an audience: it has no join
 
 
 class Person(NamedTuple):
@@ -419,6 +426,8 @@ class Person(NamedTuple):
     identity: bytes
     address: str  # as the host sees it
     seconds: int = 0  # in the room so far
+    nonce: bytes = NO_NONCE  # chosen by the person for this join; their words are signed over it
+    next: int = 0  # the number their next words to the room will carry
 
 
 @dataclass(frozen=True)
@@ -456,11 +465,13 @@ class Joined(Message):
 
 
 def encode_person(person: Person) -> bytes:
-    """identity, seconds, address, name: the fields of one person."""
+    """identity, join nonce, next number, seconds, address, name: one person's fields."""
     address = bytes_field(encode_text(person.address, MAX_NAME_BYTES, "address"))
     name = bytes_field(encode_text(person.name, MAX_NAME_BYTES, "name"))
     return (
         check_size("identity key", person.identity, 32)
+        + check_size("join nonce", person.nonce, NONCE_SIZE)
+        + int_field(person.next, 8)
         + int_field(person.seconds, 4)
         + (address + name)
     )
@@ -469,29 +480,33 @@ def encode_person(person: Person) -> bytes:
 def decode_person(body: FieldReader) -> Person:
     """One person, strictly (the name held to the rules of a username)."""
     identity = body.fixed(32, "identity key")
+    nonce = body.fixed(NONCE_SIZE, "join nonce")
+    following = body.integer(8, "next number")
     seconds = body.integer(4, "seconds")
     address = sanitize(body.text(MAX_NAME_BYTES, "address"))
-    return Person(checked_name(body.text(MAX_NAME_BYTES, "name")), identity, address, seconds)
+    name = checked_name(body.text(MAX_NAME_BYTES, "name"))
+    return Person(name, identity, address, seconds, nonce, following)
 
 
 @dataclass(frozen=True)
 class Left(Message):
-    """Someone left the room (host -> members): with a goodbye, or lost."""
+    """Someone left the room (host -> members): said goodbye, or lost. The goodbye's words
+    come before it, as the member's own signed SAY (form GOODBYE)."""
 
     TAG: ClassVar[int] = 12
     name: str
     lost: bool = False
-    text: str = ""  # the goodbye
 
     def encode_body(self) -> bytes:
         name = bytes_field(encode_text(self.name, MAX_NAME_BYTES, "name"))
-        return int_field(int(self.lost), 1) + name + encode_text(self.text, MAX_TEXT, "goodbye")
+        return int_field(int(self.lost), 1) + name
 
     @classmethod
     def decode_body(cls, body: FieldReader) -> Message:
         lost = body.integer(1, "how") == 1
         name = checked_name(body.text(MAX_NAME_BYTES, "name"))
-        return cls(name, lost, body.rest_text(MAX_TEXT, "goodbye text"))
+        body.end()
+        return cls(name, lost)
 
 
 # Files. A sender numbers its offers on each connection (ID); the receiver's ACCEPT,

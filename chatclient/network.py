@@ -23,6 +23,8 @@ from .handshake import ROOM_ID_SIZE, Mode, Reject, Role
 from .identity import MAX_INVITE_FAILURES, Invite
 from .messages import (
     FILE_MESSAGES,
+    NO_NONCE,
+    Form,
     Joined,
     Left,
     Members,
@@ -45,8 +47,10 @@ from .peer import (
     KeyProven,
     MessageReceived,
     PeerProtocol,
+    RoomCheck,
     Stage,
     accept_anyone,
+    any_room,
 )
 from .room import (
     MEMBER_SENDS,
@@ -111,6 +115,7 @@ class Network:
         code: str | None = None,
         invite: Invite | None = None,
         room: bytes = bytes(ROOM_ID_SIZE),
+        room_check: RoomCheck = any_room,
         keepalive: float = KEEPALIVE_SECONDS,
         handshake_seconds: float = HANDSHAKE_SECONDS,
         capacity: int = 1,
@@ -122,6 +127,7 @@ class Network:
         self._psk, self._username, self._user = psk, username, user
         self._identity, self._judge = identity, judge
         self._code, self._invite, self._room_id = code, invite, room
+        self._room_check = room_check
         self._keepalive, self._handshake_seconds = keepalive, handshake_seconds
         self._room, self._clock = Room(capacity), clock
         self._selector = selectors.DefaultSelector()
@@ -402,6 +408,7 @@ class Network:
             code=self._code if role is Role.CONNECTOR else None,
             invite=invite if role is Role.LISTENER else None,
             room=self._room_id,
+            room_check=self._room_check,
             handshake_seconds=self._handshake_seconds,
             keepalive=self._keepalive,
         )
@@ -497,7 +504,13 @@ class Network:
     def _host(self, link: Link, event: Event, now: float) -> list[Event]:
         """Relay what a member's connection brings; the events this side's user sees."""
         if isinstance(event, Established):
-            person = Person(event.name, event.identity, format_address(link.address))
+            if event.nonce == NO_NONCE or self._room.nonce_taken(event.nonce):
+                # Members would refuse it as a replayed join: it is put out here instead.
+                link.established = False  # refused, as a handshake is
+                link.peer.connection_failed("it chose a join nonce already in use")
+                return []
+            address = format_address(link.address)
+            person = Person(event.name, event.identity, address, nonce=event.nonce)
             self._to(link, Members(self._room.people(now)), now)
             for member in self._room.others(link):
                 self._to(member, Joined(person), now)
@@ -516,6 +529,9 @@ class Network:
         if not isinstance(message, MEMBER_SENDS):
             link.peer.connection_failed(f"it sent {message.kind()}, which only a host sends")
             return []
+        if link.goodbye_words and not isinstance(message, Terminate):  # TERMINATE must follow
+            link.peer.connection_failed(f"it sent {message.kind()} after its goodbye")
+            return []
         if isinstance(message, Say):
             # The signature is not checked here: this connection already proves who sent
             # it, and the others check it (110 us an Ed25519 check, measured: the host would
@@ -531,12 +547,15 @@ class Network:
             said = Said(author.name, message)
             for member in self._room.audience(link, message):
                 self._to(member, said, now)
+            if message.form == Form.GOODBYE:  # shown here from its TERMINATE, which follows
+                link.goodbye_words = True
+                return []
             if message.to and message.to != self._username:
                 return []  # a private message between two others: relayed, not shown
             return [MessageReceived(said)]
         if isinstance(message, Terminate):
             link.said_goodbye = True
-            self._tell_room(Left(author.name, text=message.text), now, but=link)
+            self._tell_room(Left(author.name), now, but=link)
         # Unsigned words (CHAT, ACTION) are from a member who knew of nobody but the host:
         # shown here, relayed to no one, since nobody else could check who said them.
         return [MessageReceived(message)]

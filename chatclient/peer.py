@@ -4,6 +4,7 @@ events out, bytes to send, and the clock passed in.
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from .errors import (
 )
 from .handshake import (
     MAX_HELLO_SIZE,
+    NONCE_SIZE,
     ROOM_ID_SIZE,
     UNAUTHENTICATED_TEXT,
     WRONG_CODE_TEXT,
@@ -109,6 +111,16 @@ def accept_anyone(name: str, identity: bytes, mode: Mode) -> None:
     """A judge that lets every identity in (tests, benchmarks)."""
 
 
+# A connector's check of the host's room (host identity, room id): why it must not join
+# (a room that ended before), or "".
+RoomCheck = Callable[[bytes, bytes], str]
+
+
+def any_room(host: bytes, room: bytes) -> str:
+    """A room check that lets every room through (tests, benchmarks)."""
+    return ""
+
+
 def refusal_error(refusal: Refusal, our_name: str) -> HandshakeError:
     """What a peer's REFUSAL means, told from this side."""
     them, us = sanitize(refusal.name), sanitize(our_name)
@@ -127,6 +139,12 @@ def refusal_error(refusal: Refusal, our_name: str) -> HandshakeError:
     if refusal.reason == Refuse.ROOM_FULL:
         people = "person" if refusal.number == 1 else "people"
         return HandshakeError(f"the chat is full ({refusal.number} {people})")
+    if refusal.reason == Refuse.ENDED_ROOM:
+        return HandshakeError(
+            f"{them} refused to join: your room id is one of a room it saw end. A host "
+            "starts a new room each time it is started; one that brings an old room back "
+            "could replay what was said there"
+        )
     if refusal.reason == Refuse.UNKNOWN_LISTENER:
         return HandshakeError(
             f"{them} refused the connection: it connected to reach one of its contacts, "
@@ -153,6 +171,7 @@ class Established(Event):
     identity: bytes
     mode: Mode
     room: bytes = bytes(ROOM_ID_SIZE)  # the host's room id
+    nonce: bytes = bytes(NONCE_SIZE)  # the member's join nonce (the connector's, fresh)
 
 
 @dataclass(frozen=True)
@@ -204,6 +223,7 @@ class PeerProtocol:
         code: str | None = None,
         invite: Invite | None = None,
         room: bytes = bytes(ROOM_ID_SIZE),
+        room_check: RoomCheck = any_room,
         handshake_seconds: float = HANDSHAKE_SECONDS,
         keepalive: float = KEEPALIVE_SECONDS,
         private_key: X25519PrivateKey | None = None,
@@ -211,6 +231,10 @@ class PeerProtocol:
         self.role = role
         self.name = name
         self.room = room  # the listener's own; the connector learns the host's
+        # The member's join nonce: the connector's own, fresh for each connection, sent in
+        # its WELCOME's room field; the listener learns it there.
+        self.nonce = secrets.token_bytes(NONCE_SIZE) if role is Role.CONNECTOR else b""
+        self._room_check = room_check
         self.stage = Stage.HELLO
         self.peer_name = ""
         self.peer_identity = b""
@@ -464,8 +488,9 @@ class PeerProtocol:
 
     def _welcome(self) -> Welcome:
         assert self._keys is not None
-        data = welcome_signed_data(self.role, self._keys.transcript, self.name, self.room)
-        return Welcome(self.name, self.identity, self._identity.sign(data), self.room)
+        room = self.nonce if self.role is Role.CONNECTOR else self.room
+        data = welcome_signed_data(self.role, self._keys.transcript, self.name, room)
+        return Welcome(self.name, self.identity, self._identity.sign(data), room)
 
     def _check_identity(self, welcome: Welcome) -> None:
         """Verify the peer's signature, then let the judge decide; refuse it if told to."""
@@ -475,6 +500,10 @@ class PeerProtocol:
         verify_signature(welcome.identity, welcome.signature, data)
         try:
             self._judge(welcome.name, welcome.identity, self.mode)
+            if self.role is Role.CONNECTOR and (
+                why := self._room_check(welcome.identity, welcome.room)
+            ):
+                raise IdentityRefused(Refuse.ENDED_ROOM, why, welcome.name)
         except IdentityRefused as exc:
             refusal = Refusal(exc.told, self.name, exc.number)
             self._outgoing += self._session.encode(refusal)
@@ -482,10 +511,12 @@ class PeerProtocol:
         self.peer_name, self.peer_identity = welcome.name, welcome.identity
         if self.role is Role.CONNECTOR:
             self.room = welcome.room  # the host's room: what our words are signed for
+        else:
+            self.nonce = welcome.room  # the member's join nonce
 
     def _establish(self) -> None:
         self.stage = Stage.OPEN
-        event = Established(self.peer_name, self.peer_identity, self.mode, self.room)
+        event = Established(self.peer_name, self.peer_identity, self.mode, self.room, self.nonce)
         self._events.append(event)
 
     def _unauthenticated(self) -> HandshakeError:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from .errors import HandshakeError
 from .handshake import WORDS_LABEL, verify_signature
 from .messages import (
+    NO_NONCE,
     Action,
     Chat,
     Form,
@@ -77,7 +78,7 @@ class Room:
         self.capacity = capacity
         self._seats: dict[object, tuple[Person, float] | None] = {}  # joined: (who, since)
         self._coming: dict[object, str] = {}  # names held for those on their way in
-        self._next: dict[tuple[object, str], int] = {}  # each member's next SAY number
+        self._next: dict[object, int] = {}  # each member's next number for the room
 
     def claim(self, member: object) -> bool:
         """A place for `member`, or False when the room is full."""
@@ -98,15 +99,17 @@ class Room:
     def release(self, member: object) -> Person | None:
         """Free `member`'s place; who it was, if they had got in."""
         self._coming.pop(member, None)
-        for key in [key for key in self._next if key[0] is member]:
-            del self._next[key]
+        self._next.pop(member, None)
         seat = self._seats.pop(member, None)
         return seat[0] if seat else None
 
     def in_sequence(self, member: object, words: Say) -> bool:
-        """True when `words` carries the member's next number for its audience."""
-        due = self._next.get((member, words.to), 0)
-        self._next[(member, words.to)] = due + 1
+        """True when `words` for the room carry the member's next number. (Words for one
+        person are numbered per recipient's join, which only the recipient can check.)"""
+        if words.to:
+            return True
+        due = self._next.get(member, 0)
+        self._next[member] = due + 1
         return words.seq == due
 
     def person(self, member: object) -> Person | None:
@@ -125,10 +128,14 @@ class Room:
         present = [seat[0].name for seat in self._seats.values() if seat]
         return any(name_skeleton(other) == skeleton for other in [*present, *self._coming.values()])
 
+    def nonce_taken(self, nonce: bytes) -> bool:
+        """True when someone in the room joined with `nonce` (each join has its own)."""
+        return any(seat and seat[0].nonce == nonce for seat in self._seats.values())
+
     def people(self, now: float, but: object = None) -> tuple[Person, ...]:
         """Everyone in, in the order they came, with their seconds in the room."""
         return tuple(
-            seat[0]._replace(seconds=int(now - seat[1]))
+            seat[0]._replace(seconds=int(now - seat[1]), next=self._next.get(member, 0))
             for member, seat in self._seats.items()
             if seat and member is not but
         )
@@ -160,12 +167,16 @@ class Room:
 MEMBER_SENDS = (Say, Chat, Action, Terminate, Keepalive)
 
 
-def words_signed_data(host: bytes, room: bytes, author: str, words: Say) -> bytes:
-    """What a member signs: the room (host identity and room id), the author, the
-    audience, the form, the author's sequence number for that audience, the text."""
+def words_signed_data(
+    host: bytes, room: bytes, author_nonce: bytes, audience_nonce: bytes, author: str, words: Say
+) -> bytes:
+    """What a member signs: the room (host identity and room id), the author's join and the
+    audience's (the recipient's join; none for the room), the form, the author's number for
+    that audience, the author, the audience, the text."""
     return b"".join(
         [
-            WORDS_LABEL + host + room + int_field(words.form, 1) + int_field(words.seq, 8),
+            WORDS_LABEL + host + room + author_nonce + audience_nonce,
+            int_field(words.form, 1) + int_field(words.seq, 8),
             bytes_field(author.encode("utf-8")),
             bytes_field(words.to.encode("utf-8")),
             words.text.encode("utf-8"),
@@ -183,60 +194,119 @@ def signed_by(identity: bytes, signature: bytes, data: bytes) -> bool:
 
 
 class Voice:
-    """One person's words in a room: numbered per audience and signed."""
+    """One person's words in a room: numbered per audience and signed.
 
-    def __init__(self, identity: Ed25519PrivateKey, name: str, host: bytes, room: bytes) -> None:
+    `nonce` is this join's (NO_NONCE for the host). Words for one person are numbered
+    per that person's join, so a rejoin starts at 0 on both sides.
+    """
+
+    def __init__(
+        self, identity: Ed25519PrivateKey, name: str, host: bytes, room: bytes, nonce: bytes
+    ) -> None:
         self._identity, self.name, self.host, self.room = identity, name, host, room
-        self._next: dict[str, int] = {}
+        self.nonce = nonce
+        self._next: dict[tuple[str, bytes], int] = {}
 
-    def say(self, text: str, form: Form = Form.CHAT, to: str = "") -> Say:
-        """`text` as a signed SAY (ChatError if it is too long to send)."""
-        seq = self._next.get(to, 0)
+    def say(
+        self, text: str, form: Form = Form.CHAT, to: str = "", to_nonce: bytes = NO_NONCE
+    ) -> Say:
+        """`text` as a signed SAY (ChatError if it is too long to send); `to_nonce` is the
+        recipient's join nonce (NO_NONCE for the room and for the host)."""
+        seq = self._next.get((to, to_nonce), 0)
         unsigned = Say(form, seq, bytes(64), to, text)
         unsigned.encode_body()  # too long: refused here, before it is counted
-        data = words_signed_data(self.host, self.room, self.name, unsigned)
-        self._next[to] = seq + 1
+        data = words_signed_data(self.host, self.room, self.nonce, to_nonce, self.name, unsigned)
+        self._next[(to, to_nonce)] = seq + 1
         return replace(unsigned, signature=self._identity.sign(data))
 
 
-def forgery(host: bytes, room: bytes, said: Said, identity: bytes | None) -> str | None:
-    """Why `said` is not shown as its author's (its signature is not theirs), or None."""
-    data = words_signed_data(host, room, said.author, said.words)
-    if identity is None or not signed_by(identity, said.words.signature, data):
-        author = sanitize(said.author)
-        return f"a message claiming to be from {author} failed its signature check: not shown"
-    return None
+def forgery(
+    host: bytes,
+    room: bytes,
+    said: Said,
+    identity: bytes | None,
+    author_nonce: bytes | None,
+    audience_nonce: bytes = NO_NONCE,
+) -> str | None:
+    """Why `said` is not shown as its author's (its signature is not theirs, for their join
+    and its audience's), or None."""
+    if identity is not None and author_nonce is not None:
+        data = words_signed_data(host, room, author_nonce, audience_nonce, said.author, said.words)
+        if signed_by(identity, said.words.signature, data):
+            return None
+    author = sanitize(said.author)
+    return f"a message claiming to be from {author} failed its signature check: not shown"
 
 
 class Hearing:
-    """What one person makes of the words the host relays: checked, in order, or not shown."""
+    """What one person makes of the words the host relays: checked, in order, or not shown.
 
-    def __init__(self, me: str, host: bytes, room: bytes) -> None:
-        self.me, self.host, self.room = me, host, room
+    Every author's join nonce comes first (the host's WELCOME, MEMBERS or JOINED), and
+    with it the number their next words carry, so nothing is taken on trust: a replay
+    from an earlier join fails its signature, a join that ended cannot come back, and
+    words held back show as a gap.
+    """
+
+    def __init__(
+        self,
+        me: str,
+        host: bytes,
+        room: bytes,
+        nonce: bytes,
+        host_name: str,
+        ended: frozenset[bytes] = frozenset(),
+    ) -> None:
+        self.me, self.host, self.room, self.nonce = me, host, room, nonce
+        self._joins: dict[str, bytes] = {host_name: NO_NONCE}  # author -> their join nonce
         self._next: dict[tuple[str, str], int] = {}
+        self._seen: set[bytes] = {nonce, NO_NONCE}  # announced (or ours): never again
+        self._ended = set(ended)  # joins that ended, here or before (past_rooms)
+        self.gone: set[str] = set()  # said goodbye: LEFT follows, nothing else
 
-    def arrived(self, name: str) -> None:
-        """`name` joined while we were here: their words must start at number 0."""
-        self.left(name)
-        self._next[(name, "")] = self._next[(name, self.me)] = 0
+    def present(self, person: Person, joining: bool) -> str | None:
+        """Take in someone the host announces (in MEMBERS, or JOINED when `joining`); or
+        why not (their words are then not shown)."""
+        if person.nonce in self._ended:
+            return "a join of theirs that already ended (a replay by the host?)"
+        if person.nonce in self._seen:
+            return "a join already announced (a replay by the host?)"
+        if joining and person.next != 0:
+            return f"a new join whose words start at {person.next}, not 0"
+        self._seen.add(person.nonce)
+        self._joins[person.name] = person.nonce
+        self._next[(person.name, "")] = person.next
+        self._next[(person.name, self.me)] = 0
+        return None
 
-    def left(self, name: str) -> None:
-        """`name` left: their numbering ends (a new session starts again)."""
+    def left(self, name: str) -> bytes | None:
+        """`name` left: their join has ended for good; its nonce (None: none was known)."""
         for key in [key for key in self._next if key[0] == name]:
             del self._next[key]
+        self.gone.discard(name)
+        nonce = self._joins.pop(name, None)
+        if nonce is None or nonce == NO_NONCE:
+            return None
+        self._ended.add(nonce)
+        return nonce
 
     def check(self, said: Said, identity: bytes | None) -> tuple[bool, str | None]:
         """Whether to show `said` (`identity` is its author's, if known), and a note."""
         author, words = sanitize(said.author), said.words
-        if (forged := forgery(self.host, self.room, said, identity)) is not None:
-            return False, forged
+        audience = self.nonce if words.to else NO_NONCE
+        nonce = self._joins.get(said.author)
         if words.to and words.to != self.me:
             return False, f"a message from {author} for someone else reached you: not shown"
+        if (forged := forgery(self.host, self.room, said, identity, nonce, audience)) is not None:
+            return False, forged
+        if said.author in self.gone:
+            return False, f"a message from {author} came after their goodbye: not shown"
         key = (said.author, words.to)
-        due = self._next.get(key, words.seq)
-        self._next[key] = max(due, words.seq + 1)
+        due = self._next.get(key, 0)
         if words.seq < due:
             return False, f"a message from {author} came again (replayed by the host?): not shown"
+        self._next[key] = words.seq + 1
+        if words.form == Form.GOODBYE:
+            self.gone.add(said.author)
         if words.seq > due:
             missing = words.seq - due
             return (

@@ -263,6 +263,7 @@ class Link:
     mask: int = selectors.EVENT_READ  # what the selector watches for
     no_room: bool = False  # proven while the room was full: refused once it says who it is
     said_goodbye: bool = False  # its TERMINATE came: the room was told
+    goodbye_words: bool = False  # a member sent its goodbye's words: TERMINATE is next
     to_nobody: int = 0  # private words it sent to names not in the room (dropped)
 
     @property

@@ -230,7 +230,11 @@ def test_each_welcome_is_signed_and_checked_before_established() -> None:
     pair = PeerPair()
     pair.pump()
     [connector_done] = pair.events[pair.connector]
-    assert connector_done == Established("desktop", pair.listener.identity, Mode.SHARED_KEY)
+    nonce = pair.connector.nonce  # the connector's join nonce: fresh, in its WELCOME
+    assert connector_done == Established(
+        "desktop", pair.listener.identity, Mode.SHARED_KEY, nonce=nonce
+    )
+    assert len(nonce) == 16 and nonce != bytes(16) and pair.listener.nonce == nonce
 
 
 def tamper_welcome(pair: PeerPair, change: Any) -> list[Event]:
@@ -377,7 +381,9 @@ def test_contacts_connect_with_no_key_at_all(tmp_path: Path) -> None:
     )
     pair.pump()
     assert pair.established()
-    assert pair.events[pair.listener][-1] == Established("laptop", public(laptop), Mode.CONTACT)
+    assert pair.events[pair.listener][-1] == Established(
+        "laptop", public(laptop), Mode.CONTACT, nonce=pair.connector.nonce
+    )
 
 
 def test_a_contact_connector_refuses_a_listener_it_does_not_know(tmp_path: Path) -> None:
@@ -407,7 +413,7 @@ def test_the_right_invite_code_connects_and_uses_the_invite() -> None:
     pair = invite_pair("7-gazelle-guitarist", invite)
     assert pair.established() and invite.used
     assert pair.events[pair.connector][-1] == Established(
-        "desktop", pair.listener.identity, Mode.INVITE
+        "desktop", pair.listener.identity, Mode.INVITE, nonce=pair.connector.nonce
     )
     second = invite_pair("7-gazelle-guitarist", invite)  # single use
     [failed] = second.events[second.connector]

@@ -37,8 +37,10 @@ from chatclient.handshake import (
 from chatclient.identity import safety_number
 from chatclient.messages import (
     FRAME_HEADER,
+    NO_NONCE,
     Chat,
     Form,
+    Person,
     Phase,
     Said,
     Say,
@@ -174,7 +176,7 @@ def welcome(role: str) -> Welcome:
     """The vector's WELCOME of `role`, as chatclient signs it with the vector's identity."""
     name = "laptop" if role == "connector" else "desktop"
     identity = Ed25519PrivateKey.from_private_bytes(h(f"{role}_identity_private"))
-    room = h("room") if role == "listener" else bytes(16)
+    room = h("room") if role == "listener" else h("join")
     signed = welcome_signed_data(Role(role), h("th"), name, room)
     public = identity.public_key().public_bytes_raw()
     return Welcome(name, public, identity.sign(signed), room)
@@ -242,14 +244,15 @@ def test_signed_words_in_a_room() -> None:
     """A member's SAY to the room and to one person, and the SAID relaying it, byte for byte."""
     laptop = Ed25519PrivateKey.from_private_bytes(h("connector_identity_private"))
     host, room, author = h("listener_identity"), h("room"), V["say_author"]
-    voice = Voice(laptop, author, host, room)
+    voice = Voice(laptop, author, host, room, h("join"))
     voice.say("one")
     voice.say("two")  # the vector's words are laptop's third to the room
     say = voice.say(V["say_text"])
     whisper = voice.say(V["whisper_text"], Form.CHAT, to=V["whisper_to"])
     assert (say.seq, whisper.seq) == (V["say_seq"], 0)  # each audience numbers on its own
     for words, name in ((say, "say"), (whisper, "whisper")):
-        assert words_signed_data(host, room, author, words).hex() == V[f"{name}_signed_data"]
+        signed = words_signed_data(host, room, h("join"), NO_NONCE, author, words)
+        assert signed.hex() == V[f"{name}_signed_data"]
         assert words.signature.hex() == V[f"{name}_signature"]
         assert words.encode_body().hex() == V[f"{name}_body"]
     said = Said(author, say)
@@ -259,4 +262,7 @@ def test_signed_words_in_a_room() -> None:
     _, decoded = decode_payload((9).to_bytes(8, "big") + bytes([Said.TAG]) + h("said_body"))
     assert decoded == said
     assert isinstance(decoded, Said) and isinstance(decoded.words, Say)
-    assert Hearing("bob", host, room).check(decoded, h("connector_identity")) == (True, None)
+    hearing = Hearing("bob", host, room, bytes([1]) * 16, "desktop")
+    laptop_in = Person(author, h("connector_identity"), "", nonce=h("join"), next=V["say_seq"])
+    assert hearing.present(laptop_in, joining=False) is None
+    assert hearing.check(decoded, h("connector_identity")) == (True, None)

@@ -30,8 +30,13 @@ def test_a_pair_handshakes_and_each_learns_the_others_identity() -> None:
     [proven, listener_done] = pair.events[pair.listener]
     assert isinstance(proven, KeyProven)
     [connector_done] = pair.events[pair.connector]
-    assert connector_done == Established("desktop", pair.listener.identity, Mode.SHARED_KEY)
-    assert listener_done == Established("laptop", pair.connector.identity, Mode.SHARED_KEY)
+    nonce = pair.connector.nonce  # the connector's join nonce, which both learn
+    assert connector_done == Established(
+        "desktop", pair.listener.identity, Mode.SHARED_KEY, nonce=nonce
+    )
+    assert listener_done == Established(
+        "laptop", pair.connector.identity, Mode.SHARED_KEY, nonce=nonce
+    )
     assert pair.connector.identity != pair.listener.identity
 
 

@@ -205,36 +205,53 @@ def test_abandoned_handshakes_are_counted_per_address_and_summarised() -> None:
 # --- Signed words ------------------------------------------------------------------------------
 
 
+A_JOIN, B_JOIN = bytes([1]) * 16, bytes([2]) * 16  # alice's and bob's join nonces
+
+
+def hearing_as(me: str = "bob", nonce: bytes = B_JOIN) -> Hearing:
+    """bob's check of relayed words, in a room where alice is already in (next number 0)."""
+    hearing = Hearing(me, HOST, ROOM, nonce, "desktop")
+    assert hearing.present(Person("alice", bytes(32), "h:1", nonce=A_JOIN), joining=False) is None
+    return hearing
+
+
 def heard(said: Said, identity: bytes | None, me: str = "bob") -> tuple[bool, str | None]:
-    return Hearing(me, HOST, ROOM).check(said, identity)
+    return hearing_as(me).check(said, identity)
+
+
+def alice_voice(alice: Ed25519PrivateKey, nonce: bytes = A_JOIN, room: bytes = ROOM) -> Voice:
+    return Voice(alice, "alice", HOST, room, nonce)
 
 
 def test_words_signed_by_their_author_are_shown() -> None:
     alice = key()
-    words = Voice(alice, "alice", HOST, ROOM).say("hello all")
+    words = alice_voice(alice).say("hello all")
     assert heard(Said("alice", words), public(alice)) == (True, None)
 
 
 def test_a_member_cannot_sign_as_someone_else_and_the_host_cannot_alter_words() -> None:
     alice, mallory = key(), key()
-    forged = Voice(mallory, "alice", HOST, ROOM).say("send me your password")
+    forged = Voice(mallory, "alice", HOST, ROOM, A_JOIN).say("send me your password")
     assert heard(Said("alice", forged), public(alice)) == (
         False,
         "a message claiming to be from alice failed its signature check: not shown",
     )
-    genuine = Voice(alice, "alice", HOST, ROOM).say("meet at 5")
+    genuine = alice_voice(alice).say("meet at 5")
     altered = Said("alice", Say(genuine.form, genuine.seq, genuine.signature, "", "meet at 6"))
     assert heard(altered, public(alice))[0] is False
     moved = Said("alice", Say(genuine.form, genuine.seq, genuine.signature, "bob", "meet at 5"))
     assert heard(moved, public(alice))[0] is False  # public words made private
-    other_room = Voice(alice, "alice", HOST, bytes(16)).say("meet at 5")
+    other_room = alice_voice(alice, room=bytes(16)).say("meet at 5")
     assert heard(Said("alice", other_room), public(alice))[0] is False
+    other_join = alice_voice(alice, nonce=bytes([9]) * 16).say("meet at 5")
+    assert heard(Said("alice", other_join), public(alice))[0] is False  # an earlier join's
     assert heard(Said("alice", genuine), None)[0] is False  # an author nobody announced
+    assert heard(Said("carol", genuine), public(alice))[0] is False  # carol is not in
 
 
 def test_words_held_back_or_replayed_by_the_host_are_noticed() -> None:
     alice = key()
-    voice, hearing = Voice(alice, "alice", HOST, ROOM), Hearing("bob", HOST, ROOM)
+    voice, hearing = alice_voice(alice), hearing_as()
     first, second, third = (voice.say(f"line {n}") for n in range(3))
     assert hearing.check(Said("alice", first), public(alice)) == (True, None)
     show, note = hearing.check(Said("alice", third), public(alice))
@@ -243,30 +260,69 @@ def test_words_held_back_or_replayed_by_the_host_are_noticed() -> None:
     assert not show and note is not None and "came again" in note
 
 
-def test_private_words_are_numbered_apart_and_only_for_their_reader() -> None:
+def test_a_newcomer_expects_each_members_next_number_from_the_roster() -> None:
+    """The late-joiner gap: the host cannot drop alice's next words to a newcomer unseen."""
     alice = key()
-    voice = Voice(alice, "alice", HOST, ROOM)
-    to_bob, to_carol = voice.say("psst", to="bob"), voice.say("hey", to="carol")
+    voice = alice_voice(alice)
+    said = [voice.say(f"line {n}") for n in range(6)]  # 0-4 before bob came
+    hearing = Hearing("bob", HOST, ROOM, B_JOIN, "desktop")
+    alice_now = Person("alice", public(alice), "h:1", nonce=A_JOIN, next=5)
+    assert hearing.present(alice_now, joining=False) is None
+    show, note = hearing.check(Said("alice", said[4]), public(alice))
+    assert not show and note is not None and "came again" in note  # from before bob came
+    assert hearing.check(Said("alice", said[5]), public(alice)) == (True, None)
+
+
+def test_private_words_are_numbered_per_recipients_join_and_only_for_their_reader() -> None:
+    alice = key()
+    voice = alice_voice(alice)
+    to_bob, to_carol = voice.say("psst", to="bob", to_nonce=B_JOIN), voice.say("hey", to="carol")
     public_words = voice.say("all")
     assert (to_bob.seq, to_carol.seq, public_words.seq) == (0, 0, 0)
     assert heard(Said("alice", to_bob), public(alice)) == (True, None)
     show, note = heard(Said("alice", to_carol), public(alice))
     assert not show and note is not None and "someone else" in note
+    # Words to bob's earlier join do not pass as words to this one.
+    earlier = voice.say("old secret", to="bob", to_nonce=bytes([7]) * 16)
+    assert heard(Said("alice", earlier), public(alice))[0] is False
 
 
-def test_someone_who_joined_while_we_were_here_starts_at_zero_and_a_rejoin_starts_again() -> None:
+def test_a_host_that_replays_a_join_is_refused_and_old_words_fail() -> None:
+    """Issue 21, item 6: LEFT then JOINED for alice, then her old words, shows nothing."""
     alice = key()
-    hearing = Hearing("bob", HOST, ROOM)
-    hearing.arrived("alice")
-    voice = Voice(alice, "alice", HOST, ROOM)
-    first, second = voice.say("one"), voice.say("two")
-    show, note = hearing.check(Said("alice", second), public(alice))  # the first was withheld
-    assert show and note is not None and "never arrived" in note
-    hearing.left("alice")
-    hearing.arrived("alice")  # a new session of alice numbers from 0 again
-    again = Voice(alice, "alice", HOST, ROOM).say("back")
-    assert hearing.check(Said("alice", again), public(alice)) == (True, None)
-    assert first.seq == 0
+    voice, hearing = alice_voice(alice), hearing_as()
+    old = voice.say("yes, do it")
+    assert hearing.check(Said("alice", old), public(alice)) == (True, None)
+    assert hearing.left("alice") == A_JOIN  # her join ended for good
+    again = Person("alice", public(alice), "h:1", nonce=A_JOIN)
+    assert hearing.present(again, joining=True) == (
+        "a join of theirs that already ended (a replay by the host?)"
+    )
+    assert hearing.check(Said("alice", old), public(alice))[0] is False
+    fresh = Person("alice", public(alice), "h:1", nonce=bytes([3]) * 16)
+    assert hearing.present(fresh, joining=True) is None  # her real rejoin: a new nonce
+    assert hearing.check(Said("alice", old), public(alice))[0] is False  # signed for the old
+    mine = Person("bobby", public(alice), "h:1", nonce=B_JOIN)
+    assert hearing.present(mine, joining=True) == "a join already announced (a replay by the host?)"
+    ended = Hearing("bob", HOST, ROOM, B_JOIN, "desktop", frozenset({A_JOIN}))  # past_rooms
+    assert ended.present(again, joining=False) is not None
+    late = Person("carol", public(alice), "h:1", nonce=bytes([4]) * 16, next=3)
+    assert hearing.present(late, joining=True) == "a new join whose words start at 3, not 0"
+
+
+def test_a_goodbye_is_signed_and_nothing_after_it_is_shown() -> None:
+    """Issue 21, item 7: the host cannot write alice's goodbye."""
+    alice = key()
+    voice, hearing = alice_voice(alice), hearing_as()
+    goodbye = voice.say("see you", Form.GOODBYE)
+    forged = Voice(key(), "alice", HOST, ROOM, A_JOIN).say("I-AGREE-TO-EVERYTHING", Form.GOODBYE)
+    assert hearing.check(Said("alice", forged), public(alice))[0] is False
+    assert hearing.check(Said("alice", goodbye), public(alice)) == (True, None)
+    assert "alice" in hearing.gone
+    show, note = hearing.check(Said("alice", voice.say("one more")), public(alice))
+    assert not show and note == "a message from alice came after their goodbye: not shown"
+    with pytest.raises(ProtocolError, match="goodbye to one person"):
+        Say.decode_body(FieldReader(Say(3, 0, bytes(64), "bob", "x").encode_body(), "SAY"))
 
 
 @given(
@@ -277,13 +333,13 @@ def test_someone_who_joined_while_we_were_here_starts_at_zero_and_a_rejoin_start
 )
 def test_room_messages_round_trip(name: str, text: str, seq: int, seconds: int) -> None:
     words = Say(Form.ACTION, seq, bytes(range(64)), name, text)
-    person = Person(name, bytes(range(32)), "[::1]:50233", seconds)
+    person = Person(name, bytes(range(32)), "[::1]:50233", seconds, bytes(range(16)), seq)
     for message in (
         words,
         Said(name, words),
         Members((person, person)),
         Joined(person),
-        Left(name, True, text),
+        Left(name, True),
     ):
         decoded = type(message).decode_body(FieldReader(message.encode_body(), "m"))
         assert decoded == message
@@ -448,7 +504,7 @@ class Mallory:
         drive(self.sock, self.peer, Established)
 
     def say(self, text: str) -> None:
-        voice = Voice(key(), "mallory", HOST, self.peer.room)  # not her identity's key
+        voice = Voice(key(), "mallory", HOST, self.peer.room, self.peer.nonce)  # not her key
         self.sock.sendall(self.peer.send(voice.say(text), time.monotonic()))
 
 
@@ -482,7 +538,7 @@ def test_private_words_to_names_nobody_has_are_dropped_and_counted(
     alice = join(spawn, tmp_path, "alice", port)
     mallory = Mallory(port)
     alice.expect(r"^mallory joined the chat\.$")
-    voice = Voice(key(), "mallory", HOST, mallory.peer.room)
+    voice = Voice(key(), "mallory", HOST, mallory.peer.room, mallory.peer.nonce)
     now = time.monotonic()
     flood = b"".join(
         mallory.peer.send(voice.say(f"psst {n}", to=f"ghost{n}"), now) for n in range(150)
@@ -502,12 +558,6 @@ def test_private_words_to_names_nobody_has_are_dropped_and_counted(
 
 def test_a_host_that_alters_relayed_words_is_caught(spawn: Spawn, tmp_path: Path) -> None:
     """A host that changes what alice said before bob sees it: bob does not show it."""
-
-    class Quiet:
-        def connection_events(self, link: Any, events: Any) -> None: ...
-        def refused(self, line: str) -> None: ...
-        def network_failed(self, error: Any) -> None: ...
-        def invite_void(self, line: str) -> None: ...
 
     class Forger(Network):
         def _to(self, member: object, message: Message, now: float) -> None:
@@ -544,6 +594,132 @@ def test_a_host_that_alters_relayed_words_is_caught(spawn: Spawn, tmp_path: Path
         forger.stop()
 
 
+class Quiet:
+    """A host's user that shows nothing (the test reads the members' screens)."""
+
+    def connection_events(self, link: Any, events: Any) -> None: ...
+    def refused(self, line: str) -> None: ...
+    def network_failed(self, error: Any) -> None: ...
+    def invite_void(self, line: str) -> None: ...
+
+
+class Replayer(Network):
+    """A hostile host that keeps what it relays and can play it again later."""
+
+    kept: list[Said]
+
+    def _to(self, member: object, message: Message, now: float) -> None:
+        if isinstance(message, Said):
+            self.kept.append(message)
+        super()._to(member, message, now)
+
+    def replay_join(self, name: str, to: str, nonce: bytes | None = None) -> None:
+        """LEFT then JOINED for `name` (with her old join nonce, or `nonce`), then her old
+        words again, all to `to`."""
+
+        def run(now: float) -> None:
+            target, gone = self._room.named(to), self._room.named(name)
+            person = self._room.person(gone)
+            assert target is not None and person is not None
+            self._to(target, Left(name), now)
+            self._to(target, Joined(person._replace(nonce=nonce or person.nonce, next=0)), now)
+            for said in [s for s in self.kept if s.author == name]:
+                self._to(target, said, now)
+
+        self.post(run)
+
+
+def hostile_host(kind: type[Network], identity: Ed25519PrivateKey, port: int) -> Network:
+    net = kind(PSK, "desktop", Quiet(), identity=identity, room=ROOM, capacity=5)
+    net.listen(listen_socket("127.0.0.1", port, ""))
+    net.start()
+    return net
+
+
+def test_a_host_cannot_replay_a_join_or_old_words(spawn: Spawn, tmp_path: Path) -> None:
+    """Issue 21, item 6: LEFT, then JOINED for alice, then her old words, shows bob none of
+    them as hers; with a made-up join nonce her old words fail their signature."""
+    port = free_port()
+    net = hostile_host(Replayer, key(), port)
+    assert isinstance(net, Replayer)
+    net.kept = []
+    try:
+        alice = join(spawn, tmp_path, "alice", port)
+        bob = join(spawn, tmp_path, "bob", port)
+        alice.expect(r"^bob joined the chat\.$")
+        alice.send("yes, do it")
+        bob.expect(r"^alice says: yes, do it$")
+        net.replay_join("alice", to="bob")
+        bob.expect(r"^warning: the host announced alice with a join of theirs that already ended")
+        net.replay_join("alice", to="bob", nonce=bytes([5]) * 16)
+        bob.expect(r"^alice joined the chat\.$")  # a join it has not seen: taken in
+        bob.expect(r"^warning: a message claiming to be from alice failed its signature check")
+        bob.send("/who")
+        bob.expect(r"^In the chat \(3 people\):$")
+        assert sum(line == "alice says: yes, do it" for line in bob.out) == 1
+    finally:
+        net.stop()
+
+
+def test_a_goodbye_is_the_members_own_and_a_forged_one_is_not_shown(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """Issue 21, item 7: goodbyes are signed; the host cannot put one in alice's mouth."""
+
+    class Forger(Network):
+        def forge_goodbye(self, name: str, to: str, text: str) -> None:
+            def run(now: float) -> None:
+                target = self._room.named(to)
+                words = Voice(key(), name, HOST, ROOM, A_JOIN).say(text, Form.GOODBYE)
+                self._to(target, Said(name, words), now)
+                self._to(target, Left(name), now)
+
+            self.post(run)
+
+    port = free_port()
+    net = hostile_host(Forger, key(), port)
+    assert isinstance(net, Forger)
+    try:
+        alice = join(spawn, tmp_path, "alice", port)
+        bob = join(spawn, tmp_path, "bob", port)
+        carol = join(spawn, tmp_path, "carol", port)
+        for member in (alice, bob):
+            member.expect(r"^carol joined the chat\.$")
+        net.forge_goodbye("alice", "bob", "I-AGREE-TO-EVERYTHING")
+        bob.expect(r"^warning: a message claiming to be from alice failed its signature check")
+        bob.expect(r"^alice left the chat\.$")  # the host's word alone: no goodbye words
+        carol.send("exit", "see you all")
+        for member in (alice, bob):
+            member.expect(r"^carol left the chat: see you all$")
+        assert carol.wait() == 0
+        assert not any("I-AGREE" in line for line in bob.out)
+    finally:
+        net.stop()
+
+
+def test_a_room_its_host_ended_cannot_be_brought_back(spawn: Spawn, tmp_path: Path) -> None:
+    """Issue 21, item 6: a host that reuses a room id in a later run is refused by a member
+    who saw that room end."""
+    identity, port = key(), free_port()
+    net = hostile_host(Network, identity, port)
+    try:
+        bob = join(spawn, tmp_path, "bob", port)
+        bob.send("hello")
+        net.leave("room closed")
+        bob.expect(r"^desktop left the chat: room closed$")
+        assert bob.wait() == 0
+    finally:
+        net.stop()
+    assert (tmp_path / "bob" / "past_rooms").stat().st_mode & 0o777 == 0o600
+    again = hostile_host(Network, identity, port)  # the same host, the same room id
+    try:
+        bob = spawn("--connect", f"127.0.0.1:{port}", cwd=tmp_path / "bob")
+        bob.expect(r"the host offers a room you saw it end", stream="err")
+        assert bob.wait() == 1
+    finally:
+        again.stop()
+
+
 def test_two_people_keep_the_seed_lines(spawn: Spawn, tmp_path: Path) -> None:
     desk, port = host(spawn, tmp_path)
     laptop = join(spawn, tmp_path, "laptop", port)
@@ -564,15 +740,15 @@ def test_a_member_sending_what_only_a_host_sends_is_put_out(spawn: Spawn, tmp_pa
     alice = join(spawn, tmp_path, "alice", port)
     mallory = Mallory(port)
     alice.expect(r"^mallory joined the chat\.$")
-    forged = Said("desktop", Voice(key(), "desktop", HOST, ROOM).say("I am the host"))
-    for message in (forged, Left("alice", text="gone for good")):
+    forged = Said("desktop", Voice(key(), "desktop", HOST, ROOM, A_JOIN).say("I am the host"))
+    for message in (forged, Left("alice")):
         mallory.sock.sendall(mallory.peer.send(message, time.monotonic()))
     alice.expect(r"^mallory lost the connection\.$")
     desk.expect(r"^mallory lost the connection\.$")
     desk.send("/who")
     desk.expect(r"^Talking to alice at ")  # alice is still in, as far as the host knows
     for side in (desk, alice):
-        assert not any("I am the host" in line or "gone for good" in line for line in side.out)
+        assert not any("I am the host" in line or "alice left" in line for line in side.out)
     mallory.sock.close()
 
 

@@ -183,7 +183,7 @@ def room_sender(out: WorkerQueue, port: int, messages: int) -> None:
     net.start()
     joined = user.expect(Established)
     user.expect(MessageReceived)  # MEMBERS: everyone is in
-    voice = Voice(identity, "sender", joined.identity, joined.room)
+    voice = Voice(identity, "sender", joined.identity, joined.room, joined.nonce)
     words = [voice.say(text, Form.CHAT) for text in chat_texts(messages)]
     for say in words:
         net.send(say)

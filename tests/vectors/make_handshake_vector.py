@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write handshake.json: the known answers of the chatclient/2 handshake.
+"""Write handshake.json: the known answers of the chatclient handshake (protocol 3).
 
 This script implements the formulas of docs/protocol.md (issue 3) directly, with
 HKDF and HMAC written out from RFC 5869 and the Fernet spec; it never calls
@@ -47,9 +47,10 @@ LISTENER_IDENTITY = bytes.fromhex(
 
 SPAKE2_KEY = bytes(range(100, 132))
 ROOM = bytes(range(200, 216))  # the listener's room id
+JOIN = bytes(range(216, 232))  # the connector's join nonce, its WELCOME's room field
 
 MAGIC = b"CCHT"
-VERSION = 2
+VERSION = 3
 MODE_SHARED_KEY = 1
 # Fixed Fernet parts so the sample tokens are known answers too.
 TOKEN_TIME = 1_700_000_000
@@ -109,9 +110,11 @@ def words(
     the body of the SAID the host relays it in."""
     author, recipient, said = SAY_AUTHOR.encode(), to.encode(), text.encode()
     signed = (
-        b"chatclient/2 words\0"
+        b"chatclient/3 words\0"
         + host
         + ROOM
+        + JOIN  # the author's join nonce
+        + bytes(16)  # the audience's: none for the room, none for the host
         + bytes([form])
         + seq.to_bytes(8, "big")
         + length_prefixed(author)
@@ -180,11 +183,11 @@ def compute() -> dict[str, Any]:
 
     # Each WELCOME: identity key, Ed25519 signature (deterministic) over the label, the
     # sender's role, a zero byte, th, the room id and the name; then the room id and the
-    # name. The listener hosts the room; a connector's room id is all zeros.
+    # name. The listener hosts the room; a connector sends its join nonce there.
     identities = {}
     welcomes = {}
     for role, seed, name, room in (
-        ("connector", CONNECTOR_IDENTITY, b"laptop", bytes(16)),
+        ("connector", CONNECTOR_IDENTITY, b"laptop", JOIN),
         ("listener", LISTENER_IDENTITY, b"desktop", ROOM),
     ):
         signer = Ed25519PrivateKey.from_private_bytes(seed)
@@ -215,7 +218,7 @@ def compute() -> dict[str, Any]:
     assert Fernet(base64.urlsafe_b64encode(l2c)).decrypt(l2c_token) == l2c_plain
     return {
         "description": (
-            "chatclient/2 handshake known answers; made by make_handshake_vector.py "
+            "chatclient protocol 3 handshake known answers; made by make_handshake_vector.py "
             "from the protocol formulas, independently of chatclient"
         ),
         "config_key": CONFIG_KEY,
@@ -253,6 +256,7 @@ def compute() -> dict[str, Any]:
         "connector_welcome_body": welcomes["connector"].hex(),
         "listener_welcome_body": welcomes["listener"].hex(),
         "room": ROOM.hex(),
+        "join": JOIN.hex(),
         "safety_number": safety,
         "token_time": TOKEN_TIME,
         "token_iv": TOKEN_IV.hex(),
