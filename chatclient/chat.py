@@ -44,6 +44,7 @@ from .messages import (
     NO_NONCE,
     Action,
     Chat,
+    FileOffer,
     Form,
     Joined,
     Left,
@@ -58,7 +59,7 @@ from .messages import (
 from .nearby import Presence
 from .network import GOODBYE_DRAIN_SECONDS, Network
 from .peer import Closed, Established, Event, Failed, IdentityRefused, Judge, MessageReceived
-from .room import Hearing, Voice, forgery
+from .room import Hearing, Voice, forgery, offer_forgery, sign_offer
 from .sockets import Link, format_address
 from .terminal import Later, Line, Terminal, main_thread_can_be_signalled, signal_until
 from .text import format_size, name_skeleton, peer_text, sanitize
@@ -218,6 +219,7 @@ class Conversation:
         self.voice: Voice | None = None  # our words in the room, numbered and signed
         self.hearing: Hearing | None = None  # the check of the words the host relays
         self.distrusted: set[str] = set()  # members whose pinned identity changed
+        self._origins: dict[bytes, int] = {}  # each join's last relayed offer (its own id)
         self.joined = False  # someone came: from now on, a failure is a lost chat
         self.hosting = False  # we listened: the room is ours
         self.failure: ChatError | None = None  # our connection never got into the chat
@@ -311,6 +313,30 @@ class Conversation:
         """Someone's identity key (a relayed offer resumes only from the same person)."""
         person = self.people.get(name)
         return person.identity if person is not None else None
+
+    def sign_offer(self, offer: FileOffer, to: str) -> FileOffer:
+        """Our offer for member `to`, through the host: signed for their join."""
+        assert self.voice is not None
+        person = self.people.get(to)
+        return sign_offer(self.voice, offer, to, person.nonce if person else NO_NONCE)
+
+    def offer_forgery(self, offer: FileOffer) -> str | None:
+        """Why an offer the host relays from member offer.who is not theirs, or repeats one
+        (each of an author's offers has a higher origin than the one before), or None."""
+        assert self.voice is not None
+        if offer.who in self.distrusted:
+            return f"an offer from {sanitize(offer.who)}, whose identity changed, was not shown"
+        person = self.people.get(offer.who)
+        identity, nonce = (person.identity, person.nonce) if person else (None, None)
+        voice = self.voice
+        me = self.config.username
+        forged = offer_forgery(voice.host, voice.room, offer, me, voice.nonce, identity, nonce)
+        if forged is not None or nonce is None:
+            return forged
+        if offer.origin <= self._origins.get(nonce, 0):
+            return f"an offer from {sanitize(offer.who)} came again (replayed by the host?)"
+        self._origins[nonce] = offer.origin
+        return None
 
     def _arrival_lines(self, link: Link, event: Established) -> list[str]:
         """Who arrived, and what known_peers says of them (pinned here on first contact)."""

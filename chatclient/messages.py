@@ -528,6 +528,10 @@ class FileOffer(Message):
     digest: bytes
     name: str
     who: str = ""
+    # A member's offer for another member, relayed by the host: the author's own id for it
+    # (on its connection to the host) and the author's signature (offer_signed_data).
+    origin: int = 0
+    signature: bytes = bytes(64)
 
     def encode_body(self) -> bytes:
         return (
@@ -535,6 +539,8 @@ class FileOffer(Message):
             + int_field(self.size, 8)
             + check_size("SHA-256", self.digest, 32)
             + bytes_field(encode_text(self.who, MAX_NAME_BYTES, "a name"))
+            + int_field(self.origin, 4)
+            + check_size("signature", self.signature, 64)
             + encode_text(self.name, MAX_OFFERED_NAME, "a file name")
         )
 
@@ -545,7 +551,9 @@ class FileOffer(Message):
         who = body.text(MAX_NAME_BYTES, "who")
         if who:
             checked_name(who)
-        return cls(number, size, digest, body.rest_text(MAX_OFFERED_NAME, "name"), who)
+        origin, signature = body.integer(4, "origin"), body.fixed(64, "signature")
+        name = body.rest_text(MAX_OFFERED_NAME, "name")
+        return cls(number, size, digest, name, who, origin, signature)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import HandshakeError
-from .handshake import WORDS_LABEL, verify_signature
+from .handshake import OFFER_LABEL, WORDS_LABEL, verify_signature
 from .messages import (
     NO_NONCE,
     Action,
     Chat,
+    FileOffer,
     Form,
     Keepalive,
     Person,
@@ -184,6 +185,29 @@ def words_signed_data(
     )
 
 
+def offer_signed_data(
+    host: bytes,
+    room: bytes,
+    author_nonce: bytes,
+    audience_nonce: bytes,
+    author: str,
+    to: str,
+    offer: FileOffer,
+) -> bytes:
+    """What a member signs when it offers a file to another member through the host: the
+    room, both joins, its own id for the offer, the size, the SHA-256, both names, the
+    file's name."""
+    return b"".join(
+        [
+            OFFER_LABEL + host + room + author_nonce + audience_nonce,
+            int_field(offer.origin, 4) + int_field(offer.size, 8) + offer.digest,
+            bytes_field(author.encode("utf-8")),
+            bytes_field(to.encode("utf-8")),
+            offer.name.encode("utf-8"),
+        ]
+    )
+
+
 def signed_by(identity: bytes, signature: bytes, data: bytes) -> bool:
     """True when `signature` is `identity`'s Ed25519 signature of `data`."""
     try:
@@ -218,6 +242,31 @@ class Voice:
         data = words_signed_data(self.host, self.room, self.nonce, to_nonce, self.name, unsigned)
         self._next[(to, to_nonce)] = seq + 1
         return replace(unsigned, signature=self._identity.sign(data))
+
+
+def sign_offer(voice: Voice, offer: FileOffer, to: str, to_nonce: bytes) -> FileOffer:
+    """`offer` (for member `to`, whose join is `to_nonce`) signed by `voice`'s author, with
+    its own id as the origin."""
+    offer = replace(offer, origin=offer.id)
+    data = offer_signed_data(voice.host, voice.room, voice.nonce, to_nonce, voice.name, to, offer)
+    return replace(offer, signature=voice._identity.sign(data))
+
+
+def offer_forgery(
+    host: bytes,
+    room: bytes,
+    offer: FileOffer,
+    me: str,
+    my_nonce: bytes,
+    identity: bytes | None,
+    author_nonce: bytes | None,
+) -> str | None:
+    """Why a relayed `offer` (offer.who is its author) is not its author's, or None."""
+    if identity is not None and author_nonce is not None:
+        data = offer_signed_data(host, room, author_nonce, my_nonce, offer.who, me, offer)
+        if signed_by(identity, offer.signature, data):
+            return None
+    return f"an offer claiming to be from {sanitize(offer.who)} failed its signature check"
 
 
 def forgery(

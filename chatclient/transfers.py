@@ -155,6 +155,13 @@ class FileUser(Protocol):
     def identity_of(self, name: str) -> bytes | None:
         """The identity key of someone in the chat."""
 
+    def sign_offer(self, offer: FileOffer, to: str) -> FileOffer:
+        """`offer`, for member `to` through the host, signed by this side."""
+
+    def offer_forgery(self, offer: FileOffer) -> str | None:
+        """Why an offer the host relays from member offer.who is not theirs (or repeats an
+        earlier one), or None."""
+
 
 class Carrier(Protocol):
     """What the desk needs of the network thread that carries its messages and chunks."""
@@ -268,9 +275,10 @@ class FileDesk:
                     link, number, True, prepared.name, prepared.size, prepared.digest, name
                 )
                 transfer.fd, transfer.stamp = fd, prepared.stamp
-                self._net.deliver(
-                    link, FileOffer(number, prepared.size, prepared.digest, prepared.name, who), now
-                )
+                offer = FileOffer(number, prepared.size, prepared.digest, prepared.name, who)
+                if who and self._user is not None:  # for a member, through the host: signed
+                    offer = self._user.sign_offer(offer, who)
+                self._net.deliver(link, offer, now)
                 offered.append(sanitize(name))
         finally:
             os.close(prepared.fd)
@@ -503,6 +511,14 @@ class FileDesk:
         hosting = link.peer.role is Role.LISTENER
         if hosting and offer.who:  # a member's file for another member: relayed
             self._relay_offer(link, offer, now)
+            return
+        forged = None
+        if offer.who and self._user is not None:  # relayed from a member: theirs?
+            forged = self._user.offer_forgery(offer)
+        if forged is not None:
+            self._net.deliver(link, FileReject(offer.id), now)
+            if self._complain(link, f"forged {offer.who}"):
+                self._error(f"warning: {forged}: declined")
             return
         if self._user is None or waiting >= MAX_OPEN_OFFERS or name is None:
             self._net.deliver(link, FileReject(offer.id), now)  # not kept: memory stays bounded
@@ -803,9 +819,10 @@ class FileDesk:
         )
         leg_in.partner, leg_out.partner = leg_out, leg_in
         self._expiring.append((now + RELAYED_OFFER_SECONDS, leg_in))
-        self._net.deliver(
-            target, FileOffer(number, offer.size, offer.digest, offer.name, author), now
+        relayed = FileOffer(
+            number, offer.size, offer.digest, offer.name, author, offer.origin, offer.signature
         )
+        self._net.deliver(target, relayed, now)
 
     def expire(self, now: float) -> float | None:
         """Cancel the relayed offers nobody answered in RELAYED_OFFER_SECONDS (both legs:

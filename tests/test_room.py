@@ -6,6 +6,7 @@ their own."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import select
@@ -30,6 +31,7 @@ from chatclient.errors import ProtocolError
 from chatclient.handshake import Role
 from chatclient.messages import (
     FieldReader,
+    FileOffer,
     Form,
     Joined,
     Left,
@@ -693,6 +695,41 @@ def test_a_goodbye_is_the_members_own_and_a_forged_one_is_not_shown(
             member.expect(r"^carol left the chat: see you all$")
         assert carol.wait() == 0
         assert not any("I-AGREE" in line for line in bob.out)
+    finally:
+        net.stop()
+
+
+def test_a_host_cannot_present_its_own_file_as_a_members(spawn: Spawn, tmp_path: Path) -> None:
+    """Issue 21, item 9: offers a host relays are signed by their author."""
+
+    class Presenter(Network):
+        def offer_as(self, author: str, to: str, origin: int) -> None:
+            def run(now: float) -> None:
+                target = self._room.named(to)
+                payload = b"the host's own file"
+                digest = hashlib.sha256(payload).digest()
+                offer = FileOffer(7, len(payload), digest, "contract.pdf", author, origin)
+                self._to(target, offer, now)
+
+            self.post(run)
+
+    port = free_port()
+    net = hostile_host(Presenter, key(), port)
+    assert isinstance(net, Presenter)
+    try:
+        alice = join(spawn, tmp_path, "alice", port)
+        bob = join(spawn, tmp_path, "bob", port)
+        alice.expect(r"^bob joined the chat\.$")
+        net.offer_as("alice", "bob", origin=1)
+        bob.expect(
+            r"^warning: an offer claiming to be from alice failed its signature check: declined$",
+            stream="err",
+        )
+        photo = tmp_path / "alice" / "photo.jpg"
+        photo.write_bytes(b"alice's own photo")
+        alice.send(f"/send bob {photo}")
+        bob.expect(r"^alice offers photo\.jpg \(17 bytes\): /accept 1 or /reject 1$")
+        assert not any("contract.pdf" in line for line in bob.out)
     finally:
         net.stop()
 

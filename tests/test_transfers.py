@@ -130,6 +130,12 @@ class FakeUser:
     def identity_of(self, name: str) -> bytes | None:
         return None
 
+    def sign_offer(self, offer: Message, to: str) -> Message:
+        return offer
+
+    def offer_forgery(self, offer: Message) -> str | None:
+        return None
+
 
 class Desk:
     """A desk on the listener's side of one connection with laptop."""
