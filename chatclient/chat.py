@@ -10,6 +10,7 @@ import shlex
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +45,7 @@ from .messages import (
     NO_NONCE,
     Action,
     Chat,
+    Echo,
     FileOffer,
     Form,
     Joined,
@@ -59,7 +61,15 @@ from .messages import (
 from .nearby import Presence
 from .network import GOODBYE_DRAIN_SECONDS, Network
 from .peer import Closed, Established, Event, Failed, IdentityRefused, Judge, MessageReceived
-from .room import Hearing, Voice, forgery, offer_forgery, sign_offer
+from .room import (
+    Hearing,
+    RoomLog,
+    Voice,
+    forgery,
+    offer_forgery,
+    public_line,
+    sign_offer,
+)
 from .sockets import Link, format_address
 from .terminal import Later, Line, Terminal, main_thread_can_be_signalled, signal_until
 from .text import format_size, name_skeleton, peer_text, sanitize
@@ -220,6 +230,9 @@ class Conversation:
         self.hearing: Hearing | None = None  # the check of the words the host relays
         self.distrusted: set[str] = set()  # members whose pinned identity changed
         self._origins: dict[bytes, int] = {}  # each join's last relayed offer (its own id)
+        self.log: RoomLog | None = None  # a member's running hash of the room's public lines
+        self._mine: deque[Said] = deque()  # our words to the room, until the host ECHOes them
+        self._echo_warned = False
         self.joined = False  # someone came: from now on, a failure is a lost chat
         self.hosting = False  # we listened: the room is ours
         self.failure: ChatError | None = None  # our connection never got into the chat
@@ -357,6 +370,7 @@ class Conversation:
             mine = NO_NONCE if hosting else event.nonce
             self.voice = Voice(self._identity_key, self.config.username, host, self.room, mine)
             ended = frozenset() if hosting else read_past_rooms(self.past_path).joins
+            self.log = None if hosting else RoomLog(event.identity, self.room)
             self.hearing = Hearing(self.config.username, host, self.room, mine, name, ended)
             self.hosting = hosting
         verified, trust = self._trust(name, event.identity, event.mode is Mode.INVITE)
@@ -435,6 +449,8 @@ class Conversation:
             self.term.show("\n".join(batch))
 
     def _message_lines(self, link: Link, message: Message) -> list[Line]:
+        if self.log is not None and link.peer.role is Role.CONNECTOR:
+            self._log(message)
         if link.peer.role is Role.LISTENER:
             speaker = self.names.get(link, "someone")
         else:
@@ -476,6 +492,26 @@ class Conversation:
                 return [f"{stamp}{sanitize(message.name)} lost the connection."]
             return [] if said_goodbye else [stamp + left_line(sanitize(message.name), "")]
         return []
+
+    def _log(self, message: Message) -> None:
+        """A member's /verify room: every public line the host sends, as sent, whatever
+        the checks make of it; our own words where the host's ECHO says they went."""
+        assert self.log is not None
+        if isinstance(message, Members):
+            self.log.start(message.head, message.count)
+        elif isinstance(message, Echo):
+            if not self._mine or self._mine[0].words.seq > message.seq:
+                if not self._echo_warned:  # a host's mistake, or a lie: said once
+                    self._echo_warned = True
+                    self.term.error(
+                        f"warning: the host confirmed words of yours numbered {message.seq} that "
+                        "it was never sent: /verify room will not match the others'"
+                    )
+                return
+            while self._mine and self._mine[0].words.seq <= message.seq:
+                self.log.fold(self._mine.popleft())
+        elif public_line(message):
+            self.log.fold(message)
 
     def _replayed_join(self, person: Person, joining: bool) -> str | None:
         """The warning for a join the host announces that cannot be new (its nonce was seen
@@ -718,6 +754,8 @@ class Conversation:
         except ChatError as exc:
             self.term.error(f"error: {exc}")
             return
+        if words is not None and not to and not self.hosting:
+            self._mine.append(Said(self.config.username, words))  # for /verify room
         if words is None:
             self.net.send(message)
         elif self.hosting:  # the host's private words go as the host's own SAID
@@ -847,7 +885,11 @@ class Conversation:
         return None, argument
 
     def verify(self, argument: str) -> bool:
-        """/verify [NAME] [ok]: the safety number; with ok, record the person as verified."""
+        """/verify [NAME] [ok]: the safety number; with ok, record the person as verified.
+        /verify room: the room's code, to compare with another member."""
+        if argument.strip().lower() == "room" and "room" not in self.people:
+            self._verify_room()
+            return False
         peer, rest = self.named(argument)
         if peer is None and len(self.people) == 1 and rest.lower() in ("", "ok"):
             peer = next(iter(self.people.values()))
@@ -885,6 +927,21 @@ class Conversation:
                 + after
             )
         return False
+
+    def _verify_room(self) -> None:
+        log = self.net.log if self.hosting and self.net is not None else self.log
+        if log is None or not self.people:
+            self.term.error("Nobody is connected yet.")
+            return
+        code, count = log.code()
+        lines = "line" if count == 1 else "lines"
+        self.term.show(
+            f"Room code: {code} ({count} public {lines} so far).\n"
+            "Compare it with another member, by voice or side by side, when nobody is typing:\n"
+            "the same count and the same code mean you both saw the same public lines, in the "
+            "same order, since the later of you joined. The same count with another code means "
+            "the host showed you different things."
+        )
 
     def invite(self, argument: str) -> bool:
         """/invite: a new one-time code for one more person (the host only)."""
@@ -1053,7 +1110,8 @@ COMMANDS = (
     Command(
         "verify",
         (),
-        "the safety number to compare with your peer; /verify ok once it matches",
+        "the safety number to compare with your peer; /verify ok once it matches; "
+        "/verify room: the room's code, to compare with another member",
         Conversation.verify,
     ),
     Command("me", (), "an action: /me waves shows * yourname waves", Conversation.act),

@@ -46,6 +46,7 @@ WELCOME_LABEL = b"chatclient/2 welcome from the "
 SPAKE_IDS = {"idA": b"chatclient connector", "idB": b"chatclient listener"}
 WORDS_LABEL = b"chatclient/3 words\0"
 OFFER_LABEL = b"chatclient/3 offer\0"
+ROOM_HEAD_LABEL = b"chatclient/3 room head\0"
 ROOM_ID_SIZE = 16
 NONCE_SIZE = 16  # a member's join nonce, in its WELCOME's room field
 OKM_SIZE = 32 + 32 + 32

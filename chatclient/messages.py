@@ -436,15 +436,39 @@ class Members(Message):
 
     TAG: ClassVar[int] = 10
     people: tuple[Person, ...] = ()
+    # The room's running hash, and how many public messages it covers, just after this
+    # member's own JOINED: where this member's /verify room starts.
+    head: bytes = bytes(32)
+    count: int = 0
 
     def encode_body(self) -> bytes:
-        return int_field(len(self.people), 1) + b"".join(map(encode_person, self.people))
+        head = check_size("room head", self.head, 32) + int_field(self.count, 8)
+        return head + int_field(len(self.people), 1) + b"".join(map(encode_person, self.people))
 
     @classmethod
     def decode_body(cls, body: FieldReader) -> Message:
+        head, count = body.fixed(32, "room head"), body.integer(8, "count of messages")
         people = tuple(decode_person(body) for _ in range(body.integer(1, "count")))
         body.end()
-        return cls(people)
+        return cls(people, head, count)
+
+
+@dataclass(frozen=True)
+class Echo(Message):
+    """The host to a member: its words to the room up to number SEQ went to the room, at
+    this point of what the host sends it (for /verify room)."""
+
+    TAG: ClassVar[int] = 20
+    seq: int
+
+    def encode_body(self) -> bytes:
+        return int_field(self.seq, 8)
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        seq = body.integer(8, "sequence")
+        body.end()
+        return cls(seq)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from .identity import MAX_INVITE_FAILURES, Invite
 from .messages import (
     FILE_MESSAGES,
     NO_NONCE,
+    Echo,
     Form,
     Joined,
     Left,
@@ -59,7 +60,9 @@ from .room import (
     Pending,
     RefusalLog,
     Room,
+    RoomLog,
     handshake_to_evict,
+    public_line,
 )
 from .sockets import LISTEN_BACKLOG, Link, format_address, unmap
 from .text import sanitize
@@ -125,11 +128,19 @@ class Network:
         plain_progress: bool = True,
     ) -> None:
         self._psk, self._username, self._user = psk, username, user
+        if identity is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            identity = Ed25519PrivateKey.generate()
         self._identity, self._judge = identity, judge
         self._code, self._invite, self._room_id = code, invite, room
         self._room_check = room_check
         self._keepalive, self._handshake_seconds = keepalive, handshake_seconds
         self._room, self._clock = Room(capacity), clock
+        # Hosting: the room's running hash of its public lines (/verify room).
+        self.log = RoomLog(identity.public_key().public_bytes_raw(), room)
+        self._hosting = False
+        self._echoes: dict[int, Link] = {}  # members whose room words await an ECHO
         self._selector = selectors.DefaultSelector()
         self._wake_reader, self._wake_writer = socket.socketpair()
         for end in (self._wake_reader, self._wake_writer):
@@ -165,7 +176,7 @@ class Network:
     def listen(self, server: socket.socket) -> None:
         """Accept connections on `server` (call before start())."""
         server.setblocking(False)
-        self._server = server
+        self._server, self._hosting = server, True
         self._selector.register(server, selectors.EVENT_READ, server)
 
     def connect(self, sock: socket.socket) -> None:
@@ -257,6 +268,10 @@ class Network:
             self._urgent.popleft()(now)
         while self._commands and self._running and not self._backlogged():
             self._commands.popleft()(now)
+        for link in list(self._echoes.values()):  # each author learns where its words went
+            if self._is_open(link):
+                self._echo(link, now)
+        self._echoes.clear()
         # Written once per pass, however many messages the commands queued. Writing one
         # link may queue for another (a relayed file's credit): a few rounds, and what is
         # left makes the next select return at once.
@@ -511,9 +526,12 @@ class Network:
                 return []
             address = format_address(link.address)
             person = Person(event.name, event.identity, address, nonce=event.nonce)
-            self._to(link, Members(self._room.people(now)), now)
+            joined = Joined(person)
+            self.log.fold(joined)  # the newcomer's /verify room starts just after it
+            head, count = self.log.state
+            self._to(link, Members(self._room.people(now), head, count), now)
             for member in self._room.others(link):
-                self._to(member, Joined(person), now)
+                self._to(member, joined, now)
             self._room.seat(link, person, now)
             return [event]
         author = self._room.person(link)
@@ -545,6 +563,10 @@ class Network:
                 link.peer.connection_failed("it sent a message out of sequence")
                 return []
             said = Said(author.name, message)
+            if not message.to:  # a public line: counted, and the author told where it went
+                self.log.fold(said)
+                link.echo_due = message.seq
+                self._echoes[link.fd] = link
             for member in self._room.audience(link, message):
                 self._to(member, said, now)
             if message.form == Form.GOODBYE:  # shown here from its TERMINATE, which follows
@@ -577,16 +599,26 @@ class Network:
             )
 
     def _tell_room(self, message: Message, now: float, but: object = None) -> None:
+        self.log.fold(message)
         for member in self._room.others(but):
             self._to(member, message, now)
 
     def _to(self, member: object, message: Message, now: float) -> None:
         """Queue `message` for one member (written at the end of this pass)."""
         assert isinstance(member, Link)
+        if member.echo_due is not None and public_line(message):
+            self._echo(member, now)  # its own words went to the room before this line
         if self._is_open(member) and member.peer.stage is Stage.OPEN and not member.leaving:
             member.outgoing += member.peer.data_to_send()
             member.outgoing += member.peer.send(message, now)
             self._dirty[member.fd] = member
+
+    def _echo(self, member: Link, now: float) -> None:
+        """Tell `member` that its words to the room up to echo_due went to the room here."""
+        seq, member.echo_due = member.echo_due, None
+        self._echoes.pop(member.fd, None)
+        if seq is not None:
+            self._to(member, Echo(seq), now)
 
     def _write(self, link: Link, now: float) -> bool:
         """Write what the socket takes now; False when writing failed (events to pass on)."""
@@ -685,6 +717,8 @@ class Network:
     # Commands (run on the network thread) ------------------------------------------
 
     def _broadcast(self, message: Message, now: float) -> None:
+        if self._hosting and public_line(message):
+            self.log.fold(message)  # the host's own words to the room
         for link in list(self._links.values()):  # only queued here: nothing closes meanwhile
             if link in self._room and link.established:
                 self._to(link, message, now)

@@ -4,19 +4,23 @@ signing and checking of members' words (Voice and Hearing).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import HandshakeError
-from .handshake import OFFER_LABEL, WORDS_LABEL, verify_signature
+from .handshake import OFFER_LABEL, ROOM_HEAD_LABEL, WORDS_LABEL, verify_signature
 from .messages import (
     NO_NONCE,
     Action,
     Chat,
     FileOffer,
     Form,
+    Joined,
     Keepalive,
+    Left,
+    Message,
     Person,
     Said,
     Say,
@@ -363,6 +367,40 @@ class Hearing:
                 f"{missing} message(s) from {author} never arrived (held back by the host?)",
             )
         return True, None
+
+
+def public_line(message: Message) -> bool:
+    """Whether `message`, from the host, is a public line of the room (one /verify room
+    covers): words to the room (goodbyes too), the host's own words, joins and leaves."""
+    if isinstance(message, Said):
+        return not message.words.to
+    return isinstance(message, (Chat, Action, Joined, Left))
+
+
+class RoomLog:
+    """The running hash of a room's public lines, in the order the host delivered them:
+    two members whose counts and codes agree saw the same public conversation since the
+    later of them joined. Its state is one tuple, so another thread reads it whole."""
+
+    def __init__(self, host: bytes, room: bytes) -> None:
+        self.state = (hashlib.sha256(ROOM_HEAD_LABEL + host + room).digest(), 0)
+
+    def start(self, head: bytes, count: int) -> None:
+        """Go on from where the host says the room stood when we joined."""
+        self.state = (head, count)
+
+    def fold(self, message: Message) -> None:
+        """One more public line: head = SHA-256(head || u8 tag || u32 length || body)."""
+        head, count = self.state
+        body = message.encode_body()
+        line = int_field(message.TAG, 1) + int_field(len(body), 4) + body
+        self.state = (hashlib.sha256(head + line).digest(), count + 1)
+
+    def code(self) -> tuple[str, int]:
+        """The code to read aloud (20 digits, in fours) and how many lines it covers."""
+        head, count = self.state
+        digits = f"{int.from_bytes(head[:9], 'big') % 10**20:020d}"
+        return " ".join(digits[i : i + 4] for i in range(0, 20, 4)), count
 
 
 class RefusalLog:

@@ -264,6 +264,7 @@ class Link:
     no_room: bool = False  # proven while the room was full: refused once it says who it is
     said_goodbye: bool = False  # its TERMINATE came: the room was told
     goodbye_words: bool = False  # a member sent its goodbye's words: TERMINATE is next
+    echo_due: int | None = None  # hosting: its last room words not yet ECHOed
     to_nobody: int = 0  # private words it sent to names not in the room (dropped)
 
     @property

@@ -86,8 +86,11 @@ def test_messages_both_ways_and_a_goodbye(listening: tuple[Network, Recorder, in
         ):
             peer.receive_data(sock.recv(65536), time.monotonic())
             received += peer.events()
-        assert [e.message for e in received if isinstance(e, MessageReceived)] == [
-            Members(),  # the host's first word: nobody else is in the room
+        messages = [e.message for e in received if isinstance(e, MessageReceived)]
+        head, count = net.log.state  # the room code after the host's own words
+        assert messages[0] == Members((), messages[0].head, 1)  # nobody else; laptop's JOINED
+        assert count == 2 and head != messages[0].head
+        assert messages[1:] == [
             Chat("hi laptop"),
             Terminate("bye"),
         ]

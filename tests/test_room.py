@@ -30,6 +30,8 @@ from chatclient.cli import parse_args
 from chatclient.errors import ProtocolError
 from chatclient.handshake import Role
 from chatclient.messages import (
+    Chat,
+    Echo,
     FieldReader,
     FileOffer,
     Form,
@@ -53,8 +55,10 @@ from chatclient.room import (
     Pending,
     RefusalLog,
     Room,
+    RoomLog,
     Voice,
     handshake_to_evict,
+    public_line,
 )
 from chatclient.sockets import listen_socket
 from chatclient.text import name_problem
@@ -730,6 +734,86 @@ def test_a_host_cannot_present_its_own_file_as_a_members(spawn: Spawn, tmp_path:
         alice.send(f"/send bob {photo}")
         bob.expect(r"^alice offers photo\.jpg \(17 bytes\): /accept 1 or /reject 1$")
         assert not any("contract.pdf" in line for line in bob.out)
+    finally:
+        net.stop()
+
+
+def test_the_room_log_is_a_running_hash_of_public_lines() -> None:
+    log = RoomLog(HOST, ROOM)
+    head = hashlib.sha256(b"chatclient/3 room head\0" + HOST + ROOM).digest()
+    assert log.state == (head, 0)
+    hello = Chat("hello")
+    log.fold(hello)
+    head = hashlib.sha256(head + bytes([2]) + (5).to_bytes(4, "big") + b"hello").digest()
+    assert log.state == (head, 1)
+    code, count = log.code()
+    assert count == 1 and re.fullmatch(r"\d{4}( \d{4}){4}", code)
+    assert code.replace(" ", "") == f"{int.from_bytes(head[:9], 'big') % 10**20:020d}"
+    assert public_line(hello) and public_line(Left("bob")) and not public_line(Echo(1))
+    assert not public_line(Said("alice", Say(1, 0, bytes(64), "bob", "psst")))
+
+
+ROOM_CODE = r"^Room code: ([\d ]+) \((\d+) public lines? so far\)\.$"
+
+
+def room_code(process: ChatProcess) -> tuple[str, str]:
+    """`/verify room` on `process`: its code and count."""
+    process.send("/verify room")
+    found = re.match(ROOM_CODE, process.expect(ROOM_CODE))
+    assert found is not None
+    return found.group(1), found.group(2)
+
+
+def test_members_who_saw_the_same_room_read_the_same_code(spawn: Spawn, tmp_path: Path) -> None:
+    desk, port = host(spawn, tmp_path)
+    alice = join(spawn, tmp_path, "alice", port)
+    bob = join(spawn, tmp_path, "bob", port)
+    alice.expect(r"^bob joined the chat\.$")
+    alice.send("one from alice")
+    bob.send("one from bob")
+    desk.send("one from the host")
+    alice.send("/msg bob not in the code")
+    bob.expect(r"^alice says privately: not in the code$")
+    carol = join(spawn, tmp_path, "carol", port)  # starts from the head the host hands her
+    carol.expect(r"^Also in the chat: alice, bob$")
+    alice.send("two from alice")
+    carol.send("one from carol")
+    desk.send("last")
+    for member in (alice, bob, carol):
+        member.expect(r"^desktop says: last$")
+    codes = {name: room_code(p) for name, p in (("desk", desk), ("alice", alice), ("bob", bob))}
+    codes["carol"] = room_code(carol)
+    assert len(set(codes.values())) == 1, codes
+    assert codes["alice"][1] == "9"  # 3 joins and 6 lines of words; /msg is not counted
+
+
+def test_a_message_the_host_drops_for_one_member_shows_in_the_room_code(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    class Dropper(Network):
+        def _to(self, member: object, message: Message, now: float) -> None:
+            skip = self._room.named("bob") is member
+            if skip and isinstance(message, Said) and message.words.text == "drop me":
+                return
+            super()._to(member, message, now)
+
+    port = free_port()
+    net = hostile_host(Dropper, key(), port)
+    try:
+        alice = join(spawn, tmp_path, "alice", port)
+        bob = join(spawn, tmp_path, "bob", port)
+        carol = join(spawn, tmp_path, "carol", port)
+        for member in (alice, bob):
+            member.expect(r"^carol joined the chat\.$")
+        alice.send("drop me")
+        carol.expect(r"^alice says: drop me$")
+        alice.send("after it")
+        for member in (bob, carol):
+            member.expect(r"^alice says: after it$")
+        codes = {name: room_code(p) for name, p in (("alice", alice), ("carol", carol))}
+        codes["bob"] = room_code(bob)
+        assert codes["alice"] == codes["carol"] and codes["bob"] != codes["alice"]
+        assert not any("drop me" in line for line in bob.out)
     finally:
         net.stop()
 

@@ -22,6 +22,7 @@ from chatclient.messages import (
     MAX_TEXT,
     Action,
     Chat,
+    Echo,
     FileAccept,
     FileCancel,
     FileCredit,
@@ -344,6 +345,7 @@ def test_anything_after_terminate_refused(tag: MessageType) -> None:
     }
     bodies.update(dict.fromkeys((MessageType.FILEREJECT, MessageType.FILEDONE), bytes(4)))
     bodies[MessageType.FILERECEIVED] = bytes(4)
+    bodies[MessageType.ECHO] = bytes(8)
     text = refusal(pair.listener, 2, tag, bodies.get(tag, b""))
     assert tag.name in text
     assert Phase.CLOSED.value in text
@@ -387,6 +389,7 @@ def test_the_phase_table_is_derived_from_the_classes() -> None:
             FileDone: Phase.OPEN,
             FileReceived: Phase.OPEN,
             FileCancel: Phase.OPEN,
+            Echo: Phase.OPEN,
         },
         Phase.CLOSED: {},
     }
