@@ -777,7 +777,9 @@ class Conversation:
         if not self.hosting and len(self.people) > 1 and self.voice is not None:
             # The others hear our goodbye from us, signed: the host cannot write it for us.
             with contextlib.suppress(ChatError):  # too long: TERMINATE alone still goes
-                self.net.send(self.voice.say(goodbye, Form.GOODBYE))
+                words = self.voice.say(goodbye, Form.GOODBYE)
+                self._mine.append(Said(self.config.username, words))  # the host ECHOes it too
+                self.net.send(words)
         self.net.leave(goodbye)
         self.term.show("Sent TERMINATE message.")
         self.term.show("Connection closed by you.")

@@ -73,6 +73,10 @@ if TYPE_CHECKING:
 
 
 GOODBYE_DRAIN_SECONDS = 2.0
+# After our goodbye, a peer still sending is alive and behind (a host relaying a burst):
+# closing then would reset the connection and lose what it has not read of ours, so the
+# wait goes on while it sends, up to this long.
+GOODBYE_BUSY_SECONDS = 30.0
 # What may wait unsent for one peer; a peer that lets more pile up is not reading.
 MAX_OUTGOING = 4 * 1024 * 1024
 # Above this much unsent, the network thread takes no more messages from this side
@@ -336,6 +340,8 @@ class Network:
                     )
                 deadlines.append(stalled)
             if link.leave_by is not None:
+                link.leave_by = max(link.leave_by, link.last_read + GOODBYE_DRAIN_SECONDS)
+                link.leave_by = min(link.leave_by, link.leave_cap)
                 if now >= link.leave_by:
                     self._close(link)
                     continue
@@ -442,6 +448,7 @@ class Network:
         except OSError as exc:
             link.peer.connection_failed(describe_os_error(exc))
         else:
+            link.last_read = now
             link.peer.receive_data(data, now)
         self._settle(link, now)
 
@@ -653,6 +660,7 @@ class Network:
                 # Everything up to our goodbye is written: the peer reads it, then end
                 # of stream; it has GOODBYE_DRAIN_SECONDS to close its end too.
                 link.leave_by = now + GOODBYE_DRAIN_SECONDS
+                link.leave_cap = now + GOODBYE_BUSY_SECONDS
                 with contextlib.suppress(OSError):
                     link.sock.shutdown(socket.SHUT_WR)
         return True

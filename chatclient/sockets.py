@@ -260,6 +260,8 @@ class Link:
     established: bool = False  # both WELCOMEs went through: its events go to the user
     leaving: bool = False  # we said goodbye: half-close once it is written
     leave_by: float | None = None  # half-closed: close when the peer has, or by then
+    leave_cap: float = 0.0  # ... and by then at the latest, however busy the peer
+    last_read: float = 0.0  # when data last came
     mask: int = selectors.EVENT_READ  # what the selector watches for
     no_room: bool = False  # proven while the room was full: refused once it says who it is
     said_goodbye: bool = False  # its TERMINATE came: the room was told

@@ -699,6 +699,7 @@ def test_a_goodbye_is_the_members_own_and_a_forged_one_is_not_shown(
             member.expect(r"^carol left the chat: see you all$")
         assert carol.wait() == 0
         assert not any("I-AGREE" in line for line in bob.out)
+        assert not any("confirmed words of yours" in line for line in carol.err)  # its goodbye
     finally:
         net.stop()
 
