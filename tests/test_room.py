@@ -779,7 +779,9 @@ def test_members_who_saw_the_same_room_read_the_same_code(spawn: Spawn, tmp_path
     carol.expect(r"^Also in the chat: alice, bob$")
     alice.send("two from alice")
     carol.send("one from carol")
-    desk.send("last")
+    desk.expect(r"^alice says: two from alice$")
+    desk.expect(r"^carol says: one from carol$")
+    desk.send("last")  # after both: each author's ECHO comes before it
     for member in (alice, bob, carol):
         member.expect(r"^desktop says: last$")
     codes = {name: room_code(p) for name, p in (("desk", desk), ("alice", alice), ("bob", bob))}
@@ -811,6 +813,9 @@ def test_a_message_the_host_drops_for_one_member_shows_in_the_room_code(
         alice.send("after it")
         for member in (bob, carol):
             member.expect(r"^alice says: after it$")
+        carol.send("fin")  # relayed after alice's words: her ECHO comes before it
+        for member in (alice, bob):
+            member.expect(r"^carol says: fin$")
         codes = {name: room_code(p) for name, p in (("alice", alice), ("carol", carol))}
         codes["bob"] = room_code(bob)
         assert codes["alice"] == codes["carol"] and codes["bob"] != codes["alice"]
