@@ -1071,6 +1071,10 @@ class Conversation:
         """/cancel N: stop a transfer, either way; the other side is told."""
         return self._to_desk(argument, "/cancel", FileDesk.cancel, optional=False)
 
+    def pause_file(self, argument: str) -> bool:
+        """/pause N: stop a transfer, either way, keeping what arrived to resume later."""
+        return self._to_desk(argument, "/pause", FileDesk.pause, optional=False)
+
     def list_files(self, argument: str) -> bool:
         """/files: the offers and transfers of this chat, with their state."""
         if self.net is None:
@@ -1134,7 +1138,18 @@ COMMANDS = (
         "accept", (), "take an offered file: /accept N (or the oldest)", Conversation.accept_file
     ),
     Command("reject", (), "decline an offered file: /reject N", Conversation.reject_file),
-    Command("cancel", (), "stop a transfer, either way: /cancel N", Conversation.cancel_file),
+    Command(
+        "pause",
+        (),
+        "stop a transfer, either way, keeping what arrived: offered again, it resumes there",
+        Conversation.pause_file,
+    ),
+    Command(
+        "cancel",
+        (),
+        "stop a transfer, either way, and discard what arrived: /cancel N",
+        Conversation.cancel_file,
+    ),
     Command("files", (), "the offers and transfers, with their numbers", Conversation.list_files),
     Command(
         "invite", (), "(host) a new one-time invite code for one more person", Conversation.invite

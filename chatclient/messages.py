@@ -659,23 +659,27 @@ class FileReceived(FileAbout):
 
 @dataclass(frozen=True)
 class FileCancel(Message):
-    """A transfer stops. MINE: the one cancelling sends it (else it receives it)."""
+    """A transfer stops. MINE: the one cancelling sends it (else it receives it). KEEP: a
+    pause, the receiver keeps what arrived so that offering the file again resumes it."""
 
     TAG: ClassVar[int] = 19
     id: int
     mine: bool
     reason: str = ""
+    keep: bool = False
 
     def encode_body(self) -> bytes:
         reason = encode_text(self.reason, MAX_REASON, "a reason")
-        return int_field(self.id, 4) + int_field(int(self.mine), 1) + reason
+        flags = int_field(int(self.mine), 1) + int_field(int(self.keep), 1)
+        return int_field(self.id, 4) + flags + reason
 
     @classmethod
     def decode_body(cls, body: FieldReader) -> Message:
         number, mine = body.integer(4, "id"), body.integer(1, "mine")
-        if mine > 1:
-            raise ProtocolError(f"a CANCEL's sender flag is {mine}, not 0 or 1")
-        return cls(number, bool(mine), body.rest_text(MAX_REASON, "reason"))
+        keep = body.integer(1, "keep")
+        if mine > 1 or keep > 1:
+            raise ProtocolError(f"a CANCEL's flags are {mine} and {keep}, not 0 or 1")
+        return cls(number, bool(mine), body.rest_text(MAX_REASON, "reason"), bool(keep))
 
 
 FILE_MESSAGES = (FileOffer, FileAccept, FileReject, FileCredit, FileDone, FileReceived, FileCancel)

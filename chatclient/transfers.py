@@ -63,10 +63,11 @@ class Moving(Enum):
     DONE = "done"
     DECLINED = "declined"
     CANCELLED = "cancelled"
+    PAUSED = "paused"
     FAILED = "failed"
 
 
-ENDED = frozenset({Moving.DONE, Moving.DECLINED, Moving.CANCELLED, Moving.FAILED})
+ENDED = frozenset({Moving.DONE, Moving.DECLINED, Moving.CANCELLED, Moving.PAUSED, Moving.FAILED})
 
 
 @dataclass(eq=False)
@@ -434,6 +435,31 @@ class FileDesk:
         self._end(transfer, Moving.CANCELLED, now, tell="")
         self._say(f"Cancelled {sanitize(transfer.name)}.")
 
+    def pause(self, number: int | None, now: float) -> None:
+        """/pause N: stop a moving transfer, either way; what arrived stays on the
+        receiver's side, and offering the file again resumes there."""
+        transfer = self._find(number, "/pause N")
+        if transfer is None:
+            return
+        if transfer.state is not Moving.MOVING:
+            hint = "/reject or /cancel it" if transfer.state is Moving.OFFERED else "/files"
+            self._error(
+                f"try again: {transfer.number} is not moving ({transfer.state.value}): {hint}"
+            )
+            return
+        kept = format_size(transfer.position)
+        self._end(transfer, Moving.PAUSED, now, tell="paused", keep=True)
+        if transfer.sending:
+            self._say(
+                f"Paused {sanitize(transfer.name)} ({transfer.percent}%, {kept} sent): "
+                f"/send it again to resume"
+            )
+        else:
+            self._say(
+                f"Paused {sanitize(transfer.name)} ({transfer.percent}%, {kept} kept): it "
+                "resumes there when it is offered again"
+            )
+
     def listing(self) -> None:
         shown = [t for t in self._transfers if t.ours]
         if not shown:
@@ -491,6 +517,16 @@ class FileDesk:
             )
         elif isinstance(message, FileDone):
             self._on_done(transfer, now)
+        elif isinstance(message, FileCancel) and transfer.state not in ENDED and message.keep:
+            self._end(transfer, Moving.PAUSED, now, keep=True)
+            who, name = sanitize(transfer.person), sanitize(transfer.name)
+            if transfer.sending:
+                self._say(f"{who} paused {name} at {transfer.percent}%.")
+            else:
+                self._say(
+                    f"{who} paused {name} at {transfer.percent}%: what came is kept, and it "
+                    "resumes there when it is offered again."
+                )
         elif isinstance(message, FileCancel) and transfer.state not in ENDED:
             self._end(transfer, Moving.CANCELLED, now)
             why = f": {sanitize(message.reason)}" if message.reason else ""
@@ -539,6 +575,14 @@ class FileDesk:
             self._say(
                 f"Files you accept are saved in {self.downloads} (--downloads DIR changes it)."
             )
+        found = find_partial(self.downloads, offer.size, offer.digest, self._sender_identity(t))
+        if found is not None and offer.size:  # a pause, or a lost connection, kept some
+            here = found[1] * 100 // offer.size
+            self._say(
+                f"{sanitize(person)} offers {sanitize(name)} ({format_size(offer.size)}, "
+                f"{here}% already here): /accept {t.number} to resume or /reject {t.number}"
+            )
+            return
         self._say(
             f"{sanitize(person)} offers {sanitize(name)} ({format_size(offer.size)}): "
             f"/accept {t.number} or /reject {t.number}"
@@ -672,17 +716,20 @@ class FileDesk:
             self._error(f"error: {name} from {who}: {text}")
         self._progress(now, force=True)
 
-    def _end(self, t: Transfer, state: Moving, now: float, tell: str | None = None) -> None:
-        """Stop a transfer here; `tell`: also tell the other side, with that reason."""
+    def _end(
+        self, t: Transfer, state: Moving, now: float, tell: str | None = None, keep: bool = False
+    ) -> None:
+        """Stop a transfer here; `tell`: also tell the other side, with that reason; `keep`:
+        a pause, the receiver keeps what arrived."""
         t.state = state
         t.cancelled_here = tell is not None
-        self._close_file(t, keep=False)
+        self._close_file(t, keep=keep)
         if tell is not None:
             reason = tell.encode("utf-8")[:MAX_REASON].decode("utf-8", "ignore")
-            self._net.deliver(t.link, FileCancel(t.id, t.sending, reason), now)
+            self._net.deliver(t.link, FileCancel(t.id, t.sending, reason, keep), now)
         partner, t.partner = t.partner, None
         if partner is not None and partner.state not in ENDED:
-            self._end(partner, state, now, tell=tell or "")
+            self._end(partner, state, now, tell=tell or "", keep=keep)
         self._progress(now, force=True)
 
     def _close_file(self, t: Transfer, keep: bool = False) -> None:
@@ -880,10 +927,11 @@ class FileDesk:
                 return
             t.done = True
             self._net.nudge(other.link)
-        elif isinstance(message, FileCancel):
-            t.state, t.partner, other.partner = Moving.CANCELLED, None, None
+        elif isinstance(message, FileCancel):  # a pause stays a pause on the other leg
+            state = Moving.PAUSED if message.keep else Moving.CANCELLED
+            t.state, t.partner, other.partner = state, None, None
             self._close_file(t)
-            self._end(other, Moving.CANCELLED, now, tell=message.reason)
+            self._end(other, state, now, tell=message.reason, keep=message.keep)
         else:  # REJECT or RECEIVED: the far end's answer, passed back
             state = Moving.DECLINED if isinstance(message, FileReject) else Moving.DONE
             t.state = other.state = state

@@ -21,9 +21,11 @@ from chatclient.disk import (
     hash_file,
     open_for_sending,
 )
+from chatclient.errors import ProtocolError
 from chatclient.handshake import Role
 from chatclient.messages import (
     CHUNK_SIZE,
+    FieldReader,
     FileAccept,
     FileCancel,
     FileCredit,
@@ -196,6 +198,48 @@ def test_accepted_data_is_written_checked_and_saved_then_the_sender_is_told(desk
     assert saved.read_bytes() == data
     assert sorted(p.name for p in desk.downloads.iterdir()) == ["holiday.jpg"]  # no .part left
     assert saved.stat().st_mode & 0o777 == 0o600  # the person widens it if they want
+
+
+def test_a_pause_keeps_what_came_and_the_next_offer_says_so_and_resumes(desk: Desk) -> None:
+    """Issue 20: /pause keeps the partial file; /cancel discards it."""
+    data = os.urandom(3 * CHUNK_SIZE)
+    offered(desk, data)
+    desk.desk.accept(1, 1.0)
+    desk.chunk(1, 0, data[:CHUNK_SIZE])
+    desk.desk.pause(1, 1.0)
+    assert desk.carrier.delivered[-1] == (desk.link, FileCancel(1, False, "paused", True))
+    assert desk.user.lines[-1].startswith("Paused holiday.jpg (33%, 65.5 kB kept): it resumes")
+    desk.desk.finish_writing(WAIT)
+    desk.receive(FileOffer(2, len(data), hashlib.sha256(data).digest(), "holiday.jpg"))
+    assert desk.user.lines[-1] == (
+        "laptop offers holiday.jpg (196.6 kB, 33% already here): /accept 2 to resume or /reject 2"
+    )
+    desk.desk.accept(2, 2.0)
+    assert desk.carrier.of_kind(FileAccept)[-1] == FileAccept(2, CHUNK_SIZE, FILE_WINDOW)
+    desk.desk.pause(1, 2.0)  # an ended one: said, nothing sent
+    assert desk.user.errors[-1] == "try again: 1 is not moving (paused): /files"
+
+
+def test_a_pause_from_the_sender_keeps_the_file_and_a_cancel_does_not(desk: Desk) -> None:
+    data = os.urandom(2 * CHUNK_SIZE)
+    offered(desk, data)
+    desk.desk.accept(1, 1.0)
+    desk.chunk(1, 0, data[:CHUNK_SIZE])
+    desk.receive(FileCancel(1, True, "paused", keep=True))
+    assert desk.user.lines[-1].startswith("laptop paused holiday.jpg at 50%: what came is kept")
+    desk.desk.finish_writing(WAIT)
+    assert sorted(p.name for p in desk.downloads.iterdir()) == [
+        "holiday.jpg.part",
+        "holiday.jpg.part.meta",
+    ]
+    desk.receive(FileOffer(2, len(data), hashlib.sha256(data).digest(), "holiday.jpg"))
+    desk.desk.accept(2, 2.0)
+    desk.chunk(2, CHUNK_SIZE, data[CHUNK_SIZE:])
+    desk.receive(FileCancel(2, True, "changed my mind"))
+    desk.desk.finish_writing(WAIT)
+    assert list(desk.downloads.iterdir()) == []  # a cancel discards
+    with pytest.raises(ProtocolError, match="flags"):
+        FileCancel.decode_body(FieldReader(bytes(4) + b"\x01\x02", "FILECANCEL"))
 
 
 def test_stray_messages_after_the_end_are_named_and_never_cost_the_file(desk: Desk) -> None:
