@@ -48,7 +48,7 @@ from .identity import (
     update_known_peers,
 )
 from .sockets import format_host, is_wildcard, lan_address, listen_socket
-from .terminal import Terminal
+from .terminal import Terminal, Whole
 from .text import sanitize
 
 if TYPE_CHECKING:
@@ -316,17 +316,18 @@ def show_invite(
     is announced, the code alone; the address form always, for networks without multicast."""
     term.show(f"Invite code: {invite.code}")
     by_address = f"{program} --connect {shown_address(config)} --code {invite.code}"
-    if announced:
-        term.show(
-            f"Tell it to your peer (it works once, and is void after {MAX_INVITE_FAILURES} "
-            f"wrong tries), who runs:\n    {program} --code {invite.code}\n"
-            f"or, where the network blocks multicast (guest Wi-Fi, a VPN):\n    {by_address}"
-        )
-        return
-    term.show(
+    tell = (
         f"Tell it to your peer (it works once, and is void after {MAX_INVITE_FAILURES} wrong "
-        f"tries), who runs:\n    {by_address}"
+        "tries), who runs:"
     )
+    if announced:
+        term.show(tell)
+        term.show(Whole(f"    {program} --code {invite.code}"))
+        term.show("or, where the network blocks multicast (guest Wi-Fi, a VPN):")
+        term.show(Whole(f"    {by_address}"))
+        return
+    term.show(tell)
+    term.show(Whole(f"    {by_address}"))
 
 
 def ask_mode(term: Terminal) -> str:

@@ -29,6 +29,11 @@ class StatusText(str):
     """Queued like a line: the new text of the status row above the prompt ('' clears it)."""
 
 
+class Whole(str):
+    """A line of the program's own that is never wrapped here: a command to copy. The
+    terminal wraps it if it must, and a copy of a wrapped row comes out whole."""
+
+
 # --- Terminal ----------------------------------------------------------------
 
 
@@ -262,7 +267,7 @@ class Terminal:
                     self._clear_prompt_rows()
                     self._redraw_prompt()
                 return
-            if self.interactive:
+            if self.interactive and not isinstance(line, Whole):
                 line = wrap_for_terminal(line, terminal_width(self.stdout))
             if self._prompt is None or not self.interactive:
                 write(out, line + "\n")

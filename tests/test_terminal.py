@@ -229,6 +229,20 @@ def test_example_config_is_filled_in_and_listens_with_an_invite(
     first_run_then_chat(terminal, spawn, tmp_path, "config.ini is not filled in yet")
 
 
+def test_the_command_to_copy_is_never_broken_into_rows(terminal: Terminal, tmp_path: Path) -> None:
+    """Newcomer run: on a narrow terminal the invite's command was wrapped at a blank, and
+    a copy of the two rows was a broken command. The terminal wraps it now (a soft wrap)."""
+    port = free_port()
+    write_config(tmp_path, port=port, username="desktop", key="")
+    child = terminal("--listen", columns=60)
+    child.expect(r"Invite code: (\d+-[a-z]+-[a-z]+)\r?\n")
+    code = child.match.group(1)
+    child.expect(r"who runs:\r?\n")
+    child.expect(r"( +)(\S[^\r\n]*)\r?\n")
+    assert child.match.group(1) == "    "
+    assert child.match.group(2).endswith(f" --connect 127.0.0.1:{port} --code {code}")
+
+
 def test_first_run_asks_again_for_a_port_that_is_in_use(terminal: Terminal, tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("0.0.0.0", 0))
