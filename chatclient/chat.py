@@ -8,6 +8,7 @@ import contextlib
 import os
 import shlex
 import signal
+import textwrap
 import threading
 import time
 from collections import deque
@@ -71,7 +72,14 @@ from .room import (
     sign_offer,
 )
 from .sockets import Link, format_address
-from .terminal import Later, Line, Terminal, main_thread_can_be_signalled, signal_until
+from .terminal import (
+    Later,
+    Line,
+    Terminal,
+    main_thread_can_be_signalled,
+    signal_until,
+    terminal_width,
+)
 from .text import format_size, name_skeleton, peer_text, sanitize
 from .transfers import FileDesk
 
@@ -818,7 +826,8 @@ class Conversation:
 
     def show_help(self, argument: str) -> bool:
         """/help: the commands, from the table."""
-        self.term.show(help_text())
+        interactive = self.term.interactive
+        self.term.show(help_text(terminal_width(self.term.stdout) if interactive else 0))
         return False
 
     def show_peer(self, argument: str) -> bool:
@@ -1175,19 +1184,20 @@ def file_argument(text: str) -> str:
     return os.path.expanduser(text)
 
 
-def help_text() -> str:
-    """/help, generated from the command table."""
+def help_text(width: int = 0) -> str:
+    """/help, generated from the command table; with a `width`, each description wraps
+    under itself (not under the commands)."""
     rows = [
         (" or ".join(f"/{word}" for word in (command.name, *command.aliases)), command.summary)
         for command in COMMANDS
     ]
     rows.append(("exit", "leave the chat, as /quit does"))
     rows.append(("//text", "send a line that starts with '/'"))
-    width = max(len(usage) for usage, _ in rows) + 2
-    return "\n".join(
-        [
-            "Type a line and press Enter to send it. Commands:",
-            *(f"  {usage:<{width}}{summary}" for usage, summary in rows),
-            "Ctrl-D or Ctrl-C also leave the chat.",
-        ]
-    )
+    column = max(len(usage) for usage, _ in rows) + 2
+    room = width - column - 2
+    lines = ["Type a line and press Enter to send it. Commands:"]
+    for usage, summary in rows:
+        parts = textwrap.wrap(summary, room) if room >= 24 else [summary]
+        lines.append(f"  {usage:<{column}}{parts[0]}")
+        lines += [" " * (column + 2) + part for part in parts[1:]]
+    return "\n".join([*lines, "Ctrl-D or Ctrl-C also leave the chat."])

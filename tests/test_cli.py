@@ -363,6 +363,12 @@ def test_help_is_generated_from_the_command_table() -> None:
     text = help_text()
     for word in ("/help", "/?", "/who", "/verify", "/quit", "/exit", "//text", "exit"):
         assert word in text
+    # On an 80-column terminal each description wraps under itself, never under the commands.
+    rows = help_text(79).splitlines()
+    assert all(len(row) <= 79 for row in rows)
+    column = rows[1].index("this help")
+    continued = [row for row in rows[1:-1] if row[:3].isspace()]  # not a command's own row
+    assert continued and all(row[:column].isspace() and row[column] != " " for row in continued)
 
 
 # --- Addresses -------------------------------------------------------------------------------
