@@ -272,8 +272,8 @@ class Conversation:
             elif isinstance(event, Failed) and not self.joined:
                 self.failure = event.error
             elif isinstance(event, Failed) and (gone := self._depart(link)) is not None:
-                if self.people:
-                    lines.append(f"{sanitize(gone)} lost the connection.")
+                if self.people:  # the host says why: a network's failure, or a broken rule
+                    lines.append(f"{sanitize(gone)} lost the connection ({event.error}).")
                 else:
                     ending = (1, f"Connection lost: {event.error}")
         # Set before anything is shown: a line typed in answer to what is shown

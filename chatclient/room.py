@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 MAX_PENDING_HANDSHAKES = 16
 MAX_HANDSHAKES_PER_ADDRESS = 2
+MAX_ENDED_JOINS = 65536  # join nonces of members who left, kept so none comes back
 REFUSAL_SUMMARY_SECONDS = 10.0
 
 
@@ -84,6 +85,7 @@ class Room:
         self._seats: dict[object, tuple[Person, float] | None] = {}  # joined: (who, since)
         self._coming: dict[object, str] = {}  # names held for those on their way in
         self._next: dict[object, int] = {}  # each member's next number for the room
+        self._ended: dict[bytes, None] = {}  # join nonces of those who left, oldest first
 
     def claim(self, member: object) -> bool:
         """A place for `member`, or False when the room is full."""
@@ -106,6 +108,10 @@ class Room:
         self._coming.pop(member, None)
         self._next.pop(member, None)
         seat = self._seats.pop(member, None)
+        if seat:
+            if len(self._ended) >= MAX_ENDED_JOINS:
+                del self._ended[next(iter(self._ended))]
+            self._ended[seat[0].nonce] = None
         return seat[0] if seat else None
 
     def in_sequence(self, member: object, words: Say) -> bool:
@@ -134,7 +140,10 @@ class Room:
         return any(name_skeleton(other) == skeleton for other in [*present, *self._coming.values()])
 
     def nonce_taken(self, nonce: bytes) -> bool:
-        """True when someone in the room joined with `nonce` (each join has its own)."""
+        """True when someone in the room joined with `nonce`, or someone who left did (each
+        join has its own: members refuse one they saw end, and would blame the host)."""
+        if nonce in self._ended:
+            return True
         return any(seat and seat[0].nonce == nonce for seat in self._seats.values())
 
     def people(self, now: float, but: object = None) -> tuple[Person, ...]:
