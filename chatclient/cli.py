@@ -204,7 +204,21 @@ def parse_args(argv: list[str] | None, program: str) -> Options:
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> NoReturn:
-            self.exit(2, f"error: {message} (see {program} -h)\n")
+            self.exit(2, f"error: {message}{self.suggestion(message)} (see {program} -h)\n")
+
+        def suggestion(self, message: str) -> str:
+            """`; did you mean --connect?` for a mistyped option, or nothing."""
+            prefix = "unrecognized arguments: "
+            if not message.startswith(prefix):
+                return ""
+            import difflib
+
+            known = [o for action in self._actions for o in action.option_strings]
+            for word in message[len(prefix) :].split():
+                flag = word.split("=", 1)[0]
+                if flag.startswith("--") and (close := difflib.get_close_matches(flag, known, 1)):
+                    return f"; did you mean {close[0]}?"
+            return ""
 
     parser = Parser(
         prog=program,
