@@ -252,6 +252,7 @@ class Conversation:
         self._can_interrupt = False
         self._interrupted = threading.Event()
         self._collected = ""  # lines of a message still being typed (a trailing backslash)
+        self.invite_code: str | None = None  # hosting: the code /invite made, until it is used
 
     # Reported by the network thread ---------------------------------------------
 
@@ -267,13 +268,17 @@ class Conversation:
                 lines += self._message_lines(link, event.message)
                 if isinstance(event.message, Terminate):
                     self._depart(link)
-                    if not self.people:  # the last one (or the host) left: the chat is over
+                    if not self.people and self._still_inviting():
+                        lines.append(self._waiting_line())
+                    elif not self.people:  # the last one (or the host) left: it is over
                         ending = (0, "Connection closed by peer.")
             elif isinstance(event, Failed) and not self.joined:
                 self.failure = event.error
             elif isinstance(event, Failed) and (gone := self._depart(link)) is not None:
-                if self.people:  # the host says why: a network's failure, or a broken rule
+                if self.people or self._still_inviting():  # the host says why: a network's
                     lines.append(f"{sanitize(gone)} lost the connection ({event.error}).")
+                    if not self.people:
+                        lines.append(self._waiting_line())
                 else:
                     ending = (1, f"Connection lost: {event.error}")
         # Set before anything is shown: a line typed in answer to what is shown
@@ -289,6 +294,17 @@ class Conversation:
             not hosting and any(isinstance(e, (Closed, Failed)) for e in events)
         ):
             self.ended.set()
+
+    def _still_inviting(self) -> bool:
+        """Hosting, with a code from /invite that nobody has used yet: the room waits for it
+        when its last member leaves (without one, the chat ends, as the seed's does)."""
+        return self.hosting and self.invite_code is not None
+
+    def _waiting_line(self) -> str:
+        return (
+            f"Nobody else is in the chat now; the invite code {self.invite_code} is still open "
+            "(/quit to leave)."
+        )
 
     def _depart(self, link: Link) -> str | None:
         """Forget whoever was on `link`; their name, if they were still here."""
@@ -753,6 +769,9 @@ class Conversation:
         """Send our words: as they are when hosting or alone with the host (the connection
         itself proves who said them); signed (SAY) when the host relays them to others."""
         assert self.net is not None and self.voice is not None
+        if not self.people:  # a host whose room emptied, waiting for its invite code
+            self.term.error("Nobody else is in the chat: that line was not sent.")
+            return
         form = Form.ACTION if isinstance(message, Action) else Form.CHAT
         relayed = not self.hosting and len(self.people) > 1
         try:
@@ -969,6 +988,7 @@ class Conversation:
         slot = self.presence.free_slot() if self.presence is not None else None
         invite = Invite(new_invite_code(slot))
         net.offer(invite)
+        self.invite_code = invite.code
         announced = self.presence is not None and self.presence.active
         if self.presence is not None:
             self.presence.announce(slot)
@@ -976,6 +996,7 @@ class Conversation:
 
     def _invite_closed(self) -> None:
         """The invite was used or is void: its slot leaves the announcement."""
+        self.invite_code = None
         if self.presence is not None:
             self.presence.announce(None)
 

@@ -956,6 +956,37 @@ def test_the_host_invites_one_more_person_at_a_time(spawn: Spawn, tmp_path: Path
     )
 
 
+def test_a_host_waiting_for_its_invite_code_stays_when_its_room_empties(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """Newcomer run: the host typed /invite for one more person, the only member left, and
+    the host ended with the code still unused. Without a /invite code, it ends as ever."""
+    desk, port = host(spawn, tmp_path)
+    laptop = join(spawn, tmp_path, "laptop", port)
+    desk.expect(r"^laptop joined the chat\.$")
+    desk.send("/invite")
+    code = desk.expect(r"^Invite code: ").split(": ")[1]
+    laptop.send("exit", "back soon")
+    desk.expect(r"^laptop left the chat: back soon$")
+    desk.expect(
+        rf"^Nobody else is in the chat now; the invite code {code} is still open \(/quit to "
+        r"leave\)\.$"
+    )
+    assert laptop.wait() == 0
+    desk.send("anyone?")
+    desk.expect(r"^Nobody else is in the chat: that line was not sent\.$", stream="err")
+    friend = tmp_path / "friend"
+    friend.mkdir()
+    write_config(friend, port=port, key="", username="friend")
+    guest = spawn("--connect", f"127.0.0.1:{port}", "--code", code, cwd=friend)
+    desk.expect(r"^friend joined the chat \(verified\)\.$")
+    guest.send("hello")
+    desk.expect(r"^friend says: hello$")
+    guest.send("exit", "")
+    desk.expect(r"^Connection closed by peer\.$")  # no code open now: it ends as ever
+    assert desk.wait() == 0 and guest.wait() == 0
+
+
 def test_invite_tries_are_one_at_a_time_per_address_and_a_few_a_second() -> None:
     budget = InviteBudget()
     host = "127.0.0.2"
