@@ -29,6 +29,7 @@ KEYS = (
     "bare_rss_mib",
     "file_mb_per_s",
     "file_crypto_limit_mb_per_s",
+    "file_crypto_hash_limit_mb_per_s",
     "file_bytes_wrong",
     "chat_rtt_p99_during_transfer_ms",
 )

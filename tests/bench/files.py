@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -38,17 +39,23 @@ FILE_KEY = bytes(range(32))
 FILE_CHUNK = 64 * 1024
 
 
-def gcm_receiver(out: WorkerQueue, path: str) -> None:
-    """Receive AES-GCM chunks into `path`; report when the last byte is written."""
+def gcm_receiver(out: WorkerQueue, path: str, digest: bool = False) -> None:
+    """Receive AES-GCM chunks into `path` (with `digest`: and a SHA-256 of them, as the
+    program checks every file); report when the last byte is written."""
     server = open_listener(out)
     sock = accept_plain(server)
     aead, counter, decoder = AESGCM(FILE_KEY), 0, FrameDecoder()
+    whole = hashlib.sha256()
     with open(path, "wb") as file:
         while data := sock.recv(262144):
             decoder.feed(data)
             for body in decoder.frames():
-                file.write(aead.decrypt(counter.to_bytes(12, "big"), body, None))
+                plain = aead.decrypt(counter.to_bytes(12, "big"), body, None)
+                file.write(plain)
+                if digest:
+                    whole.update(plain)
                 counter += 1
+    whole.digest()
     sock.close()
     out.put(("result", time.perf_counter()))
 
@@ -169,11 +176,13 @@ def ncat_run(folder: Path, source: Path) -> tuple[float, int] | None:
     return seconds, bytes_wrong(source, received)
 
 
-def gcm_run(folder: Path, source: Path) -> float:
-    """Seconds for two processes to move `source` as AES-GCM chunks over TCP."""
+def gcm_run(folder: Path, source: Path, digest: bool = False) -> float:
+    """Seconds for two processes to move `source` as AES-GCM chunks over TCP (with
+    `digest`: the receiver also hashes what it writes)."""
     with peers() as pool:
         cpus = peer_cpus()
-        receiver = pool.start(gcm_receiver, str(folder / "gcm-received"), cpu=cpus[0])
+        received = str(folder / "gcm-received")
+        receiver = pool.start(gcm_receiver, received, digest, cpu=cpus[0])
         port = receiver.receive("port")
         sender = pool.start(gcm_sender, port, str(source), cpu=cpus[1])
         started, finished = sender.receive("result"), receiver.receive("result")
@@ -194,13 +203,14 @@ def measure_files(counts: Counts, folder: Path) -> dict[str, float | None]:
     source = folder / "big.bin"
     make_file(source, counts.file_mib)
     megabytes = source.stat().st_size / 1e6
-    times, moving, limits, ncats, wrong, lost = [], [], [], [], 0, []
+    times, moving, limits, hashed, ncats, wrong, lost = [], [], [], [], [], 0, []
     for run in range(counts.file_runs):
         seconds, after_accept, wrong_here, _ = file_run(folder / f"run{run}", source, False)
         times.append(seconds)
         moving.append(after_accept)
         wrong += wrong_here
         limits.append(gcm_run(folder, source))
+        hashed.append(gcm_run(folder, source, digest=True))
         if (ncat := ncat_run(folder, source)) is not None:
             ncats.append(ncat[0])
             lost.append(ncat[1])
@@ -217,6 +227,8 @@ def measure_files(counts: Counts, folder: Path) -> dict[str, float | None]:
         "file_mib": counts.file_mib,
         "file_mb_per_s": megabytes / statistics.median(times),
         "file_crypto_limit_mb_per_s": megabytes / statistics.median(limits),
+        # the same with the receiver's SHA-256 of the whole file: what the program must do
+        "file_crypto_hash_limit_mb_per_s": megabytes / statistics.median(hashed),
         # from /accept on: without the sender's hashing before its offer
         "file_after_accept_mb_per_s": megabytes / statistics.median(moving),
         "file_ncat_ssl_mb_per_s": megabytes / statistics.median(ncats) if ncats else None,
