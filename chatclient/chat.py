@@ -26,6 +26,7 @@ from .handshake import ROOM_ID_SIZE, Mode, Role
 from .identity import (
     IDENTITY_FILE,
     KNOWN_PEERS_FILE,
+    MAX_PAST_ROOMS,
     PAST_ROOMS_FILE,
     Invite,
     KnownPeer,
@@ -120,6 +121,10 @@ def identity_judge(config_path: str, role: Role, program: str) -> Judge:
             )
 
     return judge
+
+
+MAX_MEMBERS = 255  # a room's most members (--max-members), the host not counted
+PAST_WRITE_SECONDS = 10.0
 
 
 def ended_room_check(config_path: str) -> Callable[[bytes, bytes], str]:
@@ -230,6 +235,9 @@ class Conversation:
         self.room = room  # when hosting: ours; as a member: learnt from the host
         self.known_path = beside(config.path, KNOWN_PEERS_FILE)
         self.past_path = beside(config.path, PAST_ROOMS_FILE)
+        self._past_lock = threading.Lock()
+        self._past_joins: list[bytes] = []  # ended joins not written to past_rooms yet
+        self._past_written = 0.0
         self.prompt = f"{config.username}> " if term.interactive else ""
         self.net: Network | None = None
         self.people: dict[str, PeerInfo] = {}  # everyone else in the chat, the host first
@@ -241,6 +249,7 @@ class Conversation:
         self.log: RoomLog | None = None  # a member's running hash of the room's public lines
         self._mine: deque[Said] = deque()  # our words to the room, until the host ECHOes them
         self._echo_warned = False
+        self._crowd_warned = False
         self.joined = False  # someone came: from now on, a failure is a lost chat
         self.hosting = False  # we listened: the room is ours
         self.failure: ChatError | None = None  # our connection never got into the chat
@@ -499,6 +508,8 @@ class Conversation:
             person = message.person
             if (clash := self._name_clash(person.name)) is not None:
                 return [clash]
+            if len(self.people) > MAX_MEMBERS:  # no room holds more: a host's flood
+                return [] if self._crowd_warned else [self._too_many()]
             if (refused := self._replayed_join(person, joining=True)) is not None:
                 return [refused]
             self._meet(person)
@@ -537,6 +548,13 @@ class Conversation:
         elif public_line(message):
             self.log.fold(message)
 
+    def _too_many(self) -> str:
+        self._crowd_warned = True
+        return (
+            f"warning: the host announced more than {MAX_MEMBERS} people, more than a room "
+            "holds: the rest are not shown"
+        )
+
     def _replayed_join(self, person: Person, joining: bool) -> str | None:
         """The warning for a join the host announces that cannot be new (its nonce was seen
         before, or its words do not start where a new join's do), or None."""
@@ -552,11 +570,27 @@ class Conversation:
     def _remember(
         self, rooms: list[tuple[bytes, bytes]] | None = None, joins: list[bytes] | None = None
     ) -> None:
-        """Note an ended room or join in past_rooms, so a host cannot bring it back."""
-        try:
-            remember_past(self.past_path, rooms or [], joins or [])
-        except ConfigError as exc:
-            self.term.error(f"error: {exc}")
+        """Note an ended room or join in past_rooms, so a host cannot bring it back. Joins are
+        written at most every PAST_WRITE_SECONDS (a host announcing joins and leaves in a loop
+        costs no disk) and when the chat ends; an ended room at once."""
+        with self._past_lock:
+            self._past_joins = (self._past_joins + (joins or []))[-MAX_PAST_ROOMS:]
+            now = time.monotonic()
+            if not rooms and now - self._past_written < PAST_WRITE_SECONDS:
+                return
+            self._past_written, pending, self._past_joins = now, self._past_joins, []
+            try:
+                remember_past(self.past_path, rooms or [], pending)
+            except ConfigError as exc:
+                self.term.error(f"error: {exc}")
+
+    def flush_past(self) -> None:
+        """Write the ended joins still held (the chat is over)."""
+        with self._past_lock:
+            pending, self._past_joins = self._past_joins, []
+            if pending:
+                with contextlib.suppress(ConfigError):
+                    remember_past(self.past_path, [], pending)
 
     def _words_lines(self, link: Link, said: Said, stamp: str) -> list[Line]:
         """A member's words, once the signature and the numbering are checked."""
@@ -675,6 +709,7 @@ class Conversation:
             self.ended.wait(GOODBYE_DRAIN_SECONDS)
         finally:
             self._interrupted.set()
+            self.flush_past()
         return self.status()
 
     def _drop_unsent(self, why: str, keep_row: bool = True) -> None:

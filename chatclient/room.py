@@ -300,6 +300,13 @@ def forgery(
     return f"a message claiming to be from {author} failed its signature check: not shown"
 
 
+def remember(kept: dict[bytes, None], nonce: bytes) -> None:
+    """Add `nonce` to an ordered set of at most MAX_ENDED_JOINS, forgetting the oldest."""
+    if len(kept) >= MAX_ENDED_JOINS:
+        del kept[next(iter(kept))]
+    kept[nonce] = None
+
+
 class Hearing:
     """What one person makes of the words the host relays: checked, in order, or not shown.
 
@@ -321,8 +328,11 @@ class Hearing:
         self.me, self.host, self.room, self.nonce = me, host, room, nonce
         self._joins: dict[str, bytes] = {host_name: NO_NONCE}  # author -> their join nonce
         self._next: dict[tuple[str, str], int] = {}
-        self._seen: set[bytes] = {nonce, NO_NONCE}  # announced (or ours): never again
-        self._ended = set(ended)  # joins that ended, here or before (past_rooms)
+        # Announced (or ours), and ended (here, or before: past_rooms): never again. Ordered,
+        # and at most MAX_ENDED_JOINS each, oldest forgotten first: a host's flood of joins
+        # costs bounded memory.
+        self._seen: dict[bytes, None] = dict.fromkeys([nonce, NO_NONCE])
+        self._ended: dict[bytes, None] = dict.fromkeys(ended)
         self.gone: set[str] = set()  # said goodbye: LEFT follows, nothing else
 
     def present(self, person: Person, joining: bool) -> str | None:
@@ -330,11 +340,11 @@ class Hearing:
         why not (their words are then not shown)."""
         if person.nonce in self._ended:
             return "a join of theirs that already ended (a replay by the host?)"
-        if person.nonce in self._seen:
+        if person.nonce in self._seen or person.nonce in (self.nonce, NO_NONCE):
             return "a join already announced (a replay by the host?)"
         if joining and person.next != 0:
             return f"a new join whose words start at {person.next}, not 0"
-        self._seen.add(person.nonce)
+        remember(self._seen, person.nonce)
         self._joins[person.name] = person.nonce
         self._next[(person.name, "")] = person.next
         self._next[(person.name, self.me)] = 0
@@ -348,7 +358,7 @@ class Hearing:
         nonce = self._joins.pop(name, None)
         if nonce is None or nonce == NO_NONCE:
             return None
-        self._ended.add(nonce)
+        remember(self._ended, nonce)
         return nonce
 
     def check(self, said: Said, identity: bytes | None) -> tuple[bool, str | None]:

@@ -30,6 +30,7 @@ from chatclient.cli import parse_args
 from chatclient.errors import ProtocolError
 from chatclient.handshake import Role
 from chatclient.messages import (
+    NO_NONCE,
     Chat,
     Echo,
     FieldReader,
@@ -314,6 +315,21 @@ def test_a_host_that_replays_a_join_is_refused_and_old_words_fail() -> None:
     assert ended.present(again, joining=False) is not None
     late = Person("carol", public(alice), "h:1", nonce=bytes([4]) * 16, next=3)
     assert hearing.present(late, joining=True) == "a new join whose words start at 3, not 0"
+
+
+def test_a_hosts_flood_of_joins_costs_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("chatclient.room.MAX_ENDED_JOINS", 3)
+    hearing = hearing_as()
+    for n in range(10):
+        person = Person(f"p{n}", bytes(32), "h:1", nonce=bytes([100 + n]) * 16)
+        assert hearing.present(person, joining=True) is None
+        assert hearing.left(f"p{n}") == person.nonce
+    assert len(hearing._seen) == 3 and len(hearing._ended) == 3
+    for nonce in (B_JOIN, NO_NONCE):  # ours and the host's are never forgotten
+        again = Person("x", bytes(32), "h:1", nonce=nonce)
+        assert hearing.present(again, joining=True) == (
+            "a join already announced (a replay by the host?)"
+        )
 
 
 def test_a_goodbye_is_signed_and_nothing_after_it_is_shown() -> None:
