@@ -247,7 +247,9 @@ class Conversation:
         self.distrusted: set[str] = set()  # members whose pinned identity changed
         self._origins: dict[bytes, int] = {}  # each join's last relayed offer (its own id)
         self.log: RoomLog | None = None  # a member's running hash of the room's public lines
-        self._mine: deque[Said] = deque()  # our words to the room, until the host ECHOes them
+        # Our words to the room, until the host ECHOes them (a host that never does costs
+        # at most this many: /verify room then cannot match, which it warns of).
+        self._mine: deque[Said] = deque(maxlen=65536)
         self._echo_warned = False
         self._crowd_warned = False
         self.joined = False  # someone came: from now on, a failure is a lost chat
@@ -381,6 +383,8 @@ class Conversation:
             return forged
         if offer.origin <= self._origins.get(nonce, 0):
             return f"an offer from {sanitize(offer.who)} came again (replayed by the host?)"
+        if len(self._origins) >= 4096 and nonce not in self._origins:
+            del self._origins[next(iter(self._origins))]  # a host's made-up authors: bounded
         self._origins[nonce] = offer.origin
         return None
 
