@@ -39,6 +39,7 @@ from chatclient.messages import (
     FRAME_HEADER,
     NO_NONCE,
     Chat,
+    FileOffer,
     Form,
     Person,
     Phase,
@@ -49,7 +50,15 @@ from chatclient.messages import (
     chunk_nonce,
     decode_payload,
 )
-from chatclient.room import Hearing, Voice, words_signed_data
+from chatclient.room import (
+    Hearing,
+    RoomLog,
+    Voice,
+    offer_forgery,
+    offer_signed_data,
+    sign_offer,
+    words_signed_data,
+)
 from chatclient.session import Session
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
@@ -266,3 +275,29 @@ def test_signed_words_in_a_room() -> None:
     laptop_in = Person(author, h("connector_identity"), "", nonce=h("join"), next=V["say_seq"])
     assert hearing.present(laptop_in, joining=False) is None
     assert hearing.check(decoded, h("connector_identity")) == (True, None)
+
+
+def test_a_signed_offer_and_the_room_code() -> None:
+    """Issue 21: a member's signed offer through the host, and the room code's first fold."""
+    laptop = Ed25519PrivateKey.from_private_bytes(h("connector_identity_private"))
+    host, room = h("listener_identity"), h("room")
+    voice = Voice(laptop, V["say_author"], host, room, h("join"))
+    offer = FileOffer(1, 12345, h("offer_digest"), "holiday.jpg", "bob")
+    signed = sign_offer(voice, offer, "bob", h("offer_to_join"))
+    assert signed.origin == 1 and signed.signature.hex() == V["offer_signature"]
+    data = offer_signed_data(host, room, h("join"), h("offer_to_join"), "laptop", "bob", signed)
+    assert data.hex() == V["offer_signed_data"]
+    relayed = FileOffer(7, 12345, h("offer_digest"), "holiday.jpg", "laptop", 1, signed.signature)
+    me = "bob"
+    assert (
+        offer_forgery(
+            host, room, relayed, me, h("offer_to_join"), h("connector_identity"), h("join")
+        )
+        is None
+    )
+    log = RoomLog(host, room)
+    assert log.state == (h("room_head_0"), 0)
+    _, said = decode_payload((9).to_bytes(8, "big") + bytes([Said.TAG]) + h("said_body"))
+    log.fold(said)
+    assert log.state == (h("room_head_1"), 1)
+    assert log.code() == (V["room_code_1"], 1)

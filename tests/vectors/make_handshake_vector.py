@@ -48,6 +48,7 @@ LISTENER_IDENTITY = bytes.fromhex(
 SPAKE2_KEY = bytes(range(100, 132))
 ROOM = bytes(range(200, 216))  # the listener's room id
 JOIN = bytes(range(216, 232))  # the connector's join nonce, its WELCOME's room field
+OFFER_TO_JOIN = bytes(range(232, 248))  # bob's join nonce, for the signed offer
 
 MAGIC = b"CCHT"
 VERSION = 3
@@ -209,6 +210,33 @@ def compute() -> dict[str, Any]:
     whisper = words(laptop, identities["listener"], 1, 0, WHISPER_TO, WHISPER_TEXT)
     laptop.public_key().verify(say["signature"], say["signed"])
 
+    # laptop offers holiday.jpg to bob through the host: its own offer id 1 (the origin),
+    # 12345 bytes, the SHA-256 of the file; signed over both joins (bob's is OFFER_TO_JOIN).
+    offer_digest = hashlib.sha256(b"holiday").digest()
+    offer_signed = (
+        b"chatclient/3 offer\0"
+        + identities["listener"]
+        + ROOM
+        + JOIN
+        + OFFER_TO_JOIN
+        + (1).to_bytes(4, "big")
+        + (12345).to_bytes(8, "big")
+        + offer_digest
+        + length_prefixed(SAY_AUTHOR.encode())
+        + length_prefixed(b"bob")
+        + b"holiday.jpg"
+    )
+    offer_signature = laptop.sign(offer_signed)
+
+    # The room code: the head before any line, then after the host relays the SAY above
+    # (its SAID: tag 9, a 4-byte length, the SAID body).
+    head_0 = hashlib.sha256(b"chatclient/3 room head\0" + identities["listener"] + ROOM).digest()
+    head_1 = hashlib.sha256(
+        head_0 + bytes([9]) + len(say["said"]).to_bytes(4, "big") + say["said"]
+    ).digest()
+    digits = f"{int.from_bytes(head_1[:9], 'big') % 10**20:020d}"
+    room_code = " ".join(digits[i : i + 4] for i in range(0, 20, 4))
+
     c2l_plain = payload(0, WELCOME_TYPE, welcomes["connector"])
     l2c_plain = payload(1, CHAT_TYPE, "hello laptop \N{WAVING HAND SIGN}".encode())
     c2l_token = fernet_token(c2l, c2l_plain, TOKEN_TIME, TOKEN_IV)
@@ -276,6 +304,13 @@ def compute() -> dict[str, Any]:
         "whisper_signed_data": whisper["signed"].hex(),
         "whisper_signature": whisper["signature"].hex(),
         "whisper_body": whisper["body"].hex(),
+        "offer_to_join": OFFER_TO_JOIN.hex(),
+        "offer_digest": offer_digest.hex(),
+        "offer_signed_data": offer_signed.hex(),
+        "offer_signature": offer_signature.hex(),
+        "room_head_0": head_0.hex(),
+        "room_head_1": head_1.hex(),
+        "room_code_1": room_code,
     }
 
 
