@@ -30,6 +30,7 @@ KEYS = (
     "file_mb_per_s",
     "file_crypto_limit_mb_per_s",
     "file_crypto_hash_limit_mb_per_s",
+    "file_cpu_s_per_gb",
     "file_bytes_wrong",
     "chat_rtt_p99_during_transfer_ms",
 )

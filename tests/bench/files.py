@@ -96,10 +96,22 @@ def bytes_wrong(expected: Path, got: Path) -> int:
     return wrong
 
 
-def file_run(folder: Path, source: Path, pings: bool) -> tuple[float, float, int, list[float]]:
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux: /proc); 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def file_run(
+    folder: Path, source: Path, pings: bool, cpu: list[float] | None = None
+) -> tuple[float, float, int, list[float]]:
     """One transfer of `source` between two real chatclient processes: seconds from /send
     to the receiver's "Received" line, seconds from /accept to it, bytes wrong, and (with
-    `pings`) chat round trips timed while it moved."""
+    `pings`) chat round trips timed while it moved. `cpu` gets the CPU seconds both
+    processes spent from /send to the verified file."""
     port = free_tcp_port()
     for name in ("desktop", "laptop"):
         (folder / name / "dl").mkdir(parents=True)
@@ -112,6 +124,8 @@ def file_run(folder: Path, source: Path, pings: bool) -> tuple[float, float, int
         lap = Process(connect, folder / "laptop")
         lap.wait_for("WELCOME Welcome to the chat!")
         desk.wait_for("laptop joined the chat.")
+        pids = (desk.popen.pid, lap.popen.pid)
+        cpu_before = sum(map(cpu_seconds, pids))
         start = time.perf_counter()
         lap.send(f"/send {source}")
         desk.wait_for("/accept 1 ")
@@ -128,6 +142,8 @@ def file_run(folder: Path, source: Path, pings: bool) -> tuple[float, float, int
             rtts.append(time.perf_counter() - sent)
         desk.wait_for("SHA-256 verified")
         seconds, moving = time.perf_counter() - start, time.perf_counter() - accepted
+        if cpu is not None:
+            cpu.append(sum(map(cpu_seconds, pids)) - cpu_before)
         lap.send("exit")
         lap.send("")
         lap.finish()
@@ -204,8 +220,9 @@ def measure_files(counts: Counts, folder: Path) -> dict[str, float | None]:
     make_file(source, counts.file_mib)
     megabytes = source.stat().st_size / 1e6
     times, moving, limits, hashed, ncats, wrong, lost = [], [], [], [], [], 0, []
+    cpu: list[float] = []
     for run in range(counts.file_runs):
-        seconds, after_accept, wrong_here, _ = file_run(folder / f"run{run}", source, False)
+        seconds, after_accept, wrong_here, _ = file_run(folder / f"run{run}", source, False, cpu)
         times.append(seconds)
         moving.append(after_accept)
         wrong += wrong_here
@@ -229,6 +246,8 @@ def measure_files(counts: Counts, folder: Path) -> dict[str, float | None]:
         "file_crypto_limit_mb_per_s": megabytes / statistics.median(limits),
         # the same with the receiver's SHA-256 of the whole file: what the program must do
         "file_crypto_hash_limit_mb_per_s": megabytes / statistics.median(hashed),
+        # both processes, from /send to the verified file (0 where /proc is missing)
+        "file_cpu_s_per_gb": statistics.median(cpu) / (megabytes / 1000),
         # from /accept on: without the sender's hashing before its offer
         "file_after_accept_mb_per_s": megabytes / statistics.median(moving),
         "file_ncat_ssl_mb_per_s": megabytes / statistics.median(ncats) if ncats else None,

@@ -218,6 +218,14 @@ def rows(f: dict[str, Any]) -> list[Row]:
             ">= 0.9x (issue 20)",
             f["file_mb_per_s"] >= 0.9 * f["file_crypto_hash_limit_mb_per_s"],
         ),
+        Row(
+            "file: CPU over both processes (s per GB)",
+            f"{f['file_cpu_s_per_gb']:.2f}",
+            "4.52 ssh aes128-gcm (issue 20)",
+            "-",
+            "<= 4.5",
+            f["file_cpu_s_per_gb"] <= 4.5 if f["file_cpu_s_per_gb"] else None,
+        ),
         ncat_row("  of which from /accept on (MB/s)", f["file_after_accept_mb_per_s"], f, "", None),
         ncat_row(
             "file vs ncat --ssl (MB/s)", f["file_mb_per_s"], f, ">= 1.0x ncat", c["file_ncat"]
