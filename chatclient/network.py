@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import selectors
+import signal
 import socket
 import sys
 import threading
@@ -190,8 +191,17 @@ class Network:
         self._room.claim(link)  # our own connection: the chat's one place
 
     def start(self) -> None:
-        """Start the network thread."""
-        self._thread.start()
+        """Start the network thread. Ctrl-C waits until it runs: one landing inside
+        Thread.start() breaks threading's own lock (a traceback, not a clean exit), and the
+        thread inherits SIGINT blocked, so the signal always goes to the main thread."""
+        mask = getattr(signal, "pthread_sigmask", None)
+        main = threading.current_thread() is threading.main_thread()
+        old = mask(signal.SIG_BLOCK, {signal.SIGINT}) if mask and main else None
+        try:
+            self._thread.start()
+        finally:
+            if mask is not None and old is not None:
+                mask(signal.SIG_SETMASK, old)
 
     def post(self, command: Callable[[float], None], *, urgent: bool = False) -> None:
         """Run `command(now)` on the network thread, in order; `urgent` ones first.
@@ -734,10 +744,17 @@ class Network:
     def offer(self, invite: Invite) -> None:
         """From now on, connections may join with `invite` (the one before is void)."""
 
+        installed = threading.Event()
+
         def replace_invite(now: float) -> None:
             self._invite, self._invite_reported = invite, False
+            installed.set()
 
         self.post(replace_invite)
+        # The code is shown once it is open: a peer quick to type it is never told that no
+        # invite is open. (Before start(), it is installed when the thread starts.)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            installed.wait(GOODBYE_DRAIN_SECONDS)
 
     def deliver(self, link: Link, message: Message, now: float) -> None:
         """On the network thread: queue `message` for one connection in the chat (one that
