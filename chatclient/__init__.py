@@ -11,7 +11,8 @@ The modules, in layers; an import only ever points down (the import contract in
 pyproject.toml fails the build otherwise):
 
     entry    cli (parse_args, main), __main__ (python -m chatclient)
-    screens  chat (Conversation and the commands table), firstrun (the questions)
+    screens  chat (Conversation and the commands table), firstrun (the questions),
+             trust (known_peers and past_rooms judge identities and rooms)
     I/O      network (the one selectors thread), then transfers (FileDesk), then
              disk (file readers and writers), sockets (listen, connect, SOCKS5)
              and terminal (all reading and printing)

@@ -18,7 +18,7 @@ from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from .config import Config, config_flag
+from .config import Config
 from .disk import FILES_WORK_HERE, NO_FILES_HERE, PreparedFile, hash_file, open_for_sending
 from .errors import ChatError, ConfigError, describe_os_error
 from .firstrun import show_invite
@@ -29,7 +29,6 @@ from .identity import (
     MAX_PAST_ROOMS,
     PAST_ROOMS_FILE,
     Invite,
-    KnownPeer,
     KnownPeers,
     Recognition,
     Trust,
@@ -55,14 +54,13 @@ from .messages import (
     Members,
     Message,
     Person,
-    Refuse,
     Said,
     Say,
     Terminate,
 )
 from .nearby import Presence
 from .network import GOODBYE_DRAIN_SECONDS, Network
-from .peer import Closed, Established, Event, Failed, IdentityRefused, Judge, MessageReceived
+from .peer import Closed, Established, Event, Failed, MessageReceived
 from .room import (
     Hearing,
     RoomLog,
@@ -83,6 +81,7 @@ from .terminal import (
 )
 from .text import format_size, name_skeleton, peer_text, sanitize
 from .transfers import FileDesk
+from .trust import changed_identity
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -91,79 +90,8 @@ if TYPE_CHECKING:
 # --- Chat: what the person at this terminal sees and types ----------------------
 
 
-def identity_judge(config_path: str, role: Role, program: str) -> Judge:
-    """The judge of this side's connections: known_peers, read afresh each time."""
-    known_path = beside(config_path, KNOWN_PEERS_FILE)
-
-    def judge(name: str, identity: bytes, mode: Mode) -> None:
-        seen = read_known_peers(known_path).recognize(name, identity)
-        if seen.trust is Trust.CHANGED:  # an invite code vouches for nobody's old name
-            assert seen.pinned is not None
-            warning = changed_identity(config_path, seen.pinned, identity, program)
-            # A stranger (no key, no code) learns nothing from us: not even that the name
-            # it tried is a contact's. This screen still shows the warning.
-            stranger = mode is Mode.CONTACT and role is Role.LISTENER
-            told = Refuse.NOT_A_CONTACT if stranger else None
-            raise IdentityRefused(Refuse.IDENTITY_CHANGED, warning, name, told=told)
-        if mode is Mode.CONTACT and seen.trust is Trust.NEW:
-            shown = sanitize(name)
-            if role is Role.LISTENER:
-                raise IdentityRefused(
-                    Refuse.NOT_A_CONTACT,
-                    f"{shown} is not one of your contacts (no key, no invite code, and an "
-                    f"identity not in {known_path}): told to ask for an invite code",
-                )
-            raise IdentityRefused(
-                Refuse.UNKNOWN_LISTENER,
-                f"{shown} at that address is not one of your contacts (its identity "
-                f"{fingerprint(identity)} is not in {known_path}): ask for an invite code "
-                "and connect with --code CODE",
-            )
-
-    return judge
-
-
 MAX_MEMBERS = 255  # a room's most members (--max-members), the host not counted
 PAST_WRITE_SECONDS = 10.0
-
-
-def ended_room_check(config_path: str) -> Callable[[bytes, bytes], str]:
-    """A connector's check of the host's room: one whose host ended it before (past_rooms)
-    is not joined, since the host could replay what was said there."""
-    path = beside(config_path, PAST_ROOMS_FILE)
-
-    def check(host: bytes, room: bytes) -> str:
-        if (host, room) not in read_past_rooms(path).rooms:
-            return ""
-        return (
-            f"the host offers a room you saw it end (its id is in {path}): a host starts a "
-            "new room each time it is started, and one that brings an old room back could "
-            "replay what was said there. Not joining"
-        )
-
-    return check
-
-
-def changed_identity(config_path: str, pinned: KnownPeer, offered: bytes, program: str) -> str:
-    """The warning for a known name with a new identity, in the spirit of SSH's."""
-    name = sanitize(pinned.name)
-    banner = "@" * 62
-    return "\n".join(
-        [
-            f"{name}'s identity has changed: connection refused",
-            banner,
-            f"@  WARNING: THE IDENTITY OF {name.upper()} HAS CHANGED!",
-            banner,
-            f"Someone may be pretending to be {name} (a man in the middle), or {name} made a "
-            "new identity.",
-            f"Pinned:  {fingerprint(pinned.key)} (first seen {pinned.first_seen}, "
-            f"line {pinned.line} of {beside(config_path, KNOWN_PEERS_FILE)})",
-            f"Offered: {fingerprint(offered)}",
-            "Nothing it sent is shown. If you are sure it is a new identity, delete line "
-            f"{pinned.line} of that file, or run: {program}{config_flag(config_path, program)} "
-            f"--forget {shlex.quote(pinned.name)}",
-        ]
-    )
 
 
 def later(prefix: str, text: str) -> Later:

@@ -436,9 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         code = None if listening else args.code or ask_code(term, psk, known)
         # The chat itself (the network thread, files, the room) loads only now: start-up
         # to the first prompt does not pay for it.
-        from .chat import Conversation, PeerEnded, ended_room_check, identity_judge
+        from .chat import Conversation, PeerEnded
         from .disk import FINISH_WRITING_SECONDS
         from .network import Network
+        from .trust import ended_room_check, identity_judge
 
         room = os.urandom(ROOM_ID_SIZE)
         downloads = downloads_folder(config, args.downloads)

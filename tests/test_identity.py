@@ -14,7 +14,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pair import PSK, FakeClock, PeerPair
 
-from chatclient.chat import identity_judge
 from chatclient.errors import ConfigError
 from chatclient.handshake import Mode, Role
 from chatclient.identity import (
@@ -40,6 +39,7 @@ from chatclient.peer import (
     PeerProtocol,
     Stage,
 )
+from chatclient.trust import identity_judge
 from chatclient.wordlist import EVEN_WORDS, ODD_WORDS
 
 ALICE = bytes(range(32))
