@@ -9,7 +9,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from conftest import KEY, TIMEOUT, ChatProcess, free_port, write_config
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -87,7 +87,25 @@ class Quiet:
     def invite_void(self, line: str) -> None: ...
 
 
-class Replayer(Network):
+Net = TypeVar("Net", bound=Network)
+
+
+class HostileHost(Network):
+    """The real host's Network, which a test makes say what it likes."""
+
+    def inject(self, to: str, *messages: Message) -> None:
+        """Send `messages` to member `to`, on the network thread, as the host."""
+
+        def run(now: float) -> None:
+            target = self._room.named(to)
+            assert target is not None
+            for message in messages:
+                self._to(target, message, now)
+
+        self.post(run)
+
+
+class Replayer(HostileHost):
     """A hostile host that keeps what it relays and can play it again later."""
 
     kept: list[Said]
@@ -113,7 +131,8 @@ class Replayer(Network):
         self.post(run)
 
 
-def hostile_host(kind: type[Network], identity: Ed25519PrivateKey, port: int) -> Network:
+def hostile_host(kind: type[Net], identity: Ed25519PrivateKey, port: int) -> Net:
+    """A hostile host of class `kind` listening on 127.0.0.1:`port`, started."""
     net = kind(PSK, "desktop", Quiet(), identity=identity, room=ROOM, capacity=5)
     net.listen(listen_socket("127.0.0.1", port, ""))
     net.start()

@@ -13,6 +13,7 @@ from rooms import (
     A_JOIN,
     HOST,
     ROOM,
+    HostileHost,
     Mallory,
     Quiet,
     Replayer,
@@ -130,7 +131,6 @@ def test_a_host_cannot_replay_a_join_or_old_words(spawn: Spawn, tmp_path: Path) 
     them as hers; with a made-up join nonce her old words fail their signature."""
     port = free_port()
     net = hostile_host(Replayer, key(), port)
-    assert isinstance(net, Replayer)
     net.kept = []
     try:
         alice = join(spawn, tmp_path, "alice", port)
@@ -155,26 +155,18 @@ def test_a_goodbye_is_the_members_own_and_a_forged_one_is_not_shown(
 ) -> None:
     """Issue 21, item 7: goodbyes are signed; the host cannot put one in alice's mouth."""
 
-    class Forger(Network):
-        def forge_goodbye(self, name: str, to: str, text: str) -> None:
-            def run(now: float) -> None:
-                target = self._room.named(to)
-                words = Voice(key(), name, HOST, ROOM, A_JOIN).say(text, Form.GOODBYE)
-                self._to(target, Said(name, words), now)
-                self._to(target, Left(name), now)
-
-            self.post(run)
-
     port = free_port()
-    net = hostile_host(Forger, key(), port)
-    assert isinstance(net, Forger)
+    net = hostile_host(HostileHost, key(), port)
     try:
         alice = join(spawn, tmp_path, "alice", port)
         bob = join(spawn, tmp_path, "bob", port)
         carol = join(spawn, tmp_path, "carol", port)
         for member in (alice, bob):
             member.expect(r"^carol joined the chat\.$")
-        net.forge_goodbye("alice", "bob", "I-AGREE-TO-EVERYTHING")
+        forged = Voice(key(), "alice", HOST, ROOM, A_JOIN).say(
+            "I-AGREE-TO-EVERYTHING", Form.GOODBYE
+        )
+        net.inject("bob", Said("alice", forged), Left("alice"))
         bob.expect(r"^warning: a message claiming to be from alice failed its signature check")
         bob.expect(r"^alice left the chat\.$")  # the host's word alone: no goodbye words
         carol.send("exit", "see you all")
@@ -190,25 +182,15 @@ def test_a_goodbye_is_the_members_own_and_a_forged_one_is_not_shown(
 def test_a_host_cannot_present_its_own_file_as_a_members(spawn: Spawn, tmp_path: Path) -> None:
     """Issue 21, item 9: offers a host relays are signed by their author."""
 
-    class Presenter(Network):
-        def offer_as(self, author: str, to: str, origin: int) -> None:
-            def run(now: float) -> None:
-                target = self._room.named(to)
-                payload = b"the host's own file"
-                digest = hashlib.sha256(payload).digest()
-                offer = FileOffer(7, len(payload), digest, "contract.pdf", author, origin)
-                self._to(target, offer, now)
-
-            self.post(run)
-
     port = free_port()
-    net = hostile_host(Presenter, key(), port)
-    assert isinstance(net, Presenter)
+    net = hostile_host(HostileHost, key(), port)
     try:
         alice = join(spawn, tmp_path, "alice", port)
         bob = join(spawn, tmp_path, "bob", port)
         alice.expect(r"^bob joined the chat\.$")
-        net.offer_as("alice", "bob", origin=1)
+        payload = b"the host's own file"
+        digest = hashlib.sha256(payload).digest()
+        net.inject("bob", FileOffer(7, len(payload), digest, "contract.pdf", "alice", 1))
         bob.expect(
             r"^warning: an offer claiming to be from alice failed its signature check: declined$",
             stream="err",
