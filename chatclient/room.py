@@ -328,10 +328,10 @@ class Hearing:
         self.me, self.host, self.room, self.nonce = me, host, room, nonce
         self._joins: dict[str, bytes] = {host_name: NO_NONCE}  # author -> their join nonce
         self._next: dict[tuple[str, str], int] = {}
-        # Announced (or ours), and ended (here, or before: past_rooms): never again. Ordered,
-        # and at most MAX_ENDED_JOINS each, oldest forgotten first: a host's flood of joins
-        # costs bounded memory.
-        self._seen: dict[bytes, None] = dict.fromkeys([nonce, NO_NONCE])
+        # Announced, and ended (here, or before: past_rooms): never again. Ordered, and at
+        # most MAX_ENDED_JOINS each, oldest forgotten first: a host's flood of joins costs
+        # bounded memory. Ours and the zero nonce are refused apart, never forgotten.
+        self._seen: dict[bytes, None] = {}
         self._ended: dict[bytes, None] = dict.fromkeys(ended)
         self.gone: set[str] = set()  # said goodbye: LEFT follows, nothing else
 
