@@ -78,6 +78,7 @@ GOODBYE_DRAIN_SECONDS = 2.0
 # closing then would reset the connection and lose what it has not read of ours, so the
 # wait goes on while it sends, up to this long.
 GOODBYE_BUSY_SECONDS = 30.0
+INSTALL_SECONDS = 2.0  # the most /invite waits for the network thread to open its code
 # What may wait unsent for one peer; a peer that lets more pile up is not reading.
 MAX_OUTGOING = 4 * 1024 * 1024
 # Above this much unsent, the network thread takes no more messages from this side
@@ -754,7 +755,7 @@ class Network:
         # The code is shown once it is open: a peer quick to type it is never told that no
         # invite is open. (Before start(), it is installed when the thread starts.)
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            installed.wait(GOODBYE_DRAIN_SECONDS)
+            installed.wait(INSTALL_SECONDS)
 
     def deliver(self, link: Link, message: Message, now: float) -> None:
         """On the network thread: queue `message` for one connection in the chat (one that
