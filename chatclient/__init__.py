@@ -30,4 +30,4 @@ for what the first prompt does not need. Nothing here re-exports the modules'
 names: import them from the module that defines them.
 """
 
-__version__ = "2.2.0"
+__version__ = "2.3.0"

@@ -19,7 +19,14 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from .config import Config
-from .disk import FILES_WORK_HERE, NO_FILES_HERE, PreparedFile, hash_file, open_for_sending
+from .disk import (
+    FILES_WORK_HERE,
+    NO_FILES_HERE,
+    PreparedFile,
+    file_fingerprint,
+    file_stamp,
+    open_for_sending,
+)
 from .errors import ChatError, ConfigError, describe_os_error
 from .firstrun import show_invite
 from .handshake import ROOM_ID_SIZE, Mode, Role
@@ -47,6 +54,7 @@ from .messages import (
     Action,
     Chat,
     Echo,
+    FileDone,
     FileOffer,
     Form,
     Joined,
@@ -65,9 +73,11 @@ from .room import (
     Hearing,
     RoomLog,
     Voice,
+    done_forgery,
     forgery,
     offer_forgery,
     public_line,
+    sign_done,
     sign_offer,
 )
 from .sockets import Link, format_address
@@ -79,7 +89,7 @@ from .terminal import (
     signal_until,
     terminal_width,
 )
-from .text import format_size, name_skeleton, peer_text, sanitize
+from .text import name_skeleton, peer_text, sanitize
 from .transfers import FileDesk
 from .trust import changed_identity
 
@@ -295,6 +305,21 @@ class Conversation:
         assert self.voice is not None
         person = self.people.get(to)
         return sign_offer(self.voice, offer, to, person.nonce if person else NO_NONCE)
+
+    def sign_done(self, to: str, origin: int, digest: bytes) -> bytes:
+        """The SHA-256 of our offer `origin` to member `to`, signed for their join."""
+        assert self.voice is not None
+        person = self.people.get(to)
+        return sign_done(self.voice, origin, digest, person.nonce if person else NO_NONCE)
+
+    def done_forgery(self, author: str, origin: int, done: FileDone) -> bool:
+        """True when member `author`'s FILEDONE for their offer `origin` is not theirs."""
+        if self.voice is None or author in self.distrusted:
+            return True
+        person = self.people.get(author)
+        identity, nonce = (person.identity, person.nonce) if person else (None, None)
+        voice = self.voice
+        return done_forgery(voice.host, voice.room, done, origin, voice.nonce, identity, nonce)
 
     def offer_forgery(self, offer: FileOffer) -> str | None:
         """Why an offer the host relays from member offer.who is not theirs, or repeats one
@@ -1006,33 +1031,18 @@ class Conversation:
             return False
         # The name as the peer will see it: undecodable bytes of a file name become U+FFFD.
         name = os.fsencode(os.path.basename(path)).decode("utf-8", "replace")
-        if size >= 100_000_000:
-            self.term.show(f"Checking {sanitize(name)} ({format_size(size)}) before offering it...")
-        net = self.net
-        threading.Thread(
-            target=self._hash_and_offer, args=(net, path, name, fd, size, targets), daemon=True
-        ).start()
-        return False
-
-    def _hash_and_offer(
-        self,
-        net: Network,
-        path: str,
-        name: str,
-        fd: int,
-        size: int,
-        targets: list[tuple[str, bool]],
-    ) -> None:
-        """In a thread of its own: the file's SHA-256, then the offer."""
-        try:
-            digest, stamp = hash_file(fd, size)
-        except (ChatError, OSError) as exc:
+        try:  # the SHA-256 is taken as the file is sent: the offer leaves now
+            stamp = file_stamp(fd)
+            print_of = file_fingerprint(fd, size, stamp)
+        except OSError as exc:
             os.close(fd)
-            why = exc if isinstance(exc, ChatError) else describe_os_error(exc)
+            why = describe_os_error(exc)
             self.term.error(f"error: cannot read {sanitize(path)}: {why}: nothing offered")
-            return
-        prepared = PreparedFile(path, name, fd, size, digest, stamp)
+            return False
+        prepared = PreparedFile(path, name, fd, size, print_of, stamp)
+        net = self.net
         net.post(lambda now: net.files.offer(prepared, targets, now))
+        return False
 
     def _to_desk(
         self,

@@ -10,6 +10,7 @@ import hmac
 import os
 import queue
 import stat
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from .errors import ChatError, describe_os_error
 from .filenames import META_SUFFIX, PART_SUFFIX, PartialInfo, numbered
+from .handshake import FINGERPRINT_LABEL
 from .messages import CHUNK_SIZE
 
 # --- Files: disk workers and the transfer desk ------------------------------------
@@ -92,26 +94,31 @@ def hash_start(fd: int, size: int, shorter: str) -> hashlib._Hash:
     return digest
 
 
-def hash_file(fd: int, size: int) -> tuple[bytes, tuple[int, int, int]]:
-    """The SHA-256 of a file of `size` bytes, and its stamp; ChatError if it changed
-    while it was being read."""
-    stamp = file_stamp(fd)
-    digest = hash_start(fd, size, "it got shorter while it was being read")
-    if file_stamp(fd) != stamp or stamp[0] != size:
-        raise ChatError("it changed while it was being read: send it once it is final")
-    return digest.digest(), stamp
+FINGERPRINT_SPAN = 1024 * 1024  # the fingerprint reads this much at each end of a file
+
+
+def file_fingerprint(fd: int, size: int, stamp: tuple[int, int, int]) -> bytes:
+    """What identifies a file at offer time, cheaply, so that a resume continues the same
+    file: its size, modification time, and first and last MiB. The SHA-256 of the whole
+    file, sent with FILEDONE, is what the receiver checks."""
+    head = os.pread(fd, min(size, FINGERPRINT_SPAN), 0)
+    tail_at = max(size - FINGERPRINT_SPAN, 0)
+    tail = os.pread(fd, size - tail_at, tail_at)
+    return hashlib.sha256(
+        FINGERPRINT_LABEL + struct.pack("!QQ", size, stamp[1]) + head + tail
+    ).digest()
 
 
 @dataclass(frozen=True)
 class PreparedFile:
-    """A file checked and hashed, ready to offer (each transfer reads its own copy of fd)."""
+    """A file checked, ready to offer (each transfer reads its own copy of fd)."""
 
     path: str
     name: str
     fd: int
     size: int
-    digest: bytes
-    stamp: tuple[int, int, int]  # file_stamp() when it was hashed
+    fingerprint: bytes
+    stamp: tuple[int, int, int]  # file_stamp() when it was offered
 
 
 def free_space(folder: str) -> int:
@@ -120,7 +127,9 @@ def free_space(folder: str) -> int:
     return info.f_bavail * info.f_frsize
 
 
-def find_partial(folder: str, size: int, digest: bytes, sender: bytes) -> tuple[str, int] | None:
+def find_partial(
+    folder: str, size: int, fingerprint: bytes, sender: bytes
+) -> tuple[str, int] | None:
     """An earlier partial download of this very file from this sender: (part, its length)."""
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
@@ -137,7 +146,7 @@ def find_partial(folder: str, size: int, digest: bytes, sender: bytes) -> tuple[
                 continue
             if (
                 info is not None
-                and (info.size, info.digest, info.sender) == (size, digest, sender)
+                and (info.size, info.fingerprint, info.sender) == (size, fingerprint, sender)
                 and stat.S_ISREG(length.st_mode)
                 and length.st_size <= size
             ):
@@ -229,6 +238,7 @@ class FileSource:
         self._closed = False
         self._waiting = False  # the network found nothing ready: wake it for the next
         self.verdict: str | None = None  # once all is read: "" unchanged, else what happened
+        self.digest = b""  # once all is read, unchanged: the SHA-256 of the whole file
         threading.Thread(target=self._run, name="file-source", daemon=True).start()
 
     def take(self) -> bytes | None:
@@ -253,6 +263,8 @@ class FileSource:
     def _run(self) -> None:
         try:
             verdict = self._read()
+        except ChatError as exc:
+            verdict = str(exc)
         except OSError as exc:
             verdict = f"could not be read ({describe_os_error(exc)})"
         finally:
@@ -262,6 +274,9 @@ class FileSource:
         self._wake()
 
     def _read(self) -> str:
+        # The SHA-256 is taken of the bytes as they are sent (after those a resume skips),
+        # so the file is read once: FILEDONE carries it.
+        digest = hash_start(self._fd, self._offset, "got shorter while it was being sent")
         position = self._offset
         while position < self._size:  # a block of chunks per read: fewer calls, fewer handovers
             wanted = min(CHUNK_SIZE * READ_BLOCK, self._size - position)
@@ -280,8 +295,10 @@ class FileSource:
                 wake, self._waiting = self._waiting, False
             if wake:
                 self._wake()
+            digest.update(block)  # after the chunks are out: the network never waits for it
         if file_stamp(self._fd) != self._stamp:
             return "changed while it was being sent"
+        self.digest = digest.digest()
         return ""
 
 
@@ -289,7 +306,7 @@ class FileSink:
     """One file being received, written to NAME.part by a thread of its own.
 
     Each write is granted back as credit; after the sender's DONE the whole file's
-    SHA-256 is checked, and only a match is moved into place.
+    SHA-256 is checked against the one DONE carries, and only a match is moved into place.
     """
 
     def __init__(
@@ -297,11 +314,10 @@ class FileSink:
         fd: int,
         part: str,
         offset: int,
-        digest: bytes,
         place: Callable[[str], str],
         report: Callable[[str, int, str], None],
     ) -> None:
-        self.part, self._fd, self._offset, self._digest = part, fd, offset, digest
+        self.part, self._fd, self._offset, self._digest = part, fd, offset, b""
         self._place, self._report = place, report  # report(kind, bytes, text)
         self._queue: deque[bytes] = deque()
         self._cond = threading.Condition()
@@ -317,10 +333,10 @@ class FileSink:
             self._queue.append(data)
             self._cond.notify()
 
-    def finish(self) -> None:
-        """Every byte has been put: check and place the file."""
+    def finish(self, digest: bytes) -> None:
+        """Every byte has been put: check the file against `digest` and place it."""
         with self._cond:
-            self._finishing = True
+            self._digest, self._finishing = digest, True
             self._cond.notify()
 
     def close(self, keep: bool) -> None:
@@ -410,7 +426,7 @@ class FileSink:
                 unreported = 0
 
     def _check_and_place(self, digest: bytes) -> None:
-        """The whole file's SHA-256 against the offer's; only a match is moved into place."""
+        """The whole file's SHA-256 against the sender's; only a match is moved into place."""
         if not hmac.compare_digest(digest, self._digest):
             self._discard()
             self._report("mismatch", 0, "")

@@ -70,13 +70,13 @@ class PartialInfo:
 
     name: str
     size: int
-    digest: bytes
+    fingerprint: bytes  # the offer's: the same file, unchanged (disk.file_fingerprint)
     sender: bytes  # the sender's identity key: only they may resume it
 
     def render(self) -> str:
         return (
             f"{META_HEADER}\nname = {self.name}\nsize = {self.size}\n"
-            f"sha256 = {self.digest.hex()}\nsender = {self.sender.hex()}\n"
+            f"fingerprint = {self.fingerprint.hex()}\nsender = {self.sender.hex()}\n"
         )
 
     @classmethod
@@ -89,7 +89,7 @@ class PartialInfo:
                 fields[key] = value
         try:
             size = int(fields["size"])
-            digest, sender = bytes.fromhex(fields["sha256"]), bytes.fromhex(fields["sender"])
+            digest, sender = bytes.fromhex(fields["fingerprint"]), bytes.fromhex(fields["sender"])
         except (KeyError, ValueError):
             return None
         if not text.startswith(META_HEADER) or size < 0 or len(digest) != 32:

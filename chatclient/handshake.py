@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # sign the WELCOMEs are what authenticates.
 
 MAGIC = b"CCHT"
-VERSION = 3
+VERSION = 4
 HELLO_SIZE = len(MAGIC) + 1 + 32  # M2 without SPAKE2's message
 SPAKE_SIZE = 33
 CONFIRM_SIZE = 32 + 32
@@ -45,7 +45,9 @@ CONFIRM_LABEL = b"connector"
 WELCOME_LABEL = b"chatclient/2 welcome from the "
 SPAKE_IDS = {"idA": b"chatclient connector", "idB": b"chatclient listener"}
 WORDS_LABEL = b"chatclient/3 words\0"
-OFFER_LABEL = b"chatclient/3 offer\0"
+OFFER_LABEL = b"chatclient/4 offer\0"
+DONE_LABEL = b"chatclient/4 file done\0"
+FINGERPRINT_LABEL = b"chatclient/4 fingerprint\0"
 ROOM_HEAD_LABEL = b"chatclient/3 room head\0"
 ROOM_ID_SIZE = 16
 NONCE_SIZE = 16  # a member's join nonce, in its WELCOME's room field

@@ -542,26 +542,45 @@ MAX_OFFERED_NAME = 1024  # bytes of a file name on the wire (a safe one is made 
 MAX_REASON = 256
 
 
+class Bundle(IntEnum):
+    """What an offer carries: one file, a folder, or several files."""
+
+    FILE = 0
+    FOLDER = 1
+    FILES = 2
+
+
+MAX_BUNDLE_FILES = 10_000  # files in one folder or multi-file offer
+
+
 @dataclass(frozen=True)
 class FileOffer(Message):
-    """A file offered: its name, size and SHA-256 (checked when it has all arrived)."""
+    """A file, a folder or several files offered: the name, the size and a fingerprint.
+
+    The SHA-256 comes with FILEDONE, so the offer leaves before the file is read. A
+    FOLDER or FILES offer moves as one stream: its list of entries, then their data.
+    """
 
     TAG: ClassVar[int] = 13
     id: int
     size: int
-    digest: bytes
+    fingerprint: bytes
     name: str
     who: str = ""
     # A member's offer for another member, relayed by the host: the author's own id for it
     # (on its connection to the host) and the author's signature (offer_signed_data).
     origin: int = 0
     signature: bytes = bytes(64)
+    bundle: Bundle = Bundle.FILE
+    count: int = 1  # files in it
 
     def encode_body(self) -> bytes:
         return (
             int_field(self.id, 4)
             + int_field(self.size, 8)
-            + check_size("SHA-256", self.digest, 32)
+            + check_size("fingerprint", self.fingerprint, 32)
+            + int_field(self.bundle, 1)
+            + int_field(self.count, 4)
             + bytes_field(encode_text(self.who, MAX_NAME_BYTES, "a name"))
             + int_field(self.origin, 4)
             + check_size("signature", self.signature, 64)
@@ -571,13 +590,18 @@ class FileOffer(Message):
     @classmethod
     def decode_body(cls, body: FieldReader) -> Message:
         number, size = body.integer(4, "id"), body.integer(8, "size")
-        digest = body.fixed(32, "SHA-256")
+        fingerprint = body.fixed(32, "fingerprint")
+        kind, count = body.integer(1, "kind"), body.integer(4, "count")
+        if kind not in {int(b) for b in Bundle}:
+            raise ProtocolError(f"an OFFER's kind is {kind}, not 0, 1 or 2")
+        if kind == Bundle.FILE and count != 1:
+            raise ProtocolError(f"an OFFER of one file says it holds {count} files")
         who = body.text(MAX_NAME_BYTES, "who")
         if who:
             checked_name(who)
         origin, signature = body.integer(4, "origin"), body.fixed(64, "signature")
         name = body.rest_text(MAX_OFFERED_NAME, "name")
-        return cls(number, size, digest, name, who, origin, signature)
+        return cls(number, size, fingerprint, name, who, origin, signature, Bundle(kind), count)
 
 
 @dataclass(frozen=True)
@@ -644,10 +668,28 @@ class FileCredit(Message):
 
 
 @dataclass(frozen=True)
-class FileDone(FileAbout):
-    """The sender has sent every byte and found the file unchanged."""
+class FileDone(Message):
+    """The sender has sent every byte, found the file unchanged, and gives its SHA-256
+    (for a member's file relayed by the host, signed by the member: done_signed_data)."""
 
     TAG: ClassVar[int] = 17
+    id: int
+    digest: bytes
+    signature: bytes = bytes(64)
+
+    def encode_body(self) -> bytes:
+        return (
+            int_field(self.id, 4)
+            + check_size("SHA-256", self.digest, 32)
+            + check_size("signature", self.signature, 64)
+        )
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        number, digest = body.integer(4, "id"), body.fixed(32, "SHA-256")
+        signature = body.fixed(64, "signature")
+        body.end()
+        return cls(number, digest, signature)
 
 
 @dataclass(frozen=True)

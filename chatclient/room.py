@@ -10,11 +10,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import HandshakeError
-from .handshake import OFFER_LABEL, ROOM_HEAD_LABEL, WORDS_LABEL, verify_signature
+from .handshake import DONE_LABEL, OFFER_LABEL, ROOM_HEAD_LABEL, WORDS_LABEL, verify_signature
 from .messages import (
     NO_NONCE,
     Action,
     Chat,
+    FileDone,
     FileOffer,
     Form,
     Joined,
@@ -208,17 +209,26 @@ def offer_signed_data(
     offer: FileOffer,
 ) -> bytes:
     """What a member signs when it offers a file to another member through the host: the
-    room, both joins, its own id for the offer, the size, the SHA-256, both names, the
-    file's name."""
+    room, both joins, its own id for the offer, the size, the fingerprint, the bundle
+    kind and count, both names, the offer's name."""
     return b"".join(
         [
             OFFER_LABEL + host + room + author_nonce + audience_nonce,
-            int_field(offer.origin, 4) + int_field(offer.size, 8) + offer.digest,
+            int_field(offer.origin, 4) + int_field(offer.size, 8) + offer.fingerprint,
+            int_field(offer.bundle, 1) + int_field(offer.count, 4),
             bytes_field(author.encode("utf-8")),
             bytes_field(to.encode("utf-8")),
             offer.name.encode("utf-8"),
         ]
     )
+
+
+def done_signed_data(
+    host: bytes, room: bytes, author_nonce: bytes, audience_nonce: bytes, origin: int, digest: bytes
+) -> bytes:
+    """What a member signs when its file relayed by the host is all sent: the room, both
+    joins, its own id for the offer and the SHA-256 of what it sent."""
+    return DONE_LABEL + host + room + author_nonce + audience_nonce + int_field(origin, 4) + digest
 
 
 def signed_by(identity: bytes, signature: bytes, data: bytes) -> bool:
@@ -280,6 +290,28 @@ def offer_forgery(
         if signed_by(identity, offer.signature, data):
             return None
     return f"an offer claiming to be from {sanitize(offer.who)} failed its signature check"
+
+
+def sign_done(voice: Voice, origin: int, digest: bytes, to_nonce: bytes) -> bytes:
+    """`voice`'s author's signature of the SHA-256 of its offer `origin` to `to_nonce`'s join."""
+    data = done_signed_data(voice.host, voice.room, voice.nonce, to_nonce, origin, digest)
+    return voice._identity.sign(data)
+
+
+def done_forgery(
+    host: bytes,
+    room: bytes,
+    done: FileDone,
+    origin: int,
+    my_nonce: bytes,
+    identity: bytes | None,
+    author_nonce: bytes | None,
+) -> bool:
+    """True when a relayed FILEDONE's SHA-256 is not signed by the offer's author."""
+    if identity is None or author_nonce is None:
+        return True
+    data = done_signed_data(host, room, author_nonce, my_nonce, origin, done.digest)
+    return not signed_by(identity, done.signature, data)
 
 
 def forgery(

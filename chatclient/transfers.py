@@ -8,7 +8,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import partial
 from typing import Protocol
@@ -39,6 +39,7 @@ from .handshake import Role
 from .messages import (
     CHUNK_SIZE,
     MAX_REASON,
+    Bundle,
     FileAbout,
     FileAccept,
     FileCancel,
@@ -80,7 +81,7 @@ class Transfer:
     sending: bool
     name: str  # as offered when sending; the safe name it is saved as when receiving
     size: int
-    digest: bytes
+    fingerprint: bytes
     person: str  # the far end: who it is for, or who offers it
     state: Moving = Moving.OFFERED
     offset: int = 0  # where the data starts (past 0: a resume)
@@ -88,7 +89,12 @@ class Transfer:
     credit: int = 0  # bytes the sender may still send
     started: float = 0.0
     fd: int = -1  # sending: the file, until a FileSource takes it
-    stamp: tuple[int, int, int] = (0, 0, 0)  # sending: file_stamp() when it was hashed
+    stamp: tuple[int, int, int] = (0, 0, 0)  # sending: file_stamp() when it was offered
+    origin: int = 0  # receiving a member's file through the host: the author's id for it
+    signed: bool = False  # sending to a member through the host: FILEDONE is signed
+    digest: bytes = b""  # host: the SHA-256 (and signature) of the author's FILEDONE
+    done_signature: bytes = bytes(64)
+    restarted: bool = False  # a resume whose SHA-256 did not match was started over once
     source: FileSource | None = None
     sink: FileSink | None = None
     partner: Transfer | None = None  # relayed by the host: the other leg
@@ -107,6 +113,18 @@ class Transfer:
     @property
     def percent(self) -> int:
         return self.position * 100 // self.size if self.size else 100
+
+
+def restarting(t: Transfer, accept: FileAccept) -> bool:
+    """True for the one FILEACCEPT a receiver may send again: at offset 0, after the
+    FILEDONE of a resumed transfer (its SHA-256 did not match what it had kept)."""
+    return (
+        t.state is Moving.MOVING
+        and t.done
+        and t.offset > 0
+        and accept.offset == 0
+        and not t.restarted
+    )
 
 
 class Legs:
@@ -158,6 +176,12 @@ class FileUser(Protocol):
 
     def sign_offer(self, offer: FileOffer, to: str) -> FileOffer:
         """`offer`, for member `to` through the host, signed by this side."""
+
+    def sign_done(self, to: str, origin: int, digest: bytes) -> bytes:
+        """This side's signature of the SHA-256 of its offer `origin` to member `to`."""
+
+    def done_forgery(self, author: str, origin: int, done: FileDone) -> bool:
+        """True when a relayed FILEDONE of member `author`'s offer `origin` is not theirs."""
 
     def offer_forgery(self, offer: FileOffer) -> str | None:
         """Why an offer the host relays from member offer.who is not theirs (or repeats an
@@ -273,12 +297,13 @@ class FileDesk:
                 number = self._next_id.get(link, 0) + 1
                 self._next_id[link] = number
                 transfer = self._add(
-                    link, number, True, prepared.name, prepared.size, prepared.digest, name
+                    link, number, True, prepared.name, prepared.size, prepared.fingerprint, name
                 )
                 transfer.fd, transfer.stamp = fd, prepared.stamp
-                offer = FileOffer(number, prepared.size, prepared.digest, prepared.name, who)
+                offer = FileOffer(number, prepared.size, prepared.fingerprint, prepared.name, who)
                 if who and self._user is not None:  # for a member, through the host: signed
                     offer = self._user.sign_offer(offer, who)
+                    transfer.signed = True
                 self._net.deliver(link, offer, now)
                 offered.append(sanitize(name))
         finally:
@@ -296,14 +321,14 @@ class FileDesk:
         sending: bool,
         name: str,
         size: int,
-        digest: bytes,
+        fingerprint: bytes,
         person: str,
         shown: bool = True,
     ) -> Transfer:
         if shown:
             self._numbers += 1
         transfer = Transfer(
-            self._numbers if shown else 0, link, number, sending, name, size, digest, person
+            self._numbers if shown else 0, link, number, sending, name, size, fingerprint, person
         )
         (self._sending if sending else self._receiving).put(transfer)
         self._transfers.append(transfer)
@@ -361,10 +386,11 @@ class FileDesk:
         except (OSError, RuntimeError) as exc:  # RuntimeError: no thread could be started
             self._error(f"error: cannot save into {self.downloads}: {describe_os_error(exc)}")
 
-    def _start_receiving(self, t: Transfer, now: float) -> None:
+    def _start_receiving(self, t: Transfer, now: float, again: bool = False) -> None:
+        """Take `t` (`again`: from zero, a resume that did not match started over)."""
         folder, name = self.downloads, sanitize(t.name)
         sender = self._sender_identity(t)
-        found = find_partial(folder, t.size, t.digest, sender)
+        found = None if again else find_partial(folder, t.size, t.fingerprint, sender)
         if found is not None and any(
             sink.part == found[0] and sink.thread.is_alive() for sink in self._sinks
         ):
@@ -387,7 +413,7 @@ class FileDesk:
             part = found[0]
             fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW)
         else:
-            record = PartialInfo(t.name, t.size, t.digest, sender).render()
+            record = PartialInfo(t.name, t.size, t.fingerprint, sender).render()
             fd, part = create_part(folder, t.name, record)
 
         def report(kind: str, amount: int, text: str) -> None:
@@ -395,7 +421,7 @@ class FileDesk:
 
         try:
             sink = FileSink(
-                fd, part, offset, t.digest, partial(place_file, folder=folder, name=t.name), report
+                fd, part, offset, partial(place_file, folder=folder, name=t.name), report
             )
         except RuntimeError:  # no thread could be started
             os.close(fd)
@@ -409,6 +435,11 @@ class FileDesk:
         self._net.deliver(t.link, FileAccept(t.id, offset, FILE_WINDOW), now)
         if offset:
             self._say(f"Resuming {name} at {t.percent}%")
+        elif again:
+            self._say(
+                f"{name} did not match after the resume: receiving it again from the start "
+                f"(the part kept was not this file)."
+            )
         else:
             self._say(f"Receiving {name} from {sanitize(t.person)} into {folder}.")
 
@@ -485,13 +516,16 @@ class FileDesk:
         if isinstance(message, FileOffer):
             self._on_offer(link, message, now)
             return
-        assert isinstance(message, (FileAccept, FileAbout, FileCredit, FileCancel))
+        assert isinstance(message, (FileAccept, FileAbout, FileCredit, FileCancel, FileDone))
         if (isinstance(message, FileCancel) and message.mine) or isinstance(message, FileDone):
             transfer = self._receiving.get(link, message.id)  # about what they send us
         else:
             transfer = self._sending.get(link, message.id)  # about what we send them
         if transfer is None or (transfer.state in ENDED and not isinstance(message, FileCancel)):
             return  # an answer crossing our cancel, or about nothing: nothing to do
+        if isinstance(message, FileAccept) and restarting(transfer, message):
+            self._restart(transfer, message, now)
+            return
         if isinstance(message, FileAccept) and (
             transfer.state is not Moving.OFFERED or message.offset > transfer.size
         ):
@@ -516,7 +550,7 @@ class FileDesk:
                 f"({format_size(transfer.size)} in {took}{resumed if transfer.offset else ''})."
             )
         elif isinstance(message, FileDone):
-            self._on_done(transfer, now)
+            self._on_done(transfer, message, now)
         elif isinstance(message, FileCancel) and transfer.state not in ENDED and message.keep:
             self._end(transfer, Moving.PAUSED, now, keep=True)
             who, name = sanitize(transfer.person), sanitize(transfer.name)
@@ -544,6 +578,8 @@ class FileDesk:
         if len(open_here) >= MAX_OPEN_OFFERS_PER_LINK:
             waiting = MAX_OPEN_OFFERS
         name = safe_file_name(offer.name)
+        if offer.bundle is not Bundle.FILE:  # folders come in the next step
+            name = None
         hosting = link.peer.role is Role.LISTENER
         if hosting and offer.who:  # a member's file for another member: relayed
             self._relay_offer(link, offer, now)
@@ -569,13 +605,16 @@ class FileDesk:
                     "rest are declined until you answer some"
                 )
             return
-        t = self._add(link, offer.id, False, name, offer.size, offer.digest, person)
+        t = self._add(link, offer.id, False, name, offer.size, offer.fingerprint, person)
+        t.origin = offer.origin
         if not self._told_folder:  # once: where accepted files will land
             self._told_folder = True
             self._say(
                 f"Files you accept are saved in {self.downloads} (--downloads DIR changes it)."
             )
-        found = find_partial(self.downloads, offer.size, offer.digest, self._sender_identity(t))
+        found = find_partial(
+            self.downloads, offer.size, offer.fingerprint, self._sender_identity(t)
+        )
         if found is not None and offer.size:  # a pause, or a lost connection, kept some
             here = found[1] * 100 // offer.size
             self._say(
@@ -606,19 +645,54 @@ class FileDesk:
             accept.credit,
         )
         t.started = now
-        try:
-            t.source = FileSource(
-                t.fd, t.size, t.stamp, accept.offset, partial(self._net.nudge, t.link)
-            )
-        except RuntimeError as exc:  # no thread could be started
-            self._end(t, Moving.FAILED, now, tell="it could not be read")
-            self._error(f"error: cannot send {sanitize(t.name)}: {exc}")
+        if not self._read_from(t, accept.offset, now):
             return
-        t.fd = -1  # the source's now
         self._net.low_water(t.link)
         resumed = f" (resuming at {t.percent}%)" if accept.offset else ""
         self._say(f"{sanitize(t.person)} accepted {sanitize(t.name)}{resumed}.")
         self._net.nudge(t.link)
+
+    def _read_from(self, t: Transfer, offset: int, now: float) -> bool:
+        """Start reading `t` at `offset` (its own copy of the file: a restart reads again)."""
+        try:
+            fd = os.dup(t.fd)
+        except OSError as exc:
+            self._end(t, Moving.FAILED, now, tell="it could not be read")
+            self._error(f"error: cannot send {sanitize(t.name)}: {describe_os_error(exc)}")
+            return False
+        try:
+            t.source = FileSource(fd, t.size, t.stamp, offset, partial(self._net.nudge, t.link))
+        except RuntimeError as exc:  # no thread could be started
+            os.close(fd)
+            self._end(t, Moving.FAILED, now, tell="it could not be read")
+            self._error(f"error: cannot send {sanitize(t.name)}: {exc}")
+            return False
+        return True
+
+    def _restart(self, t: Transfer, accept: FileAccept, now: float) -> None:
+        """The receiver's SHA-256 did not match after a resume: it takes the file again
+        from zero, once (a FILEACCEPT at offset 0 after our FILEDONE)."""
+        t.restarted, t.done = True, False
+        t.offset = t.position = 0
+        t.credit = accept.credit
+        t.relayed.clear()
+        if t.partner is not None:  # the host: the author starts over too
+            other = t.partner
+            other.restarted, other.done, other.digest = True, False, b""
+            other.offset = other.position = 0
+            other.credit = min(accept.credit, FILE_WINDOW)
+            other.ungranted = 0
+            self._net.deliver(other.link, FileAccept(other.id, 0, other.credit), now)
+            return
+        if t.source is not None:
+            t.source.close()
+            t.source = None
+        if self._read_from(t, 0, now):
+            self._say(
+                f"{sanitize(t.person)} is receiving {sanitize(t.name)} again from the start "
+                "(what they had kept did not match)."
+            )
+            self._net.nudge(t.link)
 
     def chunk(self, link: Link, event: ChunkReceived, now: float) -> None:
         """File data from `link`, opened: checked against the transfer's state and credit."""
@@ -664,7 +738,7 @@ class FileDesk:
             t.sink.put(data)
             self._progress(now)
 
-    def _on_done(self, t: Transfer, now: float) -> None:
+    def _on_done(self, t: Transfer, done: FileDone, now: float) -> None:
         if t.state is Moving.CHECKING:  # a second FILEDONE: the file being checked stays
             if not t.done_twice:
                 t.done_twice = True
@@ -681,9 +755,18 @@ class FileDesk:
             self._end(t, Moving.FAILED, now, tell=problem)
             self._error(f"error: {problem}: transfer ended, nothing saved")
             return
+        if (
+            t.origin
+            and self._user is not None
+            and self._user.done_forgery(t.person, t.origin, done)
+        ):
+            problem = f"the SHA-256 of {sanitize(t.name)} failed its signature check"
+            self._end(t, Moving.FAILED, now, tell=problem)
+            self._error(f"warning: {problem}: transfer ended, nothing saved")
+            return
         t.state = Moving.CHECKING
         assert t.sink is not None
-        t.sink.finish()
+        t.sink.finish(done.digest)
         self._progress(now, force=True)
 
     def _sink_report(self, t: Transfer, kind: str, amount: int, text: str, now: float) -> None:
@@ -705,10 +788,18 @@ class FileDesk:
                 f"Received {name} from {who} ({format_size(t.size)}, SHA-256 verified): "
                 f"saved as {sanitize(text)}"
             )
+        elif kind == "mismatch" and t.offset and not t.restarted:
+            t.restarted, t.sink = True, None
+            try:
+                self._start_receiving(t, now, again=True)
+            except (ChatError, OSError, RuntimeError) as exc:
+                why = str(exc) if isinstance(exc, ChatError) else describe_os_error(exc)
+                self._end(t, Moving.FAILED, now, tell=f"{self._net.username} could not save it")
+                self._error(f"error: {name} from {who}: {why}")
         elif kind == "mismatch":
             self._end(t, Moving.FAILED, now, tell="its SHA-256 did not match: deleted")
             self._error(
-                f"error: {name} from {who} does not match the SHA-256 it was offered with: "
+                f"error: {name} from {who} does not match the SHA-256 it was sent with: "
                 "the partial file was deleted"
             )
         else:
@@ -795,7 +886,8 @@ class FileDesk:
             if t.partner is not None:
                 if t.position == t.size and t.partner.done and not t.done:
                     t.done = True
-                    link.outgoing += link.peer.send(FileDone(t.id), now)
+                    done = FileDone(t.id, t.partner.digest, t.partner.done_signature)
+                    link.outgoing += link.peer.send(done, now)
                     return True
                 continue
             # The source has read all it will: the file ended as hashed, or it did not.
@@ -807,10 +899,13 @@ class FileDesk:
                     "is final"
                 )
                 return True
-            if verdict is None or t.position < t.size or t.done:
+            if verdict is None or t.position < t.size or t.done or t.source is None:
                 continue
             t.done = True
-            link.outgoing += link.peer.send(FileDone(t.id), now)
+            digest, signature = t.source.digest, bytes(64)
+            if t.signed and self._user is not None:  # for a member, through the host
+                signature = self._user.sign_done(t.person, t.id, digest)
+            link.outgoing += link.peer.send(FileDone(t.id, digest, signature), now)
             self._progress(now, force=True)
             return True
         return False
@@ -857,18 +952,16 @@ class FileDesk:
                 self._error(f"{sanitize(author)} offered many files at once: {why}")
             return
         leg_in = self._add(
-            link, offer.id, False, offer.name, offer.size, offer.digest, offer.who, False
+            link, offer.id, False, offer.name, offer.size, offer.fingerprint, offer.who, False
         )
         number = self._next_id.get(target, 0) + 1
         self._next_id[target] = number
         leg_out = self._add(
-            target, number, True, offer.name, offer.size, offer.digest, author, False
+            target, number, True, offer.name, offer.size, offer.fingerprint, author, False
         )
         leg_in.partner, leg_out.partner = leg_out, leg_in
         self._expiring.append((now + RELAYED_OFFER_SECONDS, leg_in))
-        relayed = FileOffer(
-            number, offer.size, offer.digest, offer.name, author, offer.origin, offer.signature
-        )
+        relayed = replace(offer, id=number, who=author)
         self._net.deliver(target, relayed, now)
 
     def expire(self, now: float) -> float | None:
@@ -925,7 +1018,7 @@ class FileDesk:
                 problem = f"{sanitize(t.link.peer.peer_name)} sent less than announced"
                 self._end(t, Moving.FAILED, now, tell=problem)
                 return
-            t.done = True
+            t.done, t.digest, t.done_signature = True, message.digest, message.signature
             self._net.nudge(other.link)
         elif isinstance(message, FileCancel):  # a pause stays a pause on the other leg
             state = Moving.PAUSED if message.keep else Moving.CANCELLED

@@ -106,5 +106,5 @@ def test_a_finished_file_never_replaces_one_already_there(tmp_path: Path) -> Non
 def test_a_partial_record_round_trips_and_anything_else_is_ignored() -> None:
     info = PartialInfo("holiday.jpg", 2_400_000, bytes(range(32)), bytes(32))
     assert PartialInfo.parse(info.render()) == info
-    for text in ("", "size = 1\n", info.render().replace("sha256 = 00", "sha256 = zz")):
+    for text in ("", "size = 1\n", info.render().replace("fingerprint = 00", "fingerprint = zz")):
         assert PartialInfo.parse(text) is None

@@ -67,8 +67,13 @@ class Mallory:
     def chunk(self, transfer: int, offset: int, data: bytes) -> None:
         self.sock.sendall(self.peer.send_chunk(transfer, offset, data, time.monotonic()))
 
-    def offer(self, number: int, data: bytes, name: str = "x.bin", digest: bytes = b"") -> None:
-        self.send(FileOffer(number, len(data), digest or hashlib.sha256(data).digest(), name))
+    def offer(self, number: int, data: bytes, name: str = "x.bin") -> None:
+        """Offer `data` (its fingerprint, made up: the SHA-256 of the data)."""
+        self.send(FileOffer(number, len(data), hashlib.sha256(data).digest(), name))
+
+    def done(self, number: int, data: bytes) -> None:
+        """All of file `number` is sent: its SHA-256 is `data`'s."""
+        self.send(FileDone(number, hashlib.sha256(data).digest()))
 
     def expect(self, kind: type[Message], timeout: float = TIMEOUT) -> Message:
         """The next message of `kind` from the listener (others are skipped)."""
@@ -125,7 +130,7 @@ def test_hostile_names_land_inside_the_downloads_folder_or_are_refused(
         desk.send(f"/accept {number}")
         mallory.expect(FileAccept)
         mallory.send_all(number, names[number - 1].encode())
-        mallory.send(FileDone(number))
+        mallory.done(number, names[number - 1].encode())
         desk.expect(rf"saved as {downloads}/{shown.replace('[', '.')}$")
     assert sorted(os.listdir(downloads)) == ["bashrc", "evil[2J.txt", "passwd", "x"]
     assert not any("\x1b" in line for line in desk.out + desk.err)
@@ -178,7 +183,7 @@ def test_a_sender_that_sends_more_less_or_other_bytes_saves_nothing(
     assert mallory.expect(FileAccept) == FileAccept(1, 0, FILE_WINDOW)
     mallory.chunk(1, 0, sent)
     if done:
-        mallory.send(FileDone(1))
+        mallory.done(1, b"x" * 10)  # the bytes offered
     desk.expect(error)
     assert mallory.expect(FileCancel).id == 1  # type: ignore[attr-defined]
     assert os.listdir(downloads) == []
@@ -219,7 +224,7 @@ def test_a_transfer_cut_at_60_percent_resumes_from_there(spawn: Spawn, tmp_path:
     lost = next(i for i, line in enumerate(desk.out) if line.startswith("Connection lost: "))
     assert stopped < lost  # what happened to the file, then the chat's last line
     assert (downloads / "holiday.jpg.part").stat().st_size == cut  # every byte that came
-    assert "sha256 = " in (downloads / "holiday.jpg.part.meta").read_text()
+    assert "fingerprint = " in (downloads / "holiday.jpg.part.meta").read_text()
     for working in ("holiday.jpg.part", "holiday.jpg.part.meta"):
         assert (downloads / working).stat().st_mode & 0o777 == 0o600
     desk, port, downloads = listener(spawn, tmp_path)
@@ -237,7 +242,7 @@ def test_a_transfer_cut_at_60_percent_resumes_from_there(spawn: Spawn, tmp_path:
     assert mallory.expect(FileAccept) == FileAccept(1, cut, FILE_WINDOW)
     desk.expect(r"^Resuming holiday\.jpg at 60%$")
     mallory.send_all(1, data, start=cut)
-    mallory.send(FileDone(1))
+    mallory.done(1, data)
     desk.expect(r"^Received holiday\.jpg from mallory \(2\.6 MB, SHA-256 verified\)")
     assert (downloads / "holiday.jpg").read_bytes() == data
     assert sorted(os.listdir(downloads)) == ["holiday.jpg"]
@@ -252,14 +257,14 @@ def test_the_receiver_grants_credit_and_the_sender_waits_for_it(
     (tmp_path / "four.bin").write_bytes(data)
     desk.send("/send four.bin")
     offer = mallory.expect(FileOffer)
-    assert isinstance(offer, FileOffer) and offer.digest == hashlib.sha256(data).digest()
+    assert isinstance(offer, FileOffer) and offer.size == len(data)
     received: list[bytes] = []
     mallory.send(FileAccept(offer.id, 0, CHUNK_SIZE))
     received += chunks(mallory, 1)
     mallory.send(FileCredit(offer.id, 3 * CHUNK_SIZE))
     received += chunks(mallory, 3)
     assert b"".join(received) == data
-    assert mallory.expect(FileDone) == FileDone(offer.id)
+    assert mallory.expect(FileDone) == FileDone(offer.id, hashlib.sha256(data).digest())
     mallory.send(FileReceived(offer.id))
     desk.expect(r"^mallory received four\.bin \(262\.1 kB in ")
 
@@ -431,7 +436,7 @@ def test_progress_is_one_row_above_the_prompt_and_never_touches_the_typed_line(
         assert sum("%" in row for row in rows) == 1  # one status row, redrawn in place
         mallory.send(FileCredit(offer.id, 3 * CHUNK_SIZE))
         chunks(mallory, 3)
-        assert mallory.expect(FileDone) == FileDone(offer.id)
+        assert mallory.expect(FileDone).id == offer.id  # type: ignore[attr-defined]
         mallory.send(FileReceived(offer.id))
         rows = screen.wait_for(lambda rows: any("mallory received four.bin" in r for r in rows))
         rows = screen.wait_for(lambda rows: [r for r in rows if r][-1] == "desktop> half typed")
@@ -476,7 +481,7 @@ def test_a_peer_cannot_plant_a_record_that_a_resume_would_trust(
     desk.send("/accept 1")
     mallory.expect(FileAccept)
     mallory.send_all(1, record.render().encode())
-    mallory.send(FileDone(1))
+    mallory.done(1, record.render().encode())
     desk.expect(r"saved as .*/movie\.mkv_part\.meta$")
     assert (downloads / "movie.mkv.part").read_bytes() == b"the user's own download"
     assert sorted(os.listdir(downloads)) == ["movie.mkv.part", "movie.mkv_part.meta"]

@@ -39,6 +39,7 @@ from chatclient.messages import (
     FRAME_HEADER,
     NO_NONCE,
     Chat,
+    FileDone,
     FileOffer,
     Form,
     Person,
@@ -54,8 +55,11 @@ from chatclient.room import (
     Hearing,
     RoomLog,
     Voice,
+    done_forgery,
+    done_signed_data,
     offer_forgery,
     offer_signed_data,
+    sign_done,
     sign_offer,
     words_signed_data,
 )
@@ -282,12 +286,14 @@ def test_a_signed_offer_and_the_room_code() -> None:
     laptop = Ed25519PrivateKey.from_private_bytes(h("connector_identity_private"))
     host, room = h("listener_identity"), h("room")
     voice = Voice(laptop, V["say_author"], host, room, h("join"))
-    offer = FileOffer(1, 12345, h("offer_digest"), "holiday.jpg", "bob")
+    offer = FileOffer(1, 12345, h("offer_fingerprint"), "holiday.jpg", "bob")
     signed = sign_offer(voice, offer, "bob", h("offer_to_join"))
     assert signed.origin == 1 and signed.signature.hex() == V["offer_signature"]
     data = offer_signed_data(host, room, h("join"), h("offer_to_join"), "laptop", "bob", signed)
     assert data.hex() == V["offer_signed_data"]
-    relayed = FileOffer(7, 12345, h("offer_digest"), "holiday.jpg", "laptop", 1, signed.signature)
+    relayed = FileOffer(
+        7, 12345, h("offer_fingerprint"), "holiday.jpg", "laptop", 1, signed.signature
+    )
     me = "bob"
     assert (
         offer_forgery(
@@ -295,6 +301,14 @@ def test_a_signed_offer_and_the_room_code() -> None:
         )
         is None
     )
+    done_signature = sign_done(voice, 1, h("done_digest"), h("offer_to_join"))
+    assert done_signature.hex() == V["done_signature"]
+    data = done_signed_data(host, room, h("join"), h("offer_to_join"), 1, h("done_digest"))
+    assert data.hex() == V["done_signed_data"]
+    done = FileDone(7, h("done_digest"), done_signature)
+    author = h("connector_identity")
+    assert not done_forgery(host, room, done, 1, h("offer_to_join"), author, h("join"))
+    assert done_forgery(host, room, done, 2, h("offer_to_join"), author, h("join"))  # not offer 2
     log = RoomLog(host, room)
     assert log.state == (h("room_head_0"), 0)
     _, said = decode_payload((9).to_bytes(8, "big") + bytes([Said.TAG]) + h("said_body"))

@@ -21,6 +21,7 @@ from chatclient.messages import (
     MAX_FRAME,
     MESSAGES,
     Action,
+    Bundle,
     Chat,
     Echo,
     FieldReader,
@@ -171,7 +172,7 @@ def test_every_registered_message_round_trips_through_its_tag() -> None:
         FileAccept: FileAccept(1, 2, 3),
         FileReject: FileReject(1),
         FileCredit: FileCredit(1, 2),
-        FileDone: FileDone(1),
+        FileDone: FileDone(1, bytes(range(32)), bytes(64)),
         FileReceived: FileReceived(1),
         FileCancel: FileCancel(1, True, "why"),
     }
@@ -248,7 +249,8 @@ FILE_MESSAGES = [
     FileAccept(1, 0, 4 * 2**20),
     FileReject(3),
     FileCredit(3, 2**20),
-    FileDone(4),
+    FileOffer(3, 10**9, bytes(32), "Holiday", "", 0, bytes(64), Bundle.FOLDER, 214),
+    FileDone(4, b"\xaa" * 32),
     FileReceived(5),
     FileCancel(6, True, "changed while it was being sent"),
     FileCancel(6, False),
@@ -265,6 +267,15 @@ def test_file_message_bodies_fail_only_with_protocol_errors(tag: int, data: byte
     kind = MESSAGES[tag]
     with contextlib.suppress(ProtocolError):
         kind.decode_body(FieldReader(data, kind.__name__))
+
+
+def test_an_offer_of_one_file_that_claims_more_or_of_no_kind_is_a_protocol_error() -> None:
+    for offer, problem in [
+        (FileOffer(1, 1, bytes(32), "a", count=2), "holds 2 files"),
+        (FileOffer(1, 1, bytes(32), "a", bundle=3), "kind is 3"),  # type: ignore[arg-type]
+    ]:
+        with pytest.raises(ProtocolError, match=problem):
+            FileOffer.decode_body(FieldReader(offer.encode_body(), "FileOffer"))
 
 
 def test_an_offer_from_a_name_that_breaks_the_rules_is_refused() -> None:

@@ -189,8 +189,8 @@ def test_a_host_cannot_present_its_own_file_as_a_members(spawn: Spawn, tmp_path:
         bob = join(spawn, tmp_path, "bob", port)
         alice.expect(r"^bob joined the chat\.$")
         payload = b"the host's own file"
-        digest = hashlib.sha256(payload).digest()
-        net.inject("bob", FileOffer(7, len(payload), digest, "contract.pdf", "alice", 1))
+        print_of = hashlib.sha256(payload).digest()
+        net.inject("bob", FileOffer(7, len(payload), print_of, "contract.pdf", "alice", 1))
         bob.expect(
             r"^warning: an offer claiming to be from alice failed its signature check: declined$",
             stream="err",

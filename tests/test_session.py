@@ -343,7 +343,8 @@ def test_anything_after_terminate_refused(tag: MessageType) -> None:
         MessageType.FILECREDIT: FileCredit(1, 1).encode_body(),
         MessageType.FILECANCEL: FileCancel(1, True).encode_body(),
     }
-    bodies.update(dict.fromkeys((MessageType.FILEREJECT, MessageType.FILEDONE), bytes(4)))
+    bodies[MessageType.FILEREJECT] = bytes(4)
+    bodies[MessageType.FILEDONE] = bytes(4 + 32 + 64)
     bodies[MessageType.FILERECEIVED] = bytes(4)
     bodies[MessageType.ECHO] = bytes(8)
     text = refusal(pair.listener, 2, tag, bodies.get(tag, b""))

@@ -18,7 +18,8 @@ from chatclient.disk import (
     MAX_RELAYED_OFFERS,
     RELAYED_OFFER_SECONDS,
     PreparedFile,
-    hash_file,
+    file_fingerprint,
+    file_stamp,
     open_for_sending,
 )
 from chatclient.errors import ProtocolError
@@ -138,6 +139,12 @@ class FakeUser:
     def offer_forgery(self, offer: Message) -> str | None:
         return None
 
+    def sign_done(self, to: str, origin: int, digest: bytes) -> bytes:
+        return bytes(64)
+
+    def done_forgery(self, author: str, origin: int, done: Message) -> bool:
+        return False
+
 
 class Desk:
     """A desk on the listener's side of one connection with laptop."""
@@ -163,10 +170,13 @@ def desk(tmp_path: Path) -> Desk:
     return Desk(tmp_path)
 
 
-def offered(
-    desk: Desk, data: bytes, name: str = "holiday.jpg", digest: bytes | None = None
-) -> None:
-    desk.receive(FileOffer(1, len(data), digest or hashlib.sha256(data).digest(), name))
+def offered(desk: Desk, data: bytes, name: str = "holiday.jpg") -> None:
+    """An offer of `data` (its fingerprint: any 32 bytes that name it)."""
+    desk.receive(FileOffer(1, len(data), sha(data), name))
+
+
+def sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 def test_an_offer_is_shown_with_the_commands_that_answer_it(desk: Desk) -> None:
@@ -189,7 +199,7 @@ def test_accepted_data_is_written_checked_and_saved_then_the_sender_is_told(desk
     assert desk.user.lines[-1] == f"Receiving holiday.jpg from laptop into {desk.downloads}."
     for offset in range(0, len(data), CHUNK_SIZE):
         desk.chunk(1, offset, data[offset : offset + CHUNK_SIZE])
-    desk.receive(FileDone(1))
+    desk.receive(FileDone(1, sha(data)))
     desk.carrier.run_until(lambda: bool(desk.carrier.of_kind(FileReceived)))
     saved = desk.downloads / "holiday.jpg"
     assert desk.user.lines[-1] == (
@@ -210,7 +220,7 @@ def test_a_pause_keeps_what_came_and_the_next_offer_says_so_and_resumes(desk: De
     assert desk.carrier.delivered[-1] == (desk.link, FileCancel(1, False, "paused", True))
     assert desk.user.lines[-1].startswith("Paused holiday.jpg (33%, 65.5 kB kept): it resumes")
     desk.desk.finish_writing(WAIT)
-    desk.receive(FileOffer(2, len(data), hashlib.sha256(data).digest(), "holiday.jpg"))
+    desk.receive(FileOffer(2, len(data), sha(data), "holiday.jpg"))
     assert desk.user.lines[-1] == (
         "laptop offers holiday.jpg (196.6 kB, 33% already here): /accept 2 to resume or /reject 2"
     )
@@ -232,7 +242,7 @@ def test_a_pause_from_the_sender_keeps_the_file_and_a_cancel_does_not(desk: Desk
         "holiday.jpg.part",
         "holiday.jpg.part.meta",
     ]
-    desk.receive(FileOffer(2, len(data), hashlib.sha256(data).digest(), "holiday.jpg"))
+    desk.receive(FileOffer(2, len(data), sha(data), "holiday.jpg"))
     desk.desk.accept(2, 2.0)
     desk.chunk(2, CHUNK_SIZE, data[CHUNK_SIZE:])
     desk.receive(FileCancel(2, True, "changed my mind"))
@@ -242,14 +252,99 @@ def test_a_pause_from_the_sender_keeps_the_file_and_a_cancel_does_not(desk: Desk
         FileCancel.decode_body(FieldReader(bytes(4) + b"\x01\x02", "FILECANCEL"))
 
 
+def test_a_resume_that_does_not_match_starts_over_once_then_fails(desk: Desk) -> None:
+    """Issue 20: the offer carries a fingerprint, not the SHA-256. A kept part that turns
+    out to be another file (same fingerprint) is received again from zero, once."""
+    kept, data = os.urandom(CHUNK_SIZE), os.urandom(2 * CHUNK_SIZE)
+    offered(desk, data)
+    desk.desk.accept(1, 1.0)
+    desk.chunk(1, 0, kept)  # not the start of `data`: the sender's file changed unseen
+    desk.desk.pause(1, 1.0)
+    desk.desk.finish_writing(WAIT)
+    desk.receive(FileOffer(2, len(data), sha(data), "holiday.jpg"))
+    desk.desk.accept(2, 2.0)
+    assert desk.carrier.of_kind(FileAccept)[-1] == FileAccept(2, CHUNK_SIZE, FILE_WINDOW)
+    desk.chunk(2, CHUNK_SIZE, data[CHUNK_SIZE:])
+    desk.receive(FileDone(2, sha(data)))
+    desk.carrier.run_until(lambda: desk.carrier.of_kind(FileAccept)[-1].offset == 0)  # type: ignore[attr-defined]
+    assert desk.carrier.of_kind(FileAccept)[-1] == FileAccept(2, 0, FILE_WINDOW)
+    assert desk.user.lines[-1] == (
+        "holiday.jpg did not match after the resume: receiving it again from the start "
+        "(the part kept was not this file)."
+    )
+    desk.chunk(2, 0, data[:CHUNK_SIZE])
+    desk.chunk(2, CHUNK_SIZE, data[CHUNK_SIZE:])
+    desk.receive(FileDone(2, sha(data)))
+    desk.carrier.run_until(lambda: bool(desk.carrier.of_kind(FileReceived)))
+    assert (desk.downloads / "holiday.jpg").read_bytes() == data
+    assert sorted(p.name for p in desk.downloads.iterdir()) == ["holiday.jpg"]
+
+
+def test_a_second_mismatch_after_starting_over_deletes_the_file(desk: Desk) -> None:
+    data = os.urandom(2 * CHUNK_SIZE)
+    offered(desk, data)
+    desk.desk.accept(1, 1.0)
+    desk.chunk(1, 0, data[:CHUNK_SIZE])
+    desk.desk.pause(1, 1.0)
+    desk.desk.finish_writing(WAIT)
+    desk.receive(FileOffer(2, len(data), sha(data), "holiday.jpg"))
+    desk.desk.accept(2, 2.0)
+    desk.chunk(2, CHUNK_SIZE, data[CHUNK_SIZE:])
+    desk.receive(FileDone(2, sha(b"other")))
+    desk.carrier.run_until(lambda: desk.carrier.of_kind(FileAccept)[-1].offset == 0)  # type: ignore[attr-defined]
+    desk.chunk(2, 0, data)
+    desk.receive(FileDone(2, sha(b"other")))
+    desk.carrier.run_until(lambda: bool(desk.user.errors))
+    assert desk.user.errors == [
+        "error: holiday.jpg from laptop does not match the SHA-256 it was sent with: "
+        "the partial file was deleted"
+    ]
+    desk.desk.finish_writing(WAIT)
+    assert list(desk.downloads.iterdir()) == []
+
+
+def test_a_sender_sends_a_resumed_file_again_from_zero_once_when_asked(
+    desk: Desk, tmp_path: Path
+) -> None:
+    data = os.urandom(2 * CHUNK_SIZE)
+    path = tmp_path / "photo.png"
+    path.write_bytes(data)
+    fd, size = open_for_sending(str(path))
+    stamp = file_stamp(fd)
+    prepared = PreparedFile(str(path), "photo.png", fd, size, sha(data), stamp)
+    desk.desk.offer(prepared, [("laptop", False)], 1.0)
+    desk.receive(FileAccept(1, CHUNK_SIZE, 4 * CHUNK_SIZE))  # a resume
+
+    def pump_until(done: Callable[[], bool]) -> None:
+        def pumped() -> bool:
+            while desk.desk.pump(desk.link, 1.0):  # type: ignore[arg-type]
+                pass
+            return done()
+
+        desk.carrier.run_until(pumped)
+
+    pump_until(lambda: bool(desk.peer.sent))
+    assert desk.peer.sent == [FileDone(1, sha(data))]  # the SHA-256 covers the whole file
+    assert [offset for _, offset, _ in desk.peer.chunks] == [CHUNK_SIZE]
+    desk.receive(FileAccept(1, 0, 4 * CHUNK_SIZE))  # it did not match: from zero
+    assert desk.user.lines[-1] == (
+        "laptop is receiving photo.png again from the start (what they had kept did not match)."
+    )
+    pump_until(lambda: len(desk.peer.sent) == 2)
+    assert [offset for _, offset, _ in desk.peer.chunks] == [CHUNK_SIZE, 0, CHUNK_SIZE]
+    assert desk.peer.sent[1] == FileDone(1, sha(data))
+    desk.receive(FileAccept(1, 0, 4 * CHUNK_SIZE))  # not twice
+    assert desk.peer.failed == ["it accepted file 1 twice or past its end"]
+
+
 def test_stray_messages_after_the_end_are_named_and_never_cost_the_file(desk: Desk) -> None:
     data = os.urandom(CHUNK_SIZE)
     offered(desk, data)
     desk.desk.accept(1, 1.0)
     desk.chunk(1, 0, data)
-    desk.receive(FileDone(1))  # the check starts on the disk thread
+    desk.receive(FileDone(1, sha(data)))  # the check starts on the disk thread
     desk.chunk(1, len(data), b"one more")
-    desk.receive(FileDone(1))
+    desk.receive(FileDone(1, sha(data)))
     assert desk.user.errors == [
         "laptop sent data for holiday.jpg after its end: ignored",
         "laptop said twice that holiday.jpg was all sent: ignored",
@@ -261,13 +356,13 @@ def test_stray_messages_after_the_end_are_named_and_never_cost_the_file(desk: De
 
 def test_data_that_does_not_match_the_offered_hash_is_deleted(desk: Desk) -> None:
     data = b"the real thing" * 1000
-    offered(desk, data, digest=hashlib.sha256(b"something else").digest())
+    offered(desk, data)
     desk.desk.accept(1, 1.0)
     desk.chunk(1, 0, data)
-    desk.receive(FileDone(1))
+    desk.receive(FileDone(1, sha(b"something else")))
     desk.carrier.run_until(lambda: bool(desk.user.errors))
     assert desk.user.errors == [
-        "error: holiday.jpg from laptop does not match the SHA-256 it was offered with: "
+        "error: holiday.jpg from laptop does not match the SHA-256 it was sent with: "
         "the partial file was deleted"
     ]
     [cancel] = desk.carrier.of_kind(FileCancel)
@@ -332,12 +427,13 @@ def test_a_sent_file_goes_out_in_chunks_within_the_credit_then_done(
     path = tmp_path / "photo.png"
     path.write_bytes(data)
     fd, size = open_for_sending(str(path))
-    digest, stamp = hash_file(fd, size)
+    stamp = file_stamp(fd)
+    print_of = file_fingerprint(fd, size, stamp)
     desk.desk.offer(
-        PreparedFile(str(path), "photo.png", fd, size, digest, stamp), [("laptop", False)], 1.0
+        PreparedFile(str(path), "photo.png", fd, size, print_of, stamp), [("laptop", False)], 1.0
     )
     [offer] = desk.carrier.of_kind(FileOffer)
-    assert offer == FileOffer(1, size, hashlib.sha256(data).digest(), "photo.png", "")
+    assert offer == FileOffer(1, size, print_of, "photo.png", "")
     assert desk.user.lines[-1] == "Offered photo.png (131.1 kB) to laptop."
     desk.receive(FileAccept(1, 0, CHUNK_SIZE))  # credit for one chunk only
     assert desk.user.lines[-1] == "laptop accepted photo.png."
@@ -359,7 +455,7 @@ def test_a_sent_file_goes_out_in_chunks_within_the_credit_then_done(
     send_until(lambda: bool(desk.peer.sent))
     assert b"".join(chunk for _, _, chunk in desk.peer.chunks) == data
     assert [offset for _, offset, _ in desk.peer.chunks] == [0, CHUNK_SIZE, 2 * CHUNK_SIZE]
-    assert desk.peer.sent == [FileDone(1)]
+    assert desk.peer.sent == [FileDone(1, sha(data))]  # the SHA-256 of what was sent
     desk.receive(FileReceived(1))
     assert desk.user.lines[-1].startswith("laptop received photo.png (131.1 kB in ")
 

@@ -51,7 +51,7 @@ JOIN = bytes(range(216, 232))  # the connector's join nonce, its WELCOME's room 
 OFFER_TO_JOIN = bytes(range(232, 248))  # bob's join nonce, for the signed offer
 
 MAGIC = b"CCHT"
-VERSION = 3
+VERSION = 4
 MODE_SHARED_KEY = 1
 # Fixed Fernet parts so the sample tokens are known answers too.
 TOKEN_TIME = 1_700_000_000
@@ -211,22 +211,37 @@ def compute() -> dict[str, Any]:
     laptop.public_key().verify(say["signature"], say["signed"])
 
     # laptop offers holiday.jpg to bob through the host: its own offer id 1 (the origin),
-    # 12345 bytes, the SHA-256 of the file; signed over both joins (bob's is OFFER_TO_JOIN).
-    offer_digest = hashlib.sha256(b"holiday").digest()
+    # 12345 bytes, the file's fingerprint, one file (bundle kind 0, count 1); signed over
+    # both joins (bob's is OFFER_TO_JOIN).
+    offer_fingerprint = hashlib.sha256(b"holiday").digest()
     offer_signed = (
-        b"chatclient/3 offer\0"
+        b"chatclient/4 offer\0"
         + identities["listener"]
         + ROOM
         + JOIN
         + OFFER_TO_JOIN
         + (1).to_bytes(4, "big")
         + (12345).to_bytes(8, "big")
-        + offer_digest
+        + offer_fingerprint
+        + bytes([0])
+        + (1).to_bytes(4, "big")
         + length_prefixed(SAY_AUTHOR.encode())
         + length_prefixed(b"bob")
         + b"holiday.jpg"
     )
     offer_signature = laptop.sign(offer_signed)
+    # Once every byte is sent, laptop's FILEDONE carries the file's SHA-256, signed.
+    done_digest = hashlib.sha256(b"holiday.jpg's 12345 bytes").digest()
+    done_signed = (
+        b"chatclient/4 file done\0"
+        + identities["listener"]
+        + ROOM
+        + JOIN
+        + OFFER_TO_JOIN
+        + (1).to_bytes(4, "big")
+        + done_digest
+    )
+    done_signature = laptop.sign(done_signed)
 
     # The room code: the head before any line, then after the host relays the SAY above
     # (its SAID: tag 9, a 4-byte length, the SAID body).
@@ -305,9 +320,12 @@ def compute() -> dict[str, Any]:
         "whisper_signature": whisper["signature"].hex(),
         "whisper_body": whisper["body"].hex(),
         "offer_to_join": OFFER_TO_JOIN.hex(),
-        "offer_digest": offer_digest.hex(),
+        "offer_fingerprint": offer_fingerprint.hex(),
         "offer_signed_data": offer_signed.hex(),
         "offer_signature": offer_signature.hex(),
+        "done_digest": done_digest.hex(),
+        "done_signed_data": done_signed.hex(),
+        "done_signature": done_signature.hex(),
         "room_head_0": head_0.hex(),
         "room_head_1": head_1.hex(),
         "room_code_1": room_code,
