@@ -14,10 +14,12 @@ pyproject.toml fails the build otherwise):
     screens  chat (Conversation and the commands table), firstrun (the questions),
              trust (known_peers and past_rooms judge identities and rooms)
     I/O      network (the one selectors thread), then transfers (FileDesk), then
-             disk (file readers and writers), sockets (listen, connect, SOCKS5)
-             and terminal (all reading and printing)
-    pure     peer (PeerProtocol: one connection's state machine) and room (the
-             host's admission and relay rules), session (sequence numbers and
+             bundles (folders and several files as one stream), then disk (file
+             readers and writers), sockets (listen, connect, SOCKS5) and terminal
+             (all reading and printing)
+    pure     peer (PeerProtocol: one connection's state machine), room (the
+             host's admission and relay rules) and manifest (a folder's list and
+             the rules for its paths), session (sequence numbers and
              keys), messages (every message and its registry), handshake,
              identity (identity.key, known_peers, safety numbers, invite codes)
              and config (config.ini and the command line's values)

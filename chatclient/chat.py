@@ -5,6 +5,7 @@ what is typed, who is here) and the commands table; they need each other.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shlex
 import signal
@@ -18,6 +19,7 @@ from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from .bundles import collect
 from .config import Config
 from .disk import (
     FILES_WORK_HERE,
@@ -1020,10 +1022,13 @@ class Conversation:
             self.term.error("try again: /send PATH, or /send NAME PATH for one person")
             return False
         everyone = [(name, peer.host) for name, peer in self.people.items()]
-        targets, path = everyone, file_argument(argument)
+        targets, paths = everyone, file_arguments(argument)
         peer, rest = self.named(argument)
-        if peer is not None and rest and not os.path.lexists(path):
-            targets, path = [(peer.name, peer.host)], file_argument(rest)
+        if peer is not None and rest and not all(map(os.path.lexists, paths)):
+            targets, paths = [(peer.name, peer.host)], file_arguments(rest)
+        if len(paths) > 1 or os.path.isdir(paths[0]):
+            return self._send_bundle(paths, targets)
+        path = paths[0]
         try:
             fd, size = open_for_sending(path)
         except ChatError as exc:
@@ -1042,6 +1047,23 @@ class Conversation:
         prepared = PreparedFile(path, name, fd, size, print_of, stamp)
         net = self.net
         net.post(lambda now: net.files.offer(prepared, targets, now))
+        return False
+
+    def _send_bundle(self, paths: list[str], targets: list[tuple[str, bool]]) -> bool:
+        """/send DIR, or several files: one offer."""
+        try:
+            collected = collect(paths)
+        except ChatError as exc:
+            self.term.error(f"error: {exc}: nothing offered")
+            return False
+        skipped = [sanitize(line) for line in collected.skipped]
+        if len(skipped) > 10:
+            skipped[10:] = [f"... and {len(skipped) - 10:,} more skipped"]
+        if skipped:
+            self.term.show("\n".join(skipped))
+        assert self.net is not None
+        net = self.net
+        net.post(lambda now: net.files.offer(collected, targets, now))
         return False
 
     def _to_desk(
@@ -1167,6 +1189,23 @@ COMMANDS = (
 )
 # Commands are case-insensitive: /QUIT and /Quit are /quit.
 COMMAND_INDEX = {word: command for command in COMMANDS for word in (command.name, *command.aliases)}
+
+
+def file_arguments(text: str) -> list[str]:
+    """The paths /send means: one path as typed (spaces and all) when it exists, else
+    each word (quoted as a shell would), a word with * ? or [ standing for what it matches."""
+    whole = file_argument(text)
+    if os.path.lexists(whole):
+        return [whole]
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        return [whole]
+    paths: list[str] = []
+    for word in map(os.path.expanduser, words):
+        matches = sorted(glob.glob(word)) if any(ch in word for ch in "*?[") else []
+        paths += matches or [word]
+    return paths or [whole]
 
 
 def file_argument(text: str) -> str:

@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import ChatError, describe_os_error
 from .filenames import META_SUFFIX, PART_SUFFIX, PartialInfo, numbered
@@ -58,7 +59,7 @@ def open_for_sending(path: str) -> tuple[int, int]:
     try:
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
-            raise ChatError(f"{path} is a folder: send one file (zip the folder first)")
+            raise ChatError(f"{path} is a folder: /send {path} offers it as one folder")
         if not stat.S_ISREG(info.st_mode):
             raise ChatError(f"{path} is not a regular file (a device, FIFO or socket)")
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -146,7 +147,8 @@ def find_partial(
                 continue
             if (
                 info is not None
-                and (info.size, info.fingerprint, info.sender) == (size, fingerprint, sender)
+                and (info.size, info.fingerprint, info.sender, info.kind)
+                == (size, fingerprint, sender, 0)
                 and stat.S_ISREG(length.st_mode)
                 and length.st_size <= size
             ):
@@ -215,6 +217,93 @@ def remove_quietly(*paths: str) -> None:
             os.unlink(path)
 
 
+class Readable(Protocol):
+    """What a FileSource reads: one file, or a folder's stream (bundles.BundleReader)."""
+
+    def read(self, offset: int, size: int) -> bytes:
+        """`size` bytes at `offset` (fewer: it got shorter); OSError or ChatError."""
+
+    def changed(self) -> str:
+        """ "" while what was read is as it was offered, else what happened to it."""
+
+    def close(self) -> None:
+        """Let go of what it holds open."""
+
+
+class FileReader:
+    """One file to send, read at offsets and checked against its stamp at the offer."""
+
+    def __init__(self, fd: int, stamp: tuple[int, int, int]) -> None:
+        self._fd, self._stamp = fd, stamp
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def changed(self) -> str:
+        return "changed while it was being sent" if file_stamp(self._fd) != self._stamp else ""
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class Writable(Protocol):
+    """What a FileSink writes into: one NAME.part, or a folder's (bundles.BundleWriter)."""
+
+    part: str  # the .part (file or folder) a cancel deletes, with its record
+
+    def hash_start(self, offset: int) -> hashlib._Hash:
+        """A SHA-256 fed the stream's first `offset` bytes, as kept from before a resume;
+        ChatError if fewer are there."""
+
+    def write(self, blocks: list[bytes], position: int) -> None:
+        """Write `blocks` at `position` of the stream; OSError or ChatError."""
+
+    def sync(self) -> None:
+        """Everything written is on the disk."""
+
+    def close(self) -> None:
+        """Let go of open files (the .part stays)."""
+
+    def discard(self) -> None:
+        """Delete the .part and its record."""
+
+    def place(self) -> str:
+        """Move the finished .part into place, never over anything: where it went."""
+
+
+class FileWriter:
+    """One NAME.part, moved to NAME (or NAME (1), ...) once it verifies."""
+
+    def __init__(self, fd: int, part: str, folder: str, name: str) -> None:
+        self._fd, self.part, self._folder, self._name = fd, part, folder, name
+
+    def hash_start(self, offset: int) -> hashlib._Hash:
+        return hash_start(self._fd, offset, f"{self.part} got shorter while it was being resumed")
+
+    def write(self, blocks: list[bytes], position: int) -> None:
+        size = sum(map(len, blocks))
+        written = os.pwritev(self._fd, blocks, position)
+        if written < size:  # rare: write the rest one buffer at a time
+            rest = memoryview(b"".join(blocks))[written:]
+            while rest:
+                more = os.pwrite(self._fd, rest, position + written)
+                rest, written = rest[more:], written + more
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def discard(self) -> None:
+        remove_quietly(self.part, self.part + META_SUFFIX)
+
+    def place(self) -> str:
+        final = place_file(self.part, self._folder, self._name)
+        remove_quietly(self.part + META_SUFFIX)
+        return final
+
+
 class FileSource:
     """One file being sent, read ahead of the network in a thread of its own.
 
@@ -223,15 +312,8 @@ class FileSource:
     The stamp costs a stat where hashing again would cost a second pass over the file.
     """
 
-    def __init__(
-        self,
-        fd: int,
-        size: int,
-        stamp: tuple[int, int, int],
-        offset: int,
-        wake: Callable[[], None],
-    ) -> None:
-        self._fd, self._size, self._stamp, self._offset = fd, size, stamp, offset
+    def __init__(self, reader: Readable, size: int, offset: int, wake: Callable[[], None]) -> None:
+        self._reader, self._size, self._offset = reader, size, offset
         self._wake = wake
         self._ready: deque[bytes] = deque()
         self._cond = threading.Condition()
@@ -268,7 +350,7 @@ class FileSource:
         except OSError as exc:
             verdict = f"could not be read ({describe_os_error(exc)})"
         finally:
-            os.close(self._fd)
+            self._reader.close()
         with self._cond:
             self.verdict = verdict
         self._wake()
@@ -276,16 +358,21 @@ class FileSource:
     def _read(self) -> str:
         # The SHA-256 is taken of the bytes as they are sent (after those a resume skips),
         # so the file is read once: FILEDONE carries it.
-        digest = hash_start(self._fd, self._offset, "got shorter while it was being sent")
-        position = self._offset
+        digest, position = hashlib.sha256(), 0
+        while position < self._offset:  # what a resume skips: hashed, not sent
+            block = self._reader.read(position, min(HASH_BLOCK, self._offset - position))
+            if not block:
+                return "got shorter while it was being sent"
+            digest.update(block)
+            position += len(block)
         while position < self._size:  # a block of chunks per read: fewer calls, fewer handovers
             wanted = min(CHUNK_SIZE * READ_BLOCK, self._size - position)
-            block = os.pread(self._fd, wanted, position)
+            block = self._reader.read(position, wanted)
             if len(block) < wanted:
                 return "got shorter while it was being sent"
             position += len(block)
-            if file_stamp(self._fd) != self._stamp:
-                return "changed while it was being sent"
+            if verdict := self._reader.changed():
+                return verdict
             chunks = [block[i : i + CHUNK_SIZE] for i in range(0, len(block), CHUNK_SIZE)]
             with self._cond:
                 self._cond.wait_for(lambda: self._closed or len(self._ready) < READ_AHEAD)
@@ -296,29 +383,25 @@ class FileSource:
             if wake:
                 self._wake()
             digest.update(block)  # after the chunks are out: the network never waits for it
-        if file_stamp(self._fd) != self._stamp:
-            return "changed while it was being sent"
+        if verdict := self._reader.changed():
+            return verdict
         self.digest = digest.digest()
         return ""
 
 
 class FileSink:
-    """One file being received, written to NAME.part by a thread of its own.
+    """One file (or folder) being received, written to its .part by a thread of its own.
 
     Each write is granted back as credit; after the sender's DONE the whole file's
     SHA-256 is checked against the one DONE carries, and only a match is moved into place.
     """
 
     def __init__(
-        self,
-        fd: int,
-        part: str,
-        offset: int,
-        place: Callable[[str], str],
-        report: Callable[[str, int, str], None],
+        self, target: Writable, offset: int, report: Callable[[str, int, str], None]
     ) -> None:
-        self.part, self._fd, self._offset, self._digest = part, fd, offset, b""
-        self._place, self._report = place, report  # report(kind, bytes, text)
+        self._target, self._offset, self._digest = target, offset, b""
+        self.part = target.part
+        self._report = report  # report(kind, bytes, text)
         self._queue: deque[bytes] = deque()
         self._cond = threading.Condition()
         self._finishing = False
@@ -362,7 +445,7 @@ class FileSink:
             failed = f"writing it failed: {describe_os_error(exc)}"
             self._report("failed", 0, str(exc) if isinstance(exc, ChatError) else failed)
         finally:
-            os.close(self._fd)
+            self._target.close()
             with self._cond:
                 discard = self._closed
             if discard:  # cancelled: nothing of it stays
@@ -370,11 +453,10 @@ class FileSink:
 
     def _discard(self) -> None:
         """Delete the .part and its record."""
-        remove_quietly(self.part, self.part + META_SUFFIX)
+        self._target.discard()
 
     def _write(self) -> None:
-        shorter = f"{self.part} got shorter while it was being resumed"
-        digest = hash_start(self._fd, self._offset, shorter)  # what an earlier session wrote
+        digest = self._target.hash_start(self._offset)  # what an earlier session wrote
         # Hashing runs beside the writing (both let go of the GIL), in a thread of its own
         # at most HASH_LAG blocks behind.
         hashing: queue.Queue[list[bytes] | None] = queue.Queue(HASH_LAG)
@@ -391,7 +473,7 @@ class FileSink:
         finally:
             hashing.put(None)
             hasher.join()
-        os.fsync(self._fd)
+        self._target.sync()
         if finished:
             self._check_and_place(digest.digest())
 
@@ -413,12 +495,7 @@ class FileSink:
                 return not self._stopping
             hashing.put(batch)
             size = sum(map(len, batch))
-            written = os.pwritev(self._fd, batch, position)
-            if written < size:  # rare: write the rest one buffer at a time
-                rest = memoryview(b"".join(batch))[written:]
-                while rest:
-                    more = os.pwrite(self._fd, rest, position + written)
-                    rest, written = rest[more:], written + more
+            self._target.write(batch, position)
             position += size
             unreported += size
             if unreported >= CREDIT_STEP or idle:
@@ -434,6 +511,5 @@ class FileSink:
         with self._cond:  # a cancel now waits until the file is in place, or stops it
             if self._closed:
                 return
-            final = self._place(self.part)
-        remove_quietly(self.part + META_SUFFIX)
+            final = self._target.place()
         self._report("saved", 0, final)

@@ -72,11 +72,13 @@ class PartialInfo:
     size: int
     fingerprint: bytes  # the offer's: the same file, unchanged (disk.file_fingerprint)
     sender: bytes  # the sender's identity key: only they may resume it
+    kind: int = 0  # what was offered: 0 a file (NAME.part), 1 a folder, 2 files (NAME.part/)
 
     def render(self) -> str:
         return (
             f"{META_HEADER}\nname = {self.name}\nsize = {self.size}\n"
             f"fingerprint = {self.fingerprint.hex()}\nsender = {self.sender.hex()}\n"
+            f"kind = {self.kind}\n"
         )
 
     @classmethod
@@ -88,10 +90,15 @@ class PartialInfo:
             if equals:
                 fields[key] = value
         try:
-            size = int(fields["size"])
+            size, kind = int(fields["size"]), int(fields.get("kind", "0"))
             digest, sender = bytes.fromhex(fields["fingerprint"]), bytes.fromhex(fields["sender"])
         except (KeyError, ValueError):
             return None
-        if not text.startswith(META_HEADER) or size < 0 or len(digest) != 32:
+        if (
+            not text.startswith(META_HEADER)
+            or size < 0
+            or len(digest) != 32
+            or kind not in (0, 1, 2)
+        ):
             return None
-        return cls(fields.get("name", ""), size, digest, sender)
+        return cls(fields.get("name", ""), size, digest, sender, kind)

@@ -4,6 +4,7 @@ run on the network thread, which it reaches through the Carrier protocol.
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections import deque
@@ -13,6 +14,7 @@ from enum import Enum
 from functools import partial
 from typing import Protocol
 
+from .bundles import BundleReader, BundleWriter, Collected, create_bundle_part, find_bundle_part
 from .disk import (
     CREDIT_STEP,
     FILE_WINDOW,
@@ -24,20 +26,24 @@ from .disk import (
     NO_FILES_HERE,
     PROGRESS_SECONDS,
     RELAYED_OFFER_SECONDS,
+    FileReader,
     FileSink,
     FileSource,
+    FileWriter,
     PreparedFile,
+    Readable,
+    Writable,
     create_part,
     find_partial,
     free_space,
-    place_file,
-    remove_quietly,
 )
 from .errors import ChatError, describe_os_error
-from .filenames import META_SUFFIX, PartialInfo, safe_file_name
+from .filenames import PartialInfo, safe_file_name
 from .handshake import Role
+from .manifest import describe
 from .messages import (
     CHUNK_SIZE,
+    MAX_BUNDLE_FILES,
     MAX_REASON,
     Bundle,
     FileAbout,
@@ -95,6 +101,11 @@ class Transfer:
     digest: bytes = b""  # host: the SHA-256 (and signature) of the author's FILEDONE
     done_signature: bytes = bytes(64)
     restarted: bool = False  # a resume whose SHA-256 did not match was started over once
+    bundle: Bundle = Bundle.FILE  # a folder or several files: one stream (manifest.py)
+    count: int = 1  # files in it
+    offered_name: str = ""  # receiving: the name as offered (a folder's paths start with it)
+    collected: Collected | None = None  # sending a folder or several files: what they are
+    ends: list[int] = field(default_factory=list)  # where each file of a bundle ends
     source: FileSource | None = None
     sink: FileSink | None = None
     partner: Transfer | None = None  # relayed by the host: the other leg
@@ -105,6 +116,18 @@ class Transfer:
     done_twice: bool = False  # a repeated FILEDONE was reported once
     quarter: int = 0  # plain progress lines shown (at 25, 50, 75%)
     ungranted: int = 0  # host: bytes of this leg passed on, not yet granted back
+
+    @property
+    def shown(self) -> str:
+        """How lines name it: holiday.jpg, Holiday/, or a.jpg and 2 more."""
+        return describe(self.bundle, self.name, self.count)
+
+    @property
+    def amount(self) -> str:
+        """Its size as lines give it: 2.4 MB, or 214 files, 1.3 GB."""
+        if self.bundle is Bundle.FILE:
+            return format_size(self.size)
+        return f"{self.count:,} files, {format_size(self.size)}"
 
     @property
     def ours(self) -> bool:
@@ -261,7 +284,7 @@ class FileDesk:
                     t.quarter += 1
                     way = f"sent to {sanitize(t.person)}" if t.sending else "received"
                     self._say(
-                        f"{sanitize(t.name)}: {25 * t.quarter}% of {format_size(t.size)} {way}"
+                        f"{sanitize(t.shown)}: {25 * t.quarter}% of {format_size(t.size)} {way}"
                     )
             return
         if not force and now - self._status_at < PROGRESS_SECONDS:
@@ -269,7 +292,7 @@ class FileDesk:
         self._status_at = now
         text = " | ".join(
             progress_text(
-                sanitize(t.name), t.position, t.size, now - t.started, t.position - t.offset
+                self._label(t), t.position, t.size, now - t.started, t.position - t.offset
             )
             for t in moving
         )
@@ -277,10 +300,20 @@ class FileDesk:
             self._status = text
             self._user.file_status(text)
 
+    def _label(self, t: Transfer) -> str:
+        """A transfer in the progress line: a bundle's with its files so far."""
+        if t.bundle is Bundle.FILE:
+            return sanitize(t.shown)
+        whole = bisect.bisect_right(t.ends, t.position)
+        return f"{sanitize(t.shown)} ({whole:,} of {t.count:,} files)"
+
     # Offers, answers, cancels: the person's commands -------------------------------------
 
-    def offer(self, prepared: PreparedFile, targets: list[tuple[str, bool]], now: float) -> None:
-        """Offer a hashed file to each (name, is_the_host) of `targets`."""
+    def offer(
+        self, prepared: PreparedFile | Collected, targets: list[tuple[str, bool]], now: float
+    ) -> None:
+        """Offer a file (or a folder, or several files) to each (name, is_the_host) of
+        `targets`."""
         offered = []
         try:
             for name, is_host in targets:
@@ -290,7 +323,7 @@ class FileDesk:
                     continue
                 link, who = route
                 try:
-                    fd = os.dup(prepared.fd)
+                    fd = os.dup(prepared.fd) if isinstance(prepared, PreparedFile) else -1
                 except OSError as exc:
                     self._error(f"error: cannot offer it to {sanitize(name)}: {exc.strerror}")
                     continue
@@ -299,20 +332,24 @@ class FileDesk:
                 transfer = self._add(
                     link, number, True, prepared.name, prepared.size, prepared.fingerprint, name
                 )
-                transfer.fd, transfer.stamp = fd, prepared.stamp
                 offer = FileOffer(number, prepared.size, prepared.fingerprint, prepared.name, who)
+                if isinstance(prepared, PreparedFile):
+                    transfer.fd, transfer.stamp = fd, prepared.stamp
+                else:
+                    transfer.collected, transfer.ends = prepared, prepared.ends
+                    transfer.bundle, transfer.count = prepared.bundle, len(prepared.items)
+                    offer = replace(offer, bundle=prepared.bundle, count=len(prepared.items))
                 if who and self._user is not None:  # for a member, through the host: signed
                     offer = self._user.sign_offer(offer, who)
                     transfer.signed = True
                 self._net.deliver(link, offer, now)
                 offered.append(sanitize(name))
+                shown, amount = transfer.shown, transfer.amount
         finally:
-            os.close(prepared.fd)
+            if isinstance(prepared, PreparedFile):
+                os.close(prepared.fd)
         if offered:
-            self._say(
-                f"Offered {sanitize(prepared.name)} ({format_size(prepared.size)}) to "
-                f"{', '.join(offered)}."
-            )
+            self._say(f"Offered {sanitize(shown)} ({amount}) to {', '.join(offered)}.")
 
     def _add(
         self,
@@ -388,51 +425,81 @@ class FileDesk:
 
     def _start_receiving(self, t: Transfer, now: float, again: bool = False) -> None:
         """Take `t` (`again`: from zero, a resume that did not match started over)."""
-        folder, name = self.downloads, sanitize(t.name)
-        sender = self._sender_identity(t)
+        folder, sender = self.downloads, self._sender_identity(t)
+        if t.bundle is not Bundle.FILE:
+            self._start_receiving_bundle(t, sender, now, again)
+            return
         found = None if again else find_partial(folder, t.size, t.fingerprint, sender)
         if found is not None and any(
             sink.part == found[0] and sink.thread.is_alive() for sink in self._sinks
         ):
             found = None  # the same file, still being written by another transfer
         offset = found[1] if found is not None else 0
-        # What transfers already accepted will still write is spoken for.
-        reserved = sum(
-            other.size - other.position
-            for other in self._receiving
-            if other.state is Moving.MOVING and other.sink is not None
-        )
-        free = max(free_space(folder) - reserved, 0)
-        if free < t.size - offset:
-            raise ChatError(
-                f"not enough space in {folder} for {name}: it needs "
-                f"{format_size(t.size - offset)}, {format_size(free)} is free (make room "
-                f"and /accept {t.number} again, or /reject {t.number})"
-            )
+        self._check_space(t, offset)
         if found is not None:
             part = found[0]
             fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW)
         else:
             record = PartialInfo(t.name, t.size, t.fingerprint, sender).render()
             fd, part = create_part(folder, t.name, record)
+        self._begin(t, FileWriter(fd, part, folder, t.name), offset, now, again)
+
+    def _check_space(self, t: Transfer, offset: int) -> None:
+        """ChatError unless the downloads folder has room for the rest of `t` (beside what
+        transfers already accepted will still write)."""
+        reserved = sum(
+            other.size - other.position
+            for other in self._receiving
+            if other.state is Moving.MOVING and other.sink is not None
+        )
+        free = max(free_space(self.downloads) - reserved, 0)
+        if free < t.size - offset:
+            raise ChatError(
+                f"not enough space in {self.downloads} for {sanitize(t.shown)}: it needs "
+                f"{format_size(t.size - offset)}, {format_size(free)} is free (make room "
+                f"and /accept {t.number} again, or /reject {t.number})"
+            )
+
+    def _start_receiving_bundle(self, t: Transfer, sender: bytes, now: float, again: bool) -> None:
+        """Take a folder or several files into NAME.part/ (resuming one kept, if any)."""
+        folder = self.downloads
+        record = PartialInfo(t.name, t.size, t.fingerprint, sender, int(t.bundle))
+        found = None
+        if not again:
+            found = find_bundle_part(folder, record, t.bundle, t.count, t.offered_name)
+        if found is not None and any(
+            sink.part == found[0] and sink.thread.is_alive() for sink in self._sinks
+        ):
+            found = None  # the same offer, still being written by another transfer
+        offset = found[1] if found is not None else 0
+        self._check_space(t, offset)
+        part = (
+            found[0] if found is not None else create_bundle_part(folder, t.name, record.render())
+        )
+        writer = BundleWriter(part, folder, t.size, t.bundle, t.count, t.offered_name)
+        self._begin(t, writer, offset, now, again)
+
+    def _begin(self, t: Transfer, target: Writable, offset: int, now: float, again: bool) -> None:
+        """Start writing `t` into `target` from `offset`, and accept it."""
 
         def report(kind: str, amount: int, text: str) -> None:
             self._net.post(lambda now: self._sink_report(t, kind, amount, text, now))
 
         try:
-            sink = FileSink(
-                fd, part, offset, partial(place_file, folder=folder, name=t.name), report
-            )
+            sink = FileSink(target, offset, report)
         except RuntimeError:  # no thread could be started
-            os.close(fd)
-            if found is None:
-                remove_quietly(part, part + META_SUFFIX)
+            target.close()
+            if not offset:
+                target.discard()
             raise
         t.sink = sink
+        if isinstance(target, BundleWriter):
+            t.ends = target.ends
         self._sinks = [other for other in self._sinks if other.thread.is_alive()] + [sink]
         t.state, t.offset, t.position, t.started = Moving.MOVING, offset, offset, now
         t.credit = FILE_WINDOW
         self._net.deliver(t.link, FileAccept(t.id, offset, FILE_WINDOW), now)
+        name = sanitize(t.shown)
         if offset:
             self._say(f"Resuming {name} at {t.percent}%")
         elif again:
@@ -441,7 +508,7 @@ class FileDesk:
                 f"(the part kept was not this file)."
             )
         else:
-            self._say(f"Receiving {name} from {sanitize(t.person)} into {folder}.")
+            self._say(f"Receiving {name} from {sanitize(t.person)} into {self.downloads}.")
 
     def _sender_identity(self, t: Transfer) -> bytes:
         if t.link.peer.role is Role.LISTENER or not t.person or self._user is None:
@@ -454,7 +521,7 @@ class FileDesk:
             return
         transfer.state = Moving.DECLINED
         self._net.deliver(transfer.link, FileReject(transfer.id), now)
-        self._say(f"Declined {sanitize(transfer.name)} from {sanitize(transfer.person)}.")
+        self._say(f"Declined {sanitize(transfer.shown)} from {sanitize(transfer.person)}.")
 
     def cancel(self, number: int | None, now: float) -> None:
         transfer = self._find(number, "/cancel N")
@@ -464,7 +531,7 @@ class FileDesk:
             self._error(f"try again: {transfer.number} is already {transfer.state.value}")
             return
         self._end(transfer, Moving.CANCELLED, now, tell="")
-        self._say(f"Cancelled {sanitize(transfer.name)}.")
+        self._say(f"Cancelled {sanitize(transfer.shown)}.")
 
     def pause(self, number: int | None, now: float) -> None:
         """/pause N: stop a moving transfer, either way; what arrived stays on the
@@ -482,12 +549,12 @@ class FileDesk:
         self._end(transfer, Moving.PAUSED, now, tell="paused", keep=True)
         if transfer.sending:
             self._say(
-                f"Paused {sanitize(transfer.name)} ({transfer.percent}%, {kept} sent): "
+                f"Paused {sanitize(transfer.shown)} ({transfer.percent}%, {kept} sent): "
                 f"/send it again to resume"
             )
         else:
             self._say(
-                f"Paused {sanitize(transfer.name)} ({transfer.percent}%, {kept} kept): it "
+                f"Paused {sanitize(transfer.shown)} ({transfer.percent}%, {kept} kept): it "
                 "resumes there when it is offered again"
             )
 
@@ -506,7 +573,7 @@ class FileDesk:
                 state = f"offered: /accept {t.number} or /reject {t.number}"
             elif t.state is Moving.OFFERED:
                 state = "offered, waiting for an answer"
-            rows.append(f"  {t.number}. {sanitize(t.name)} ({format_size(t.size)}) {way}: {state}")
+            rows.append(f"  {t.number}. {sanitize(t.shown)} ({t.amount}) {way}: {state}")
         self._say("\n".join(rows))
 
     # What arrives ------------------------------------------------------------------------
@@ -540,20 +607,20 @@ class FileDesk:
         elif isinstance(message, FileReject):
             transfer.state = Moving.DECLINED
             self._close_file(transfer)
-            self._say(f"{sanitize(transfer.person)} declined {sanitize(transfer.name)}.")
+            self._say(f"{sanitize(transfer.person)} declined {sanitize(transfer.shown)}.")
         elif isinstance(message, FileReceived):
             self._end(transfer, Moving.DONE, now)
             took = format_duration(now - transfer.started)
             resumed = f", resumed at {transfer.offset * 100 // transfer.size}%"
             self._say(
-                f"{sanitize(transfer.person)} received {sanitize(transfer.name)} "
-                f"({format_size(transfer.size)} in {took}{resumed if transfer.offset else ''})."
+                f"{sanitize(transfer.person)} received {sanitize(transfer.shown)} "
+                f"({transfer.amount} in {took}{resumed if transfer.offset else ''})."
             )
         elif isinstance(message, FileDone):
             self._on_done(transfer, message, now)
         elif isinstance(message, FileCancel) and transfer.state not in ENDED and message.keep:
             self._end(transfer, Moving.PAUSED, now, keep=True)
-            who, name = sanitize(transfer.person), sanitize(transfer.name)
+            who, name = sanitize(transfer.person), sanitize(transfer.shown)
             if transfer.sending:
                 self._say(f"{who} paused {name} at {transfer.percent}%.")
             else:
@@ -564,7 +631,7 @@ class FileDesk:
         elif isinstance(message, FileCancel) and transfer.state not in ENDED:
             self._end(transfer, Moving.CANCELLED, now)
             why = f": {sanitize(message.reason)}" if message.reason else ""
-            self._say(f"{sanitize(transfer.person)} cancelled {sanitize(transfer.name)}{why}.")
+            self._say(f"{sanitize(transfer.person)} cancelled {sanitize(transfer.shown)}{why}.")
 
     def _on_offer(self, link: Link, offer: FileOffer, now: float) -> None:
         person = offer.who or link.peer.peer_name
@@ -578,8 +645,6 @@ class FileDesk:
         if len(open_here) >= MAX_OPEN_OFFERS_PER_LINK:
             waiting = MAX_OPEN_OFFERS
         name = safe_file_name(offer.name)
-        if offer.bundle is not Bundle.FILE:  # folders come in the next step
-            name = None
         hosting = link.peer.role is Role.LISTENER
         if hosting and offer.who:  # a member's file for another member: relayed
             self._relay_offer(link, offer, now)
@@ -592,9 +657,16 @@ class FileDesk:
             if self._complain(link, f"forged {offer.who}"):
                 self._error(f"warning: {forged}: declined")
             return
-        if self._user is None or waiting >= MAX_OPEN_OFFERS or name is None:
+        too_many = offer.bundle is not Bundle.FILE and not 1 <= offer.count <= MAX_BUNDLE_FILES
+        if self._user is None or waiting >= MAX_OPEN_OFFERS or name is None or too_many:
             self._net.deliver(link, FileReject(offer.id), now)  # not kept: memory stays bounded
-            if name is None:
+            if too_many:
+                self._error(
+                    f"{sanitize(person)} offered {sanitize(offer.name)}/ with "
+                    f"{offer.count:,} files; one offer may hold 1 to {MAX_BUNDLE_FILES:,}: "
+                    "declined"
+                )
+            elif name is None:
                 self._error(
                     f"{sanitize(person)} offered a file named {sanitize(offer.name)!r}, which "
                     "cannot be saved under a safe name: declined"
@@ -606,24 +678,28 @@ class FileDesk:
                 )
             return
         t = self._add(link, offer.id, False, name, offer.size, offer.fingerprint, person)
-        t.origin = offer.origin
+        t.origin, t.bundle, t.count = offer.origin, offer.bundle, offer.count
+        t.offered_name = offer.name
         if not self._told_folder:  # once: where accepted files will land
             self._told_folder = True
             self._say(
                 f"Files you accept are saved in {self.downloads} (--downloads DIR changes it)."
             )
-        found = find_partial(
-            self.downloads, offer.size, offer.fingerprint, self._sender_identity(t)
-        )
-        if found is not None and offer.size:  # a pause, or a lost connection, kept some
+        sender = self._sender_identity(t)
+        if t.bundle is Bundle.FILE:
+            found = find_partial(self.downloads, offer.size, offer.fingerprint, sender)
+        else:
+            record = PartialInfo(name, t.size, t.fingerprint, sender, int(t.bundle))
+            found = find_bundle_part(self.downloads, record, t.bundle, t.count, offer.name)
+        if found is not None and found[1] and offer.size:  # a pause or a lost connection
             here = found[1] * 100 // offer.size
             self._say(
-                f"{sanitize(person)} offers {sanitize(name)} ({format_size(offer.size)}, "
-                f"{here}% already here): /accept {t.number} to resume or /reject {t.number}"
+                f"{sanitize(person)} offers {sanitize(t.shown)} ({t.amount}, {here}% already "
+                f"here): /accept {t.number} to resume or /reject {t.number}"
             )
             return
         self._say(
-            f"{sanitize(person)} offers {sanitize(name)} ({format_size(offer.size)}): "
+            f"{sanitize(person)} offers {sanitize(t.shown)} ({t.amount}): "
             f"/accept {t.number} or /reject {t.number}"
         )
 
@@ -649,23 +725,27 @@ class FileDesk:
             return
         self._net.low_water(t.link)
         resumed = f" (resuming at {t.percent}%)" if accept.offset else ""
-        self._say(f"{sanitize(t.person)} accepted {sanitize(t.name)}{resumed}.")
+        self._say(f"{sanitize(t.person)} accepted {sanitize(t.shown)}{resumed}.")
         self._net.nudge(t.link)
 
     def _read_from(self, t: Transfer, offset: int, now: float) -> bool:
-        """Start reading `t` at `offset` (its own copy of the file: a restart reads again)."""
+        """Start reading `t` at `offset` (a reader of its own: a restart reads again)."""
+        reader: Readable
         try:
-            fd = os.dup(t.fd)
+            if t.collected is not None:
+                reader = BundleReader(t.collected)
+            else:
+                reader = FileReader(os.dup(t.fd), t.stamp)
         except OSError as exc:
             self._end(t, Moving.FAILED, now, tell="it could not be read")
-            self._error(f"error: cannot send {sanitize(t.name)}: {describe_os_error(exc)}")
+            self._error(f"error: cannot send {sanitize(t.shown)}: {describe_os_error(exc)}")
             return False
         try:
-            t.source = FileSource(fd, t.size, t.stamp, offset, partial(self._net.nudge, t.link))
+            t.source = FileSource(reader, t.size, offset, partial(self._net.nudge, t.link))
         except RuntimeError as exc:  # no thread could be started
-            os.close(fd)
+            reader.close()
             self._end(t, Moving.FAILED, now, tell="it could not be read")
-            self._error(f"error: cannot send {sanitize(t.name)}: {exc}")
+            self._error(f"error: cannot send {sanitize(t.shown)}: {exc}")
             return False
         return True
 
@@ -689,7 +769,7 @@ class FileDesk:
             t.source = None
         if self._read_from(t, 0, now):
             self._say(
-                f"{sanitize(t.person)} is receiving {sanitize(t.name)} again from the start "
+                f"{sanitize(t.person)} is receiving {sanitize(t.shown)} again from the start "
                 "(what they had kept did not match)."
             )
             self._net.nudge(t.link)
@@ -703,7 +783,7 @@ class FileDesk:
                 self._net.deliver(link, FileCancel(event.transfer, False, "no such file"), now)
                 self._error(f"{who} sent data for a file it never offered: ignored")
             return
-        name = sanitize(t.name)
+        name = sanitize(t.shown)
         if t.state in ENDED:
             if not t.cancelled_here and not t.complained:  # else in flight as we cancelled
                 t.complained = True
@@ -743,13 +823,13 @@ class FileDesk:
             if not t.done_twice:
                 t.done_twice = True
                 self._error(
-                    f"{sanitize(t.link.peer.peer_name)} said twice that {sanitize(t.name)} "
+                    f"{sanitize(t.link.peer.peer_name)} said twice that {sanitize(t.shown)} "
                     "was all sent: ignored"
                 )
             return
         if t.state is not Moving.MOVING or t.position != t.size:
             problem = (
-                f"{sanitize(t.link.peer.peer_name)} sent less of {sanitize(t.name)} than "
+                f"{sanitize(t.link.peer.peer_name)} sent less of {sanitize(t.shown)} than "
                 f"announced ({t.position} of {t.size} bytes)"
             )
             self._end(t, Moving.FAILED, now, tell=problem)
@@ -760,7 +840,7 @@ class FileDesk:
             and self._user is not None
             and self._user.done_forgery(t.person, t.origin, done)
         ):
-            problem = f"the SHA-256 of {sanitize(t.name)} failed its signature check"
+            problem = f"the SHA-256 of {sanitize(t.shown)} failed its signature check"
             self._end(t, Moving.FAILED, now, tell=problem)
             self._error(f"warning: {problem}: transfer ended, nothing saved")
             return
@@ -771,7 +851,7 @@ class FileDesk:
 
     def _sink_report(self, t: Transfer, kind: str, amount: int, text: str, now: float) -> None:
         if kind == "saved" and t.state in ENDED:  # a cancel that came as it was put in place
-            self._say(f"{sanitize(t.name)} was already saved as {sanitize(text)}.")
+            self._say(f"{sanitize(t.shown)} was already saved as {sanitize(text)}.")
             return
         if t.state in ENDED:
             return
@@ -780,12 +860,12 @@ class FileDesk:
                 t.credit += amount
                 self._net.deliver(t.link, FileCredit(t.id, amount), now)
             return
-        name, who = sanitize(t.name), sanitize(t.person)
+        name, who = sanitize(t.shown), sanitize(t.person)
         if kind == "saved":
             t.state, t.sink = Moving.DONE, None
             self._net.deliver(t.link, FileReceived(t.id), now)
             self._say(
-                f"Received {name} from {who} ({format_size(t.size)}, SHA-256 verified): "
+                f"Received {name} from {who} ({t.amount}, SHA-256 verified): "
                 f"saved as {sanitize(text)}"
             )
         elif kind == "mismatch" and t.offset and not t.restarted:
@@ -859,7 +939,7 @@ class FileDesk:
                 )
             if t.ours:
                 more = f" ({t.percent}% kept: offered again, it resumes there)" if kept else ""
-                self._say(f"{sanitize(t.name)} stopped: the connection ended{more}.")
+                self._say(f"{sanitize(t.shown)} stopped: the connection ended{more}.")
         self._sending.drop_link(link)
         self._receiving.drop_link(link)
         self._next_id.pop(link, None)
@@ -895,7 +975,7 @@ class FileDesk:
             if verdict:
                 self._end(t, Moving.FAILED, now, tell=f"it {verdict}")
                 self._error(
-                    f"error: {sanitize(t.name)} {verdict}: cancelled; send it again once it "
+                    f"error: {sanitize(t.shown)} {verdict}: cancelled; send it again once it "
                     "is final"
                 )
                 return True

@@ -104,7 +104,7 @@ def test_what_cannot_be_sent_is_a_local_error_and_nothing_is_offered(
     (tmp_path / "laptop" / "folder").mkdir()
     lap.send("/send nothing.txt", "/send folder", "/send pipe", "/send /dev/null", "/send")
     lap.expect(r"^error: no such file: nothing\.txt: nothing offered$")
-    lap.expect(r"^error: folder is a folder: send one file \(zip the folder first\): nothing")
+    lap.expect(r"^error: folder holds no files to send: nothing offered$")
     lap.expect(r"^error: pipe is not a regular file \(a device, FIFO or socket\): nothing")
     lap.expect(r"^error: /dev/null is not a regular file")
     lap.expect(r"^try again: /send PATH, or /send NAME PATH for one person$")
