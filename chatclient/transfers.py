@@ -283,9 +283,7 @@ class FileDesk:
                 while t.quarter < min(3, t.percent // 25):
                     t.quarter += 1
                     way = f"sent to {sanitize(t.person)}" if t.sending else "received"
-                    self._say(
-                        f"{sanitize(t.shown)}: {25 * t.quarter}% of {format_size(t.size)} {way}"
-                    )
+                    self._say(f"{self._label(t)}: {25 * t.quarter}% of {format_size(t.size)} {way}")
             return
         if not force and now - self._status_at < PROGRESS_SECONDS:
             return

@@ -50,6 +50,7 @@ def test_a_folder_arrives_as_that_folder_with_its_structure(spawn: Spawn, tmp_pa
     desk.send("/files")
     desk.expect(r"^  1\. Holiday/ \(4 files, 370\.\d kB\) from laptop: offered: /accept 1 ")
     desk.send("/accept 1")
+    desk.expect(r"^Holiday/ \([0-4] of 4 files\): 50% of 370\.\d kB received$")
     saved = tmp_path / "desktop" / "dl" / "Holiday (1)"
     desk.expect(
         rf"^Received Holiday/ from laptop \(4 files, .*\): saved as {re.escape(str(saved))}$"
