@@ -28,6 +28,7 @@ from .filenames import META_SUFFIX, PART_SUFFIX, PartialInfo, numbered
 from .handshake import FINGERPRINT_LABEL
 from .manifest import (
     LIST_FILE,
+    MAX_BUNDLE_FOLDERS,
     MAX_DEPTH,
     MAX_LIST_BYTES,
     MAX_PATH_BYTES,
@@ -40,6 +41,7 @@ from .messages import MAX_BUNDLE_FILES, Bundle
 from .text import sanitize
 
 NOFOLLOW = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+FOLDER_BYTES = 4096  # what a folder takes on most disks, beyond the data of its files
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def _collect_folder(folder: str) -> Collected:
     top = wire_name(os.path.basename(os.path.normpath(os.path.abspath(folder))))
     items: list[Item] = []
     skipped: list[str] = []
-    pending = [(folder, top, 1)]
+    pending, folders = [(folder, top, 1)], 0
     while pending:
         here, shown, depth = pending.pop()
         try:
@@ -136,7 +138,13 @@ def _collect_folder(folder: str) -> Collected:
                 skipped.append(f"skipped {path}: a symbolic link (links are not followed)")
             elif stat.S_ISDIR(info.st_mode):
                 if depth + 1 >= MAX_DEPTH:
-                    raise ChatError(f"{path} is over {MAX_DEPTH} folders deep: not offered")
+                    raise ChatError(f"{path} is over {MAX_DEPTH} folders deep")
+                folders += 1
+                if folders > MAX_BUNDLE_FOLDERS:
+                    raise ChatError(
+                        f"{top} holds over {MAX_BUNDLE_FOLDERS:,} folders, the most one offer "
+                        "carries: send its folders one by one, or an archive of it"
+                    )
                 inner.append((entry.path, path, depth + 1))
             elif not stat.S_ISREG(info.st_mode):
                 skipped.append(f"skipped {path}: not a regular file (a device, FIFO or socket)")
@@ -253,11 +261,9 @@ def create_bundle_part(folder: str, name: str, record: str) -> str:
     raise ChatError(f"no free name for {name} in {folder}")
 
 
-def find_bundle_part(
-    folder: str, offer: PartialInfo, bundle: Bundle, count: int, name: str
-) -> tuple[str, int] | None:
-    """An earlier partial download of this very offer from this sender: (its NAME.part/,
-    how many bytes of the stream it holds)."""
+def find_bundle_part(folder: str, offer: PartialInfo) -> str | None:
+    """An earlier partial download of this very offer from this sender: its NAME.part/
+    (kept() says how much of the stream it holds)."""
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
             if not entry.name.endswith(PART_SUFFIX + META_SUFFIX):
@@ -276,8 +282,8 @@ def find_bundle_part(
                 ):
                     continue
                 if stat.S_ISDIR(os.lstat(part).st_mode):
-                    return part, kept(part, bundle, count, name)
-            except (OSError, UnicodeDecodeError, ChatError):
+                    return part
+            except (OSError, UnicodeDecodeError):
                 continue
     return None
 
@@ -285,8 +291,11 @@ def find_bundle_part(
 def kept(part: str, bundle: Bundle, count: int, name: str) -> int:
     """How much of the stream NAME.part/ holds: its list, then each file as long as the
     one before it is whole."""
-    with open(os.path.join(part, LIST_FILE), "rb") as file:  # ours: entries never end .part
-        head = file.read(MAX_LIST_BYTES + 4)
+    try:
+        with open(os.path.join(part, LIST_FILE), "rb") as file:  # ours: no entry ends .part
+            head = file.read(MAX_LIST_BYTES + 4)
+    except FileNotFoundError:  # paused before its first byte: start it there
+        return 0
     end = list_end(head)
     if end is None or len(head) < end:
         return len(head)
@@ -328,7 +337,7 @@ class BundleWriter:
         """Take what of `data` (at `position`) belongs to the list; how many bytes that is."""
         if position != len(self._head):
             raise ProtocolError("its list came out of order")
-        end = list_end(bytes(self._head))
+        end = list_end(bytes(self._head[:4]))
         taken = data[: (end if end is not None else 4) - position]
         self._head += taken
         fd = os.open(self._list_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | NOFOLLOW, 0o600)
@@ -336,7 +345,7 @@ class BundleWriter:
             os.write(fd, taken)
         finally:
             os.close(fd)
-        end = list_end(bytes(self._head))
+        end = list_end(bytes(self._head[:4]))
         if end is not None and len(self._head) == end:
             self._open_list()
         return len(taken)
@@ -348,9 +357,24 @@ class BundleWriter:
         total = end + sum(entry.size for entry in entries)
         if total != self._size:
             raise ProtocolError(f"its list adds up to {total} bytes, not the {self._size} offered")
+        self._check_room(entries)
         self._index_entries(entries)
         for entry in entries:
             self._make(entry)
+
+    def _check_room(self, entries: list[Entry]) -> None:
+        """ChatError unless the disk can hold the files and folders the list makes, which
+        the offer's size (bytes of data) does not count."""
+        folders = {entry.parts[:depth] for entry in entries for depth in range(1, len(entry.parts))}
+        info = os.statvfs(self.part)
+        made = len(entries) + len(folders)
+        if info.f_files and info.f_favail < made:  # some disks do not count inodes
+            raise ChatError(
+                f"not enough room in {self._folder}: it makes {made:,} files and folders, and "
+                f"{info.f_favail:,} more can be made there"
+            )
+        if info.f_bavail * info.f_frsize < len(folders) * FOLDER_BYTES:
+            raise ChatError(f"not enough room in {self._folder} for its {len(folders):,} folders")
 
     def _index_entries(self, entries: list[Entry]) -> None:
         start = len(self._head)
@@ -381,8 +405,11 @@ class BundleWriter:
 
     def _load_list(self) -> None:
         """On a resume: the list kept in NAME.part/."""
-        with open(self._list_path, "rb") as file:
-            self._head = bytearray(file.read(MAX_LIST_BYTES + 4))
+        try:
+            with open(self._list_path, "rb") as file:
+                self._head = bytearray(file.read(MAX_LIST_BYTES + 4))
+        except FileNotFoundError:
+            self._head = bytearray()
         end = list_end(bytes(self._head))
         if end is not None and len(self._head) == end:
             entries = decode_list(bytes(self._head), self._bundle, self._count, self._name)
@@ -472,7 +499,9 @@ class BundleWriter:
 
     def place(self) -> str:
         """Move each top-level file or folder into the downloads folder (a name in use
-        gets " (1)", ...): where the first went."""
+        gets " (1)", ...): where the folder went, or how many files went where."""
+        if not self._entries:  # the offer's size ended inside its list
+            raise ChatError("its list is cut short: nothing saved")
         tops = list(dict.fromkeys(entry.parts[0] for entry in self._entries))
         placed = []
         for top in tops:
@@ -485,7 +514,7 @@ class BundleWriter:
         with contextlib.suppress(OSError):
             os.rmdir(self.part)
         remove_quietly(self.part + META_SUFFIX)
-        if self._bundle is Bundle.FOLDER:
+        if self._bundle is Bundle.FOLDER or len(placed) == 1:
             return placed[0]
         return f"{len(placed)} files in {self._folder}"
 

@@ -35,6 +35,7 @@ READ_AHEAD = 32  # chunks a FileSource holds ready (it reads READ_BLOCK more at 
 READ_BLOCK = 16  # chunks read (and written) with one system call
 HASH_LAG = 16  # blocks a FileSink's hashing may be behind its writing
 SINK_CLOSE_SECONDS = 0.5  # a cancel waits this long for a write under way to end
+SETTLE_SECONDS = 2.0  # a resume waits this long for a paused writer to write what came
 HASH_BLOCK = 1024 * 1024
 PROGRESS_SECONDS = 0.25  # the status line is redrawn at most this often
 # While a file moves on a connection, the kernel holds at most this much of it unsent,

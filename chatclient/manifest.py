@@ -9,6 +9,7 @@ A FOLDER or FILES offer moves as one stream of bytes, the transfer's `size` long
 
 from __future__ import annotations
 
+import functools
 import struct
 import unicodedata
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ from .messages import Bundle
 MAX_LIST_BYTES = 4 * 1024 * 1024  # the list of one offer, in bytes
 MAX_PATH_BYTES = 1024  # one path in it
 MAX_DEPTH = 32  # folders inside one another, the top one included
+MAX_BUNDLE_FOLDERS = 10_000  # folders one offer makes
 LIST_HEADER = struct.Struct("!I")
 ENTRY_HEADER = struct.Struct("!QI")
 LIST_FILE = "list" + PART_SUFFIX  # beside the entries while they arrive (no entry is named so)
@@ -77,6 +79,8 @@ def decode_list(data: bytes, bundle: Bundle, count: int, name: str) -> list[Entr
         entries.append(Entry(safe_parts(path, bundle, name), size))
     if offset != end:
         raise ProtocolError(f"its list holds more than the {count} files offered")
+    if bundle is Bundle.FILES and entries and entries[0].parts != (safe_file_name(name),):
+        raise ProtocolError(f"its first file is not {name!r}, the name it was offered as")
     check_tree(entries)
     return entries
 
@@ -95,13 +99,14 @@ def safe_parts(path: str, bundle: Bundle, name: str) -> tuple[str, ...]:
         raise ProtocolError(f"the path {shown} is not inside the folder {name!r}")
     if bundle is Bundle.FILES and len(parts) != 1:
         raise ProtocolError(f"the path {shown} is not a plain file name")
-    top = safe_file_name(parts[0])
+    top = _safe_top(parts[0])
     inner = [safe_inner_name(part) for part in parts[1:]]
     if top is None or None in inner:
         raise ProtocolError(f"the path {shown} has a part that leaves nothing safe")
     return (top, *(part for part in inner if part is not None))
 
 
+@functools.lru_cache(maxsize=4096)  # the folders of a deep tree repeat in every path
 def safe_inner_name(part: str) -> str | None:
     """A name inside a received folder: the rules of a file's name (no control, format or
     bidi characters, cut to MAX_SAVED_NAME bytes, never one of our working names), except
@@ -113,6 +118,9 @@ def safe_inner_name(part: str) -> str | None:
     if kept.endswith(PART_SUFFIX) or kept.endswith(PART_SUFFIX + ".meta"):
         kept = kept.replace(PART_SUFFIX, "_part")
     return kept
+
+
+_safe_top = functools.lru_cache(maxsize=4096)(safe_file_name)
 
 
 def _unsafe(ch: str) -> bool:
@@ -134,6 +142,8 @@ def check_tree(entries: list[Entry]) -> None:
     if clash := files & folders:
         shown = "/".join(min(clash))
         raise ProtocolError(f"{shown!r} is both a file and a folder in its list")
+    if len(folders) > MAX_BUNDLE_FOLDERS:  # each costs a block of disk the size does not count
+        raise ProtocolError(f"its list makes over {MAX_BUNDLE_FOLDERS:,} folders")
 
 
 def describe(bundle: Bundle, name: str, count: int) -> str:

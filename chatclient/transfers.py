@@ -14,7 +14,14 @@ from enum import Enum
 from functools import partial
 from typing import Protocol
 
-from .bundles import BundleReader, BundleWriter, Collected, create_bundle_part, find_bundle_part
+from .bundles import (
+    BundleReader,
+    BundleWriter,
+    Collected,
+    create_bundle_part,
+    find_bundle_part,
+    kept,
+)
 from .disk import (
     CREDIT_STEP,
     FILE_WINDOW,
@@ -26,6 +33,7 @@ from .disk import (
     NO_FILES_HERE,
     PROGRESS_SECONDS,
     RELAYED_OFFER_SECONDS,
+    SETTLE_SECONDS,
     FileReader,
     FileSink,
     FileSource,
@@ -127,7 +135,8 @@ class Transfer:
         """Its size as lines give it: 2.4 MB, or 214 files, 1.3 GB."""
         if self.bundle is Bundle.FILE:
             return format_size(self.size)
-        return f"{self.count:,} files, {format_size(self.size)}"
+        files = "file" if self.count == 1 else "files"
+        return f"{self.count:,} {files}, {format_size(self.size)}"
 
     @property
     def ours(self) -> bool:
@@ -263,6 +272,7 @@ class FileDesk:
         self._sinks: list[FileSink] = []  # every writer still running (or just finished)
         self._complained: set[tuple[Link, int | str]] = set()
         self._told_folder = False
+        self._kept_cache: dict[str, int] = {}  # a bundle's NAME.part/: what it holds (_kept)
 
     # Reports -------------------------------------------------------------------------
 
@@ -428,9 +438,9 @@ class FileDesk:
             self._start_receiving_bundle(t, sender, now, again)
             return
         found = None if again else find_partial(folder, t.size, t.fingerprint, sender)
-        if found is not None and any(
-            sink.part == found[0] and sink.thread.is_alive() for sink in self._sinks
-        ):
+        if found is not None and self._settle(found[0]):
+            found = find_partial(folder, t.size, t.fingerprint, sender)  # as it ended
+        if found is not None and self._writing(found[0]):
             found = None  # the same file, still being written by another transfer
         offset = found[1] if found is not None else 0
         self._check_space(t, offset)
@@ -441,6 +451,37 @@ class FileDesk:
             record = PartialInfo(t.name, t.size, t.fingerprint, sender).render()
             fd, part = create_part(folder, t.name, record)
         self._begin(t, FileWriter(fd, part, folder, t.name), offset, now, again)
+
+    def _writing(self, part: str) -> bool:
+        """True while a writer thread still writes into `part`."""
+        return any(sink.part == part and sink.thread.is_alive() for sink in self._sinks)
+
+    def _settle(self, part: str) -> bool:
+        """Let a writer of an ended transfer finish writing into `part` (a pause writes what
+        came before it stops), waiting at most SETTLE_SECONDS; True if there was one."""
+        moving = {id(t.sink) for t in self._transfers if t.sink is not None}
+        ending = [
+            s for s in self._sinks if s.part == part and id(s) not in moving and s.thread.is_alive()
+        ]
+        for sink in ending:
+            sink.thread.join(SETTLE_SECONDS)
+        return bool(ending)
+
+    def _kept(self, part: str, t: Transfer) -> int:
+        """How much of `t`'s stream `part` holds, remembered until a writer touches it
+        again: reading a long list again for every offer would let a peer that offers
+        the same folder over and over stall this thread."""
+        if self._writing(part):
+            return 0
+        if part not in self._kept_cache:
+            try:
+                here = kept(part, t.bundle, t.count, t.offered_name)
+            except (OSError, ChatError):
+                here = -1  # not what it claims to be: never resumed
+            if len(self._kept_cache) >= MAX_OPEN_OFFERS:
+                self._kept_cache.clear()
+            self._kept_cache[part] = here
+        return self._kept_cache[part]
 
     def _check_space(self, t: Transfer, offset: int) -> None:
         """ChatError unless the downloads folder has room for the rest of `t` (beside what
@@ -462,18 +503,16 @@ class FileDesk:
         """Take a folder or several files into NAME.part/ (resuming one kept, if any)."""
         folder = self.downloads
         record = PartialInfo(t.name, t.size, t.fingerprint, sender, int(t.bundle))
-        found = None
-        if not again:
-            found = find_bundle_part(folder, record, t.bundle, t.count, t.offered_name)
-        if found is not None and any(
-            sink.part == found[0] and sink.thread.is_alive() for sink in self._sinks
-        ):
+        found = None if again else find_bundle_part(folder, record)
+        if found is not None:
+            self._settle(found)
+        if found is not None and self._writing(found):
             found = None  # the same offer, still being written by another transfer
-        offset = found[1] if found is not None else 0
+        offset = self._kept(found, t) if found is not None else 0
+        if offset < 0:  # a NAME.part/ that is not what its record says: left alone
+            found, offset = None, 0
         self._check_space(t, offset)
-        part = (
-            found[0] if found is not None else create_bundle_part(folder, t.name, record.render())
-        )
+        part = found if found is not None else create_bundle_part(folder, t.name, record.render())
         writer = BundleWriter(part, folder, t.size, t.bundle, t.count, t.offered_name)
         self._begin(t, writer, offset, now, again)
 
@@ -491,6 +530,7 @@ class FileDesk:
                 target.discard()
             raise
         t.sink = sink
+        self._kept_cache.pop(target.part, None)
         if isinstance(target, BundleWriter):
             t.ends = target.ends
         self._sinks = [other for other in self._sinks if other.thread.is_alive()] + [sink]
@@ -688,8 +728,11 @@ class FileDesk:
             found = find_partial(self.downloads, offer.size, offer.fingerprint, sender)
         else:
             record = PartialInfo(name, t.size, t.fingerprint, sender, int(t.bundle))
-            found = find_bundle_part(self.downloads, record, t.bundle, t.count, offer.name)
-        if found is not None and found[1] and offer.size:  # a pause or a lost connection
+            part = find_bundle_part(self.downloads, record)
+            if part is not None:
+                self._settle(part)  # a pause that just came writes what came before it
+            found = (part, self._kept(part, t)) if part is not None else None
+        if found is not None and found[1] > 0 and offer.size:  # a pause, or a lost connection
             here = found[1] * 100 // offer.size
             self._say(
                 f"{sanitize(person)} offers {sanitize(t.shown)} ({t.amount}, {here}% already "

@@ -170,7 +170,7 @@ def test_a_link_planted_where_the_folder_lands_is_never_followed(
     mallory.expect(FileAccept)
     mallory.send_all(1, data)
     mallory.done(1, data)
-    desk.expect(r"^Received Holiday/ from mallory \(1 files, .*\): saved as .*/Holiday \(1\)$")
+    desk.expect(r"^Received Holiday/ from mallory \(1 file, .*\): saved as .*/Holiday \(1\)$")
     assert os.listdir(outside) == []
     assert (downloads / "Holiday (1)" / "a.jpg").read_bytes() == b"photo"
 
@@ -200,3 +200,72 @@ def test_a_folder_cut_short_resumes_without_the_files_that_arrived_whole(
     for path, content in files:
         assert (downloads / path).read_bytes() == content
     assert sorted(os.listdir(downloads)) == ["Holiday"]  # no .part left
+
+
+# --- Found by review ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bundle", [Bundle.FOLDER, Bundle.FILES])
+def test_an_offer_whose_size_ends_inside_its_list_saves_nothing(
+    spawn: Spawn, tmp_path: Path, bundle: Bundle
+) -> None:
+    desk, downloads, mallory = with_mallory(spawn, tmp_path)
+    name = "Holiday" if bundle is Bundle.FOLDER else "a.txt"
+    path = "Holiday/a.txt" if bundle is Bundle.FOLDER else "a.txt"
+    data = offer_folder(mallory, 1, [(path, b"x")], name=name, bundle=bundle, size=10)[:10]
+    desk.expect(r"^mallory offers ")
+    desk.send("/accept 1")
+    mallory.expect(FileAccept)
+    mallory.send_all(1, data)
+    mallory.done(1, data)
+    desk.expect(r"from mallory: its list is cut short: nothing saved$", stream="err")
+    assert mallory.expect(FileCancel).id == 1  # type: ignore[attr-defined]
+    assert os.listdir(downloads) == []
+
+
+def test_several_files_must_start_with_the_file_they_were_offered_as(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    desk, downloads, mallory = with_mallory(spawn, tmp_path)
+    data = offer_folder(mallory, 1, [("evil.sh", b"x")], name="holiday.jpg", bundle=Bundle.FILES)
+    desk.expect(r"^mallory offers holiday\.jpg \(1 file, ")
+    desk.send("/accept 1")
+    mallory.expect(FileAccept)
+    mallory.send_all(1, data)
+    desk.expect(r"its first file is not 'holiday\.jpg', the name it was offered as: nothing saved$")
+    assert os.listdir(downloads) == []
+
+
+def test_a_list_that_makes_too_many_folders_saves_nothing(spawn: Spawn, tmp_path: Path) -> None:
+    """Folders cost disk the offer's size does not count: 10,000 at most."""
+    desk, downloads, mallory = with_mallory(spawn, tmp_path)
+    files = [(f"Holiday/{number}/in/x", b"") for number in range(5_000)]  # 10,001 folders
+    data = offer_folder(mallory, 1, files)
+    desk.expect(r"^mallory offers ")
+    desk.send("/accept 1")
+    mallory.expect(FileAccept)
+    mallory.send_all(1, data)
+    desk.expect(r"from mallory: its list makes over 10,000 folders: nothing saved$")
+    assert os.listdir(downloads) == []
+
+
+def test_a_folder_paused_before_its_first_byte_resumes_and_leaves_nothing_behind(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    desk, port, downloads = listener(spawn, tmp_path)
+    mallory = Mallory(port, Ed25519PrivateKey.generate())
+    files = [("Holiday/a.bin", b"a" * 1000)]
+    data = offer_folder(mallory, 1, files)
+    desk.expect(r"^mallory offers ")
+    desk.send("/accept 1")
+    mallory.expect(FileAccept)
+    mallory.send(FileCancel(1, True, "paused", keep=True))
+    desk.expect(r"^mallory paused Holiday/ at 0%")
+    offer_folder(mallory, 2, files)
+    desk.expect(r"^mallory offers Holiday/ \(1 file, .*\): /accept 2 or /reject 2$")
+    desk.send("/accept 2")
+    assert mallory.expect(FileAccept) == FileAccept(2, 0, FILE_WINDOW)
+    mallory.send_all(2, data)
+    mallory.done(2, data)
+    desk.expect(r"^Received Holiday/ from mallory ")
+    assert sorted(os.listdir(downloads)) == ["Holiday"]  # its .part/ was used, not left
