@@ -501,3 +501,29 @@ def test_a_host_holds_at_most_its_window_of_a_file_it_relays(spawn: Spawn, tmp_p
     alice.chunk(1, 0, b"z" * CHUNK_SIZE)
     assert chunks(bob, 1) == [b"z" * CHUNK_SIZE]
     assert alice.expect(FileCredit) == FileCredit(1, CHUNK_SIZE)  # granted as passed on
+
+
+def test_pause_typed_by_the_receiver_keeps_what_came_and_a_new_offer_resumes(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """Issue 20: /pause N from the terminal; the sender is told to keep its place."""
+    desk, port, downloads = listener(spawn, tmp_path)
+    mallory = Mallory(port, Ed25519PrivateKey.generate())
+    data = os.urandom(8 * CHUNK_SIZE)
+    mallory.offer(1, data, "movie.mkv")
+    desk.expect(r"^mallory offers movie\.mkv ")
+    desk.send("/accept 1")
+    mallory.expect(FileAccept)
+    mallory.send_all(1, data[: 3 * CHUNK_SIZE])
+    desk.expect(r"^movie\.mkv: 25% of 524\.3 kB received$")
+    desk.send("/pause 1")
+    desk.expect(r"^Paused movie\.mkv \(37%, 196\.6 kB kept\): it resumes there when it is offered")
+    assert mallory.expect(FileCancel) == FileCancel(1, False, "paused", True)
+    mallory.offer(2, data, "movie.mkv")
+    desk.expect(r"^mallory offers movie\.mkv \(524\.3 kB, 37% already here\): /accept 2 to resume")
+    desk.send("/accept 2")
+    assert mallory.expect(FileAccept) == FileAccept(2, 3 * CHUNK_SIZE, FILE_WINDOW)
+    mallory.send_all(2, data, start=3 * CHUNK_SIZE)
+    mallory.done(2, data)
+    desk.expect(r"^Received movie\.mkv from mallory \(524\.3 kB, SHA-256 verified\)")
+    assert (downloads / "movie.mkv").read_bytes() == data
