@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from .disk import (
     HASH_BLOCK,
     file_stamp,
+    in_use,
+    lock,
     place_file,
     remove_quietly,
 )
@@ -281,8 +283,8 @@ def find_bundle_part(folder: str, offer: PartialInfo) -> str | None:
                     offer.kind,
                 ):
                     continue
-                if stat.S_ISDIR(os.lstat(part).st_mode):
-                    return part
+                if stat.S_ISDIR(os.lstat(part).st_mode) and not in_use(entry.path):
+                    return part  # (a record another chatclient of yours holds is in use)
             except (OSError, UnicodeDecodeError):
                 continue
     return None
@@ -327,6 +329,11 @@ class BundleWriter:
         self._starts: list[int] = []
         self._index, self._fd = -1, -1
         self._list_path = os.path.join(part, LIST_FILE)
+        # The record's lock says "being written" to any other chatclient in this folder.
+        self._record = os.open(part + META_SUFFIX, os.O_RDONLY | NOFOLLOW)
+        if not lock(self._record):
+            os.close(self._record)
+            raise ChatError(f"{part} is being written by another chatclient")
         # Where each file ends in the stream (once the list is in): how many files are
         # whole at a position, for the progress line (read by the network thread).
         self.ends: list[int] = []
@@ -492,6 +499,9 @@ class BundleWriter:
 
     def close(self) -> None:
         self._close_entry()
+        if self._record >= 0:
+            os.close(self._record)
+            self._record = -1
 
     def discard(self) -> None:
         shutil.rmtree(self.part, ignore_errors=True)

@@ -1160,7 +1160,8 @@ COMMANDS = (
     Command(
         "send",
         (),
-        "offer a file to everyone (/send PATH) or to one person (/send NAME PATH)",
+        "offer a file, a folder or several files to everyone (/send PATH ...) or to one "
+        "person (/send NAME PATH ...)",
         Conversation.send_file,
     ),
     Command(

@@ -75,6 +75,34 @@ def open_for_sending(path: str) -> tuple[int, int]:
     return fd, info.st_size
 
 
+def lock(fd: int) -> bool:
+    """Take `fd`'s file for this process alone while it is open (an advisory lock, which
+    another chatclient receiving into the same folder respects); False if another holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks here: files do not work here either
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a disk without locks: nothing to respect
+        return True
+    return True
+
+
+def in_use(path: str) -> bool:
+    """True while another open file holds `path`'s lock: a chatclient writing into it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        return not lock(fd)
+    finally:
+        os.close(fd)
+
+
 def file_stamp(fd: int) -> tuple[int, int, int]:
     """What changes whenever a file's content does: size, modification and change times.
 
@@ -152,6 +180,7 @@ def find_partial(
                 == (size, fingerprint, sender, 0)
                 and stat.S_ISREG(length.st_mode)
                 and length.st_size <= size
+                and not in_use(part)  # another chatclient of yours receives it right now
             ):
                 return part, length.st_size
     return None
@@ -277,6 +306,8 @@ class FileWriter:
 
     def __init__(self, fd: int, part: str, folder: str, name: str) -> None:
         self._fd, self.part, self._folder, self._name = fd, part, folder, name
+        if not lock(fd):
+            raise ChatError(f"{part} is being written by another chatclient")
 
     def hash_start(self, offset: int) -> hashlib._Hash:
         return hash_start(self._fd, offset, f"{self.part} got shorter while it was being resumed")

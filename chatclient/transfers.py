@@ -44,6 +44,7 @@ from .disk import (
     create_part,
     find_partial,
     free_space,
+    lock,
 )
 from .errors import ChatError, describe_os_error
 from .filenames import PartialInfo, safe_file_name
@@ -437,17 +438,20 @@ class FileDesk:
         if t.bundle is not Bundle.FILE:
             self._start_receiving_bundle(t, sender, now, again)
             return
+        self._settle()  # a pause that just came writes what came, and lets go of its .part
         found = None if again else find_partial(folder, t.size, t.fingerprint, sender)
-        if found is not None and self._settle(found[0]):
-            found = find_partial(folder, t.size, t.fingerprint, sender)  # as it ended
         if found is not None and self._writing(found[0]):
             found = None  # the same file, still being written by another transfer
         offset = found[1] if found is not None else 0
         self._check_space(t, offset)
+        fd = -1
         if found is not None:
             part = found[0]
             fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW)
-        else:
+            if not lock(fd):  # another chatclient took it since: this one starts afresh
+                os.close(fd)
+                fd, offset = -1, 0
+        if fd < 0:
             record = PartialInfo(t.name, t.size, t.fingerprint, sender).render()
             fd, part = create_part(folder, t.name, record)
         self._begin(t, FileWriter(fd, part, folder, t.name), offset, now, again)
@@ -456,15 +460,15 @@ class FileDesk:
         """True while a writer thread still writes into `part`."""
         return any(sink.part == part and sink.thread.is_alive() for sink in self._sinks)
 
-    def _settle(self, part: str) -> bool:
-        """Let a writer of an ended transfer finish writing into `part` (a pause writes what
-        came before it stops), waiting at most SETTLE_SECONDS; True if there was one."""
+    def _settle(self) -> bool:
+        """Let the writers of ended transfers finish (a pause writes what came before it
+        stops, and holds its .part's lock until then), waiting at most SETTLE_SECONDS in
+        all; True if there was one."""
         moving = {id(t.sink) for t in self._transfers if t.sink is not None}
-        ending = [
-            s for s in self._sinks if s.part == part and id(s) not in moving and s.thread.is_alive()
-        ]
+        ending = [sink for sink in self._sinks if id(sink) not in moving and sink.thread.is_alive()]
+        deadline = time.monotonic() + SETTLE_SECONDS
         for sink in ending:
-            sink.thread.join(SETTLE_SECONDS)
+            sink.thread.join(max(0.0, deadline - time.monotonic()))
         return bool(ending)
 
     def _kept(self, part: str, t: Transfer) -> int:
@@ -503,17 +507,23 @@ class FileDesk:
         """Take a folder or several files into NAME.part/ (resuming one kept, if any)."""
         folder = self.downloads
         record = PartialInfo(t.name, t.size, t.fingerprint, sender, int(t.bundle))
+        self._settle()  # a pause that just came writes what came, and lets go of its .part
         found = None if again else find_bundle_part(folder, record)
-        if found is not None:
-            self._settle(found)
         if found is not None and self._writing(found):
             found = None  # the same offer, still being written by another transfer
         offset = self._kept(found, t) if found is not None else 0
         if offset < 0:  # a NAME.part/ that is not what its record says: left alone
             found, offset = None, 0
         self._check_space(t, offset)
-        part = found if found is not None else create_bundle_part(folder, t.name, record.render())
-        writer = BundleWriter(part, folder, t.size, t.bundle, t.count, t.offered_name)
+        args = (folder, t.size, t.bundle, t.count, t.offered_name)
+        writer = None
+        if found is not None:
+            try:
+                writer = BundleWriter(found, *args)
+            except ChatError:  # another chatclient took it since: this one starts afresh
+                offset = 0
+        if writer is None:
+            writer = BundleWriter(create_bundle_part(folder, t.name, record.render()), *args)
         self._begin(t, writer, offset, now, again)
 
     def _begin(self, t: Transfer, target: Writable, offset: int, now: float, again: bool) -> None:
@@ -724,13 +734,12 @@ class FileDesk:
                 f"Files you accept are saved in {self.downloads} (--downloads DIR changes it)."
             )
         sender = self._sender_identity(t)
+        self._settle()  # a pause that just came writes what came, and lets go of its .part
         if t.bundle is Bundle.FILE:
             found = find_partial(self.downloads, offer.size, offer.fingerprint, sender)
         else:
             record = PartialInfo(name, t.size, t.fingerprint, sender, int(t.bundle))
             part = find_bundle_part(self.downloads, record)
-            if part is not None:
-                self._settle(part)  # a pause that just came writes what came before it
             found = (part, self._kept(part, t)) if part is not None else None
         if found is not None and found[1] > 0 and offer.size:  # a pause, or a lost connection
             here = found[1] * 100 // offer.size

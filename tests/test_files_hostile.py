@@ -527,3 +527,36 @@ def test_pause_typed_by_the_receiver_keeps_what_came_and_a_new_offer_resumes(
     mallory.done(2, data)
     desk.expect(r"^Received movie\.mkv from mallory \(524\.3 kB, SHA-256 verified\)")
     assert (downloads / "movie.mkv").read_bytes() == data
+
+
+def test_two_chatclients_receiving_into_one_folder_never_share_a_part(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """Found by a newcomer: two of one person's chats accepting the same file at once wrote
+    one .part; a part another chatclient holds is never resumed from."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    identity = Ed25519PrivateKey.generate()
+    data = os.urandom(6 * CHUNK_SIZE)
+    desks, mallories = [], []
+    for name in ("one", "two"):
+        port = free_port()
+        (tmp_path / name).mkdir()
+        write_config(tmp_path / name, port=port, username=name)
+        desk = spawn("--listen", "--downloads", str(shared), cwd=tmp_path / name)
+        desk.expect(r"^Listening on ")
+        mallory = Mallory(port, identity)
+        mallory.offer(1, data, "x.bin")
+        desk.expect(r"^mallory offers x\.bin \(393\.2 kB\): /accept 1 or /reject 1$")
+        desk.send("/accept 1")
+        assert mallory.expect(FileAccept) == FileAccept(1, 0, FILE_WINDOW)  # not one's part
+        mallory.send_all(1, data[: 3 * CHUNK_SIZE])
+        desk.expect(r"^x\.bin: 50% of 393\.2 kB received$")
+        desks.append(desk)
+        mallories.append(mallory)
+    for desk, mallory in zip(desks, mallories, strict=True):
+        mallory.send_all(1, data, start=3 * CHUNK_SIZE)
+        mallory.done(1, data)
+        desk.expect(r"^Received x\.bin from mallory \(393\.2 kB, SHA-256 verified\)")
+    assert sorted(os.listdir(shared)) == ["x (1).bin", "x.bin"]
+    assert (shared / "x.bin").read_bytes() == (shared / "x (1).bin").read_bytes() == data
