@@ -1,0 +1,141 @@
+"""What lets a chat survive a dropped link (pure): the messages each side keeps until the
+other has them, the count each side has taken, the connector's schedule of tries, and the
+window in which a session may still be resumed.
+
+Every message after the handshake's READY is numbered per session, from 1, across every
+connection the session has had. A side keeps each message it sends until the peer's
+cumulative acknowledgement covers it, and on a resume sends again, in order, everything
+after the count the peer says it has taken. A receiver takes only the next number: one it
+has taken is a duplicate and is dropped, one past the next is a loss and ends the session.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .errors import ProtocolError
+
+RESUME_WINDOW_SECONDS = 600.0  # --reconnect-for's default
+FIRST_TRY_SECONDS = 0.5  # the connector's first try after a loss, doubling ...
+LAST_TRY_SECONDS = 15.0  # ... up to this between tries
+MAX_KEPT_MESSAGES = 1000  # unacknowledged messages a side keeps for its peer
+MAX_KEPT_BYTES = 4 * 1024 * 1024  # ... and their bytes
+
+
+@dataclass
+class Outbox:
+    """The messages this side sent that the peer has not acknowledged, oldest first.
+
+    Past MAX_KEPT_MESSAGES or MAX_KEPT_BYTES the oldest are let go and counted in
+    `dropped`: a resume then tells the peer how many it missed, never silently.
+    """
+
+    max_messages: int = MAX_KEPT_MESSAGES
+    max_bytes: int = MAX_KEPT_BYTES
+    sent: int = 0  # messages numbered so far
+    acknowledged: int = 0  # the peer's cumulative count
+    dropped: int = 0  # let go unacknowledged, past the bounds
+    _kept: deque[tuple[int, bytes]] = field(default_factory=deque)
+    _bytes: int = 0
+
+    def add(self, body: bytes) -> int:
+        """Keep `body` (a message as encoded) until it is acknowledged; its number."""
+        self.sent += 1
+        self._kept.append((self.sent, body))
+        self._bytes += len(body)
+        while len(self._kept) > self.max_messages or self._bytes > self.max_bytes:
+            _, gone = self._kept.popleft()
+            self._bytes -= len(gone)
+            self.dropped += 1
+        return self.sent
+
+    def acknowledge(self, count: int) -> None:
+        """The peer has taken `count` messages in all; ProtocolError for a count it cannot
+        have (more than were sent) or one that goes back."""
+        if count > self.sent:
+            raise ProtocolError(f"the peer acknowledged {count} messages of {self.sent} sent")
+        if count < self.acknowledged:
+            raise ProtocolError(
+                f"the peer's acknowledgement went back from {self.acknowledged} to {count}"
+            )
+        self.acknowledged = count
+        while self._kept and self._kept[0][0] <= count:
+            _, gone = self._kept.popleft()
+            self._bytes -= len(gone)
+
+    def after(self, count: int) -> tuple[int, list[bytes]]:
+        """What to send again to a peer that has taken `count`: (how many of those it can
+        no longer get, the bodies it can, in order)."""
+        self.acknowledge(count)
+        first = self._kept[0][0] if self._kept else self.sent + 1
+        return first - count - 1, [body for _, body in self._kept]
+
+    @property
+    def waiting(self) -> int:
+        """Messages sent and not yet acknowledged (whether still kept or not)."""
+        return self.sent - self.acknowledged
+
+
+@dataclass
+class Inbox:
+    """How many of the peer's messages this side has taken: what it acknowledges."""
+
+    taken: int = 0
+
+    def take(self, number: int) -> bool:
+        """True if message `number` is the next one (show it); False for one taken
+        before (a copy sent again after a resume: drop it); ProtocolError for a gap."""
+        if number <= self.taken:
+            return False
+        if number != self.taken + 1:
+            raise ProtocolError(f"the peer's message {number} came after {self.taken}: a loss")
+        self.taken = number
+        return True
+
+    def skip(self, missed: int) -> None:
+        """The peer let `missed` messages go before they reached us (its bounds)."""
+        self.taken += missed
+
+
+@dataclass
+class Reconnect:
+    """The connector's tries after a loss: 0.5 s, doubling up to 15 s, until the window
+    (from the loss) has passed."""
+
+    lost_at: float
+    window: float = RESUME_WINDOW_SECONDS
+    tries: int = 0
+    _next: float | None = None
+
+    def due(self) -> float | None:
+        """When to try next; None once the window has passed."""
+        if self._next is None:
+            self._next = self.lost_at + min(FIRST_TRY_SECONDS, self.window)
+        return self._next if self._next <= self.deadline else None
+
+    @property
+    def deadline(self) -> float:
+        return self.lost_at + self.window
+
+    def failed(self, now: float) -> None:
+        """A try failed at `now`: the next waits twice as long (at most LAST_TRY_SECONDS)."""
+        self.tries += 1
+        wait = min(FIRST_TRY_SECONDS * 2**self.tries, LAST_TRY_SECONDS)
+        self._next = now + wait
+
+
+def parse_duration(text: str) -> float:
+    """`--reconnect-for`: seconds, or with a unit (90, 90s, 10m, 1h); ValueError saying
+    what is wrong."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = text.strip().lower()
+    scale = units.get(value[-1:], 0)
+    number = value[:-1] if scale else value
+    scale = scale or 1
+    if not number.isascii() or not number.replace(".", "", 1).isdigit():
+        raise ValueError(f"{text!r} is not a duration: use seconds, or 90s, 10m, 1h")
+    seconds = float(number) * scale
+    if seconds > 7 * 86400:
+        raise ValueError(f"{text!r} is over a week")
+    return seconds
