@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING
@@ -51,7 +52,11 @@ FINGERPRINT_LABEL = b"chatclient/4 fingerprint\0"
 ROOM_HEAD_LABEL = b"chatclient/3 room head\0"
 ROOM_ID_SIZE = 16
 NONCE_SIZE = 16  # a member's join nonce, in its WELCOME's room field
-OKM_SIZE = 32 + 32 + 32
+# The two Fernet keys, the confirmation key and the resume secret. HKDF-Expand keeps its
+# first bytes whatever the length asked, so the resume secret changed no other key.
+OKM_SIZE = 32 + 32 + 32 + 32
+RESUME_ID_LABEL = b"chatclient/4 resume id\0"
+RESUME_ID_SIZE = 16
 
 
 class Mode(IntEnum):
@@ -60,6 +65,7 @@ class Mode(IntEnum):
     SHARED_KEY = 1
     INVITE = 2
     CONTACT = 3
+    RESUME = 4  # a session that lost its connection: its resume id, then its secret as PSK
 
 
 class Reject(IntEnum):
@@ -70,6 +76,7 @@ class Reject(IntEnum):
     BUSY = 3
     NO_SHARED_KEY = 4  # a fernet_key tried on a listener that has none
     NO_INVITE = 5  # an invite code tried where none is open (none made, used or void)
+    NO_SESSION = 6  # a resume of a session this listener does not have (restarted, or too late)
 
 
 class Rejected(HandshakeError):
@@ -154,7 +161,16 @@ def parse_reject(body: bytes) -> HandshakeError | None:
             "the peer has no open invite (it was used, or void after "
             f"{MAX_INVITE_FAILURES} wrong tries): ask for a new code"
         )
+    if reason == Reject.NO_SESSION:
+        return NoSession(
+            "the peer no longer has this chat (it was restarted, or the time to come back "
+            "has passed): start a new one"
+        )
     return HandshakeError(f"the peer refused the connection (reason {reason})")
+
+
+class NoSession(HandshakeError):
+    """A resume the listener refused: it does not have the session (any more)."""
 
 
 KEY_MISMATCH_TEXT = (
@@ -248,12 +264,23 @@ class SessionKeys:
     file_send_key: bytes = field(repr=False)  # AES-256-GCM for file chunks we send
     file_recv_key: bytes = field(repr=False)
     direction: int = 0  # of what we send: 0 connector->listener, 1 listener->connector
+    resume_secret: bytes = field(default=b"", repr=False)  # proves this session in a resume
+
+    @property
+    def resume_id(self) -> bytes:
+        """What a resume of this session names it by, in the clear."""
+        return resume_id(self.resume_secret)
 
 
-def derive_keys(secret: bytes, psk: bytes, th: bytes) -> tuple[bytes, bytes, bytes]:
-    """okm split into: connector->listener, listener->connector, confirm."""
+def resume_id(secret: bytes) -> bytes:
+    """The public name of a session's resume secret (it tells nothing of the secret)."""
+    return hashlib.sha256(RESUME_ID_LABEL + secret).digest()[:RESUME_ID_SIZE]
+
+
+def derive_keys(secret: bytes, psk: bytes, th: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """okm split into: connector->listener, listener->connector, confirm, resume secret."""
     okm = hkdf_sha256(secret, psk, KEYS_INFO + th, OKM_SIZE)
-    return okm[0:32], okm[32:64], okm[64:96]
+    return okm[0:32], okm[32:64], okm[64:96], okm[96:128]
 
 
 def derive_file_keys(secret: bytes, psk: bytes, th: bytes) -> tuple[bytes, bytes]:
@@ -307,9 +334,13 @@ class ConnectorHandshake:
         private_key: X25519PrivateKey | None = None,
         *,
         code: str | None = None,
+        resume: bytes | None = None,
     ) -> None:
         self.mode = Mode.INVITE if code else Mode.SHARED_KEY if psk else Mode.CONTACT
         self._psk = psk or contact_psk()
+        named = b""
+        if resume is not None:  # the secret of the session to resume: its PSK
+            self.mode, self._psk, named = Mode.RESUME, resume, resume_id(resume)
         self._private = private_key or generate_private_key()
         self._public = public_bytes(self._private)
         self._spake: object | None = None
@@ -317,7 +348,7 @@ class ConnectorHandshake:
         if code:
             self._spake, spake_message = start_spake(code, Role.CONNECTOR)
         commitment = hashlib.sha256(self._public).digest()
-        self.m1 = MAGIC + bytes([VERSION, self.mode]) + commitment + spake_message
+        self.m1 = MAGIC + bytes([VERSION, self.mode]) + commitment + spake_message + named
 
     def respond(self, m2: bytes) -> tuple[bytes, SessionKeys]:
         """Take the listener's hello; return M3 and this side's session keys."""
@@ -326,10 +357,10 @@ class ConnectorHandshake:
         psk = self._psk if self._spake is None else finish_spake(self._spake, body[32:])
         secret = shared_secret(self._private, check_peer_key(body[:32]))
         th = hashlib.sha256(self.m1 + m2 + self._public).digest()
-        c2l, l2c, confirm = derive_keys(secret, psk, th)
+        c2l, l2c, confirm, again = derive_keys(secret, psk, th)
         file_c2l, file_l2c = derive_file_keys(secret, psk, th)
         m3 = self._public + confirm_tag(confirm, th)
-        return m3, SessionKeys(c2l, l2c, th, file_c2l, file_l2c, direction=0)
+        return m3, SessionKeys(c2l, l2c, th, file_c2l, file_l2c, 0, again)
 
 
 class ListenerHandshake:
@@ -341,7 +372,9 @@ class ListenerHandshake:
         private_key: X25519PrivateKey | None = None,
         *,
         invite: Invite | None = None,
+        sessions: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
+        self._sessions = sessions  # a resume id -> that session's resume secret, if kept
         self._shared_psk = psk
         self._psk = b""
         self._invite = invite
@@ -356,8 +389,8 @@ class ListenerHandshake:
         if not body or body[0] not in {mode.value for mode in Mode}:
             raise ProtocolError("the peer's hello names no known way to connect")
         self.mode = Mode(body[0])
-        size = 1 + 32 + (SPAKE_SIZE if self.mode is Mode.INVITE else 0)
-        check_size("hello", body, size)
+        extra = {Mode.INVITE: SPAKE_SIZE, Mode.RESUME: RESUME_ID_SIZE}.get(self.mode, 0)
+        check_size("hello", body, 1 + 32 + extra)
         if self.mode is Mode.SHARED_KEY:
             if self._shared_psk is None:
                 raise Rejected(
@@ -367,6 +400,13 @@ class ListenerHandshake:
             self._psk = self._shared_psk
         elif self.mode is Mode.CONTACT:
             self._psk = contact_psk()
+        elif self.mode is Mode.RESUME:
+            kept = self._sessions(body[33:]) if self._sessions is not None else None
+            if kept is None:
+                raise Rejected(
+                    Reject.NO_SESSION, "it tried to resume a chat this side does not have"
+                )
+            self._psk = kept
         else:
             self._psk = self._take_invite(body[33:])
         self._m1 = m1
@@ -388,14 +428,14 @@ class ListenerHandshake:
             raise HandshakeError("the peer's key does not match its commitment (tampering)")
         secret = shared_secret(self._private, check_peer_key(connector_public))
         th = hashlib.sha256(self._m1 + self.m2 + connector_public).digest()
-        c2l, l2c, confirm = derive_keys(secret, self._psk, th)
+        c2l, l2c, confirm, again = derive_keys(secret, self._psk, th)
         matched = hmac.compare_digest(confirm_tag(confirm, th), tag)
         if self.mode is Mode.INVITE:
             self._check_invite(matched)
         if not matched:
             raise KeyMismatch(KEY_MISMATCH_TEXT)
         file_c2l, file_l2c = derive_file_keys(secret, self._psk, th)
-        return SessionKeys(l2c, c2l, th, file_l2c, file_c2l, direction=1)
+        return SessionKeys(l2c, c2l, th, file_l2c, file_c2l, 1, again)
 
     def _check_invite(self, matched: bool) -> None:
         """Spend one guess on the invite. Only here does a guesser learn anything, and

@@ -24,7 +24,10 @@ from chatclient.handshake import (
     ConnectorHandshake,
     ListenerHandshake,
     Mode,
+    NoSession,
     Reject,
+    Rejected,
+    SessionKeys,
     key_id,
     parse_reject,
     reject_frame,
@@ -242,3 +245,48 @@ def test_parse_reject_ignores_other_frames(body: bytes | str) -> None:
 def test_first_encrypted_frame_is_never_a_rejection() -> None:
     pair = ConnectionPair(welcome=False)
     assert parse_reject(body_of(pair.listener.session.encode(Welcome("d")))) is None
+
+
+# --- Resume (issue 18) ---------------------------------------------------------------
+
+
+def resumed(secret: bytes, kept: dict[bytes, bytes]) -> tuple[SessionKeys, SessionKeys]:
+    """A mode-4 handshake naming `secret`'s session, against a listener keeping `kept`."""
+    connector = ConnectorHandshake(None, resume=secret)
+    listener = ListenerHandshake(PSK, sessions=kept.get)
+    m2 = listener.receive_commit(connector.m1)
+    m3, connector_keys = connector.respond(m2)
+    return connector_keys, listener.receive_confirm(m3)
+
+
+def test_a_resume_names_the_session_and_proves_its_secret_for_fresh_keys() -> None:
+    first, _ = handshake_keys()
+    assert len(first.resume_secret) == 32 and len(first.resume_id) == 16
+    connector, listener = resumed(first.resume_secret, {first.resume_id: first.resume_secret})
+    assert connector.send_key == listener.recv_key and connector.recv_key == listener.send_key
+    assert connector.send_key != first.send_key  # a new X25519: fresh keys
+    assert connector.resume_secret == listener.resume_secret != first.resume_secret
+    hello = ConnectorHandshake(None, resume=first.resume_secret).m1
+    assert len(hello) == 4 + 1 + 1 + 32 + 16 and hello[5] == Mode.RESUME
+    assert hello.endswith(first.resume_id) and first.resume_secret not in hello
+
+
+def test_a_resume_of_a_session_not_kept_is_refused_with_its_own_reason() -> None:
+    with pytest.raises(Rejected) as refused:
+        resumed(bytes(32), {})
+    assert refused.value.reason is Reject.NO_SESSION
+    error = parse_reject(reject_frame(Reject.NO_SESSION))
+    assert isinstance(error, NoSession) and "no longer has this chat" in str(error)
+
+
+def test_a_resume_without_the_secret_fails_at_the_confirmation() -> None:
+    """A stranger holding a captured resume id (or a whole captured M1) cannot finish."""
+    first, _ = handshake_keys()
+    kept = {first.resume_id: first.resume_secret}
+    connector = ConnectorHandshake(None, resume=b"x" * 32)
+    forged = connector.m1[: -len(first.resume_id)] + first.resume_id  # the real session's id
+    connector.m1 = forged
+    listener = ListenerHandshake(PSK, sessions=kept.get)
+    m3, _ = connector.respond(listener.receive_commit(forged))
+    with pytest.raises(KeyMismatch):
+        listener.receive_confirm(m3)

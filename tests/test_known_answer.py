@@ -141,7 +141,7 @@ def test_transcript_and_keys_on_both_sides() -> None:
 def test_derivation_functions() -> None:
     secret = shared_secret(private("connector_private"), private("listener_private").public_key())
     assert secret.hex() == V["shared_secret"]
-    c2l, l2c, confirm = derive_keys(secret, h("psk"), h("th"))
+    c2l, l2c, confirm, _ = derive_keys(secret, h("psk"), h("th"))
     assert (c2l.hex(), l2c.hex(), confirm.hex()) == (
         V["key_connector_to_listener"],
         V["key_listener_to_connector"],
