@@ -724,6 +724,48 @@ class FileCancel(Message):
         return cls(number, bool(mine), body.rest_text(MAX_REASON, "reason"), bool(keep))
 
 
+@dataclass(frozen=True)
+class Ack(Message):
+    """How many of the peer's numbered messages this side has taken in this session
+    (cumulative, across every connection it had): the peer may let them go."""
+
+    TAG: ClassVar[int] = 21
+    taken: int
+
+    def encode_body(self) -> bytes:
+        return int_field(self.taken, 8)
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        taken = body.integer(8, "count")
+        body.end()
+        return cls(taken)
+
+
+@dataclass(frozen=True)
+class Resumed(Message):
+    """The first message of each side on a resumed connection: how many of the peer's
+    messages it has taken (the peer sends the rest again), and the number of the oldest
+    of its own it still keeps (older ones unacknowledged were let go: missed)."""
+
+    TAG: ClassVar[int] = 22
+    taken: int
+    first: int
+
+    def encode_body(self) -> bytes:
+        return int_field(self.taken, 8) + int_field(self.first, 8)
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        taken, first = body.integer(8, "count"), body.integer(8, "first kept")
+        body.end()
+        return cls(taken, first)
+
+
+# Not numbered: they carry the numbering itself, or nothing (every other message after
+# READY is numbered, from 1, per session).
+UNNUMBERED = (Keepalive, Ack, Resumed)
+
 FILE_MESSAGES = (FileOffer, FileAccept, FileReject, FileCredit, FileDone, FileReceived, FileCancel)
 
 # A chunk of file data travels as a frame of its own, not a Fernet token: MARK, the

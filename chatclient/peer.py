@@ -42,15 +42,19 @@ from .identity import Invite
 from .messages import (
     CHUNK_MARK,
     MAX_FRAME,
+    UNNUMBERED,
+    Ack,
     FrameDecoder,
     Keepalive,
     Message,
     Ready,
     Refusal,
     Refuse,
+    Resumed,
     Welcome,
     encode_frame,
 )
+from .resume import ACK_EVERY, ACK_SECONDS, Carry
 from .session import Session
 from .text import sanitize
 
@@ -172,6 +176,16 @@ class Established(Event):
     mode: Mode
     room: bytes = bytes(ROOM_ID_SIZE)  # the host's room id
     nonce: bytes = bytes(NONCE_SIZE)  # the member's join nonce (the connector's, fresh)
+    resumed: bool = False  # a session that lost its connection goes on (mode 4)
+
+
+@dataclass(frozen=True)
+class Caught(Event):
+    """A resumed session is in step again: this side sent `resent` messages again, and
+    `missed` of the peer's were let go before they reached it (the peer's bounds)."""
+
+    resent: int
+    missed: int
 
 
 @dataclass(frozen=True)
@@ -227,6 +241,8 @@ class PeerProtocol:
         handshake_seconds: float = HANDSHAKE_SECONDS,
         keepalive: float = KEEPALIVE_SECONDS,
         private_key: X25519PrivateKey | None = None,
+        resume: Carry[Message] | None = None,
+        sessions: Callable[[bytes], Carry[Message] | None] | None = None,
     ) -> None:
         self.role = role
         self.name = name
@@ -260,12 +276,23 @@ class PeerProtocol:
         self._keys: SessionKeys | None = None
         self._connector: ConnectorHandshake | None = None
         self._listener: ListenerHandshake | None = None
+        # What outlives this connection (the session's numbering, what is kept for the
+        # peer, the resume secret): the one being resumed, or a new one once established.
+        self.carry = resume
+        self._caught_up = resume is None  # a resume: nothing goes out before the peer's RESUMED
         if role is Role.CONNECTOR:
-            self._connector = ConnectorHandshake(psk, private_key, code=code)
+            secret = resume.secret if resume is not None else None
+            self._connector = ConnectorHandshake(psk, private_key, code=code, resume=secret)
             self.mode = self._connector.mode
             self._outgoing += encode_frame(self._connector.m1)
         else:
-            self._listener = ListenerHandshake(psk, private_key, invite=invite)
+
+            def kept(resume_id: bytes) -> bytes | None:
+                self.carry = sessions(resume_id) if sessions is not None else None
+                self._caught_up = self.carry is None
+                return self.carry.secret if self.carry is not None else None
+
+            self._listener = ListenerHandshake(psk, private_key, invite=invite, sessions=kept)
             self.mode = Mode.SHARED_KEY  # until M1 says
 
     # Bytes and events -------------------------------------------------------
@@ -303,12 +330,31 @@ class PeerProtocol:
         return bool(self._events or self._outgoing)
 
     def send(self, message: Message, now: float) -> bytes:
-        """The frame carrying `message`, for the transport to write after data_to_send()."""
+        """The frame carrying `message`, for the transport to write after data_to_send().
+
+        Every message but KEEPALIVE, ACK and RESUMED is numbered and kept until the peer
+        acknowledges it; on a resumed connection nothing new goes out (it is kept, and
+        sent in order) until the peer's RESUMED says where it stands."""
         if self.stage is not Stage.OPEN or self._session is None:
             raise ProtocolError(f"cannot send {message.kind()} {self.stage.value}")
-        frame = self._session.encode(message)
+        frame = b""
+        if self.carry is not None and not isinstance(message, UNNUMBERED):
+            self.carry.outbox.add(message, len(message.encode_body()))
+            if not self._caught_up:
+                return b""
+            frame = self._ack(now)
+        frame += self._session.encode(message)
         self._last_sent = now
         return frame
+
+    def _ack(self, now: float) -> bytes:
+        """An ACK frame when this side has taken messages it has not yet acknowledged."""
+        carry = self.carry
+        if carry is None or self._session is None or not carry.owes_ack or self._session.we_left:
+            return b""
+        carry.acknowledged, carry.unacknowledged_since = carry.inbox.taken, None
+        self._last_sent = now
+        return self._session.encode(Ack(carry.inbox.taken))
 
     def send_chunk(self, transfer: int, offset: int, data: bytes, now: float) -> bytes:
         """The frame carrying a chunk of file data, sealed with the next nonce."""
@@ -365,10 +411,17 @@ class PeerProtocol:
         silence_due = self._last_received + self.silence_limit
         if self._session.we_left:
             return silence_due
+        carry = self.carry
+        since = carry.unacknowledged_since if carry is not None else None
+        if since is not None and now - since >= ACK_SECONDS:
+            self._outgoing += self._ack(now)
         if now - self._last_sent >= self.keepalive:
-            self._outgoing += self._session.encode(Keepalive())
+            self._outgoing += self._ack(now) or self._session.encode(Keepalive())
             self._last_sent = now
-        return min(silence_due, self._last_sent + self.keepalive)
+        due = min(silence_due, self._last_sent + self.keepalive)
+        if carry is not None and carry.unacknowledged_since is not None:
+            due = min(due, carry.unacknowledged_since + ACK_SECONDS)
+        return due
 
     def connection_failed(self, reason: str) -> None:
         """The transport broke (reset, unreachable): report it as this stage's failure."""
@@ -498,6 +551,15 @@ class PeerProtocol:
         sender = Role.LISTENER if self.role is Role.CONNECTOR else Role.CONNECTOR
         data = welcome_signed_data(sender, self._keys.transcript, welcome.name, welcome.room)
         verify_signature(welcome.identity, welcome.signature, data)
+        carry = self.carry
+        if carry is not None and (welcome.identity, welcome.name) != (
+            carry.peer_identity,
+            carry.peer_name,
+        ):  # only a leaked resume secret gets this far
+            raise HandshakeError(
+                f"the chat being resumed was with {sanitize(carry.peer_name)}, and another "
+                "identity answered: not resumed"
+            )
         try:
             self._judge(welcome.name, welcome.identity, self.mode)
             if self.role is Role.CONNECTOR and (
@@ -516,7 +578,17 @@ class PeerProtocol:
 
     def _establish(self) -> None:
         self.stage = Stage.OPEN
-        event = Established(self.peer_name, self.peer_identity, self.mode, self.room, self.nonce)
+        assert self._keys is not None and self._session is not None
+        resumed = self.carry is not None
+        if self.carry is None:
+            self.carry = Carry(self._keys.resume_secret, self.peer_name, self.peer_identity)
+        else:  # the next resume proves this connection's secret
+            self.carry.secret = self._keys.resume_secret
+            resumed_message = Resumed(self.carry.inbox.taken, self.carry.outbox.first)
+            self._outgoing += self._session.encode(resumed_message)
+        event = Established(
+            self.peer_name, self.peer_identity, self.mode, self.room, self.nonce, resumed
+        )
         self._events.append(event)
 
     def _unauthenticated(self) -> HandshakeError:
@@ -534,8 +606,33 @@ class PeerProtocol:
             raise refusal_error(message, self.name)
         if isinstance(message, Ready):
             raise ProtocolError("the peer sent READY twice")
-        if not isinstance(message, Keepalive):
+        carry = self.carry
+        assert carry is not None  # established
+        if isinstance(message, Ack):
+            carry.outbox.acknowledge(message.taken)
+        elif isinstance(message, Resumed):
+            self._on_resumed(carry, message)
+        elif not isinstance(message, Keepalive):
+            carry.inbox.taken += 1
+            if carry.unacknowledged_since is None:
+                carry.unacknowledged_since = self._last_received
+            if carry.inbox.taken - carry.acknowledged >= ACK_EVERY:
+                self._outgoing += self._ack(self._last_received)
             self._events.append(MessageReceived(message))
+
+    def _on_resumed(self, carry: Carry[Message], resumed: Resumed) -> None:
+        """The peer's first word on a resumed connection: send again what it has not
+        taken, in order, and learn what of its own it let go."""
+        assert self._session is not None
+        if self._caught_up:
+            raise ProtocolError("the peer sent RESUMED where no session was resumed")
+        missed = max(0, resumed.first - carry.inbox.taken - 1)
+        carry.inbox.skip(missed)
+        _, again = carry.outbox.after(resumed.taken)
+        self._caught_up = True
+        for message in again:
+            self._outgoing += self._session.encode(message)
+        self._events.append(Caught(len(again), missed))
 
     def _end_of_stream(self) -> None:
         if self.stage in HANDSHAKE_STAGES:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from .errors import ProtocolError
 
@@ -21,10 +22,14 @@ FIRST_TRY_SECONDS = 0.5  # the connector's first try after a loss, doubling ...
 LAST_TRY_SECONDS = 15.0  # ... up to this between tries
 MAX_KEPT_MESSAGES = 1000  # unacknowledged messages a side keeps for its peer
 MAX_KEPT_BYTES = 4 * 1024 * 1024  # ... and their bytes
+ACK_SECONDS = 0.5  # a side acknowledges what it took within this, if it sends nothing else
+ACK_EVERY = 256  # ... or at once after this many
+
+T = TypeVar("T")
 
 
 @dataclass
-class Outbox:
+class Outbox(Generic[T]):
     """The messages this side sent that the peer has not acknowledged, oldest first.
 
     Past MAX_KEPT_MESSAGES or MAX_KEPT_BYTES the oldest are let go and counted in
@@ -36,17 +41,17 @@ class Outbox:
     sent: int = 0  # messages numbered so far
     acknowledged: int = 0  # the peer's cumulative count
     dropped: int = 0  # let go unacknowledged, past the bounds
-    _kept: deque[tuple[int, bytes]] = field(default_factory=deque)
+    _kept: deque[tuple[int, T, int]] = field(default_factory=deque)
     _bytes: int = 0
 
-    def add(self, body: bytes) -> int:
-        """Keep `body` (a message as encoded) until it is acknowledged; its number."""
+    def add(self, item: T, size: int) -> int:
+        """Keep `item` (`size` bytes on the wire) until it is acknowledged; its number."""
         self.sent += 1
-        self._kept.append((self.sent, body))
-        self._bytes += len(body)
+        self._kept.append((self.sent, item, size))
+        self._bytes += size
         while len(self._kept) > self.max_messages or self._bytes > self.max_bytes:
-            _, gone = self._kept.popleft()
-            self._bytes -= len(gone)
+            _, _, gone = self._kept.popleft()
+            self._bytes -= gone
             self.dropped += 1
         return self.sent
 
@@ -61,15 +66,19 @@ class Outbox:
             )
         self.acknowledged = count
         while self._kept and self._kept[0][0] <= count:
-            _, gone = self._kept.popleft()
-            self._bytes -= len(gone)
+            _, _, gone = self._kept.popleft()
+            self._bytes -= gone
 
-    def after(self, count: int) -> tuple[int, list[bytes]]:
+    @property
+    def first(self) -> int:
+        """The number of the oldest message still kept (sent + 1 when none is)."""
+        return self._kept[0][0] if self._kept else self.sent + 1
+
+    def after(self, count: int) -> tuple[int, list[T]]:
         """What to send again to a peer that has taken `count`: (how many of those it can
-        no longer get, the bodies it can, in order)."""
+        no longer get, the items it can, in order)."""
         self.acknowledge(count)
-        first = self._kept[0][0] if self._kept else self.sent + 1
-        return first - count - 1, [body for _, body in self._kept]
+        return self.first - count - 1, [item for _, item, _ in self._kept]
 
     @property
     def waiting(self) -> int:
@@ -96,6 +105,24 @@ class Inbox:
     def skip(self, missed: int) -> None:
         """The peer let `missed` messages go before they reached us (its bounds)."""
         self.taken += missed
+
+
+@dataclass
+class Carry(Generic[T]):
+    """What outlives one connection of a session: the secret a resume proves, who the peer
+    is, what this side keeps for it and how much of the peer's it has taken."""
+
+    secret: bytes
+    peer_name: str
+    peer_identity: bytes
+    outbox: Outbox[T] = field(default_factory=Outbox)
+    inbox: Inbox = field(default_factory=lambda: Inbox())
+    acknowledged: int = 0  # the count this side last told the peer
+    unacknowledged_since: float | None = None  # when it took the first not yet told
+
+    @property
+    def owes_ack(self) -> bool:
+        return self.inbox.taken > self.acknowledged
 
 
 @dataclass

@@ -22,8 +22,8 @@ from chatclient.resume import (
 
 
 def test_what_is_acknowledged_is_let_go_and_the_rest_is_sent_again_in_order() -> None:
-    out = Outbox()
-    numbers = [out.add(f"line {n}".encode()) for n in range(1, 6)]
+    out: Outbox[bytes] = Outbox()
+    numbers = [out.add(f"line {n}".encode(), 6) for n in range(1, 6)]
     assert numbers == [1, 2, 3, 4, 5]
     out.acknowledge(2)
     assert out.waiting == 3
@@ -32,8 +32,8 @@ def test_what_is_acknowledged_is_let_go_and_the_rest_is_sent_again_in_order() ->
 
 
 def test_an_acknowledgement_past_what_was_sent_or_going_back_ends_the_session() -> None:
-    out = Outbox()
-    out.add(b"a")
+    out: Outbox[bytes] = Outbox()
+    out.add(b"a", 1)
     with pytest.raises(ProtocolError, match="acknowledged 2 messages of 1 sent"):
         out.acknowledge(2)
     out.acknowledge(1)
@@ -42,14 +42,14 @@ def test_an_acknowledgement_past_what_was_sent_or_going_back_ends_the_session() 
 
 
 def test_past_its_bounds_the_oldest_go_and_the_peer_learns_how_many() -> None:
-    out = Outbox(max_messages=3, max_bytes=1000)
+    out: Outbox[bytes] = Outbox(max_messages=3, max_bytes=1000)
     for n in range(1, 6):
-        out.add(bytes([n]))
+        out.add(bytes([n]), 1)
     assert out.dropped == 2
     assert out.after(0) == (2, [b"\x03", b"\x04", b"\x05"])
-    by_bytes = Outbox(max_messages=100, max_bytes=10)
+    by_bytes: Outbox[bytes] = Outbox(max_messages=100, max_bytes=10)
     for _ in range(3):
-        by_bytes.add(b"x" * 4)
+        by_bytes.add(b"x" * 4, 4)
     assert by_bytes.dropped == 1 and by_bytes.after(0)[0] == 1
 
 
@@ -66,10 +66,11 @@ def test_a_receiver_takes_each_message_once_and_in_order() -> None:
 def test_any_number_of_drops_shows_every_message_exactly_once(cuts: list[int], total: int) -> None:
     """However many times the link drops, and however much of what was in flight is lost,
     resending after the peer's count shows each message once, in order."""
-    out, inbox, shown = Outbox(), Inbox(), []
+    out: Outbox[bytes] = Outbox()
+    inbox, shown = Inbox(), []
     bodies = [str(n).encode() for n in range(1, total + 1)]
     for body in bodies:
-        out.add(body)
+        out.add(body, len(body))
     for cut in [*cuts, 10**6]:  # each round, `cut` of what was resent arrives, then a drop
         missed, again = out.after(inbox.taken)
         assert missed == 0

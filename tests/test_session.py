@@ -20,6 +20,7 @@ from chatclient.messages import (
     FRAME_HEADER,
     MAX_FRAME,
     MAX_TEXT,
+    Ack,
     Action,
     Chat,
     Echo,
@@ -40,6 +41,7 @@ from chatclient.messages import (
     Phase,
     Ready,
     Refusal,
+    Resumed,
     Said,
     Say,
     Terminate,
@@ -347,6 +349,8 @@ def test_anything_after_terminate_refused(tag: MessageType) -> None:
     bodies[MessageType.FILEDONE] = bytes(4 + 32 + 64)
     bodies[MessageType.FILERECEIVED] = bytes(4)
     bodies[MessageType.ECHO] = bytes(8)
+    bodies[MessageType.ACK] = bytes(8)
+    bodies[MessageType.RESUMED] = bytes(16)
     text = refusal(pair.listener, 2, tag, bodies.get(tag, b""))
     assert tag.name in text
     assert Phase.CLOSED.value in text
@@ -391,6 +395,8 @@ def test_the_phase_table_is_derived_from_the_classes() -> None:
             FileReceived: Phase.OPEN,
             FileCancel: Phase.OPEN,
             Echo: Phase.OPEN,
+            Ack: Phase.OPEN,
+            Resumed: Phase.OPEN,
         },
         Phase.CLOSED: {},
     }
