@@ -70,7 +70,7 @@ from .messages import (
 )
 from .nearby import Presence
 from .network import GOODBYE_DRAIN_SECONDS, Network
-from .peer import Closed, Established, Event, Failed, MessageReceived
+from .peer import Away, Back, Closed, Established, Event, Failed, MessageReceived
 from .room import (
     Hearing,
     RoomLog,
@@ -91,7 +91,7 @@ from .terminal import (
     signal_until,
     terminal_width,
 )
-from .text import name_skeleton, peer_text, sanitize
+from .text import name_skeleton, peer_text, sanitize, spoken_duration
 from .transfers import FileDesk
 from .trust import changed_identity
 
@@ -204,6 +204,7 @@ class Conversation:
         self._interrupted = threading.Event()
         self._collected = ""  # lines of a message still being typed (a trailing backslash)
         self.invite_code: str | None = None  # hosting: the code /invite made, until it is used
+        self.away_from: str | None = None  # the host we are reconnecting to, meanwhile
 
     # Reported by the network thread ---------------------------------------------
 
@@ -213,7 +214,12 @@ class Conversation:
         ending: tuple[int, str] | None = None
         hosting = link.peer.role is Role.LISTENER
         for event in events:
-            if isinstance(event, Established):
+            if isinstance(event, Away):
+                lines.append(self._away_line(event, hosting))
+            elif isinstance(event, Back):
+                self._relink(link, event.name)
+                lines.append(self._back_line(event, hosting))
+            elif isinstance(event, Established):
                 lines += self._arrival_lines(link, event)
             elif isinstance(event, MessageReceived):
                 lines += self._message_lines(link, event.message)
@@ -245,6 +251,36 @@ class Conversation:
             not hosting and any(isinstance(e, (Closed, Failed)) for e in events)
         ):
             self.ended.set()
+
+    def _away_line(self, event: Away, hosting: bool) -> str:
+        """The one line a lost connection gets while its session is kept."""
+        name = sanitize(event.name)
+        if hosting:
+            if len(self.people) == 1:  # what is typed now waits for them
+                self.away_from = event.name
+            return (
+                f"{name} lost the connection; keeping their place for "
+                f"{spoken_duration(event.seconds)}."
+            )
+        self.away_from = event.name
+        return f"Connection to {name} lost: reconnecting (Ctrl-C to give up)"
+
+    def _relink(self, link: Link, name: str) -> None:
+        """`name`'s session goes on over `link`, a new connection."""
+        for old, known in list(self.names.items()):
+            if known == name and old is not link:
+                del self.names[old]
+                self.names[link] = name
+
+    def _back_line(self, event: Back, hosting: bool) -> str:
+        """The one line a resumed session gets."""
+        name = sanitize(event.name)
+        self.away_from = None
+        if hosting:
+            return f"{name} is back."
+        sent = f"{event.resent} waiting message{'s' if event.resent != 1 else ''} sent"
+        missed = f"{event.missed} of theirs missed" if event.missed else "nothing missed"
+        return f"Back with {name} after {spoken_duration(event.seconds)}: {sent}, {missed}."
 
     def _still_inviting(self) -> bool:
         """Hosting, with a code from /invite that nobody has used yet: the room waits for it
@@ -783,7 +819,9 @@ class Conversation:
             self.net.send_to(to, Said(self.config.username, words))
         else:
             self.net.send(words)
-        if to:  # private words name who they went to: names may share a beginning
+        if self.away_from is not None:  # kept: it goes, in order, once the chat is back
+            self.term.show(f"Waiting: it goes when {sanitize(self.away_from)} is back.")
+        elif to:  # private words name who they went to: names may share a beginning
             self.term.show(f"Sent to {sanitize(to)} privately.")
         else:
             self.term.show(

@@ -176,6 +176,16 @@ def keepalive_argument(text: str) -> float:
     return seconds
 
 
+def reconnect_argument(text: str) -> float:
+    """--reconnect-for: a duration (90, 90s, 10m, 1h); 0 turns resuming off."""
+    from .resume import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def max_members_argument(text: str) -> int:
     """--max-members: 1 to 255 people besides the host."""
     if not (text.strip().isascii() and text.strip().isdigit()) or not 1 <= int(text) <= 255:
@@ -319,6 +329,13 @@ def parse_args(argv: list[str] | None, program: str) -> Options:
         f"is reported lost (default {KEEPALIVE_SECONDS:g})",
     )
     add(
+        "--reconnect-for",
+        type=flag_type(reconnect_argument),
+        metavar="DURATION",
+        help="after a lost connection, how long the connector tries to resume the same chat "
+        "and the host keeps the place (90, 90s, 10m; 0: never; default 10m)",
+    )
+    add(
         "--timestamps",
         action=argparse.BooleanOptionalAction,
         help="show [14:03] before incoming lines (config.ini: timestamps = yes)",
@@ -444,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         room = os.urandom(ROOM_ID_SIZE)
         downloads = downloads_folder(config, args.downloads)
         destination = None
+        dial_to = (target[0], target[1] or config.port) if target is not None else ("", 0)
         if target is not None:
             destination = f"{format_host(target[0])}:{target[1] or config.port}"
             if args.proxy is not None:
@@ -471,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             room_check=ended_room_check(config.path),
             capacity=args.max_members,
             keepalive=args.keepalive,
+            reconnect_for=args.reconnect_for,
+            dial=None if target is None else partial(connect_socket, *dial_to, proxy=args.proxy),
             files_user=conversation,
             downloads=downloads,
             plain_progress=not term.draws_status,

@@ -487,6 +487,7 @@ class Options:
     key: str | None = None
     genkey: bool = False
     keepalive: float = KEEPALIVE_SECONDS
+    reconnect_for: float = 600.0  # resume.RESUME_WINDOW_SECONDS (resume is not imported here)
     timestamps: bool | None = None
     bell: bool | None = None
     invite: bool = False

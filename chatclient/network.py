@@ -14,13 +14,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from .config import HANDSHAKE_SECONDS, KEEPALIVE_SECONDS
 from .disk import FILE_CHUNKS_PER_TURN, FILE_READ_SIZE, NOT_SENT_LOW_WATER
 from .errors import ChatError, ConnectionLost, HandshakeError, KeyMismatch, describe_os_error
-from .handshake import ROOM_ID_SIZE, Mode, Reject, Role
+from .handshake import ROOM_ID_SIZE, Mode, NoSession, Reject, Role, resume_id
 from .identity import MAX_INVITE_FAILURES, Invite
 from .messages import (
     FILE_MESSAGES,
@@ -39,6 +40,9 @@ from .messages import (
 )
 from .peer import (
     HANDSHAKE_STAGES,
+    Away,
+    Back,
+    Caught,
     ChunkReceived,
     Closed,
     Established,
@@ -54,6 +58,7 @@ from .peer import (
     accept_anyone,
     any_room,
 )
+from .resume import Carry, Reconnect
 from .room import (
     MEMBER_SENDS,
     AbandonLog,
@@ -66,7 +71,7 @@ from .room import (
     public_line,
 )
 from .sockets import LISTEN_BACKLOG, Link, format_address, unmap
-from .text import sanitize
+from .text import sanitize, spoken_duration
 from .transfers import FileDesk, FileUser
 
 if TYPE_CHECKING:
@@ -132,8 +137,15 @@ class Network:
         files_user: FileUser | None = None,
         downloads: str = ".",
         plain_progress: bool = True,
+        reconnect_for: float = 0.0,
+        dial: Callable[[], socket.socket] | None = None,
     ) -> None:
         self._psk, self._username, self._user = psk, username, user
+        # A lost session is kept this long to resume (0: never): the connector redials
+        # with `dial`; the host keeps the member's place.
+        self._reconnect_for, self._dial = reconnect_for, dial
+        self._away: Kept | None = None  # connector: the session being resumed
+        self._parked: dict[bytes, Kept] = {}  # host: by resume id
         if identity is None:
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -366,6 +378,8 @@ class Network:
                 deadlines.append(due)
         if (due := self.files.expire(now)) is not None:
             deadlines.append(due)
+        if (due := self._keep_sessions(now)) is not None:
+            deadlines.append(due)
         if self._accept_paused_until is not None:
             if now >= self._accept_paused_until:
                 self._resume_accepting()
@@ -414,6 +428,7 @@ class Network:
         role: Role,
         now: float,
         busy: bool = False,
+        resume: Carry[Message] | None = None,
     ) -> Link:
         sock.setblocking(False)
         with contextlib.suppress(OSError):
@@ -443,6 +458,8 @@ class Network:
             room_check=self._room_check,
             handshake_seconds=self._handshake_seconds,
             keepalive=self._keepalive,
+            resume=resume,
+            sessions=self._parked_session if role is Role.LISTENER else None,
         )
         link = Link(sock, address, peer, since=now, fd=sock.fileno(), last_write=now)
         links.append(link)
@@ -481,6 +498,11 @@ class Network:
     def _hand_over_events(self, link: Link, now: float) -> None:
         shown: list[Event] = []
         while (event := link.peer.next_event()) is not None:
+            if self._resuming(link, event, now):
+                continue
+            if isinstance(event, Caught):
+                shown.append(self._back(link, event, now))
+                continue
             if isinstance(event, ChunkReceived):
                 self.files.chunk(link, event, now)
             elif isinstance(event, MessageReceived) and isinstance(event.message, FILE_MESSAGES):
@@ -513,13 +535,17 @@ class Network:
         if self._leaving:
             link.peer.refuse(Reject.BUSY)
             return
-        link.no_room = not self._room.claim(link)
+        if link.peer.mode is not Mode.RESUME:  # a resume takes over its kept place
+            link.no_room = not self._room.claim(link)
         link.peer.admit()
 
     def _judge_joiner(self, links: list[Link], name: str, identity: bytes, mode: Mode) -> None:
         """The host's judge: a place, a free name and known_peers. With no key and no code
         (where any stranger may try) known_peers comes first, so a stranger learns nothing
-        of the room: who is in it, or whether it is full."""
+        of the room: who is in it, or whether it is full. A resume keeps its own place and
+        name: PeerProtocol checks it is the session's identity and name."""
+        if mode is Mode.RESUME:
+            return
         if mode is Mode.CONTACT:
             self._judge(name, identity, mode)
         if links[0].no_room:
@@ -626,6 +652,9 @@ class Network:
         assert isinstance(member, Link)
         if member.echo_due is not None and public_line(message):
             self._echo(member, now)  # its own words went to the room before this line
+        if member.parked and (carry := member.peer.carry) is not None:
+            carry.outbox.add(message, len(message.encode_body()))  # sent when it is back
+            return
         if self._is_open(member) and member.peer.stage is Stage.OPEN and not member.leaving:
             member.outgoing += member.peer.data_to_send()
             member.outgoing += member.peer.send(message, now)
@@ -686,7 +715,8 @@ class Network:
             with contextlib.suppress(OSError):
                 link.sock.send(link.outgoing)
         link.sock.close()
-        self._room.release(link)
+        if not link.parked:
+            self._room.release(link)
         self.files.link_closed(link, self._clock())
         if self._leaving and not self._room:
             self._running = False
@@ -733,12 +763,159 @@ class Network:
         if (shown := self._refusals.refused(link.host, line, now, kind)) is not None:
             self._user.refused(shown)
 
+    # Sessions kept across a lost connection ---------------------------------------
+
+    def _resuming(self, link: Link, event: Event, now: float) -> bool:
+        """Events of a session that outlives its connection; True when taken here."""
+        connector = link.peer.role is Role.CONNECTOR
+        away = self._away
+        if isinstance(event, Failed) and connector and away is not None and not link.established:
+            if isinstance(event.error, NoSession):  # the peer was restarted: it is over
+                self._away = None
+                return False
+            away.dialing = False
+            if away.tries is not None:
+                away.tries.failed(now)
+            return True
+        if isinstance(event, Failed) and self._may_keep(link):
+            self._keep(link, str(event.error), now)
+            return True
+        if isinstance(event, Established) and event.resumed:
+            link.established = True
+            if not connector:
+                self._reseat(link)
+            return True  # the line comes with Caught, once both are in step
+        return False
+
+    def _may_keep(self, link: Link) -> bool:
+        peer = link.peer
+        return (
+            self._reconnect_for > 0
+            and not self._leaving
+            and link.established
+            and peer.link_lost
+            and peer.carry is not None
+            and not peer.peer_left
+            and not link.said_goodbye
+            and not link.leaving
+        )
+
+    def _keep(self, link: Link, reason: str, now: float) -> None:
+        """The connection is lost: keep its session for the window (the connector redials;
+        the host keeps the place, and what the member misses is kept for it)."""
+        carry = link.peer.carry
+        assert carry is not None
+        kept = Kept(carry, link.peer.peer_name, now, now + self._reconnect_for, link)
+        if link.peer.role is Role.CONNECTOR:
+            kept.tries = Reconnect(now, self._reconnect_for)
+            self._away = kept
+        else:
+            link.parked = True
+            self._parked[resume_id(carry.secret)] = kept
+        self._user.connection_events(link, [Away(kept.name, reason, self._reconnect_for)])
+
+    def _parked_session(self, resume: bytes) -> Carry[Message] | None:
+        """The session a resuming connector names, if the host still keeps it."""
+        kept = self._parked.get(resume)
+        return kept.carry if kept is not None else None
+
+    def _reseat(self, link: Link) -> None:
+        """A member's session is back on `link`: its place, name and numbering move over."""
+        for key, kept in list(self._parked.items()):
+            if kept.carry is link.peer.carry:
+                del self._parked[key]
+                kept.link.parked = False
+                self._room.move(kept.link, link)
+                link.away_since = kept.since
+                return
+
+    def _back(self, link: Link, caught: Caught, now: float) -> Back:
+        """Both sides are in step again: the line that says so."""
+        since = link.away_since
+        if link.peer.role is Role.CONNECTOR and self._away is not None:
+            since, self._away = self._away.since, None
+        return Back(link.peer.peer_name, now - (since or now), caught.resent, caught.missed)
+
+    def _keep_sessions(self, now: float) -> float | None:
+        """Redial when it is time, and end what was kept past its window."""
+        deadlines = []
+        away = self._away
+        if away is not None and away.tries is not None and not away.dialing:
+            due = away.tries.due()
+            if due is None or now >= away.until:
+                self._away = None
+                gone = ConnectionLost(
+                    f"{sanitize(away.name)} could not be reached again within "
+                    f"{spoken_duration(self._reconnect_for)}"
+                )
+                self._user.connection_events(away.link, [Failed(gone)])
+            elif now >= due:
+                self._redial(away)
+            else:
+                deadlines.append(due)
+        for key, kept in list(self._parked.items()):
+            if now < kept.until:
+                deadlines.append(kept.until)
+                continue
+            del self._parked[key]
+            kept.link.parked = False
+            gone_person = self._room.release(kept.link)
+            if gone_person is not None:
+                self._tell_room(Left(gone_person.name, lost=True), now)
+            late = ConnectionLost(
+                f"it did not come back within {spoken_duration(self._reconnect_for)}"
+            )
+            self._user.connection_events(kept.link, [Failed(late)])
+        return min(deadlines) if deadlines else None
+
+    def _redial(self, away: Kept) -> None:
+        """Connect again, in a thread of its own (a connect may take seconds)."""
+        dial = self._dial
+        if dial is None:
+            return
+        away.dialing = True
+
+        def run() -> None:
+            try:
+                sock: socket.socket | None = dial()
+            except (ChatError, OSError):
+                sock = None
+            self.post(lambda now: self._dialed(sock, now))
+
+        threading.Thread(target=run, name="redial", daemon=True).start()
+
+    def _dialed(self, sock: socket.socket | None, now: float) -> None:
+        away = self._away
+        if away is None or self._leaving or not self._running:
+            if sock is not None:
+                sock.close()
+            return
+        if sock is None:
+            away.dialing = False
+            if away.tries is not None:
+                away.tries.failed(now)
+            return
+        try:
+            link = self._add(sock, peer_address(sock), Role.CONNECTOR, now, resume=away.carry)
+        except HandshakeError:
+            sock.close()
+            away.dialing = False
+            if away.tries is not None:
+                away.tries.failed(now)
+            return
+        self._room.claim(link)
+
     # Commands (run on the network thread) ------------------------------------------
 
     def _broadcast(self, message: Message, now: float) -> None:
+        if self._away is not None:  # kept, and sent once the session is back
+            self._away.carry.outbox.add(message, len(message.encode_body()))
+            self._away.waiting += 1
+            return
         if self._hosting and public_line(message):
             self.log.fold(message)  # the host's own words to the room
-        for link in list(self._links.values()):  # only queued here: nothing closes meanwhile
+        parked = [kept.link for kept in self._parked.values()]  # kept for them
+        for link in [*self._links.values(), *parked]:  # only queued: nothing closes meanwhile
             if link in self._room and link.established:
                 self._to(link, message, now)
 
@@ -831,6 +1008,20 @@ class Network:
         self._selector.close()
         self._wake_reader.close()
         self._wake_writer.close()
+
+
+@dataclass
+class Kept:
+    """A session whose connection was lost, kept until `until` to resume."""
+
+    carry: Carry[Message]
+    name: str
+    since: float
+    until: float
+    link: Link  # its last connection (hosting: still seated in the room)
+    tries: Reconnect | None = None  # the connector's redials
+    dialing: bool = False
+    waiting: int = 0  # lines typed meanwhile
 
 
 def ends_link(event: Event) -> bool:

@@ -180,6 +180,27 @@ class Established(Event):
 
 
 @dataclass(frozen=True)
+class Away(Event):
+    """The chat's connection was lost and the session is kept for `seconds` to resume (the
+    connector tries to reconnect; the host keeps the member's place)."""
+
+    name: str
+    reason: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Back(Event):
+    """A session that was away goes on: after `seconds`, this side sent `resent` messages
+    again and `missed` of the peer's were let go before they reached it."""
+
+    name: str
+    seconds: float
+    resent: int
+    missed: int
+
+
+@dataclass(frozen=True)
 class Caught(Event):
     """A resumed session is in step again: this side sent `resent` messages again, and
     `missed` of the peer's were let go before they reached it (the peer's bounds)."""
@@ -256,6 +277,7 @@ class PeerProtocol:
         self.peer_identity = b""
         self.greeted = False  # a valid M1 arrived (listener): evicted after silent ones
         self.abandoned = False  # the connector went away between M2 and M3 (listener)
+        self.link_lost = False  # the link broke (not the peer's doing): the session may resume
         self.keepalive = keepalive
         self.silence_limit = keepalive * DEAD_AFTER_INTERVALS
         if identity is None:
@@ -401,6 +423,7 @@ class PeerProtocol:
         if self.stage is not Stage.OPEN or self._session is None:
             return None
         if now - self._last_received >= self.silence_limit:
+            self.link_lost = True
             self._fail(
                 ConnectionLost(
                     f"nothing heard from the peer for {self.silence_limit:g} s "
@@ -425,6 +448,7 @@ class PeerProtocol:
 
     def connection_failed(self, reason: str) -> None:
         """The transport broke (reset, unreachable): report it as this stage's failure."""
+        self.link_lost = self.stage is Stage.OPEN
         if self.stage in HANDSHAKE_STAGES:
             self.abandoned = self.stage is Stage.CONFIRM
             self._fail(HandshakeError(f"the connection failed during the handshake: {reason}"))
@@ -642,6 +666,7 @@ class PeerProtocol:
             self.stage = Stage.CLOSED
             self._events.append(Closed())
         else:
+            self.link_lost = True
             self._fail(ConnectionLost("the peer closed the connection without saying goodbye"))
 
     def _fail(self, error: ChatError) -> None:

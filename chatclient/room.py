@@ -104,6 +104,15 @@ class Room:
         self._coming.pop(member, None)
         self._seats[member] = (person, now)
 
+    def move(self, old: object, new: object) -> None:
+        """`old`'s place, name and numbering are `new`'s now (a connection resumed)."""
+        if old in self._seats:
+            self._seats[new] = self._seats.pop(old)
+        if old in self._coming:
+            self._coming[new] = self._coming.pop(old)
+        if old in self._next:
+            self._next[new] = self._next.pop(old)
+
     def release(self, member: object) -> Person | None:
         """Free `member`'s place; who it was, if they had got in."""
         self._coming.pop(member, None)

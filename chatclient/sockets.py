@@ -268,6 +268,8 @@ class Link:
     goodbye_words: bool = False  # a member sent its goodbye's words: TERMINATE is next
     echo_due: int | None = None  # hosting: its last room words not yet ECHOed
     to_nobody: int = 0  # private words it sent to names not in the room (dropped)
+    parked: bool = False  # hosting: lost, its place kept while its session may resume
+    away_since: float | None = None  # a resumed connection: when its session was lost
 
     @property
     def host(self) -> str:

@@ -171,6 +171,19 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}:{rest:02d}"
 
 
+def spoken_duration(seconds: float) -> str:
+    """A span as a sentence says it: 45 s, 10 minutes, 1 minute 30 s, 2 hours."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole % 3600 == 0:
+        hours = whole // 3600
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    minutes, rest = divmod(whole, 60)
+    said = f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{said} {rest} s" if rest else said
+
+
 def progress_text(name: str, done: int, size: int, seconds: float, moved: int) -> str:
     """One transfer's progress: name, percent, bytes, rate (of the `moved` bytes that came in
     `seconds`: a resume's kept bytes do not count) and time left."""
