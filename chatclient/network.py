@@ -474,7 +474,7 @@ class Network:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            link.peer.connection_failed(describe_os_error(exc))
+            link.peer.connection_failed(describe_os_error(exc), lost=True)
         else:
             link.last_read = now
             link.peer.receive_data(data, now)
@@ -685,7 +685,7 @@ class Network:
                     sent = 0
                 except OSError as exc:
                     link.outgoing.clear()
-                    link.peer.connection_failed(describe_os_error(exc))
+                    link.peer.connection_failed(describe_os_error(exc), lost=True)
                     return False
                 if sent:
                     del link.outgoing[:sent]

@@ -446,9 +446,10 @@ class PeerProtocol:
             due = min(due, carry.unacknowledged_since + ACK_SECONDS)
         return due
 
-    def connection_failed(self, reason: str) -> None:
-        """The transport broke (reset, unreachable): report it as this stage's failure."""
-        self.link_lost = self.stage is Stage.OPEN
+    def connection_failed(self, reason: str, lost: bool = False) -> None:
+        """The connection ends with `reason` (`lost`: the transport broke, a reset or a
+        read error, so the session may resume; else this side put the peer out)."""
+        self.link_lost = lost and self.stage is Stage.OPEN
         if self.stage in HANDSHAKE_STAGES:
             self.abandoned = self.stage is Stage.CONFIRM
             self._fail(HandshakeError(f"the connection failed during the handshake: {reason}"))
