@@ -178,7 +178,7 @@ def keepalive_argument(text: str) -> float:
 
 def reconnect_argument(text: str) -> float:
     """--reconnect-for: a duration (90, 90s, 10m, 1h); 0 turns resuming off."""
-    from .resume import parse_duration
+    from .text import parse_duration
 
     try:
         return parse_duration(text)
@@ -489,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
             room_check=ended_room_check(config.path),
             capacity=args.max_members,
             keepalive=args.keepalive,
-            reconnect_for=args.reconnect_for,
+            reconnect_for=config.reconnect_for
+            if args.reconnect_for is None
+            else args.reconnect_for,
             dial=None if target is None else partial(connect_socket, *dial_to, proxy=args.proxy),
             files_user=conversation,
             downloads=downloads,

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from .errors import ConfigError, ConfigMissing, describe_os_error
-from .text import name_problem
+from .text import name_problem, parse_duration
 
 DEFAULT_PORT = 50233
 # A connection must finish its handshake within this many seconds (connect included).
 HANDSHAKE_SECONDS = 10.0
 KEEPALIVE_SECONDS = 10.0
+RECONNECT_SECONDS = 600.0  # a lost session is kept this long by default (10 minutes)
 # A peer is declared lost after this many keepalive intervals of silence.
 DEAD_AFTER_INTERVALS = 2.5
 
@@ -62,6 +63,7 @@ class Config:
     bell: bool = False
     downloads: str = ""  # where received files go; "" means the default (downloads_folder)
     announce: bool = True  # a listener announces itself on the LAN (nearby.py)
+    reconnect_for: float = RECONNECT_SECONDS  # a lost session is kept this long to resume
 
     @property
     def fernet_key(self) -> str:
@@ -335,7 +337,18 @@ def read_config(path: str, program: str) -> Config:
         bell=parse_switch(fields.get("bell", ""), f"{path}: bell"),
         downloads=fields.get("downloads", "").strip(),
         announce=parse_switch(fields.get("announce", "yes"), f"{path}: announce"),
+        reconnect_for=parse_reconnect(fields.get("reconnect_for", ""), path),
     )
+
+
+def parse_reconnect(text: str, path: str) -> float:
+    """config.ini's reconnect_for: a duration (90, 90s, 10m), 0 for never; empty: 10m."""
+    if not text.strip():
+        return RECONNECT_SECONDS
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: reconnect_for {exc}") from None
 
 
 def read_fields(path: str, program: str) -> dict[str, str]:
@@ -431,7 +444,16 @@ def render_config(config: Config) -> str:
         "# Optional: while listening, let peers on the LAN find you by invite code or by\n"
         "# your name as their contact (no name or identity is announced).\n"
         f"announce = {'yes' if config.announce else 'no'}\n"
+        "# Optional: after a lost connection, how long to try to resume the same chat\n"
+        "# (90, 90s, 10m; 0: never).\n"
+        f"reconnect_for = {spoken_seconds(config.reconnect_for)}\n"
     )
+
+
+def spoken_seconds(seconds: float) -> str:
+    """A duration as reconnect_for takes it: 10m, 90s."""
+    whole = round(seconds)
+    return f"{whole // 60}m" if whole and whole % 60 == 0 else f"{whole}s" if whole else "0"
 
 
 def write_config(config: Config) -> None:
@@ -487,7 +509,7 @@ class Options:
     key: str | None = None
     genkey: bool = False
     keepalive: float = KEEPALIVE_SECONDS
-    reconnect_for: float = 600.0  # resume.RESUME_WINDOW_SECONDS (resume is not imported here)
+    reconnect_for: float | None = None  # None: config.ini's reconnect_for
     timestamps: bool | None = None
     bell: bool | None = None
     invite: bool = False

@@ -20,7 +20,7 @@ from .text import MAX_NAME_BYTES, name_problem, sanitize
 FRAME_HEADER = struct.Struct("!I")
 MAX_FRAME = 128 * 1024
 MAX_TEXT = 64 * 1024
-PAYLOAD_HEADER = struct.Struct("!QB")
+PAYLOAD_HEADER = struct.Struct("!QQB")  # seq, ack (the count of the peer's messages taken), tag
 
 
 def encode_frame(body: bytes) -> bytes:
@@ -725,30 +725,12 @@ class FileCancel(Message):
 
 
 @dataclass(frozen=True)
-class Ack(Message):
-    """How many of the peer's numbered messages this side has taken in this session
-    (cumulative, across every connection it had): the peer may let them go."""
-
-    TAG: ClassVar[int] = 21
-    taken: int
-
-    def encode_body(self) -> bytes:
-        return int_field(self.taken, 8)
-
-    @classmethod
-    def decode_body(cls, body: FieldReader) -> Message:
-        taken = body.integer(8, "count")
-        body.end()
-        return cls(taken)
-
-
-@dataclass(frozen=True)
 class Resumed(Message):
     """The first message of each side on a resumed connection: how many of the peer's
     messages it has taken (the peer sends the rest again), and the number of the oldest
     of its own it still keeps (older ones unacknowledged were let go: missed)."""
 
-    TAG: ClassVar[int] = 22
+    TAG: ClassVar[int] = 21
     taken: int
     first: int
 
@@ -764,7 +746,7 @@ class Resumed(Message):
 
 # Not numbered: they carry the numbering itself, or nothing (every other message after
 # READY is numbered, from 1, per session).
-UNNUMBERED = (Keepalive, Ack, Resumed)
+UNNUMBERED = (Keepalive, Resumed)
 
 FILE_MESSAGES = (FileOffer, FileAccept, FileReject, FileCredit, FileDone, FileReceived, FileCancel)
 
@@ -803,18 +785,18 @@ def peer_name(body: FieldReader) -> str:
     return checked_name(body.rest_text(MAX_NAME_BYTES, "username"))
 
 
-def encode_payload(seq: int, message: Message) -> bytes:
-    """The plaintext inside a Fernet token: sequence, type, body."""
-    return PAYLOAD_HEADER.pack(seq, message.TAG) + message.encode_body()
+def encode_payload(seq: int, message: Message, ack: int = 0) -> bytes:
+    """The plaintext inside a Fernet token: sequence, acknowledgement, type, body."""
+    return PAYLOAD_HEADER.pack(seq, ack, message.TAG) + message.encode_body()
 
 
-def decode_payload(data: bytes) -> tuple[int, Message]:
-    """Parse a decrypted payload into its sequence number and message."""
+def decode_payload(data: bytes) -> tuple[int, int, Message]:
+    """Parse a decrypted payload into its sequence number, acknowledgement and message."""
     if len(data) < PAYLOAD_HEADER.size:
         raise ProtocolError("the peer sent a truncated message")
-    seq, tag = PAYLOAD_HEADER.unpack_from(data)
+    seq, ack, tag = PAYLOAD_HEADER.unpack_from(data)
     kind = MESSAGES.get(tag)
     if kind is None:
         raise ProtocolError(f"the peer sent an unknown message type {tag}")
     body = FieldReader(data[PAYLOAD_HEADER.size :], kind.__name__)
-    return seq, kind.decode_body(body)
+    return seq, ack, kind.decode_body(body)

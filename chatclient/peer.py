@@ -43,7 +43,6 @@ from .messages import (
     CHUNK_MARK,
     MAX_FRAME,
     UNNUMBERED,
-    Ack,
     FrameDecoder,
     Keepalive,
     Message,
@@ -54,7 +53,7 @@ from .messages import (
     Welcome,
     encode_frame,
 )
-from .resume import ACK_EVERY, ACK_SECONDS, Carry
+from .resume import ACK_EVERY, Carry
 from .session import Session
 from .text import sanitize
 
@@ -354,29 +353,28 @@ class PeerProtocol:
     def send(self, message: Message, now: float) -> bytes:
         """The frame carrying `message`, for the transport to write after data_to_send().
 
-        Every message but KEEPALIVE, ACK and RESUMED is numbered and kept until the peer
-        acknowledges it; on a resumed connection nothing new goes out (it is kept, and
-        sent in order) until the peer's RESUMED says where it stands."""
+        Every message but KEEPALIVE and RESUMED is numbered and kept until the peer
+        acknowledges it (each message carries this side's count of the peer's); on a
+        resumed connection nothing new goes out (it is kept, and sent in order) until the
+        peer's RESUMED says where it stands."""
         if self.stage is not Stage.OPEN or self._session is None:
             raise ProtocolError(f"cannot send {message.kind()} {self.stage.value}")
-        frame = b""
         if self.carry is not None and not isinstance(message, UNNUMBERED):
             self.carry.outbox.add(message, len(message.encode_body()))
             if not self._caught_up:
                 return b""
-            frame = self._ack(now)
-        frame += self._session.encode(message)
+        frame = self._encode(message)
         self._last_sent = now
         return frame
 
-    def _ack(self, now: float) -> bytes:
-        """An ACK frame when this side has taken messages it has not yet acknowledged."""
+    def _encode(self, message: Message) -> bytes:
+        """`message` with this side's acknowledgement of what it took of the peer's."""
+        assert self._session is not None
         carry = self.carry
-        if carry is None or self._session is None or not carry.owes_ack or self._session.we_left:
-            return b""
-        carry.acknowledged, carry.unacknowledged_since = carry.inbox.taken, None
-        self._last_sent = now
-        return self._session.encode(Ack(carry.inbox.taken))
+        if carry is None:
+            return self._session.encode(message)
+        carry.acknowledged = carry.inbox.taken
+        return self._session.encode(message, carry.inbox.taken)
 
     def send_chunk(self, transfer: int, offset: int, data: bytes, now: float) -> bytes:
         """The frame carrying a chunk of file data, sealed with the next nonce."""
@@ -434,17 +432,10 @@ class PeerProtocol:
         silence_due = self._last_received + self.silence_limit
         if self._session.we_left:
             return silence_due
-        carry = self.carry
-        since = carry.unacknowledged_since if carry is not None else None
-        if since is not None and now - since >= ACK_SECONDS:
-            self._outgoing += self._ack(now)
         if now - self._last_sent >= self.keepalive:
-            self._outgoing += self._ack(now) or self._session.encode(Keepalive())
+            self._outgoing += self._encode(Keepalive())
             self._last_sent = now
-        due = min(silence_due, self._last_sent + self.keepalive)
-        if carry is not None and carry.unacknowledged_since is not None:
-            due = min(due, carry.unacknowledged_since + ACK_SECONDS)
-        return due
+        return min(silence_due, self._last_sent + self.keepalive)
 
     def connection_failed(self, reason: str, lost: bool = False) -> None:
         """The connection ends with `reason` (`lost`: the transport broke, a reset or a
@@ -610,7 +601,7 @@ class PeerProtocol:
         else:  # the next resume proves this connection's secret
             self.carry.secret = self._keys.resume_secret
             resumed_message = Resumed(self.carry.inbox.taken, self.carry.outbox.first)
-            self._outgoing += self._session.encode(resumed_message)
+            self._outgoing += self._encode(resumed_message)
         event = Established(
             self.peer_name, self.peer_identity, self.mode, self.room, self.nonce, resumed
         )
@@ -633,16 +624,16 @@ class PeerProtocol:
             raise ProtocolError("the peer sent READY twice")
         carry = self.carry
         assert carry is not None  # established
-        if isinstance(message, Ack):
-            carry.outbox.acknowledge(message.taken)
-        elif isinstance(message, Resumed):
+        if isinstance(message, Resumed):
             self._on_resumed(carry, message)
-        elif not isinstance(message, Keepalive):
+        else:
+            carry.outbox.acknowledge(self._session.peer_ack)
+        if not isinstance(message, UNNUMBERED):
             carry.inbox.taken += 1
-            if carry.unacknowledged_since is None:
-                carry.unacknowledged_since = self._last_received
-            if carry.inbox.taken - carry.acknowledged >= ACK_EVERY:
-                self._outgoing += self._ack(self._last_received)
+            # A side that only listens says what it took with a KEEPALIVE now and then,
+            # so the talker's kept messages stay few.
+            if carry.inbox.taken - carry.acknowledged >= ACK_EVERY and not self._session.we_left:
+                self._outgoing += self._encode(Keepalive())
             self._events.append(MessageReceived(message))
 
     def _on_resumed(self, carry: Carry[Message], resumed: Resumed) -> None:
@@ -656,7 +647,7 @@ class PeerProtocol:
         _, again = carry.outbox.after(resumed.taken)
         self._caught_up = True
         for message in again:
-            self._outgoing += self._session.encode(message)
+            self._outgoing += self._encode(message)
         self._events.append(Caught(len(again), missed))
 
     def _end_of_stream(self) -> None:

@@ -17,13 +17,12 @@ from typing import Generic, TypeVar
 
 from .errors import ProtocolError
 
-RESUME_WINDOW_SECONDS = 600.0  # --reconnect-for's default
+RESUME_WINDOW_SECONDS = 600.0  # --reconnect-for and reconnect_for default to this
 FIRST_TRY_SECONDS = 0.5  # the connector's first try after a loss, doubling ...
 LAST_TRY_SECONDS = 15.0  # ... up to this between tries
 MAX_KEPT_MESSAGES = 1000  # unacknowledged messages a side keeps for its peer
 MAX_KEPT_BYTES = 4 * 1024 * 1024  # ... and their bytes
-ACK_SECONDS = 0.5  # a side acknowledges what it took within this, if it sends nothing else
-ACK_EVERY = 256  # ... or at once after this many
+ACK_EVERY = 256  # a side that only listens acknowledges with a KEEPALIVE after this many
 
 T = TypeVar("T")
 
@@ -118,7 +117,6 @@ class Carry(Generic[T]):
     outbox: Outbox[T] = field(default_factory=Outbox)
     inbox: Inbox = field(default_factory=lambda: Inbox())
     acknowledged: int = 0  # the count this side last told the peer
-    unacknowledged_since: float | None = None  # when it took the first not yet told
 
     @property
     def owes_ack(self) -> bool:
@@ -150,19 +148,3 @@ class Reconnect:
         self.tries += 1
         wait = min(FIRST_TRY_SECONDS * 2**self.tries, LAST_TRY_SECONDS)
         self._next = now + wait
-
-
-def parse_duration(text: str) -> float:
-    """`--reconnect-for`: seconds, or with a unit (90, 90s, 10m, 1h); ValueError saying
-    what is wrong."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    value = text.strip().lower()
-    scale = units.get(value[-1:], 0)
-    number = value[:-1] if scale else value
-    scale = scale or 1
-    if not number.isascii() or not number.replace(".", "", 1).isdigit():
-        raise ValueError(f"{text!r} is not a duration: use seconds, or 90s, 10m, 1h")
-    seconds = float(number) * scale
-    if seconds > 7 * 86400:
-        raise ValueError(f"{text!r} is over a week")
-    return seconds

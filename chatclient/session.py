@@ -65,6 +65,7 @@ class Session:
         self._invalid_token: type[Exception] = InvalidToken
         self._send_seq = 0
         self._recv_seq = 0
+        self.peer_ack = 0  # the acknowledgement in the last message decoded
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -86,9 +87,10 @@ class Session:
         """True once the peer's TERMINATE has arrived."""
         return self._recv_phase is Phase.CLOSED
 
-    def encode(self, message: Message) -> bytes:
-        """The complete frame carrying `message`; each call uses the next sequence."""
-        payload = encode_payload(self._send_seq, message)
+    def encode(self, message: Message, ack: int = 0) -> bytes:
+        """The complete frame carrying `message` and this side's acknowledgement `ack`;
+        each call uses the next sequence."""
+        payload = encode_payload(self._send_seq, message, ack)
         self._send_phase = advance(self._send_phase, message, "this side")
         self._send_seq += 1
         return encode_frame(self._sender.encrypt(payload))
@@ -145,7 +147,7 @@ class Session:
                 "a message failed its integrity check (tampered with, replayed or "
                 "not from your peer)"
             ) from None
-        seq, message = decode_payload(payload)
+        seq, self.peer_ack, message = decode_payload(payload)
         # The sequence number must be exactly the next one: anything else is
         # replay, duplication, reordering or loss.
         if seq != self._recv_seq:

@@ -171,6 +171,22 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}:{rest:02d}"
 
 
+def parse_duration(text: str) -> float:
+    """`--reconnect-for`: seconds, or with a unit (90, 90s, 10m, 1h); ValueError saying
+    what is wrong."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = text.strip().lower()
+    scale = units.get(value[-1:], 0)
+    number = value[:-1] if scale else value
+    scale = scale or 1
+    if not number.isascii() or not number.replace(".", "", 1).isdigit():
+        raise ValueError(f"{text!r} is not a duration: use seconds, or 90s, 10m, 1h")
+    seconds = float(number) * scale
+    if seconds > 7 * 86400:
+        raise ValueError(f"{text!r} is over a week")
+    return seconds
+
+
 def spoken_duration(seconds: float) -> str:
     """A span as a sentence says it: 45 s, 10 minutes, 1 minute 30 s, 2 hours."""
     whole = round(seconds)

@@ -12,8 +12,9 @@ from conftest import KEY, TIMEOUT, ChatProcess, Spawn, free_port, write_config
 
 from chatclient.messages import encode_frame
 
-# Keepalives would shift the frame numbers the relay's transforms count on.
-QUIET = ("--keepalive", "60")
+# Keepalives would shift the frame numbers the relay's transforms count on; a lost
+# connection ends the chat here, as these tests expect (no resume).
+QUIET = ("--keepalive", "60", "--reconnect-for", "0")
 
 
 # --- Processes ---------------------------------------------------------------

@@ -237,7 +237,8 @@ def test_sigint_at_a_prompt_ends_quietly(chat: Spawn, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("victim", ["connector", "listener"])
 def test_killed_peer_is_reported_as_lost(chat: Spawn, tmp_path: Path, victim: str) -> None:
-    listener, connector = start_pair(chat, tmp_path)
+    """With --reconnect-for 0 a lost connection ends the chat at once, as it always did."""
+    listener, connector = start_pair(chat, tmp_path, extra=("--reconnect-for", "0"))
     dead, survivor = (connector, listener) if victim == "connector" else (listener, connector)
     dead.kill()  # SIGKILL: no goodbye
     survivor.expect(r"^Connection lost: ")
@@ -423,7 +424,9 @@ def test_wildcard_address_shows_a_real_address(chat: Spawn, tmp_path: Path) -> N
 
 
 def test_keepalive_reports_a_frozen_peer(chat: Spawn, tmp_path: Path) -> None:
-    listener, connector = start_pair(chat, tmp_path, extra=("--keepalive", "0.5"))
+    listener, connector = start_pair(
+        chat, tmp_path, extra=("--keepalive", "0.5", "--reconnect-for", "0")
+    )
     connector.signal(signal.SIGSTOP)  # alive for TCP, silent for the chat
     try:
         listener.expect(r"^Connection lost: ", timeout=5.0)
@@ -434,7 +437,9 @@ def test_keepalive_reports_a_frozen_peer(chat: Spawn, tmp_path: Path) -> None:
 
 
 def test_keepalive_keeps_an_idle_chat_open(chat: Spawn, tmp_path: Path) -> None:
-    listener, connector = start_pair(chat, tmp_path, extra=("--keepalive", "0.5"))
+    listener, connector = start_pair(
+        chat, tmp_path, extra=("--keepalive", "0.5", "--reconnect-for", "0")
+    )
     threading.Event().wait(3.0)  # six intervals with nobody typing
     connector.send("still there?")
     listener.expect(r"^laptop says: still there\?$")

@@ -205,7 +205,7 @@ def test_a_tampered_chunk_ends_the_connection(spawn: Spawn, tmp_path: Path) -> N
 
 
 def test_a_transfer_cut_at_60_percent_resumes_from_there(spawn: Spawn, tmp_path: Path) -> None:
-    desk, port, downloads = listener(spawn, tmp_path)
+    desk, port, downloads = listener(spawn, tmp_path, "--reconnect-for", "0")
     data = os.urandom(40 * CHUNK_SIZE)
     cut = 24 * CHUNK_SIZE  # 60%
     identity = Ed25519PrivateKey.generate()

@@ -30,6 +30,7 @@ from chatclient.handshake import (
     finish_spake,
     key_id,
     public_bytes,
+    resume_id,
     shared_secret,
     verify_signature,
     welcome_signed_data,
@@ -141,7 +142,9 @@ def test_transcript_and_keys_on_both_sides() -> None:
 def test_derivation_functions() -> None:
     secret = shared_secret(private("connector_private"), private("listener_private").public_key())
     assert secret.hex() == V["shared_secret"]
-    c2l, l2c, confirm, _ = derive_keys(secret, h("psk"), h("th"))
+    c2l, l2c, confirm, again = derive_keys(secret, h("psk"), h("th"))
+    assert again.hex() == V["resume_secret"]  # issue 18: okm's last 32 bytes
+    assert resume_id(again).hex() == V["resume_id"]
     assert (c2l.hex(), l2c.hex(), confirm.hex()) == (
         V["key_connector_to_listener"],
         V["key_listener_to_connector"],
@@ -158,7 +161,7 @@ def test_session_decrypts_hand_made_tokens() -> None:
     connector = Session(connector_keys)
     # The vector's listener token is number 1; number 0 (a WELCOME) is made here by hand.
     made = Fernet(V["fernet_key_listener_to_connector"]).encrypt(
-        (0).to_bytes(8, "big") + bytes([1]) + h("listener_welcome_body")
+        (0).to_bytes(8, "big") + bytes(8) + bytes([1]) + h("listener_welcome_body")
     )
     assert connector.decode(made) == welcome("listener")
     expected = Chat("hello laptop \N{WAVING HAND SIGN}")
@@ -180,8 +183,8 @@ def test_session_tokens_follow_the_payload_layout() -> None:
             assert length == len(frame) - FRAME_HEADER.size
             plain.append(keys[side].decrypt(frame[FRAME_HEADER.size :]))
         assert plain == [
-            bytes(8) + b"\x01" + h(f"{side}_welcome_body"),
-            (1).to_bytes(8, "big") + b"\x02" + "h\u00e9".encode(),
+            bytes(16) + b"\x01" + h(f"{side}_welcome_body"),
+            (1).to_bytes(8, "big") + bytes(8) + b"\x02" + "h\u00e9".encode(),
         ]
 
 
@@ -272,7 +275,7 @@ def test_signed_words_in_a_room() -> None:
     assert said.encode_body().hex() == V["said_body"]
     # The vector's bytes decode to the same message, and a member who was in the room
     # before laptop spoke shows them.
-    _, decoded = decode_payload((9).to_bytes(8, "big") + bytes([Said.TAG]) + h("said_body"))
+    _, _, decoded = decode_payload((9).to_bytes(16, "big") + bytes([Said.TAG]) + h("said_body"))
     assert decoded == said
     assert isinstance(decoded, Said) and isinstance(decoded.words, Say)
     hearing = Hearing("bob", host, room, bytes([1]) * 16, "desktop")
@@ -311,7 +314,7 @@ def test_a_signed_offer_and_the_room_code() -> None:
     assert done_forgery(host, room, done, 2, h("offer_to_join"), author, h("join"))  # not offer 2
     log = RoomLog(host, room)
     assert log.state == (h("room_head_0"), 0)
-    _, said = decode_payload((9).to_bytes(8, "big") + bytes([Said.TAG]) + h("said_body"))
+    _, _, said = decode_payload((9).to_bytes(16, "big") + bytes([Said.TAG]) + h("said_body"))
     log.fold(said)
     assert log.state == (h("room_head_1"), 1)
     assert log.code() == (V["room_code_1"], 1)

@@ -20,7 +20,6 @@ from chatclient.messages import (
     FRAME_HEADER,
     MAX_FRAME,
     MESSAGES,
-    Ack,
     Action,
     Bundle,
     Chat,
@@ -168,7 +167,6 @@ def test_every_registered_message_round_trips_through_its_tag() -> None:
             42,
         ),
         Echo: Echo(7),
-        Ack: Ack(12),
         Resumed: Resumed(3, 4),
         Joined: Joined(Person("bob", bytes(range(32)), "[::1]:5", 0)),
         Left: Left("bob", lost=True),
@@ -183,7 +181,7 @@ def test_every_registered_message_round_trips_through_its_tag() -> None:
     for tag, kind in MESSAGES.items():
         message = samples[kind] if kind in samples else kind()
         assert tag == kind.TAG
-        assert decode_payload(encode_payload(5, message)) == (5, message)
+        assert decode_payload(encode_payload(5, message, 7)) == (5, 7, message)
 
 
 def test_a_message_with_several_fields_is_one_class() -> None:
@@ -209,7 +207,7 @@ def test_a_message_with_several_fields_is_one_class() -> None:
 
     try:
         offer = Offer("holiday.jpg", 2_400_000, bytes(range(32)))
-        assert decode_payload(encode_payload(0, offer)) == (0, offer)
+        assert decode_payload(encode_payload(0, offer)) == (0, 0, offer)
         payload = encode_payload(0, offer)
         with pytest.raises(ProtocolError, match="unexpected bytes"):
             decode_payload(payload + b"x")
@@ -263,7 +261,7 @@ FILE_MESSAGES = [
 
 @pytest.mark.parametrize("message", FILE_MESSAGES)
 def test_file_messages_round_trip(message: Message) -> None:
-    assert decode_payload(encode_payload(9, message)) == (9, message)
+    assert decode_payload(encode_payload(9, message)) == (9, 0, message)
 
 
 @given(st.sampled_from([13, 14, 15, 16, 17, 18, 19]), st.binary(max_size=80))

@@ -52,7 +52,7 @@ def test_every_message_is_numbered_and_acknowledged_by_the_other_side() -> None:
     assert carry.outbox.waiting == 0
     assert said(list(pair.connector.events())) == ["back"]
     pair.listener.receive_data(pair.connector.send(Chat("three"), now), now)
-    pair.listener.timers(pair.clock.advance(0.5))  # nothing to say: an ACK on its own
+    pair.listener.timers(pair.clock.advance(10.0))  # nothing to say: its KEEPALIVE carries it
     pair.connector.receive_data(pair.listener.data_to_send(), pair.clock.now)
     assert carry.outbox.waiting == 0
 

@@ -17,8 +17,8 @@ from chatclient.resume import (
     Inbox,
     Outbox,
     Reconnect,
-    parse_duration,
 )
+from chatclient.text import parse_duration
 
 
 def test_what_is_acknowledged_is_let_go_and_the_rest_is_sent_again_in_order() -> None:
@@ -104,3 +104,20 @@ def test_durations_are_seconds_or_have_a_unit(text: str, seconds: float) -> None
 def test_a_duration_that_is_not_one_says_so(text: str) -> None:
     with pytest.raises(ValueError, match=r"not a duration|over a week"):
         parse_duration(text)
+
+
+def test_reconnect_for_is_read_from_config_ini_and_refused_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from chatclient.config import ConfigError, read_config, render_config
+
+    path = tmp_path / "config.ini"
+    base = "[parameters]\nip = 127.0.0.1\nport = 50233\nfernet_key =\nusername = me\n"
+    path.write_text(base + "reconnect_for = 90s\n")
+    path.chmod(0o600)
+    config = read_config(str(path), "chatclient")
+    assert config.reconnect_for == 90.0
+    assert "reconnect_for = 90s" in render_config(config)
+    path.write_text(base + "reconnect_for = soon\n")
+    with pytest.raises(ConfigError, match=r"reconnect_for 'soon' is not a duration"):
+        read_config(str(path), "chatclient")
+    path.write_text(base)
+    assert read_config(str(path), "chatclient").reconnect_for == 600.0

@@ -32,7 +32,6 @@ def test_a_cut_mid_chat_loses_nothing_and_shows_nothing_twice(lan: Lan) -> None:
     desk, lap = two(lan, "--reconnect-for", "2m")
     lap.send("before the cut")  # type: ignore[attr-defined]
     desk.expect(r"^laptop says: before the cut$")  # type: ignore[attr-defined]
-    device = [d for d in ("vb",) if d][0]
     links = (
         __import__("subprocess")
         .run(

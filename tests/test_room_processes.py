@@ -40,7 +40,7 @@ from chatclient.room import (
 
 
 def test_five_people_chat_as_one_room(spawn: Spawn, tmp_path: Path) -> None:
-    desk, port = host(spawn, tmp_path, "--keepalive", "1")
+    desk, port = host(spawn, tmp_path, "--keepalive", "1", "--reconnect-for", "0")
     members: dict[str, ChatProcess] = {}
     for name in ("alice", "bob", "carol", "dave"):
         members[name] = join(spawn, tmp_path, name, port, "--keepalive", "1")

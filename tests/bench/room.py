@@ -132,7 +132,7 @@ class RoomMember:
             recent.append(body)
         if self.counted >= messages:
             for body in reversed(recent):
-                _, message = decode_payload(self.fernet.decrypt(body))
+                _, _, message = decode_payload(self.fernet.decrypt(body))
                 if isinstance(message, Said):
                     self.last_index = int(message.words.text[:INDEX_DIGITS])
                     break

@@ -132,9 +132,10 @@ def words(
     }
 
 
-def payload(seq: int, kind: int, body: bytes) -> bytes:
-    """Plaintext of an encrypted frame: 8-byte big-endian seq, 1-byte type, UTF-8 body."""
-    return seq.to_bytes(8, "big") + bytes([kind]) + body
+def payload(seq: int, kind: int, body: bytes, ack: int = 0) -> bytes:
+    """Plaintext of an encrypted frame: 8-byte big-endian seq, 8-byte acknowledgement,
+    1-byte type, body."""
+    return seq.to_bytes(8, "big") + ack.to_bytes(8, "big") + bytes([kind]) + body
 
 
 def compute() -> dict[str, Any]:
@@ -161,8 +162,12 @@ def compute() -> dict[str, Any]:
     m1 = MAGIC + bytes([VERSION, MODE_SHARED_KEY]) + hashlib.sha256(connector_pub).digest()
     m2 = MAGIC + bytes([VERSION]) + listener_pub
     th = hashlib.sha256(m1 + m2 + connector_pub).digest()
-    okm = hkdf_sha256(shared, psk, b"chatclient/2 keys" + th, 96)
+    okm = hkdf_sha256(shared, psk, b"chatclient/2 keys" + th, 128)
     c2l, l2c, confirm_key = okm[0:32], okm[32:64], okm[64:96]
+    # Protocol 4: the next 32 bytes are the session's resume secret, named in the clear
+    # by the first 16 bytes of SHA-256("chatclient/4 resume id" 0x00 || secret).
+    resume_secret = okm[96:128]
+    resume_name = hashlib.sha256(b"chatclient/4 resume id\0" + resume_secret).digest()[:16]
     confirm_tag = hmac.new(confirm_key, b"connector" + th, hashlib.sha256).digest()
     m3 = connector_pub + confirm_tag
     # File chunks: AES-256-GCM keys per direction from their own HKDF label; a chunk
@@ -280,6 +285,8 @@ def compute() -> dict[str, Any]:
         "m3": m3.hex(),
         "th": th.hex(),
         "okm": okm.hex(),
+        "resume_secret": resume_secret.hex(),
+        "resume_id": resume_name.hex(),
         "key_connector_to_listener": c2l.hex(),
         "key_listener_to_connector": l2c.hex(),
         "fernet_key_connector_to_listener": base64.urlsafe_b64encode(c2l).decode("ascii"),
