@@ -181,6 +181,7 @@ def check_saved_config(path: Path, port: int, username: str, key: str = "") -> N
         "bell": "no",
         "downloads": "",
         "announce": "yes",
+        "reconnect_for": "10m",
     }
 
 
