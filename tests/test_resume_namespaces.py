@@ -1,69 +1,140 @@
 """A chat that survives a pulled cable (issue 18): two network namespaces joined by a veth
-pair, real chatclient processes in each, and the link taken down mid-chat while both
+pair, real chatclient processes in each, and the link taken down mid-chat while people
 type. Skipped where namespaces cannot be made (not root, or no `ip`)."""
 
 from __future__ import annotations
 
-from conftest import KEY
-from test_lan_namespaces import Lan, ip, lan  # noqa: F401  (the fixture)
+import subprocess
+from pathlib import Path
 
-TIMEOUT = 45.0  # a loss is noticed within 5 s; a redial waits at most 15 s, then connects
+from conftest import KEY, ChatProcess
+from test_lan_namespaces import Host, Lan, ip, lan  # noqa: F401  (lan: the fixture)
+
+# A loss is noticed within 5 s (a 2 s keepalive); a redial waits at most 15 s, then connects.
+WAIT = 45.0
 
 
-def two(lan: Lan, *flags: str) -> tuple[object, object]:  # noqa: F811
-    """desktop listens in namespace a, laptop connects from b, with a 2 s keepalive."""
-    folders = []
-    for host, name in ((lan.a, "desktop"), (lan.b, "laptop")):
-        folder = lan.person(host, name)
-        config = folder / "config.ini"
-        config.write_text(config.read_text().replace("fernet_key =", f"fernet_key = {KEY}"))
-        folders.append(folder)
-    desk = lan.run(lan.a, folders[0], "--listen", "--keepalive", "2", "--no-announce", *flags)
-    desk.expect(r"^Listening on ")  # type: ignore[attr-defined]
-    lap = lan.run(
-        lan.b, folders[1], "--connect", f"{lan.a.address}:50233", "--keepalive", "2", *flags
+def keyed(net: Lan, host: Host, name: str) -> Path:
+    """`name`'s folder, with the suite's shared key (no invite, no contacts)."""
+    folder = net.person(host, name)
+    config = folder / "config.ini"
+    config.write_text(config.read_text().replace("fernet_key =", f"fernet_key = {KEY}"))
+    return folder
+
+
+def desktop(net: Lan) -> ChatProcess:
+    desk = net.run(
+        net.a, keyed(net, net.a, "desktop"), "--listen", "--keepalive", "2", "--no-announce"
     )
-    lap.expect(r"^WELCOME Welcome to the chat! I am desktop$")  # type: ignore[attr-defined]
-    desk.expect(r"^laptop joined the chat\.$")  # type: ignore[attr-defined]
-    return desk, lap
+    desk.expect(r"^Listening on ")
+    return desk
+
+
+def join(net: Lan, host: Host, name: str) -> ChatProcess:
+    """`name` connects to desktop from `host`, resuming for up to 2 minutes."""
+    member = net.run(
+        host,
+        keyed(net, host, name),
+        "--connect",
+        f"{net.a.address}:50233",
+        "--keepalive",
+        "2",
+        "--reconnect-for",
+        "2m",
+    )
+    member.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+    return member
+
+
+def cable(net: Lan) -> str:
+    """b's end of the veth pair."""
+    shown = subprocess.run(
+        ["ip", "-n", net.b.netns, "-o", "link", "show", "type", "veth"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return shown.split(":")[1].strip().split("@")[0]
+
+
+def says(proc: ChatProcess, who: str) -> list[str]:
+    return [line for line in proc.out if line.startswith(f"{who} says: ")]
 
 
 def test_a_cut_mid_chat_loses_nothing_and_shows_nothing_twice(lan: Lan) -> None:  # noqa: F811
-    desk, lap = two(lan, "--reconnect-for", "2m")
-    lap.send("before the cut")  # type: ignore[attr-defined]
-    desk.expect(r"^laptop says: before the cut$")  # type: ignore[attr-defined]
-    links = (
-        __import__("subprocess")
-        .run(
-            ["ip", "-n", lan.b.netns, "-o", "link", "show", "type", "veth"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout
-    )
-    device = links.split(":")[1].strip().split("@")[0]
+    desk = desktop(lan)
+    lap = join(lan, lan.b, "laptop")
+    desk.expect(r"^laptop joined the chat\.$")
+    lap.send("before the cut")
+    desk.expect(r"^laptop says: before the cut$")
+    device = cable(lan)
     ip("-n", lan.b.netns, "link", "set", device, "down")
-    lap.expect(r"^Connection to desktop lost: reconnecting \(Ctrl-C to give up\)$", timeout=TIMEOUT)  # type: ignore[attr-defined]
-    desk.expect(
-        r"^laptop lost the connection; keeping their place for 2 minutes\.$", timeout=TIMEOUT
-    )  # type: ignore[attr-defined]
+    lap.expect(r"^Connection to desktop lost: reconnecting \(Ctrl-C to give up\)$", timeout=WAIT)
+    desk.expect(r"^laptop lost the connection; keeping their place for 10 minutes\.$", timeout=WAIT)
     for number in range(1, 4):
-        lap.send(f"laptop {number}")  # type: ignore[attr-defined]
-        lap.expect(r"^Waiting: it goes when desktop is back\.$")  # type: ignore[attr-defined]
-        desk.send(f"desktop {number}")  # type: ignore[attr-defined]
-        desk.expect(r"^Waiting: it goes when laptop is back\.$")  # type: ignore[attr-defined]
+        lap.send(f"laptop {number}")
+        lap.expect(r"^Waiting: it goes when desktop is back\.$")
+        desk.send(f"desktop {number}")
+        desk.expect(r"^Waiting: it goes when laptop is back\.$")
     ip("-n", lan.b.netns, "link", "set", device, "up")
     lap.expect(
         r"^Back with desktop after \d+ s: 3 waiting messages sent, nothing missed\.$",
-        timeout=TIMEOUT,
-    )  # type: ignore[attr-defined]
-    desk.expect(r"^laptop is back\.$", timeout=TIMEOUT)  # type: ignore[attr-defined]
+        timeout=WAIT,
+    )
+    desk.expect(r"^laptop is back\.$", timeout=WAIT)
     for number in range(1, 4):
-        desk.expect(rf"^laptop says: laptop {number}$", timeout=TIMEOUT)  # type: ignore[attr-defined]
-        lap.expect(rf"^desktop says: desktop {number}$", timeout=TIMEOUT)  # type: ignore[attr-defined]
-    lap.send("after")  # type: ignore[attr-defined]
-    desk.expect(r"^laptop says: after$")  # type: ignore[attr-defined]
-    for proc, who in ((desk, "laptop"), (lap, "desktop")):
-        said = [line for line in proc.out if line.startswith(f"{who} says: ")]  # type: ignore[attr-defined]
-        assert len(said) == len(set(said))  # nothing shown twice
+        desk.expect(rf"^laptop says: laptop {number}$", timeout=WAIT)
+        lap.expect(rf"^desktop says: desktop {number}$", timeout=WAIT)
+    lap.send("after")
+    desk.expect(r"^laptop says: after$")
+    assert says(desk, "laptop") == ["laptop says: before the cut"] + [
+        f"laptop says: laptop {n}" for n in (1, 2, 3)
+    ] + ["laptop says: after"]
+    assert says(lap, "desktop") == [f"desktop says: desktop {n}" for n in (1, 2, 3)]
+
+
+def test_the_chat_goes_on_when_the_connector_comes_back_from_a_new_address(
+    lan: Lan,  # noqa: F811
+) -> None:
+    desk = desktop(lan)
+    lap = join(lan, lan.b, "laptop")
+    desk.expect(r"^laptop joined the chat\.$")
+    device = cable(lan)
+    ip("-n", lan.b.netns, "link", "set", device, "down")
+    lap.expect(r"^Connection to desktop lost: reconnecting", timeout=WAIT)
+    desk.send("while you were away")
+    new = lan.b.address.rsplit(".", 1)[0] + ".3"  # a new DHCP lease, say
+    ip("-n", lan.b.netns, "addr", "del", f"{lan.b.address}/24", "dev", device)
+    ip("-n", lan.b.netns, "addr", "add", f"{new}/24", "dev", device)
+    ip("-n", lan.b.netns, "link", "set", device, "up")
+    lap.expect(r"^Back with desktop after \d+ s: ", timeout=WAIT)
+    lap.expect(r"^desktop says: while you were away$", timeout=WAIT)
+    lap.send("from my new address")
+    desk.expect(r"^laptop says: from my new address$", timeout=WAIT)
+
+
+def test_a_member_cut_from_a_room_of_three_sees_what_was_said_exactly_once(
+    lan: Lan,  # noqa: F811
+) -> None:
+    desk = desktop(lan)
+    alice = join(lan, lan.b, "alice")  # behind the cable that will be pulled
+    desk.expect(r"^alice joined the chat\.$")
+    bob = join(lan, lan.a, "bob")  # beside the host
+    desk.expect(r"^bob joined the chat\.$")
+    alice.expect(r"^bob joined the chat\.$")
+    device = cable(lan)
+    ip("-n", lan.b.netns, "link", "set", device, "down")
+    desk.expect(r"^alice lost the connection; keeping their place for 10 minutes\.$", timeout=WAIT)
+    for number in range(1, 4):
+        bob.send(f"bob {number}")
+        desk.send(f"desktop {number}")
+    desk.expect(r"^bob says: bob 3$")
+    ip("-n", lan.b.netns, "link", "set", device, "up")
+    alice.expect(r"^Back with desktop after \d+ s: ", timeout=WAIT)
+    for number in range(1, 4):
+        alice.expect(rf"^bob says: bob {number}$", timeout=WAIT)
+        alice.expect(rf"^desktop says: desktop {number}$", timeout=WAIT)
+    alice.send("I am back")
+    bob.expect(r"^alice says: I am back$", timeout=WAIT)
+    assert says(alice, "bob") == [f"bob says: bob {n}" for n in (1, 2, 3)]
+    assert says(alice, "desktop") == [f"desktop says: desktop {n}" for n in (1, 2, 3)]
