@@ -53,6 +53,7 @@ from .identity import (
 )
 from .messages import (
     NO_NONCE,
+    Absent,
     Action,
     Chat,
     Echo,
@@ -511,6 +512,15 @@ class Conversation:
             verified, trust = self._trust(person.name, person.identity)
             joined = " (verified)." if verified else "."
             return [f"{sanitize(person.name)} joined the chat{joined}", *trust]
+        if isinstance(message, Absent):
+            if message.name not in self.people:
+                return []
+            if message.seconds:
+                return [
+                    f"{stamp}{sanitize(message.name)} lost the connection; keeping their place "
+                    f"for {spoken_duration(message.seconds)}."
+                ]
+            return [f"{stamp}{sanitize(message.name)} is back."]
         if isinstance(message, Left):
             if self.people.pop(message.name, None) is None:
                 return []  # someone never taken in (refused above): nothing to say

@@ -744,6 +744,27 @@ class Resumed(Message):
         return cls(taken, first)
 
 
+@dataclass(frozen=True)
+class Absent(Message):
+    """The host to the other members: NAME lost the connection and its place is kept for
+    SECONDS to resume (0: NAME is back)."""
+
+    TAG: ClassVar[int] = 22
+    name: str
+    seconds: int
+
+    def encode_body(self) -> bytes:
+        name = bytes_field(encode_text(self.name, MAX_NAME_BYTES, "name"))
+        return int_field(self.seconds, 4) + name
+
+    @classmethod
+    def decode_body(cls, body: FieldReader) -> Message:
+        seconds = body.integer(4, "seconds")
+        name = checked_name(body.text(MAX_NAME_BYTES, "name"))
+        body.end()
+        return cls(name, seconds)
+
+
 # Not numbered: they carry the numbering itself, or nothing (every other message after
 # READY is numbered, from 1, per session).
 UNNUMBERED = (Keepalive, Resumed)

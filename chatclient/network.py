@@ -26,6 +26,7 @@ from .identity import MAX_INVITE_FAILURES, Invite
 from .messages import (
     FILE_MESSAGES,
     NO_NONCE,
+    Absent,
     Echo,
     Form,
     Joined,
@@ -783,7 +784,7 @@ class Network:
         if isinstance(event, Established) and event.resumed:
             link.established = True
             if not connector:
-                self._reseat(link)
+                self._reseat(link, now)
             return True  # the line comes with Caught, once both are in step
         return False
 
@@ -812,6 +813,9 @@ class Network:
         else:
             link.parked = True
             self._parked[resume_id(carry.secret)] = kept
+            absent = Absent(kept.name, round(self._reconnect_for))
+            for member in self._room.others(link):
+                self._to(member, absent, now)
         self._user.connection_events(link, [Away(kept.name, reason, self._reconnect_for)])
 
     def _parked_session(self, resume: bytes) -> Carry[Message] | None:
@@ -819,14 +823,17 @@ class Network:
         kept = self._parked.get(resume)
         return kept.carry if kept is not None else None
 
-    def _reseat(self, link: Link) -> None:
-        """A member's session is back on `link`: its place, name and numbering move over."""
+    def _reseat(self, link: Link, now: float) -> None:
+        """A member's session is back on `link`: its place, name and numbering move over,
+        and the others are told."""
         for key, kept in list(self._parked.items()):
             if kept.carry is link.peer.carry:
                 del self._parked[key]
                 kept.link.parked = False
                 self._room.move(kept.link, link)
                 link.away_since = kept.since
+                for member in self._room.others(link):
+                    self._to(member, Absent(kept.name, 0), now)
                 return
 
     def _back(self, link: Link, caught: Caught, now: float) -> Back:

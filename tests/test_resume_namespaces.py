@@ -125,12 +125,14 @@ def test_a_member_cut_from_a_room_of_three_sees_what_was_said_exactly_once(
     device = cable(lan)
     ip("-n", lan.b.netns, "link", "set", device, "down")
     desk.expect(r"^alice lost the connection; keeping their place for 10 minutes\.$", timeout=WAIT)
+    bob.expect(r"^alice lost the connection; keeping their place for 10 minutes\.$", timeout=WAIT)
     for number in range(1, 4):
         bob.send(f"bob {number}")
         desk.send(f"desktop {number}")
     desk.expect(r"^bob says: bob 3$")
     ip("-n", lan.b.netns, "link", "set", device, "up")
     alice.expect(r"^Back with desktop after \d+ s: ", timeout=WAIT)
+    bob.expect(r"^alice is back\.$", timeout=WAIT)
     for number in range(1, 4):
         alice.expect(rf"^bob says: bob {number}$", timeout=WAIT)
         alice.expect(rf"^desktop says: desktop {number}$", timeout=WAIT)

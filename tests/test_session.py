@@ -20,6 +20,7 @@ from chatclient.messages import (
     FRAME_HEADER,
     MAX_FRAME,
     MAX_TEXT,
+    Absent,
     Action,
     Chat,
     Echo,
@@ -350,6 +351,7 @@ def test_anything_after_terminate_refused(tag: MessageType) -> None:
     bodies[MessageType.FILERECEIVED] = bytes(4)
     bodies[MessageType.ECHO] = bytes(8)
     bodies[MessageType.RESUMED] = bytes(16)
+    bodies[MessageType.ABSENT] = Absent("bob", 0).encode_body()
     text = refusal(pair.listener, 2, tag, bodies.get(tag, b""))
     assert tag.name in text
     assert Phase.CLOSED.value in text
@@ -395,6 +397,7 @@ def test_the_phase_table_is_derived_from_the_classes() -> None:
             FileCancel: Phase.OPEN,
             Echo: Phase.OPEN,
             Resumed: Phase.OPEN,
+            Absent: Phase.OPEN,
         },
         Phase.CLOSED: {},
     }
