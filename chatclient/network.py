@@ -716,9 +716,11 @@ class Network:
             with contextlib.suppress(OSError):
                 link.sock.send(link.outgoing)
         link.sock.close()
+        kept = link.parked or (self._away is not None and self._away.link is link)
         if not link.parked:
             self._room.release(link)
-        self.files.link_closed(link, self._clock())
+        if not kept:  # a kept session's transfers wait to go on where they were
+            self.files.link_closed(link, self._clock())
         if self._leaving and not self._room:
             self._running = False
 
@@ -783,6 +785,8 @@ class Network:
             return True
         if isinstance(event, Established) and event.resumed:
             link.established = True
+            if connector and away is not None:
+                self._moved(away.link, link, now)
             if not connector:
                 self._reseat(link, now)
             return True  # the line comes with Caught, once both are in step
@@ -823,6 +827,10 @@ class Network:
         kept = self._parked.get(resume)
         return kept.carry if kept is not None else None
 
+    def _moved(self, old: Link, new: Link, now: float) -> None:
+        """The session of `old` goes on over `new`: so do its transfers."""
+        self.files.link_resumed(old, new, now)
+
     def _reseat(self, link: Link, now: float) -> None:
         """A member's session is back on `link`: its place, name and numbering move over,
         and the others are told."""
@@ -831,6 +839,7 @@ class Network:
                 del self._parked[key]
                 kept.link.parked = False
                 self._room.move(kept.link, link)
+                self._moved(kept.link, link, now)
                 link.away_since = kept.since
                 for member in self._room.others(link):
                     self._to(member, Absent(kept.name, 0), now)
@@ -851,6 +860,7 @@ class Network:
             due = away.tries.due()
             if due is None or now >= away.until:
                 self._away = None
+                self.files.link_closed(away.link, now)
                 gone = ConnectionLost(
                     f"{sanitize(away.name)} could not be reached again within "
                     f"{spoken_duration(self._reconnect_for)}"
@@ -866,6 +876,7 @@ class Network:
                 continue
             del self._parked[key]
             kept.link.parked = False
+            self.files.link_closed(kept.link, now)
             gone_person = self._room.release(kept.link)
             if gone_person is not None:
                 self._tell_room(Left(gone_person.name, lost=True), now)

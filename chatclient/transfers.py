@@ -110,6 +110,8 @@ class Transfer:
     digest: bytes = b""  # host: the SHA-256 (and signature) of the author's FILEDONE
     done_signature: bytes = bytes(64)
     restarted: bool = False  # a resume whose SHA-256 did not match was started over once
+    resynced: bool = False  # its session resumed: sending, a FILEACCEPT says where to go on;
+    # receiving, an earlier FILEDONE sent again before that is void
     bundle: Bundle = Bundle.FILE  # a folder or several files: one stream (manifest.py)
     count: int = 1  # files in it
     offered_name: str = ""  # receiving: the name as offered (a folder's paths start with it)
@@ -641,6 +643,9 @@ class FileDesk:
         if isinstance(message, FileAccept) and restarting(transfer, message):
             self._restart(transfer, message, now)
             return
+        if isinstance(message, FileAccept) and transfer.resynced and transfer.sending:
+            self._go_on(transfer, message, now)
+            return
         if isinstance(message, FileAccept) and (
             transfer.state is not Moving.OFFERED or message.offset > transfer.size
         ):
@@ -824,6 +829,20 @@ class FileDesk:
             )
             self._net.nudge(t.link)
 
+    def _go_on(self, t: Transfer, accept: FileAccept, now: float) -> None:
+        """After a resume: send from where the receiver has the file (what was in flight
+        when the link went was lost), with the credit it grants now."""
+        t.resynced = False
+        if accept.offset > t.position:
+            t.link.peer.connection_failed(f"it resumed file {t.id} past what was sent")
+            return
+        if t.source is not None:
+            t.source.close()
+            t.source = None
+        t.position, t.credit, t.done = accept.offset, accept.credit, False
+        if self._read_from(t, accept.offset, now):  # the SHA-256 still covers it all
+            self._net.nudge(t.link)
+
     def chunk(self, link: Link, event: ChunkReceived, now: float) -> None:
         """File data from `link`, opened: checked against the transfer's state and credit."""
         t = self._receiving.get(link, event.transfer)
@@ -861,6 +880,7 @@ class FileDesk:
             return
         t.position += len(data)
         t.credit -= len(data)
+        t.resynced = False  # the data goes on: any FILEDONE from now on is the last
         if t.partner is not None:
             t.partner.relayed.append(data)
             self._net.nudge(t.partner.link)
@@ -869,6 +889,8 @@ class FileDesk:
             self._progress(now)
 
     def _on_done(self, t: Transfer, done: FileDone, now: float) -> None:
+        if t.resynced and t.position < t.size:
+            return  # sent before the link was lost, and again after: the data comes first
         if t.state is Moving.CHECKING:  # a second FILEDONE: the file being checked stays
             if not t.done_twice:
                 t.done_twice = True
@@ -970,6 +992,33 @@ class FileDesk:
         deadline = time.monotonic() + timeout
         for sink in self._sinks:
             sink.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def link_resumed(self, old: Link, new: Link, now: float) -> None:
+        """A session goes on over `new`: its transfers move there. Each file moving in
+        goes on where this side has it (FILEACCEPT at that offset, a fresh credit); one
+        moving out waits for that FILEACCEPT. Relayed legs end, as on a lost link."""
+        for t in [*self._sending.on(old), *self._receiving.on(old)]:
+            (self._sending if t.sending else self._receiving).discard(t)
+            if t.partner is not None and t.state not in ENDED:
+                self._end(t, Moving.FAILED, now, tell="the connection was lost")
+                continue
+            t.link = new
+            (self._sending if t.sending else self._receiving).put(t)
+            if t.state is not Moving.MOVING:
+                continue
+            t.resynced = True
+            if t.sending:  # nothing goes until the receiver says where it stands
+                if t.source is not None:
+                    t.source.close()
+                    t.source = None
+                t.credit = 0
+            else:
+                t.credit = FILE_WINDOW
+                self._net.deliver(new, FileAccept(t.id, t.position, FILE_WINDOW), now)
+        if old in self._next_id:
+            self._next_id[new] = self._next_id.pop(old)
+        self._sending.drop_link(old)
+        self._receiving.drop_link(old)
 
     def link_closed(self, link: Link, now: float) -> None:
         """The connection is gone: its transfers stop; a partial download stays to resume."""

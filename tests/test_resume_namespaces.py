@@ -4,9 +4,11 @@ type. Skipped where namespaces cannot be made (not root, or no `ip`)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import KEY, ChatProcess
 from test_lan_namespaces import Host, Lan, ip, lan  # noqa: F401  (lan: the fixture)
 
@@ -17,6 +19,7 @@ WAIT = 45.0
 def keyed(net: Lan, host: Host, name: str) -> Path:
     """`name`'s folder, with the suite's shared key (no invite, no contacts)."""
     folder = net.person(host, name)
+    (folder / "dl").mkdir(exist_ok=True)
     config = folder / "config.ini"
     config.write_text(config.read_text().replace("fernet_key =", f"fernet_key = {KEY}"))
     return folder
@@ -24,7 +27,14 @@ def keyed(net: Lan, host: Host, name: str) -> Path:
 
 def desktop(net: Lan) -> ChatProcess:
     desk = net.run(
-        net.a, keyed(net, net.a, "desktop"), "--listen", "--keepalive", "2", "--no-announce"
+        net.a,
+        keyed(net, net.a, "desktop"),
+        "--listen",
+        "--keepalive",
+        "2",
+        "--no-announce",
+        "--downloads",
+        "dl",
     )
     desk.expect(r"^Listening on ")
     return desk
@@ -140,3 +150,38 @@ def test_a_member_cut_from_a_room_of_three_sees_what_was_said_exactly_once(
     bob.expect(r"^alice says: I am back$", timeout=WAIT)
     assert says(alice, "bob") == [f"bob says: bob {n}" for n in (1, 2, 3)]
     assert says(alice, "desktop") == [f"desktop says: desktop {n}" for n in (1, 2, 3)]
+
+
+def test_a_transfer_cut_at_about_half_finishes_without_a_new_offer(
+    lan: Lan,  # noqa: F811
+) -> None:
+    desk = desktop(lan)
+    lap = join(lan, lan.b, "laptop")
+    desk.expect(r"^laptop joined the chat\.$")
+    data = os.urandom(50 * 2**20)
+    (lan.root / "laptop" / "big.bin").write_bytes(data)
+    device = cable(lan)
+    shaped = subprocess.run(  # 10 MB/s, so that the cut comes mid-file
+        [
+            *("ip", "netns", "exec", lan.b.netns, "tc", "qdisc", "add", "dev", device, "root"),
+            *("tbf", "rate", "80mbit", "burst", "256kb", "latency", "100ms"),
+        ],
+        check=False,
+        capture_output=True,
+    )
+    if shaped.returncode:
+        pytest.skip("needs tc to slow the link down")
+    lap.send("/send big.bin")
+    desk.expect(r"^laptop offers big\.bin \(52\.4 MB\): /accept 1 or /reject 1$", timeout=WAIT)
+    desk.send("/accept 1")
+    desk.expect(r"^big\.bin: 50% of 52\.4 MB received$", timeout=WAIT)
+    ip("-n", lan.b.netns, "link", "set", device, "down")
+    lap.expect(r"^Connection to desktop lost: reconnecting", timeout=WAIT)
+    ip("-n", lan.b.netns, "link", "set", device, "up")
+    lap.expect(r"^Back with desktop after \d+ s: ", timeout=WAIT)
+    desk.expect(r"^Received big\.bin from laptop \(52\.4 MB, SHA-256 verified\)", timeout=120.0)
+    assert not any(
+        " offers big.bin" in line for line in desk.out[desk.out.index("laptop is back.") :]
+    )
+    saved = lan.root / "desktop" / "dl" / "big.bin"
+    assert saved.read_bytes() == data
