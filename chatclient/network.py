@@ -844,6 +844,8 @@ class Network:
                 for member in self._room.others(link):
                     self._to(member, Absent(kept.name, 0), now)
                 return
+        # Its place was taken back by another connection of the same session meanwhile.
+        link.peer.connection_failed("its chat was already resumed on another connection")
 
     def _back(self, link: Link, caught: Caught, now: float) -> Back:
         """Both sides are in step again: the line that says so."""
@@ -999,6 +1001,15 @@ class Network:
 
     def _leave(self, goodbye: str, now: float) -> None:
         self._leaving = True
+        # Sessions kept to resume end with this side's goodbye: nobody is waited for.
+        for kept in self._parked.values():
+            kept.link.parked = False
+            self._room.release(kept.link)
+            self.files.link_closed(kept.link, now)
+        self._parked.clear()
+        if self._away is not None:
+            self.files.link_closed(self._away.link, now)
+            self._away = None
         if self._server is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(self._server)

@@ -47,3 +47,11 @@ def test_the_connector_gives_up_once_the_window_has_passed(spawn: Spawn, tmp_pat
     lap.expect(r"^Connection to desktop lost: reconnecting \(Ctrl-C to give up\)$", timeout=WAIT)
     lap.expect(r"^Connection lost: desktop could not be reached again within 3 s$", timeout=WAIT)
     assert lap.wait(WAIT) == 1
+
+
+def test_a_host_leaving_while_a_member_is_away_ends_at_once(spawn: Spawn, tmp_path: Path) -> None:
+    desk, lap, _ = pair(spawn, tmp_path, "--reconnect-for", "2m")
+    lap.kill()  # gone without a goodbye: the host keeps the place
+    desk.expect(r"^laptop lost the connection; keeping their place for 10 minutes\.$", timeout=WAIT)
+    desk.send("exit", "")
+    assert desk.wait(WAIT) == 0
