@@ -359,8 +359,9 @@ class Network:
                 stalled = link.last_write + link.peer.silence_limit
                 if now >= stalled:
                     link.outgoing.clear()
-                    link.peer.connection_failed(
-                        f"the peer has not read anything for {link.peer.silence_limit:g} s"
+                    link.peer.connection_failed(  # a link down looks like this mid-transfer
+                        f"the peer has not read anything for {link.peer.silence_limit:g} s",
+                        lost=True,
                     )
                 deadlines.append(stalled)
             if link.leave_by is not None:
@@ -673,7 +674,8 @@ class Network:
         if len(link.outgoing) > MAX_OUTGOING:
             link.outgoing.clear()
             link.peer.connection_failed(
-                f"the peer is not reading: over {MAX_OUTGOING // 2**20} MiB waiting for it"
+                f"the peer is not reading: over {MAX_OUTGOING // 2**20} MiB waiting for it",
+                lost=True,
             )
             return False
         # File chunks are queued only once everything else is written, so a line typed

@@ -440,7 +440,8 @@ class PeerProtocol:
     def connection_failed(self, reason: str, lost: bool = False) -> None:
         """The connection ends with `reason` (`lost`: the transport broke, a reset or a
         read error, so the session may resume; else this side put the peer out)."""
-        self.link_lost = lost and self.stage is Stage.OPEN
+        if self.stage is Stage.OPEN:  # once closed, how it ended stays as it was
+            self.link_lost = lost
         if self.stage in HANDSHAKE_STAGES:
             self.abandoned = self.stage is Stage.CONFIRM
             self._fail(HandshakeError(f"the connection failed during the handshake: {reason}"))

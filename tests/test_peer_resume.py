@@ -153,3 +153,13 @@ def test_nothing_new_goes_out_before_the_peers_resumed() -> None:
     assert c.send(Chat("typed"), now) == b""  # kept: the listener's RESUMED has not come
     new.pump()
     assert said(new.events[listener]) == ["lost", "typed"]
+
+
+def test_how_a_connection_ended_stays_as_the_first_cause_said() -> None:
+    """Found in CI: the silence rule said "lost", then the transport's own check of unread
+    data ran in the same pass and cleared it, so a transfer's cut was not resumed."""
+    pair = first_pair()
+    pair.connector.timers(pair.clock.advance(25.0))  # silent 2.5 intervals: lost
+    assert pair.connector.link_lost
+    pair.connector.connection_failed("the peer has not read anything for 25 s")
+    assert pair.connector.link_lost
