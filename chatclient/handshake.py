@@ -345,7 +345,7 @@ class ConnectorHandshake:
         self._public = public_bytes(self._private)
         self._spake: object | None = None
         spake_message = b""
-        if code:
+        if code and resume is None:  # a resume proves its secret, not the (used) code
             self._spake, spake_message = start_spake(code, Role.CONNECTOR)
         commitment = hashlib.sha256(self._public).digest()
         self.m1 = MAGIC + bytes([VERSION, self.mode]) + commitment + spake_message + named

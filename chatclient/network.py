@@ -550,6 +550,7 @@ class Network:
             return
         if mode is Mode.CONTACT:
             self._judge(name, identity, mode)
+        self._replaced(links[0], name, identity)
         if links[0].no_room:
             raise IdentityRefused(
                 Refuse.ROOM_FULL, "the chat is full", name, number=self._room.capacity
@@ -777,7 +778,9 @@ class Network:
         if isinstance(event, Failed) and connector and away is not None and not link.established:
             if isinstance(event.error, NoSession):  # the peer was restarted: it is over
                 self._away = None
-                return False
+                ended = NoSession(f"{event.error}{unsent(away)}")
+                self._user.connection_events(link, [Failed(ended)])
+                return True
             away.dialing = False
             if away.tries is not None:
                 away.tries.failed(now)
@@ -867,7 +870,7 @@ class Network:
                 self.files.link_closed(away.link, now)
                 gone = ConnectionLost(
                     f"{sanitize(away.name)} could not be reached again within "
-                    f"{spoken_duration(self._reconnect_for)}"
+                    f"{spoken_duration(self._reconnect_for)}{unsent(away)}"
                 )
                 self._user.connection_events(away.link, [Failed(gone)])
             elif now >= due:
@@ -878,17 +881,32 @@ class Network:
             if now < kept.until:
                 deadlines.append(kept.until)
                 continue
-            del self._parked[key]
-            kept.link.parked = False
-            self.files.link_closed(kept.link, now)
-            gone_person = self._room.release(kept.link)
-            if gone_person is not None:
-                self._tell_room(Left(gone_person.name, lost=True), now)
-            late = ConnectionLost(
-                f"it did not come back within {spoken_duration(self._reconnect_for)}"
-            )
-            self._user.connection_events(kept.link, [Failed(late)])
+            why = f"it did not come back within {spoken_duration(self._reconnect_for)}"
+            self._end_kept(key, kept, why, now)
         return min(deadlines) if deadlines else None
+
+    def _end_kept(self, key: bytes, kept: Kept, why: str, now: float, say: bool = True) -> None:
+        """A member's kept session ends: its place goes, and the room is told (and, with
+        `say`, this side's user)."""
+        del self._parked[key]
+        kept.link.parked = False
+        self.files.link_closed(kept.link, now)
+        gone_person = self._room.release(kept.link)
+        if gone_person is not None:
+            self._tell_room(Left(gone_person.name, lost=True), now)
+        if say:
+            self._user.connection_events(kept.link, [Failed(ConnectionLost(why))])
+
+    def _replaced(self, link: Link, name: str, identity: bytes) -> None:
+        """The same person connects as a new chat (it gave up resuming, or restarted): the
+        session kept for them ends, and its place is theirs."""
+        for key, kept in list(self._parked.items()):
+            if kept.name == name and kept.carry.peer_identity == identity:
+                # Not said here: their arrival, which follows, says it (and a two-person
+                # chat must not end in between).
+                self._end_kept(key, kept, "connected again", self._clock(), say=False)
+                if link.no_room:
+                    link.no_room = not self._room.claim(link)
 
     def _redial(self, away: Kept) -> None:
         """Connect again, in a thread of its own (a connect may take seconds)."""
@@ -1053,6 +1071,14 @@ class Kept:
     tries: Reconnect | None = None  # the connector's redials
     dialing: bool = False
     waiting: int = 0  # lines typed meanwhile
+
+
+def unsent(away: Kept) -> str:
+    """What of the lines typed while away a chat that ends there never sent."""
+    if not away.waiting:
+        return ""
+    lines = "line" if away.waiting == 1 else "lines"
+    return f" ({away.waiting} {lines} typed meanwhile not sent)"
 
 
 def ends_link(event: Event) -> bool:

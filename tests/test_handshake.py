@@ -271,6 +271,13 @@ def test_a_resume_names_the_session_and_proves_its_secret_for_fresh_keys() -> No
     assert hello.endswith(first.resume_id) and first.resume_secret not in hello
 
 
+def test_a_chat_begun_with_an_invite_code_resumes_without_it() -> None:
+    """Found by a newcomer: the code's SPAKE2 message went into the resume's hello too."""
+    first, _ = handshake_keys()
+    hello = ConnectorHandshake(None, code="7-gazelle-microwave", resume=first.resume_secret).m1
+    assert len(hello) == 54 and hello[5] == Mode.RESUME
+
+
 def test_a_resume_of_a_session_not_kept_is_refused_with_its_own_reason() -> None:
     with pytest.raises(Rejected) as refused:
         resumed(bytes(32), {})
