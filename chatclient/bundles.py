@@ -22,6 +22,7 @@ from .disk import (
     file_stamp,
     in_use,
     lock,
+    partial_records,
     place_file,
     remove_quietly,
 )
@@ -266,27 +267,10 @@ def create_bundle_part(folder: str, name: str, record: str) -> str:
 def find_bundle_part(folder: str, offer: PartialInfo) -> str | None:
     """An earlier partial download of this very offer from this sender: its NAME.part/
     (kept() says how much of the stream it holds)."""
-    with contextlib.suppress(OSError), os.scandir(folder) as entries:
-        for entry in entries:
-            if not entry.name.endswith(PART_SUFFIX + META_SUFFIX):
-                continue
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                with open(entry.path, encoding="utf-8") as file:
-                    info = PartialInfo.parse(file.read(4096))
-                part = entry.path[: -len(META_SUFFIX)]
-                if info is None or (info.size, info.fingerprint, info.sender, info.kind) != (
-                    offer.size,
-                    offer.fingerprint,
-                    offer.sender,
-                    offer.kind,
-                ):
-                    continue
-                if stat.S_ISDIR(os.lstat(part).st_mode) and not in_use(entry.path):
-                    return part  # (a record another chatclient of yours holds is in use)
-            except (OSError, UnicodeDecodeError):
-                continue
+    for part, info in partial_records(folder, offer):
+        # (a record another chatclient of yours holds is in use)
+        if stat.S_ISDIR(info.st_mode) and not in_use(part + META_SUFFIX):
+            return part
     return None
 
 

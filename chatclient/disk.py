@@ -13,7 +13,7 @@ import stat
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -157,10 +157,9 @@ def free_space(folder: str) -> int:
     return info.f_bavail * info.f_frsize
 
 
-def find_partial(
-    folder: str, size: int, fingerprint: bytes, sender: bytes
-) -> tuple[str, int] | None:
-    """An earlier partial download of this very file from this sender: (part, its length)."""
+def partial_records(folder: str, wanted: PartialInfo) -> Iterator[tuple[str, os.stat_result]]:
+    """The partial downloads in `folder` whose record matches `wanted` (size, fingerprint,
+    sender and kind; not the name): each NAME.part, and its lstat."""
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
             if not entry.name.endswith(PART_SUFFIX + META_SUFFIX):
@@ -171,18 +170,29 @@ def find_partial(
                 with open(entry.path, encoding="utf-8") as file:
                     info = PartialInfo.parse(file.read(4096))
                 part = entry.path[: -len(META_SUFFIX)]
-                length = os.lstat(part)
+                if info is None or (info.size, info.fingerprint, info.sender, info.kind) != (
+                    wanted.size,
+                    wanted.fingerprint,
+                    wanted.sender,
+                    wanted.kind,
+                ):
+                    continue
+                yield part, os.lstat(part)
             except (OSError, UnicodeDecodeError):
                 continue
-            if (
-                info is not None
-                and (info.size, info.fingerprint, info.sender, info.kind)
-                == (size, fingerprint, sender, 0)
-                and stat.S_ISREG(length.st_mode)
-                and length.st_size <= size
-                and not in_use(part)  # another chatclient of yours receives it right now
-            ):
-                return part, length.st_size
+
+
+def find_partial(
+    folder: str, size: int, fingerprint: bytes, sender: bytes
+) -> tuple[str, int] | None:
+    """An earlier partial download of this very file from this sender: (part, its length)."""
+    for part, length in partial_records(folder, PartialInfo("", size, fingerprint, sender)):
+        if (
+            stat.S_ISREG(length.st_mode)
+            and length.st_size <= size
+            and not in_use(part)  # another chatclient of yours receives it right now
+        ):
+            return part, length.st_size
     return None
 
 
