@@ -59,7 +59,7 @@ from .peer import (
     accept_anyone,
     any_room,
 )
-from .resume import Carry, Reconnect
+from .resume import LAST_TRY_SECONDS, Carry, Reconnect
 from .room import (
     MEMBER_SENDS,
     AbandonLog,
@@ -91,6 +91,7 @@ MAX_OUTGOING = 4 * 1024 * 1024
 # until the peer has read some, and a sender waits once this many are queued.
 HIGH_WATER = 1024 * 1024
 MAX_QUEUED_COMMANDS = 4096
+MIN_DIAL_SECONDS = 2.0  # a redial's connect and handshake may take at least this
 SETTLE_ROUNDS = 4  # rounds of writing per pass while links queue for one another
 
 
@@ -139,7 +140,7 @@ class Network:
         downloads: str = ".",
         plain_progress: bool = True,
         reconnect_for: float = 0.0,
-        dial: Callable[[], socket.socket] | None = None,
+        dial: Callable[[float], socket.socket] | None = None,
     ) -> None:
         self._psk, self._username, self._user = psk, username, user
         # A lost session is kept this long to resume (0: never): the connector redials
@@ -783,7 +784,7 @@ class Network:
                 return True
             away.dialing = False
             if away.tries is not None:
-                away.tries.failed(now)
+                away.tries.failed(away.began)
             return True
         if isinstance(event, Failed) and self._may_keep(link):
             self._keep(link, str(event.error), now)
@@ -817,7 +818,8 @@ class Network:
         assert carry is not None
         kept = Kept(carry, link.peer.peer_name, now, now + self._reconnect_for, link)
         if link.peer.role is Role.CONNECTOR:
-            kept.tries = Reconnect(now, self._reconnect_for)
+            # A try at least every keepalive interval: a link back is found within one.
+            kept.tries = Reconnect(now, self._reconnect_for, min(LAST_TRY_SECONDS, self._keepalive))
             self._away = kept
         else:
             link.parked = True
@@ -828,9 +830,26 @@ class Network:
         self._user.connection_events(link, [Away(kept.name, reason, self._reconnect_for)])
 
     def _parked_session(self, resume: bytes) -> Carry[Message] | None:
-        """The session a resuming connector names, if the host still keeps it."""
+        """The session a resuming connector names, if the host still keeps it: lost, or
+        not yet found lost here (the connector noticed first)."""
         kept = self._parked.get(resume)
-        return kept.carry if kept is not None else None
+        if kept is not None:
+            return kept.carry
+        live = self._live_session(resume)
+        return live.peer.carry if live is not None else None
+
+    def _live_session(self, resume: bytes) -> Link | None:
+        """The connection whose session `resume` names, while it still seems alive here."""
+        for link in self._links.values():
+            carry = link.peer.carry
+            if (
+                link.established
+                and link.peer.role is Role.LISTENER
+                and carry is not None
+                and resume_id(carry.secret) == resume
+            ):
+                return link
+        return None
 
     def _moved(self, old: Link, new: Link, now: float) -> None:
         """The session of `old` goes on over `new`: so do its transfers."""
@@ -848,6 +867,17 @@ class Network:
                 link.away_since = kept.since
                 for member in self._room.others(link):
                     self._to(member, Absent(kept.name, 0), now)
+                return
+        for old in list(self._links.values()):
+            if old is not link and old.established and old.peer.carry is link.peer.carry:
+                # The connector found the link lost before this side did, and has proved
+                # the session's secret: its old connection ends here, quietly, and the
+                # session goes on over the new one (nobody was told it was away).
+                old.parked = True  # its place and transfers are the session's
+                self._close(old)
+                old.parked = False
+                self._room.move(old, link)
+                self._moved(old, link, now)
                 return
         # Its place was taken back by another connection of the same session meanwhile.
         link.peer.connection_failed("its chat was already resumed on another connection")
@@ -874,7 +904,7 @@ class Network:
                 )
                 self._user.connection_events(away.link, [Failed(gone)])
             elif now >= due:
-                self._redial(away)
+                self._redial(away, now)
             else:
                 deadlines.append(due)
         for key, kept in list(self._parked.items()):
@@ -908,16 +938,19 @@ class Network:
                 if link.no_room:
                     link.no_room = not self._room.claim(link)
 
-    def _redial(self, away: Kept) -> None:
-        """Connect again, in a thread of its own (a connect may take seconds)."""
+    def _redial(self, away: Kept, now: float) -> None:
+        """Connect again, in a thread of its own (a connect may take seconds). A try lasts
+        at most a keepalive interval (2 s at least): a connect left hanging while the link
+        is down gives way to a fresh one."""
         dial = self._dial
         if dial is None:
             return
-        away.dialing = True
+        away.dialing, away.began = True, now
+        timeout = min(self._handshake_seconds, max(self._keepalive, MIN_DIAL_SECONDS))
 
         def run() -> None:
             try:
-                sock: socket.socket | None = dial()
+                sock: socket.socket | None = dial(timeout)
             except (ChatError, OSError):
                 sock = None
             self.post(lambda now: self._dialed(sock, now))
@@ -933,7 +966,7 @@ class Network:
         if sock is None:
             away.dialing = False
             if away.tries is not None:
-                away.tries.failed(now)
+                away.tries.failed(away.began)
             return
         try:
             link = self._add(sock, peer_address(sock), Role.CONNECTOR, now, resume=away.carry)
@@ -941,7 +974,7 @@ class Network:
             sock.close()
             away.dialing = False
             if away.tries is not None:
-                away.tries.failed(now)
+                away.tries.failed(away.began)
             return
         self._room.claim(link)
 
@@ -1070,6 +1103,7 @@ class Kept:
     link: Link  # its last connection (hosting: still seated in the room)
     tries: Reconnect | None = None  # the connector's redials
     dialing: bool = False
+    began: float = 0.0  # when the last try began
     waiting: int = 0  # lines typed meanwhile
 
 

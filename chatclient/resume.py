@@ -19,7 +19,7 @@ from .errors import ProtocolError
 
 RESUME_WINDOW_SECONDS = 600.0  # --reconnect-for and reconnect_for default to this
 FIRST_TRY_SECONDS = 0.5  # the connector's first try after a loss, doubling ...
-LAST_TRY_SECONDS = 15.0  # ... up to this between tries
+LAST_TRY_SECONDS = 15.0  # ... up to this between tries (or one keepalive interval, if less)
 MAX_KEPT_MESSAGES = 1000  # unacknowledged messages a side keeps for its peer
 MAX_KEPT_BYTES = 4 * 1024 * 1024  # ... and their bytes
 ACK_EVERY = 256  # a side that only listens acknowledges with a KEEPALIVE after this many
@@ -125,26 +125,30 @@ class Carry(Generic[T]):
 
 @dataclass
 class Reconnect:
-    """The connector's tries after a loss: 0.5 s, doubling up to 15 s, until the window
-    (from the loss) has passed."""
+    """The connector's tries after a loss: 0.5 s, doubling up to `most` (15 s, or less: one
+    keepalive interval, so a link that comes back is found within one), until the window
+    (from the loss) has passed. Each wait counts from when the try began, so a try that
+    hung until its own timeout is followed at once by the next."""
 
     lost_at: float
     window: float = RESUME_WINDOW_SECONDS
+    most: float = LAST_TRY_SECONDS
     tries: int = 0
     _next: float | None = None
 
     def due(self) -> float | None:
         """When to try next; None once the window has passed."""
         if self._next is None:
-            self._next = self.lost_at + min(FIRST_TRY_SECONDS, self.window)
+            self._next = self.lost_at + min(FIRST_TRY_SECONDS, self.most, self.window)
         return self._next if self._next <= self.deadline else None
 
     @property
     def deadline(self) -> float:
         return self.lost_at + self.window
 
-    def failed(self, now: float) -> None:
-        """A try failed at `now`: the next waits twice as long (at most LAST_TRY_SECONDS)."""
+    def failed(self, began: float) -> None:
+        """The try that began at `began` failed: the next waits twice as long as the last
+        (at most `most`), from then."""
         self.tries += 1
-        wait = min(FIRST_TRY_SECONDS * 2**self.tries, LAST_TRY_SECONDS)
-        self._next = now + wait
+        wait = min(FIRST_TRY_SECONDS * 2**self.tries, self.most)
+        self._next = began + wait

@@ -93,6 +93,19 @@ def test_the_connector_tries_at_0_5_s_doubling_to_15_s_until_the_window_ends() -
     assert times[-1] <= 160.0
 
 
+def test_tries_come_at_least_every_keepalive_interval_and_a_hung_try_is_followed_at_once() -> None:
+    tries = Reconnect(lost_at=0.0, window=60.0, most=2.0)
+    times = []
+    while (due := tries.due()) is not None and len(times) < 6:
+        times.append(due)
+        tries.failed(due)
+    assert [round(b - a, 3) for a, b in itertools.pairwise(times)] == [1.0, 2.0, 2.0, 2.0, 2.0]
+    began = tries.due()
+    assert began is not None
+    tries.failed(began)  # the try hung for its whole timeout, and more
+    assert tries.due() == began + 2.0  # due from when it began: at once, if that has passed
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("10m", 600.0), ("1h", 3600.0), ("0", 0.0)]
 )

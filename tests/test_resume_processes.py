@@ -4,11 +4,17 @@ cable itself is in test_resume_namespaces.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 from pathlib import Path
 
 from conftest import ChatProcess, Spawn, free_port, write_config
+from tap import Tap
+
+from chatclient.handshake import MAGIC, Mode, Reject, reject_frame
+from chatclient.messages import FRAME_HEADER, encode_frame
 
 WAIT = 30.0
 
@@ -104,3 +110,104 @@ def test_a_chat_begun_with_an_invite_code_resumes_after_a_freeze(
         os.kill(desk.proc.pid, signal.SIGCONT)
     lap.expect(r"^Back with desktop after \d+ s: 1 waiting message sent", timeout=WAIT)
     desk.expect(r"^laptop says: while frozen$", timeout=WAIT)
+
+
+def through_tap(
+    spawn: Spawn, tmp_path: Path, tap_to: int, keepalive: str
+) -> tuple[ChatProcess, ChatProcess, Tap]:
+    """desktop listens on `tap_to`; laptop connects to it through a Tap."""
+    write_config(tmp_path, "desktop.ini", port=tap_to, username="desktop")
+    write_config(tmp_path, "laptop.ini", port=tap_to, username="laptop")
+    desk = spawn("--config", "desktop.ini", "--listen", "--keepalive", keepalive)
+    desk.expect(r"^Listening on ")
+    tap = Tap(tap_to)
+    lap = spawn(
+        "--config",
+        "laptop.ini",
+        "--connect",
+        f"127.0.0.1:{tap.port}",
+        "--keepalive",
+        keepalive,
+        "--reconnect-for",
+        "2m",
+    )
+    lap.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+    desk.expect(r"^laptop joined the chat\.$")
+    return desk, lap, tap
+
+
+def test_a_host_that_has_not_noticed_the_loss_gives_the_chat_to_the_resumed_connection(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """The connector's end is reset (a NAT, say) while the host hears nothing: the connector
+    resumes at once, while the host still holds the old connection (its silence limit is
+    25 s)."""
+    desk, lap, tap = through_tap(spawn, tmp_path, free_port(), "10")
+    with tap:
+        tap.holding = True  # laptop's tries wait until it has typed
+        tap.reset_connectors()
+        lap.expect(r"^Connection to desktop lost: reconnecting", timeout=WAIT)
+        lap.send("typed while away")
+        lap.expect(r"^Waiting: it goes when desktop is back\.$")
+        tap.release()
+        lap.expect(
+            r"^Back with desktop after \d+ s: 1 waiting message sent, nothing missed\.$",
+            timeout=WAIT,
+        )
+        desk.expect(r"^laptop says: typed while away$", timeout=WAIT)
+        desk.send("still here")
+        lap.expect(r"^desktop says: still here$", timeout=WAIT)
+        lap.send("exit", "")
+        desk.expect(r"^Connection closed by peer\.$", timeout=WAIT)
+        assert lap.wait(WAIT) == 0 and desk.wait(WAIT) == 0
+    assert not [line for line in desk.out if "lost the connection" in line]
+    assert [line for line in desk.out if line.startswith("laptop says: ")] == [
+        "laptop says: typed while away"
+    ]
+
+
+def test_a_stranger_replaying_a_captured_resume_is_refused_and_the_chat_goes_on(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """Someone on the path captures laptop's resume and keeps it from arriving, then
+    replays it while the host keeps the session; later, once the session has resumed, the
+    same capture is replayed again. Neither takes laptop's place."""
+    port = free_port()
+    desk, lap, tap = through_tap(spawn, tmp_path, port, "1")
+    with tap:
+        tap.holding = True
+        tap.freeze()
+        desk.expect(r"^laptop lost the connection; keeping their place", timeout=WAIT)
+        lap.expect(r"^Connection to desktop lost: reconnecting", timeout=WAIT)
+        captured = tap.captured(1, WAIT)  # laptop's first try
+        assert captured[FRAME_HEADER.size + len(MAGIC) + 1] == Mode.RESUME  # its M1
+        replay(port, captured, answer=True)
+        desk.expect(r"^Refused a connection from \('127\.0\.0\.1', \d+\): .*key", timeout=WAIT)
+        tap.release()  # laptop's next try arrives
+        lap.expect(r"^Back with desktop after \d+ s: ", timeout=WAIT)
+        desk.expect(r"^laptop is back\.$", timeout=WAIT)
+        # The session's resume id has changed with the resume: the capture names none.
+        assert replay(port, captured, answer=False) == encode_frame(reject_frame(Reject.NO_SESSION))
+        lap.send("still mine")
+        desk.expect(r"^laptop says: still mine$", timeout=WAIT)
+        desk.send("and still yours")
+        lap.expect(r"^desktop says: and still yours$", timeout=WAIT)
+    assert [line for line in desk.out if "joined" in line] == ["laptop joined the chat."]
+
+
+def replay(port: int, captured: bytes, answer: bool) -> bytes:
+    """Send a captured M1 to the listener; with `answer`, read its M2 and confirm with
+    made-up keys (the secret the resume needs is not in the capture). What the listener
+    answered, after M2."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as stranger:
+        stranger.sendall(captured)
+        if answer:
+            head = stranger.recv(FRAME_HEADER.size, socket.MSG_WAITALL)
+            (length,) = FRAME_HEADER.unpack(head)
+            stranger.recv(length, socket.MSG_WAITALL)  # M2
+            stranger.sendall(encode_frame(os.urandom(64)))  # a public key and a tag
+        answered = bytearray()
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := stranger.recv(65536):  # until the listener closes it
+                answered += chunk
+    return bytes(answered)
