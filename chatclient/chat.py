@@ -206,6 +206,7 @@ class Conversation:
         self._collected = ""  # lines of a message still being typed (a trailing backslash)
         self.invite_code: str | None = None  # hosting: the code /invite made, until it is used
         self.away_from: str | None = None  # the host we are reconnecting to, meanwhile
+        self.waiting = 0  # lines typed while away_from, not sent yet
 
     # Reported by the network thread ---------------------------------------------
 
@@ -276,7 +277,7 @@ class Conversation:
     def _back_line(self, event: Back, hosting: bool) -> str:
         """The one line a resumed session gets."""
         name = sanitize(event.name)
-        self.away_from = None
+        self.away_from, self.waiting = None, 0
         if hosting:
             return f"{name} is back."
         sent = f"{event.resent} waiting message{'s' if event.resent != 1 else ''} sent"
@@ -830,6 +831,7 @@ class Conversation:
         else:
             self.net.send(words)
         if self.away_from is not None:  # kept: it goes, in order, once the chat is back
+            self.waiting += 1
             self.term.show(f"Waiting: it goes when {sanitize(self.away_from)} is back.")
         elif to:  # private words name who they went to: names may share a beginning
             self.term.show(f"Sent to {sanitize(to)} privately.")
@@ -850,11 +852,31 @@ class Conversation:
                 self._mine.append(Said(self.config.username, words))  # the host ECHOes it too
                 self.net.send(words)
         self.net.leave(goodbye)
-        self.term.show("Sent TERMINATE message.")
-        self.term.show("Connection closed by you.")
+        if self.away_from is not None:  # nobody to say goodbye to: the link is down
+            self.term.show(self._left_while_away(self.away_from))
+        else:
+            self.term.show("Sent TERMINATE message.")
+            self.term.show("Connection closed by you.")
         # The network half-closes after the goodbye and waits for the peer to
         # close too, so nothing in flight is cut off.
         self.net.finished.wait()  # bounded by the network: a stalled write or the drain limit
+
+    def _left_while_away(self, name: str) -> str:
+        """The line for leaving while the chat's only other person is away."""
+        who = sanitize(name)
+        unsent = ""
+        if self.waiting:
+            lines = "line" if self.waiting == 1 else "lines"
+            unsent = f" ({self.waiting} {lines} typed meanwhile not sent)"
+        if self.hosting:
+            return (
+                f"Left while {who} was away: they were not told, and find the chat gone when "
+                f"they reconnect{unsent}."
+            )
+        return (
+            f"Gave up reconnecting to {who}: they were not told you left, and keep your place "
+            f"until their time to wait runs out{unsent}."
+        )
 
     def _decide(self, status: int, line: str | None) -> bool:
         """Record how the chat ended and print its line, unless already decided."""

@@ -730,6 +730,8 @@ class Network:
 
     def _refused(self, link: Link, error: ChatError, now: float) -> None:
         """A connector that did not get in: said once, counted if it gave up halfway."""
+        if link.peer.abandoned and link.peer.mode is Mode.RESUME:
+            return  # a redial cut short by the link it is waiting for: nothing to tell
         if link.peer.abandoned:
             if (line := self._abandoned.abandoned(link.host, now)) is not None:
                 self._user.refused(line)

@@ -62,7 +62,29 @@ def test_a_host_leaving_while_a_member_is_away_ends_at_once(spawn: Spawn, tmp_pa
     lap.kill()  # gone without a goodbye: the host keeps the place
     desk.expect(r"^laptop lost the connection; keeping their place for 10 minutes\.$", timeout=WAIT)
     desk.send("exit", "")
+    desk.expect(
+        r"^Left while laptop was away: they were not told, and find the chat gone when they "
+        r"reconnect\.$"
+    )
     assert desk.wait(WAIT) == 0
+    assert "Sent TERMINATE message." not in desk.out
+
+
+def test_giving_up_while_reconnecting_says_what_was_not_sent(spawn: Spawn, tmp_path: Path) -> None:
+    desk, lap, _ = pair(spawn, tmp_path, "--reconnect-for", "2m")
+    desk.kill()
+    lap.expect(r"^Connection to desktop lost: reconnecting \(Ctrl-C to give up\)$", timeout=WAIT)
+    lap.send("one", "two")
+    lap.expect(r"^Waiting: it goes when desktop is back\.$")
+    lap.expect(r"^Waiting: it goes when desktop is back\.$")
+    lap.signal(signal.SIGINT)
+    lap.expect(
+        r"^Gave up reconnecting to desktop: they were not told you left, and keep your place "
+        r"until their time to wait runs out \(2 lines typed meanwhile not sent\)\.$",
+        timeout=WAIT,
+    )
+    assert lap.wait(WAIT) == 0
+    assert "Sent TERMINATE message." not in lap.out
 
 
 def test_the_same_person_connecting_anew_takes_the_kept_place(spawn: Spawn, tmp_path: Path) -> None:
@@ -181,6 +203,7 @@ def test_a_stranger_replaying_a_captured_resume_is_refused_and_the_chat_goes_on(
         lap.expect(r"^Connection to desktop lost: reconnecting", timeout=WAIT)
         captured = tap.captured(1, WAIT)  # laptop's first try
         assert captured[FRAME_HEADER.size + len(MAGIC) + 1] == Mode.RESUME  # its M1
+        replay(port, captured, answer=None)  # reads M2 and goes: not a warning's worth
         replay(port, captured, answer=True)
         desk.expect(r"^Refused a connection from \('127\.0\.0\.1', \d+\): .*key", timeout=WAIT)
         tap.release()  # laptop's next try arrives
@@ -193,18 +216,21 @@ def test_a_stranger_replaying_a_captured_resume_is_refused_and_the_chat_goes_on(
         desk.send("and still yours")
         lap.expect(r"^desktop says: and still yours$", timeout=WAIT)
     assert [line for line in desk.out if "joined" in line] == ["laptop joined the chat."]
+    assert not [line for line in desk.err if "abandoned" in line]
 
 
-def replay(port: int, captured: bytes, answer: bool) -> bytes:
+def replay(port: int, captured: bytes, answer: bool | None) -> bytes:
     """Send a captured M1 to the listener; with `answer`, read its M2 and confirm with
-    made-up keys (the secret the resume needs is not in the capture). What the listener
-    answered, after M2."""
+    made-up keys (the secret the resume needs is not in the capture); with None, read M2
+    and go. What the listener answered, after M2."""
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as stranger:
         stranger.sendall(captured)
-        if answer:
+        if answer is not False:
             head = stranger.recv(FRAME_HEADER.size, socket.MSG_WAITALL)
             (length,) = FRAME_HEADER.unpack(head)
             stranger.recv(length, socket.MSG_WAITALL)  # M2
+            if answer is None:
+                return b""
             stranger.sendall(encode_frame(os.urandom(64)))  # a public key and a tag
         answered = bytearray()
         with contextlib.suppress(ConnectionResetError):
