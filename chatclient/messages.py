@@ -806,9 +806,12 @@ def peer_name(body: FieldReader) -> str:
     return checked_name(body.rest_text(MAX_NAME_BYTES, "username"))
 
 
-def encode_payload(seq: int, message: Message, ack: int = 0) -> bytes:
-    """The plaintext inside a Fernet token: sequence, acknowledgement, type, body."""
-    return PAYLOAD_HEADER.pack(seq, ack, message.TAG) + message.encode_body()
+def encode_payload(seq: int, message: Message, ack: int = 0, body: bytes | None = None) -> bytes:
+    """The plaintext inside a Fernet token: sequence, acknowledgement, type, body (`body`:
+    the message's, encoded already)."""
+    return PAYLOAD_HEADER.pack(seq, ack, message.TAG) + (
+        message.encode_body() if body is None else body
+    )
 
 
 def decode_payload(data: bytes) -> tuple[int, int, Message]:

@@ -359,22 +359,24 @@ class PeerProtocol:
         peer's RESUMED says where it stands."""
         if self.stage is not Stage.OPEN or self._session is None:
             raise ProtocolError(f"cannot send {message.kind()} {self.stage.value}")
+        body = message.encode_body()  # once: its size is what the outbox counts
         if self.carry is not None and not isinstance(message, UNNUMBERED):
-            self.carry.outbox.add(message, len(message.encode_body()))
+            self.carry.outbox.add(message, len(body))
             if not self._caught_up:
                 return b""
-        frame = self._encode(message)
+        frame = self._encode(message, body)
         self._last_sent = now
         return frame
 
-    def _encode(self, message: Message) -> bytes:
-        """`message` with this side's acknowledgement of what it took of the peer's."""
+    def _encode(self, message: Message, body: bytes | None = None) -> bytes:
+        """`message` (`body`: its body, encoded already) with this side's acknowledgement
+        of what it took of the peer's."""
         assert self._session is not None
         carry = self.carry
         if carry is None:
-            return self._session.encode(message)
+            return self._session.encode(message, 0, body)
         carry.acknowledged = carry.inbox.taken
-        return self._session.encode(message, carry.inbox.taken)
+        return self._session.encode(message, carry.inbox.taken, body)
 
     def send_chunk(self, transfer: int, offset: int, data: bytes, now: float) -> bytes:
         """The frame carrying a chunk of file data, sealed with the next nonce."""

@@ -87,10 +87,10 @@ class Session:
         """True once the peer's TERMINATE has arrived."""
         return self._recv_phase is Phase.CLOSED
 
-    def encode(self, message: Message, ack: int = 0) -> bytes:
-        """The complete frame carrying `message` and this side's acknowledgement `ack`;
-        each call uses the next sequence."""
-        payload = encode_payload(self._send_seq, message, ack)
+    def encode(self, message: Message, ack: int = 0, body: bytes | None = None) -> bytes:
+        """The complete frame carrying `message` (`body`: its body, encoded already) and
+        this side's acknowledgement `ack`; each call uses the next sequence."""
+        payload = encode_payload(self._send_seq, message, ack, body)
         self._send_phase = advance(self._send_phase, message, "this side")
         self._send_seq += 1
         return encode_frame(self._sender.encrypt(payload))

@@ -43,7 +43,13 @@ baseline measured in the same run:
   install gives), and in a copy with none (a first run), against
   `python -c "import cryptography.fernet"`;
 - resident memory of an idle connected `python chatclient.py --connect`, against a bare
-  `python -c` waiting on stdin.
+  `python -c` waiting on stdin;
+- resuming after a pulled cable (where network namespaces can be made: root and iproute2):
+  two `python chatclient.py --keepalive 2` in two namespaces joined by a veth pair; each of
+  10 rounds takes the cable down, waits until both sides noticed, types 3 lines on each side,
+  and times from bringing the cable up to the connector's "Back with" line, median; every
+  line typed is then counted on the other side (lost, duplicated); against the target of one
+  keepalive interval plus one handshake (the connect-to-WELCOME median above).
 
 Targets are printed as met or not met; nothing here asserts a timing. The exit status is
 non-zero only when a measurement could not be made.
@@ -69,6 +75,7 @@ from bench.chat import measure_bursts, measure_fernet, measure_handshakes, measu
 from bench.common import FULL, QUICK, BenchError, Counts
 from bench.files import file_folder, measure_files
 from bench.report import render
+from bench.resume import measure_resume
 from bench.room import measure_room
 from bench.startup import measure_memory, measure_startup
 
@@ -88,6 +95,7 @@ def measure(counts: Counts) -> dict[str, Any]:
         steps.append(("start-up", lambda: measure_startup(counts, folder)))
         steps.append(("memory", lambda: measure_memory(folder)))
         steps.append(("a file", lambda: measure_files(counts, file_folder(folder))))
+        steps.append(("resuming after a pulled cable", lambda: measure_resume(counts, folder)))
         for name, step in steps:
             print(f"measuring {name} ...", file=sys.stderr, flush=True)
             figures.update(step())

@@ -77,4 +77,12 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
         else:
             assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
     assert figures["burst_lost"] == 0
+    # Measured only where network namespaces can be made (root and iproute2).
+    if figures["resume_skipped"] is None:
+        assert figures["resume_ms_p50"] > 0
+        assert figures["resume_lost"] == 0 and figures["resume_duplicated"] == 0
+        assert "resume_ms_p50" in result.stdout
+    else:
+        assert figures["resume_ms_p50"] is None
+        assert "resume after a pulled cable" in result.stdout
     assert "start-up to prompt" in result.stdout

@@ -45,6 +45,7 @@ from chatclient.messages import (
     Form,
     Person,
     Phase,
+    Resumed,
     Said,
     Say,
     Welcome,
@@ -151,6 +152,29 @@ def test_derivation_functions() -> None:
         V["confirm_key"],
     )
     assert confirm_tag(confirm, h("th")).hex() == V["confirm_tag"]
+
+
+def test_a_resume_of_the_session() -> None:
+    """Mode 4 (issue 18): fresh keys, the old session's resume id in M1, its secret as the
+    PSK; the new connection has a resume secret of its own for the next time."""
+    secret = h("resume_secret")
+    connector = ConnectorHandshake(None, private("resume_connector_private"), resume=secret)
+    kept = {h("resume_id"): secret}
+    listener = ListenerHandshake(None, private("resume_listener_private"), sessions=kept.get)
+    assert connector.m1.hex() == V["resume_m1"]
+    m2 = listener.receive_commit(connector.m1)
+    assert m2.hex() == V["resume_m2"]
+    m3, connector_keys = connector.respond(m2)
+    assert m3.hex() == V["resume_m3"]
+    listener_keys = listener.receive_confirm(m3)
+    okm = h("resume_okm")
+    for keys in (connector_keys, listener_keys):
+        assert keys.transcript.hex() == V["resume_th"]
+        assert keys.resume_secret.hex() == V["resume_next_secret"] == okm[96:].hex()
+        assert keys.resume_id.hex() == V["resume_next_id"]
+    assert connector_keys.send_key == listener_keys.recv_key == okm[:32]
+    assert Resumed(5, 3).encode_body() == h("resumed_plaintext")[17:]
+    assert h("resumed_plaintext")[16] == Resumed.TAG
 
 
 def test_session_decrypts_hand_made_tokens() -> None:

@@ -5,11 +5,8 @@ Nothing here multicasts outside the namespaces."""
 
 from __future__ import annotations
 
-import os
-import random
+import contextlib
 import re
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,18 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, TIMEOUT, ChatProcess
+from conftest import SCRIPT, ChatProcess
+from netns import Host, Unavailable, two_hosts
 
 Spawn = Callable[..., ChatProcess]
 CODE = re.compile(r"^Invite code: ((\d+)-[a-z]+-[a-z]+)$")
-
-
-@dataclass
-class Host:
-    """One namespace: its name and its address on the veth link."""
-
-    netns: str
-    address: str
 
 
 @dataclass
@@ -57,35 +47,14 @@ class Lan:
         return self.spawn(*args, cwd=folder, command=command)
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=TIMEOUT)
-
-
 @pytest.fixture
 def lan(spawn: Spawn, tmp_path: Path) -> Iterator[Lan]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to make network namespaces")
-    tag = f"{os.getpid() % 100000}{random.randrange(100)}"
-    subnet = f"10.{random.randrange(80, 120)}.{random.randrange(256)}"
-    a, b = Host(f"cca{tag}", f"{subnet}.1"), Host(f"ccb{tag}", f"{subnet}.2")
-    try:
-        for host in (a, b):
-            ip("netns", "add", host.netns)
-        ip("link", "add", f"va{tag}", "type", "veth", "peer", "name", f"vb{tag}")
-        for host, device in ((a, f"va{tag}"), (b, f"vb{tag}")):
-            ip("link", "set", device, "netns", host.netns)
-            ip("-n", host.netns, "addr", "add", f"{host.address}/24", "dev", device)
-            ip("-n", host.netns, "link", "set", device, "up")
-            ip("-n", host.netns, "link", "set", "lo", "up")
-    except (subprocess.CalledProcessError, OSError) as exc:
-        for host in (a, b):
-            subprocess.run(["ip", "netns", "del", host.netns], capture_output=True, check=False)
-        pytest.skip(f"network namespaces are not available here: {exc}")
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            a, b = stack.enter_context(two_hosts())
+        except Unavailable as exc:
+            pytest.skip(str(exc))
         yield Lan(a, b, spawn, tmp_path)
-    finally:
-        for host in (a, b):  # their veth ends go with them
-            subprocess.run(["ip", "netns", "del", host.netns], capture_output=True, check=False)
 
 
 def invite_of(listener: ChatProcess) -> tuple[str, int]:

@@ -8,11 +8,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import netns
 import pytest
 from conftest import KEY, ChatProcess
-from test_lan_namespaces import Host, Lan, ip, lan  # noqa: F401  (lan: the fixture)
+from netns import Host, ip
+from test_lan_namespaces import Lan, lan  # noqa: F401  (lan: the fixture)
 
-# A loss is noticed within 5 s (a 2 s keepalive); a redial waits at most 15 s, then connects.
+# A loss is noticed within 5 s (a 2 s keepalive); a redial comes at least every 2 s.
 WAIT = 45.0
 
 
@@ -58,13 +60,7 @@ def join(net: Lan, host: Host, name: str) -> ChatProcess:
 
 def cable(net: Lan) -> str:
     """b's end of the veth pair."""
-    shown = subprocess.run(
-        ["ip", "-n", net.b.netns, "-o", "link", "show", "type", "veth"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return shown.split(":")[1].strip().split("@")[0]
+    return netns.cable(net.b)
 
 
 def says(proc: ChatProcess, who: str) -> list[str]:

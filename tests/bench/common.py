@@ -56,6 +56,7 @@ class Counts:
     room_messages: int = 20_000
     file_mib: int = 256
     file_runs: int = 3  # each file figure is the median of this many transfers
+    resumes: int = 10  # cable pulls, where namespaces can be made
 
 
 FULL = Counts(
@@ -72,6 +73,7 @@ QUICK = Counts(
     room_messages=200,
     file_mib=4,
     file_runs=1,
+    resumes=1,
 )
 
 
@@ -212,10 +214,14 @@ class Process:
 
     def wait_for(self, text: str, timeout: float = STEP_SECONDS) -> None:
         """Read stdout (and stderr) until `text` appears, or BenchError."""
+        self.wait_count(text, 1, timeout)
+
+    def wait_count(self, text: str, count: int, timeout: float = STEP_SECONDS) -> None:
+        """Read stdout (and stderr) until `text` has appeared `count` times, or BenchError."""
         assert self.popen.stdout is not None
         fd = self.popen.stdout.fileno()
         deadline = time.monotonic() + timeout
-        while text not in self.output:
+        while self.output.count(text) < count:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BenchError(f"no {text!r} within {timeout:g} s; output:\n{self.output}")

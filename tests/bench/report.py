@@ -52,7 +52,16 @@ def checks(f: dict[str, Any]) -> dict[str, bool]:
         "file_ncat": f["file_ncat_ssl_mb_per_s"] is None
         or f["file_mb_per_s"] >= f["file_ncat_ssl_mb_per_s"],
         "file_rtt": f["chat_rtt_p99_during_transfer_ms"] <= 50,
+        "resume": f.get("resume_ms_p50") is None
+        or f["resume_ms_p50"] <= f["resume_keepalive_ms"] + f["handshake_ms"],
+        "resume_exact": f.get("resume_ms_p50") is None
+        or (f["resume_lost"] == 0 and f["resume_duplicated"] == 0),
     }
+
+
+def resume_target(f: dict[str, Any]) -> float:
+    """One keepalive interval plus one handshake (ms)."""
+    return float(f["resume_keepalive_ms"] + f["handshake_ms"])
 
 
 def targets(f: dict[str, Any]) -> dict[str, bool]:
@@ -75,7 +84,43 @@ def targets(f: dict[str, Any]) -> dict[str, bool]:
         "file >= 0.5x the AES-GCM limit, 0 bytes wrong": c["file"],
         **ncat,
         "chat round trip p99 during a transfer <= 50 ms": c["file_rtt"],
+        **(
+            {}
+            if f.get("resume_ms_p50") is None
+            else {
+                "resume p50 <= one keepalive interval + one handshake": c["resume"],
+                "resume: 0 lost, 0 duplicated": c["resume_exact"],
+            }
+        ),
     }
+
+
+def resume_rows(f: dict[str, Any]) -> list[Row]:
+    """The resume figures, or one row saying why they were skipped."""
+    if f.get("resume_ms_p50") is None:
+        reason = f.get("resume_skipped") or "not measured"
+        return [Row("resume after a pulled cable", "-", f"skipped: {reason}", "-", "", None)]
+    c = checks(f)
+    return [
+        Row(
+            "resume_ms_p50: link up to resumed (ms)",
+            f"{f['resume_ms_p50']:,.0f}",
+            f"{f['resume_keepalive_ms']:,.0f} keepalive + {f['handshake_ms']:.1f} handshake",
+            ratio(f["resume_ms_p50"], resume_target(f)),
+            "<= 1.0x",
+            c["resume"],
+        ),
+        Row("  slowest of the rounds (ms)", f"{f['resume_ms_max']:,.0f}", "", "-", "", None),
+        Row("resume_lost (lines)", f"{f['resume_lost']:.0f}", "", "-", "0", f["resume_lost"] == 0),
+        Row(
+            "resume_duplicated (lines)",
+            f"{f['resume_duplicated']:.0f}",
+            "",
+            "-",
+            "0",
+            f["resume_duplicated"] == 0,
+        ),
+    ]
 
 
 def ncat_row(figure: str, rate: float, f: dict[str, Any], target: str, met: bool | None) -> Row:
@@ -256,6 +301,7 @@ def rows(f: dict[str, Any]) -> list[Row]:
             "",
             None,
         ),
+        *resume_rows(f),
     ]
 
 

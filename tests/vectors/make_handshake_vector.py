@@ -45,6 +45,12 @@ LISTENER_IDENTITY = bytes.fromhex(
     "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb"
 )
 
+# A resume of the session (mode 4) runs a fresh X25519 exchange with these keys.
+RESUME_CONNECTOR_PRIVATE = bytes(range(1, 33))
+RESUME_LISTENER_PRIVATE = bytes(range(33, 65))
+MODE_RESUME = 4
+RESUMED_TYPE = 21
+
 SPAKE2_KEY = bytes(range(100, 132))
 ROOM = bytes(range(200, 216))  # the listener's room id
 JOIN = bytes(range(216, 232))  # the connector's join nonce, its WELCOME's room field
@@ -170,6 +176,26 @@ def compute() -> dict[str, Any]:
     resume_name = hashlib.sha256(b"chatclient/4 resume id\0" + resume_secret).digest()[:16]
     confirm_tag = hmac.new(confirm_key, b"connector" + th, hashlib.sha256).digest()
     m3 = connector_pub + confirm_tag
+    # The connection is lost; the connector resumes in mode 4 with fresh keys, naming the
+    # session by its resume id and proving its resume secret, used as the PSK as it is.
+    again_c = X25519PrivateKey.from_private_bytes(RESUME_CONNECTOR_PRIVATE)
+    again_l = X25519PrivateKey.from_private_bytes(RESUME_LISTENER_PRIVATE)
+    again_c_pub = again_c.public_key().public_bytes_raw()
+    again_l_pub = again_l.public_key().public_bytes_raw()
+    again_shared = again_c.exchange(again_l.public_key())
+    resume_m1 = (
+        MAGIC + bytes([VERSION, MODE_RESUME]) + hashlib.sha256(again_c_pub).digest() + resume_name
+    )
+    resume_m2 = MAGIC + bytes([VERSION]) + again_l_pub
+    resume_th = hashlib.sha256(resume_m1 + resume_m2 + again_c_pub).digest()
+    resume_okm = hkdf_sha256(again_shared, resume_secret, b"chatclient/2 keys" + resume_th, 128)
+    resume_confirm = hmac.new(resume_okm[64:96], b"connector" + resume_th, hashlib.sha256)
+    resume_m3 = again_c_pub + resume_confirm.digest()
+    next_secret = resume_okm[96:128]
+    next_name = hashlib.sha256(b"chatclient/4 resume id\0" + next_secret).digest()[:16]
+    # The connector's first message on it (after its WELCOME, seq 0): RESUMED, having taken
+    # 5 of the listener's messages and keeping its own from number 3 on.
+    resumed_plain = payload(1, RESUMED_TYPE, (5).to_bytes(8, "big") + (3).to_bytes(8, "big"), 5)
     # File chunks: AES-256-GCM keys per direction from their own HKDF label; a chunk
     # frame body is 0x00, id (4), offset (8), then the sealed data; the nonce is the
     # direction (4; 0 = connector->listener) and the chunk counter (8); the associated
@@ -287,6 +313,16 @@ def compute() -> dict[str, Any]:
         "okm": okm.hex(),
         "resume_secret": resume_secret.hex(),
         "resume_id": resume_name.hex(),
+        "resume_connector_private": RESUME_CONNECTOR_PRIVATE.hex(),
+        "resume_listener_private": RESUME_LISTENER_PRIVATE.hex(),
+        "resume_m1": resume_m1.hex(),
+        "resume_m2": resume_m2.hex(),
+        "resume_m3": resume_m3.hex(),
+        "resume_th": resume_th.hex(),
+        "resume_okm": resume_okm.hex(),
+        "resume_next_secret": next_secret.hex(),
+        "resume_next_id": next_name.hex(),
+        "resumed_plaintext": resumed_plain.hex(),
         "key_connector_to_listener": c2l.hex(),
         "key_listener_to_connector": l2c.hex(),
         "fernet_key_connector_to_listener": base64.urlsafe_b64encode(c2l).decode("ascii"),
