@@ -46,8 +46,9 @@ baseline measured in the same run:
   `python -c` waiting on stdin;
 - resuming after a pulled cable (where network namespaces can be made: root and iproute2):
   two `python chatclient.py --keepalive 2` in two namespaces joined by a veth pair; each of
-  10 rounds takes the cable down, waits until both sides noticed, types 3 lines on each side,
-  and times from bringing the cable up to the connector's "Back with" line, median; every
+  10 rounds takes the cable down for 10 to 20 s, types 3 lines on each side once both have
+  noticed, and times from bringing the cable up to the connector's "Back with" line, median;
+  every
   line typed is then counted on the other side (lost, duplicated); against the target of one
   keepalive interval plus one handshake (the connect-to-WELCOME median above).
 

@@ -1,10 +1,12 @@
 """Resuming after a pulled cable (issue 18): two real `python chatclient.py` processes in
 two network namespaces joined by a veth pair, both with `--keepalive 2`. Each round takes
 the connector's end of the cable down, waits until both sides have noticed (within 5 s),
-has each side type 3 lines, brings the cable back up, and times from that moment to the
-connector's "Back with desktop" line. Every line typed in every round is then looked for on
-the other side: missing ones count as lost, extra copies as duplicated. Skipped (None)
-where namespaces cannot be made (not root, or no `ip`)."""
+has each side type 3 lines, keeps the cable down until the cut has lasted its length (10 s
+in the first round to 20 s in the last, evenly: the link comes back at every point of the
+connector's tries, as it would in life), brings the cable back up, and times from that
+moment to the connector's "Back with desktop" line. Every line typed in every round is then
+looked for on the other side: missing ones count as lost, extra copies as duplicated.
+Skipped (None) where namespaces cannot be made (not root, or no `ip`)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ KEEPALIVE = "2"
 PORT = 50233
 LINES = 3  # typed on each side during each cut
 ROUND_SECONDS = 30.0  # the loss is noticed within 5 s, the resume within 2 s of the link
+SHORTEST_CUT, LONGEST_CUT = 10.0, 20.0  # seconds the cable is down, first and last round
 
 
 def person(folder: Path, host: Host, name: str) -> Path:
@@ -62,6 +65,9 @@ def resume_rounds(folder: Path, a: Host, b: Host, rounds: int) -> tuple[list[flo
         device = cable(b)
         times = []
         for number in range(1, rounds + 1):
+            spread = (number - 1) / (rounds - 1) if rounds > 1 else 0.0
+            length = SHORTEST_CUT + spread * (LONGEST_CUT - SHORTEST_CUT)
+            cut = time.perf_counter()
             ip("-n", b.netns, "link", "set", device, "down")
             lap.wait_count("Connection to desktop lost: reconnecting", number, ROUND_SECONDS)
             desk.wait_count("laptop lost the connection; keeping", number, ROUND_SECONDS)
@@ -70,6 +76,7 @@ def resume_rounds(folder: Path, a: Host, b: Host, rounds: int) -> tuple[list[flo
                 desk.send(typed("desktop", number, line))
             lap.wait_count("Waiting: it goes when desktop is back.", number * LINES)
             desk.wait_count("Waiting: it goes when laptop is back.", number * LINES)
+            time.sleep(max(0.0, cut + length - time.perf_counter()))  # the cut's length
             up = time.perf_counter()
             ip("-n", b.netns, "link", "set", device, "up")
             lap.wait_count("Back with desktop after", number, ROUND_SECONDS)
