@@ -121,6 +121,10 @@ class Transfer:
     sink: FileSink | None = None
     partner: Transfer | None = None  # relayed by the host: the other leg
     relayed: deque[bytes] = field(default_factory=deque)  # host: data for the other leg
+    # host, a leg it relays out: its last chunks sent (at most FILE_WINDOW bytes, what the
+    # receiver may not have yet), sent again if the receiver's link is lost and resumes
+    sent_tail: deque[tuple[int, bytes]] = field(default_factory=deque)
+    sent_tail_bytes: int = 0
     done: bool = False  # sender: FILEDONE came (relay) or was sent
     cancelled_here: bool = False  # we stopped it: its data still in flight is dropped
     complained: bool = False  # data after its end was reported once
@@ -160,6 +164,17 @@ def restarting(t: Transfer, accept: FileAccept) -> bool:
         and accept.offset == 0
         and not t.restarted
     )
+
+
+def keep_sent(t: Transfer, start: int, data: bytes) -> None:
+    """A relayed chunk sent to its receiver: kept until FILE_WINDOW bytes more have gone
+    (the receiver cannot lack more than the credit it granted), to send again after a
+    resume."""
+    t.sent_tail.append((start, data))
+    t.sent_tail_bytes += len(data)
+    while t.sent_tail_bytes > FILE_WINDOW:
+        _, gone = t.sent_tail.popleft()
+        t.sent_tail_bytes -= len(gone)
 
 
 class Legs:
@@ -811,6 +826,8 @@ class FileDesk:
         t.offset = t.position = 0
         t.credit = accept.credit
         t.relayed.clear()
+        t.sent_tail.clear()
+        t.sent_tail_bytes = 0
         if t.partner is not None:  # the host: the author starts over too
             other = t.partner
             other.restarted, other.done, other.digest = True, False, b""
@@ -831,17 +848,42 @@ class FileDesk:
 
     def _go_on(self, t: Transfer, accept: FileAccept, now: float) -> None:
         """After a resume: send from where the receiver has the file (what was in flight
-        when the link went was lost), with the credit it grants now."""
+        when the link went was lost), with the credit it grants now. A FILEDONE already
+        sent goes again only if data does (the one sent is sent again with the messages
+        the peer had not acknowledged)."""
         t.resynced = False
         if accept.offset > t.position:
             t.link.peer.connection_failed(f"it resumed file {t.id} past what was sent")
             return
+        t.done = t.done and accept.offset == t.size
+        if t.partner is not None:
+            self._go_on_relayed(t, accept, now)
+            return
         if t.source is not None:
             t.source.close()
             t.source = None
-        t.position, t.credit, t.done = accept.offset, accept.credit, False
+        t.position, t.credit = accept.offset, accept.credit
+        if t.done:  # all of it went, FILEDONE too: nothing to read again
+            return
         if self._read_from(t, accept.offset, now):  # the SHA-256 still covers it all
             self._net.nudge(t.link)
+
+    def _go_on_relayed(self, t: Transfer, accept: FileAccept, now: float) -> None:
+        """The host, a file it relays: the receiver resumed at `accept.offset`; what it
+        lacks is sent again from the chunks kept, then what waits from the author."""
+        again: list[bytes] = []
+        for start, data in t.sent_tail:
+            if start >= accept.offset:
+                again.append(data)
+        if sum(map(len, again)) != t.position - accept.offset:
+            # Not a chunk boundary, or further back than the credit it granted allowed.
+            self._end(t, Moving.FAILED, now, tell="it resumed further back than the host keeps")
+            return
+        t.relayed.extendleft(reversed(again))
+        t.sent_tail.clear()
+        t.sent_tail_bytes = 0
+        t.position, t.credit = accept.offset, accept.credit
+        self._net.nudge(t.link)
 
     def chunk(self, link: Link, event: ChunkReceived, now: float) -> None:
         """File data from `link`, opened: checked against the transfer's state and credit."""
@@ -996,12 +1038,10 @@ class FileDesk:
     def link_resumed(self, old: Link, new: Link, now: float) -> None:
         """A session goes on over `new`: its transfers move there. Each file moving in
         goes on where this side has it (FILEACCEPT at that offset, a fresh credit); one
-        moving out waits for that FILEACCEPT. Relayed legs end, as on a lost link."""
+        moving out waits for that FILEACCEPT. A leg the host relays goes on too: in, with
+        the credit the host had left for it; out, from the chunks the host keeps."""
         for t in [*self._sending.on(old), *self._receiving.on(old)]:
             (self._sending if t.sending else self._receiving).discard(t)
-            if t.partner is not None and t.state not in ENDED:
-                self._end(t, Moving.FAILED, now, tell="the connection was lost")
-                continue
             t.link = new
             (self._sending if t.sending else self._receiving).put(t)
             if t.state is not Moving.MOVING:
@@ -1013,8 +1053,9 @@ class FileDesk:
                     t.source = None
                 t.credit = 0
             else:
-                t.credit = FILE_WINDOW
-                self._net.deliver(new, FileAccept(t.id, t.position, FILE_WINDOW), now)
+                # The host never holds more of a relayed file than the receiver allows.
+                t.credit = t.credit if t.partner is not None else FILE_WINDOW
+                self._net.deliver(new, FileAccept(t.id, t.position, t.credit), now)
         if old in self._next_id:
             self._next_id[new] = self._next_id.pop(old)
         self._sending.drop_link(old)
@@ -1055,6 +1096,8 @@ class FileDesk:
             data = self._next_chunk(t) if t.position < t.size else None
             if data is not None:
                 link.outgoing += link.peer.send_chunk(t.id, t.position, data, now)
+                if t.partner is not None:
+                    keep_sent(t, t.position, data)
                 t.position += len(data)
                 t.credit -= len(data)
                 if t.ours:
@@ -1193,6 +1236,8 @@ class FileDesk:
             t.credit = min(t.credit + message.amount, 2**62)
             self._net.nudge(t.link)
         elif isinstance(message, FileDone):
+            if t.resynced and t.position < t.size:
+                return  # sent before the link was lost, and again after: the data comes first
             if t.position != t.size:
                 problem = f"{sanitize(t.link.peer.peer_name)} sent less than announced"
                 self._end(t, Moving.FAILED, now, tell=problem)

@@ -53,6 +53,8 @@ def join(net: Lan, host: Host, name: str) -> ChatProcess:
         "2",
         "--reconnect-for",
         "2m",
+        "--downloads",
+        "dl",
     )
     member.expect(r"^WELCOME Welcome to the chat! I am desktop$")
     return member
@@ -61,6 +63,22 @@ def join(net: Lan, host: Host, name: str) -> ChatProcess:
 def cable(net: Lan) -> str:
     """b's end of the veth pair."""
     return netns.cable(net.b)
+
+
+def slow(net: Lan) -> str:
+    """Shape b's end of the cable to 10 MB/s (so a cut comes mid-file); its device."""
+    device = cable(net)
+    shaped = subprocess.run(
+        [
+            *("ip", "netns", "exec", net.b.netns, "tc", "qdisc", "add", "dev", device, "root"),
+            *("tbf", "rate", "80mbit", "burst", "256kb", "latency", "100ms"),
+        ],
+        check=False,
+        capture_output=True,
+    )
+    if shaped.returncode:
+        pytest.skip("needs tc to slow the link down")
+    return device
 
 
 def says(proc: ChatProcess, who: str) -> list[str]:
@@ -156,17 +174,7 @@ def test_a_transfer_cut_at_about_half_finishes_without_a_new_offer(
     desk.expect(r"^laptop joined the chat\.$")
     data = os.urandom(50 * 2**20)
     (lan.root / "laptop" / "big.bin").write_bytes(data)
-    device = cable(lan)
-    shaped = subprocess.run(  # 10 MB/s, so that the cut comes mid-file
-        [
-            *("ip", "netns", "exec", lan.b.netns, "tc", "qdisc", "add", "dev", device, "root"),
-            *("tbf", "rate", "80mbit", "burst", "256kb", "latency", "100ms"),
-        ],
-        check=False,
-        capture_output=True,
-    )
-    if shaped.returncode:
-        pytest.skip("needs tc to slow the link down")
+    device = slow(lan)
     lap.send("/send big.bin")
     desk.expect(r"^laptop offers big\.bin \(52\.4 MB\): /accept 1 or /reject 1$", timeout=WAIT)
     desk.send("/accept 1")
@@ -180,4 +188,42 @@ def test_a_transfer_cut_at_about_half_finishes_without_a_new_offer(
         " offers big.bin" in line for line in desk.out[desk.out.index("laptop is back.") :]
     )
     saved = lan.root / "desktop" / "dl" / "big.bin"
+    assert saved.read_bytes() == data
+
+
+@pytest.mark.parametrize("cut", ["author", "receiver"])
+def test_a_file_relayed_between_members_goes_on_when_either_is_cut(
+    lan: Lan,  # noqa: F811
+    cut: str,
+) -> None:
+    """alice is behind the cable, bob beside the host. With `author` alice sends to bob and
+    is cut; with `receiver` bob sends to alice, who is cut. Either way the host's two legs
+    go on from where the receiver has the file, with no new offer."""
+    desk = desktop(lan)
+    alice = join(lan, lan.b, "alice")
+    desk.expect(r"^alice joined the chat\.$")
+    bob = join(lan, lan.a, "bob")
+    desk.expect(r"^bob joined the chat\.$")
+    alice.expect(r"^bob joined the chat\.$")
+    author, receiver, to = (alice, bob, "bob") if cut == "author" else (bob, alice, "alice")
+    sender = "alice" if cut == "author" else "bob"
+    data = os.urandom(50 * 2**20)
+    (lan.root / sender / "big.bin").write_bytes(data)
+    device = slow(lan)
+    author.send(f"/send {to} big.bin")
+    receiver.expect(
+        rf"^{sender} offers big\.bin \(52\.4 MB\): /accept 1 or /reject 1$", timeout=WAIT
+    )
+    receiver.send("/accept 1")
+    receiver.expect(r"^big\.bin: 50% of 52\.4 MB received$", timeout=WAIT)
+    ip("-n", lan.b.netns, "link", "set", device, "down")
+    alice.expect(r"^Connection to desktop lost: reconnecting", timeout=WAIT)
+    ip("-n", lan.b.netns, "link", "set", device, "up")
+    alice.expect(r"^Back with desktop after \d+ s: ", timeout=WAIT)
+    receiver.expect(
+        rf"^Received big\.bin from {sender} \(52\.4 MB, SHA-256 verified\)", timeout=120.0
+    )
+    author.expect(rf"^{to} received big\.bin ", timeout=WAIT)
+    assert sum(" offers big.bin" in line for line in receiver.out) == 1
+    saved = lan.root / to / "dl" / "big.bin"
     assert saved.read_bytes() == data

@@ -540,3 +540,80 @@ def test_a_receiver_counts_waiting_offers_per_person(tmp_path: Path) -> None:
         f"mallory offered over {MAX_OPEN_OFFERS} files at once: the rest are declined until "
         "you answer some"
     ]
+
+
+def relaying(desk: Desk, chunks: int, size: int, credit: int = 2**30) -> FakeLink:
+    """laptop's file of `chunks` chunks of `size` bytes, relayed by the host to alice, who
+    accepted it with `credit`; every chunk has gone on to alice. Her link."""
+    alice = FakeLink(FakePeer("alice", Role.LISTENER))
+    desk.carrier.links.update(alice=alice)
+    desk.receive(FileOffer(1, chunks * size, bytes(32), "big.bin", "alice"))
+    desk.desk.message(alice, FileAccept(1, 0, credit), 1.0)  # type: ignore[arg-type]
+    for number in range(chunks):
+        desk.chunk(1, number * size, bytes([number]) * size)
+        assert desk.desk.pump(alice, 1.0)  # type: ignore[arg-type]
+    assert [offset for _, offset, _ in alice.peer.chunks] == [n * size for n in range(chunks)]
+    return alice
+
+
+def test_a_relayed_file_goes_on_from_the_chunks_kept_when_its_receiver_resumes(
+    desk: Desk,
+) -> None:
+    alice = relaying(desk, 4, 1000)
+    again = FakeLink(FakePeer("alice", Role.LISTENER))
+    desk.desk.link_resumed(alice, again, 2.0)  # type: ignore[arg-type]
+    desk.desk.message(again, FileAccept(1, 2000, 2**20), 2.0)  # type: ignore[arg-type]
+    while desk.desk.pump(again, 2.0):  # type: ignore[arg-type]
+        pass
+    assert again.peer.chunks == [(1, 2000, bytes([2]) * 1000), (1, 3000, bytes([3]) * 1000)]
+    assert not desk.carrier.of_kind(FileCancel)
+
+
+def test_a_relayed_file_ends_when_its_receiver_resumes_off_a_chunk_or_past_what_is_kept(
+    desk: Desk,
+) -> None:
+    alice = relaying(desk, 4, 1000)
+    again = FakeLink(FakePeer("alice", Role.LISTENER))
+    desk.desk.link_resumed(alice, again, 2.0)  # type: ignore[arg-type]
+    desk.desk.message(again, FileAccept(1, 2500, 2**20), 2.0)  # type: ignore[arg-type]
+    reason = "it resumed further back than the host keeps"
+    assert desk.carrier.of_kind(FileCancel) == [
+        FileCancel(1, True, reason),
+        FileCancel(1, False, reason),  # laptop, its author, is told too
+    ]
+
+
+def test_the_host_keeps_one_window_of_a_relayed_file_and_no_more(desk: Desk) -> None:
+    """A receiver that granted more than the window may lack more than the host keeps."""
+    big = CHUNK_SIZE
+    alice = relaying(desk, FILE_WINDOW // big + 2, big)
+    again = FakeLink(FakePeer("alice", Role.LISTENER))
+    desk.desk.link_resumed(alice, again, 2.0)  # type: ignore[arg-type]
+    desk.desk.message(again, FileAccept(1, big, 2**20), 2.0)  # type: ignore[arg-type]
+    reason = "it resumed further back than the host keeps"
+    assert FileCancel(1, True, reason) in desk.carrier.of_kind(FileCancel)
+    assert not again.peer.chunks
+
+
+def test_a_relayed_file_resumed_past_what_was_sent_ends_the_connection(desk: Desk) -> None:
+    alice = relaying(desk, 2, 1000)
+    again = FakeLink(FakePeer("alice", Role.LISTENER))
+    desk.desk.link_resumed(alice, again, 2.0)  # type: ignore[arg-type]
+    desk.desk.message(again, FileAccept(1, 3000, 2**20), 2.0)  # type: ignore[arg-type]
+    assert again.peer.failed == ["it resumed file 1 past what was sent"]
+
+
+def test_the_host_asks_a_resumed_author_for_the_rest_with_the_credit_it_had_left(
+    desk: Desk,
+) -> None:
+    relaying(desk, 3, 1000, credit=2**20)
+    granted = desk.carrier.of_kind(FileAccept)[-1]
+    assert isinstance(granted, FileAccept) and granted.offset == 0
+    again = FakeLink(FakePeer("laptop", Role.LISTENER))
+    desk.desk.link_resumed(desk.link, again, 2.0)  # type: ignore[arg-type]
+    link, asked = desk.carrier.delivered[-1]
+    assert link is again and isinstance(asked, FileAccept)
+    assert (asked.id, asked.offset) == (1, 3000)
+    assert asked.credit == granted.credit - 3000 + sum(
+        m.amount for m in desk.carrier.of_kind(FileCredit) if isinstance(m, FileCredit)
+    )
