@@ -72,6 +72,7 @@ from .messages import (
 from .nearby import Presence
 from .network import GOODBYE_DRAIN_SECONDS, Network
 from .peer import Away, Back, Closed, Established, Event, Failed, MessageReceived
+from .resume import MAX_KEPT_BYTES, MAX_KEPT_MESSAGES
 from .room import (
     Hearing,
     RoomLog,
@@ -182,6 +183,7 @@ class Conversation:
         self.prompt = f"{config.username}> " if term.interactive else ""
         self.net: Network | None = None
         self.people: dict[str, PeerInfo] = {}  # everyone else in the chat, the host first
+        self.away: set[str] = set()  # members the host says it keeps a place for (ABSENT)
         self.names: dict[Link, str] = {}  # hosting: who is on each connection
         self.voice: Voice | None = None  # our words in the room, numbered and signed
         self.hearing: Hearing | None = None  # the check of the words the host relays
@@ -221,6 +223,8 @@ class Conversation:
             elif isinstance(event, Back):
                 self._relink(link, event.name)
                 lines.append(self._back_line(event, hosting))
+            elif isinstance(event, Established) and event.resumed:
+                self._relink(link, event.name)  # the same person, on a new connection
             elif isinstance(event, Established):
                 lines += self._arrival_lines(link, event)
             elif isinstance(event, MessageReceived):
@@ -278,9 +282,17 @@ class Conversation:
         """The one line a resumed session gets."""
         name = sanitize(event.name)
         self.away_from, self.waiting = None, 0
+        kept = f"more than {MAX_KEPT_MESSAGES:,} or {MAX_KEPT_BYTES // 2**20} MiB waited"
         if hosting:
-            return f"{name} is back."
+            losses = []
+            if event.missed:
+                losses.append(f"{event.missed} of their messages never came ({kept})")
+            if event.lost:
+                losses.append(f"{event.lost} messages for them were let go ({kept})")
+            return f"{name} is back; {'; '.join(losses)}." if losses else f"{name} is back."
         sent = f"{event.resent} waiting message{'s' if event.resent != 1 else ''} sent"
+        if event.lost:
+            sent += f", {event.lost} more let go ({kept})"
         missed = f"{event.missed} of theirs missed" if event.missed else "nothing missed"
         return f"Back with {name} after {spoken_duration(event.seconds)}: {sent}, {missed}."
 
@@ -514,15 +526,20 @@ class Conversation:
             joined = " (verified)." if verified else "."
             return [f"{sanitize(person.name)} joined the chat{joined}", *trust]
         if isinstance(message, Absent):
-            if message.name not in self.people:
-                return []
+            known = self.people.get(message.name)
+            news = bool(message.seconds) is not (message.name in self.away)
+            if known is None or known.host or not news:
+                return []  # nobody we know, the host itself, or no change: nothing to say
             if message.seconds:
+                self.away.add(message.name)
                 return [
                     f"{stamp}{sanitize(message.name)} lost the connection; keeping their place "
                     f"for {spoken_duration(message.seconds)}."
                 ]
+            self.away.discard(message.name)
             return [f"{stamp}{sanitize(message.name)} is back."]
         if isinstance(message, Left):
+            self.away.discard(message.name)
             if self.people.pop(message.name, None) is None:
                 return []  # someone never taken in (refused above): nothing to say
             self.distrusted.discard(message.name)

@@ -13,7 +13,7 @@ from typing import ClassVar, NamedTuple
 
 from .errors import ChatError, MessageTooLong, ProtocolError
 from .handshake import NONCE_SIZE, ROOM_ID_SIZE, check_size
-from .text import MAX_NAME_BYTES, name_problem, sanitize
+from .text import LONGEST_WAIT, MAX_NAME_BYTES, name_problem, sanitize
 
 # --- Frames, fields and messages (pure) --------------------------------------
 
@@ -760,6 +760,8 @@ class Absent(Message):
     @classmethod
     def decode_body(cls, body: FieldReader) -> Message:
         seconds = body.integer(4, "seconds")
+        if seconds > LONGEST_WAIT:
+            raise ProtocolError(f"the host says it keeps a place for {seconds} s: over a week")
         name = checked_name(body.text(MAX_NAME_BYTES, "name"))
         body.end()
         return cls(name, seconds)

@@ -505,6 +505,7 @@ class Network:
                 continue
             if isinstance(event, Caught):
                 shown.append(self._back(link, event, now))
+                self.files.caught_up(link, event.again, now)
                 continue
             if isinstance(event, ChunkReceived):
                 self.files.chunk(link, event, now)
@@ -791,13 +792,20 @@ class Network:
         if isinstance(event, Failed) and self._may_keep(link):
             self._keep(link, str(event.error), now)
             return True
+        if isinstance(event, Failed) and connector and away is not None:
+            # The resumed connection failed before it was in step, and not for the link:
+            # the session is over (the line says why).
+            self._away = None
+            return False
         if isinstance(event, Established) and event.resumed:
             link.established = True
             if connector and away is not None:
                 self._moved(away.link, link, now)
-            if not connector:
-                self._reseat(link, now)
-            return True  # the line comes with Caught, once both are in step
+            if connector or self._reseat(link, now):
+                # The person is now on this connection (the line comes with Caught, once
+                # both are in step).
+                self._user.connection_events(link, [event])
+            return True
         return False
 
     def _may_keep(self, link: Link) -> bool:
@@ -857,7 +865,7 @@ class Network:
         """The session of `old` goes on over `new`: so do its transfers."""
         self.files.link_resumed(old, new, now)
 
-    def _reseat(self, link: Link, now: float) -> None:
+    def _reseat(self, link: Link, now: float) -> bool:
         """A member's session is back on `link`: its place, name and numbering move over,
         and the others are told."""
         for key, kept in list(self._parked.items()):
@@ -866,10 +874,8 @@ class Network:
                 kept.link.parked = False
                 self._room.move(kept.link, link)
                 self._moved(kept.link, link, now)
-                link.away_since = kept.since
-                for member in self._room.others(link):
-                    self._to(member, Absent(kept.name, 0), now)
-                return
+                link.away_since = kept.since  # the others hear it is back once it is in step
+                return True
         for old in list(self._links.values()):
             if old is not link and old.established and old.peer.carry is link.peer.carry:
                 # The connector found the link lost before this side did, and has proved
@@ -880,16 +886,21 @@ class Network:
                 old.parked = False
                 self._room.move(old, link)
                 self._moved(old, link, now)
-                return
+                return True
         # Its place was taken back by another connection of the same session meanwhile.
         link.peer.connection_failed("its chat was already resumed on another connection")
+        return False
 
     def _back(self, link: Link, caught: Caught, now: float) -> Back:
         """Both sides are in step again: the line that says so."""
         since = link.away_since
         if link.peer.role is Role.CONNECTOR and self._away is not None:
             since, self._away = self._away.since, None
-        return Back(link.peer.peer_name, now - (since or now), caught.resent, caught.missed)
+        elif since is not None:  # the others were told it was away
+            for member in self._room.others(link):
+                self._to(member, Absent(link.peer.peer_name, 0), now)
+        seconds = now - (since or now)
+        return Back(link.peer.peer_name, seconds, caught.resent, caught.missed, caught.lost)
 
     def _keep_sessions(self, now: float) -> float | None:
         """Redial when it is time, and end what was kept past its window."""

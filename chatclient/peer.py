@@ -43,6 +43,7 @@ from .messages import (
     CHUNK_MARK,
     MAX_FRAME,
     UNNUMBERED,
+    FileAccept,
     FrameDecoder,
     Keepalive,
     Message,
@@ -53,7 +54,7 @@ from .messages import (
     Welcome,
     encode_frame,
 )
-from .resume import ACK_EVERY, Carry
+from .resume import ACK_EVERY, MAX_MISSED, Carry
 from .session import Session
 from .text import sanitize
 
@@ -197,15 +198,20 @@ class Back(Event):
     seconds: float
     resent: int
     missed: int
+    lost: int = 0  # of this side's, let go before they reached the peer (its bounds)
 
 
 @dataclass(frozen=True)
 class Caught(Event):
-    """A resumed session is in step again: this side sent `resent` messages again, and
-    `missed` of the peer's were let go before they reached it (the peer's bounds)."""
+    """A resumed session is in step again: this side sent `resent` messages again, `lost`
+    of its own were let go before the peer had them, and `missed` of the peer's were let go
+    before they reached it (each side's bounds). `again` holds the ids of the transfers a
+    FILEACCEPT sent again was about."""
 
     resent: int
     missed: int
+    lost: int = 0
+    again: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -515,8 +521,13 @@ class PeerProtocol:
     def _on_confirm(self, handshake: ListenerHandshake, m3: bytes) -> None:
         try:
             self._keys = handshake.receive_confirm(m3)
-        except KeyMismatch:
+        except KeyMismatch as exc:
             self._outgoing += encode_frame(reject_frame(Reject.KEY_MISMATCH))
+            if self.mode is Mode.RESUME:
+                raise KeyMismatch(
+                    "it tried to resume a chat without proving its secret (a replay, or not "
+                    "the peer that held it)"
+                ) from exc
             raise
         except Rejected as exc:
             self._outgoing += encode_frame(reject_frame(exc.reason))
@@ -613,6 +624,11 @@ class PeerProtocol:
     def _unauthenticated(self) -> HandshakeError:
         if self.mode is Mode.INVITE:
             return HandshakeError(WRONG_CODE_TEXT)
+        if self.mode is Mode.RESUME:
+            return KeyMismatch(
+                "could not resume the chat: the answer did not prove its secret (someone "
+                "tampered with the connection)"
+            )
         return KeyMismatch(UNAUTHENTICATED_TEXT)
 
     def _on_message(self, body: bytes) -> None:
@@ -627,10 +643,11 @@ class PeerProtocol:
             raise ProtocolError("the peer sent READY twice")
         carry = self.carry
         assert carry is not None  # established
+        carry.outbox.acknowledge(self._session.peer_ack)
         if isinstance(message, Resumed):
             self._on_resumed(carry, message)
-        else:
-            carry.outbox.acknowledge(self._session.peer_ack)
+        elif not self._caught_up and not isinstance(message, UNNUMBERED):
+            raise ProtocolError(f"the peer sent {message.kind()} before RESUMED on a resume")
         if not isinstance(message, UNNUMBERED):
             carry.inbox.taken += 1
             # A side that only listens says what it took with a KEEPALIVE now and then,
@@ -646,12 +663,18 @@ class PeerProtocol:
         if self._caught_up:
             raise ProtocolError("the peer sent RESUMED where no session was resumed")
         missed = max(0, resumed.first - carry.inbox.taken - 1)
+        if resumed.first < 1 or missed > MAX_MISSED:
+            raise ProtocolError(
+                f"the peer's RESUMED says its oldest kept message is number {resumed.first}, "
+                f"with {carry.inbox.taken} taken here"
+            )
         carry.inbox.skip(missed)
-        _, again = carry.outbox.after(resumed.taken)
+        lost, again = carry.outbox.after(resumed.taken)
         self._caught_up = True
         for message in again:
             self._outgoing += self._encode(message)
-        self._events.append(Caught(len(again), missed))
+        accepts = frozenset(m.id for m in again if isinstance(m, FileAccept))
+        self._events.append(Caught(len(again), missed, max(0, lost), accepts))
 
     def _end_of_stream(self) -> None:
         if self.stage in HANDSHAKE_STAGES:

@@ -22,6 +22,7 @@ FIRST_TRY_SECONDS = 0.5  # the connector's first try after a loss, doubling ...
 LAST_TRY_SECONDS = 15.0  # ... up to this between tries (or one keepalive interval, if less)
 MAX_KEPT_MESSAGES = 1000  # unacknowledged messages a side keeps for its peer
 MAX_KEPT_BYTES = 4 * 1024 * 1024  # ... and their bytes
+MAX_MISSED = 2**32  # a RESUMED saying more were let go is not believed
 ACK_EVERY = 256  # a side that only listens acknowledges with a KEEPALIVE after this many
 
 T = TypeVar("T")

@@ -171,6 +171,9 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}:{rest:02d}"
 
 
+LONGEST_WAIT = 7 * 86400  # --reconnect-for, and a place a host says it keeps (ABSENT)
+
+
 def parse_duration(text: str) -> float:
     """`--reconnect-for`: seconds, or with a unit (90, 90s, 10m, 1h); ValueError saying
     what is wrong."""
@@ -182,7 +185,7 @@ def parse_duration(text: str) -> float:
     if not number.isascii() or not number.replace(".", "", 1).isdigit():
         raise ValueError(f"{text!r} is not a duration: use seconds, or 90s, 10m, 1h")
     seconds = float(number) * scale
-    if seconds > 7 * 86400:
+    if seconds > LONGEST_WAIT:
         raise ValueError(f"{text!r} is over a week")
     return seconds
 

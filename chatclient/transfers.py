@@ -1036,10 +1036,10 @@ class FileDesk:
             sink.thread.join(max(0.0, deadline - time.monotonic()))
 
     def link_resumed(self, old: Link, new: Link, now: float) -> None:
-        """A session goes on over `new`: its transfers move there. Each file moving in
-        goes on where this side has it (FILEACCEPT at that offset, a fresh credit); one
-        moving out waits for that FILEACCEPT. A leg the host relays goes on too: in, with
-        the credit the host had left for it; out, from the chunks the host keeps."""
+        """A session goes on over `new`: its transfers move there. One moving out waits
+        for the receiver's FILEACCEPT; one moving in asks for the rest once both sides are
+        in step (caught_up). A leg the host relays goes on too: in, with the credit the host
+        had left for it; out, from the chunks the host keeps."""
         for t in [*self._sending.on(old), *self._receiving.on(old)]:
             (self._sending if t.sending else self._receiving).discard(t)
             t.link = new
@@ -1055,11 +1055,19 @@ class FileDesk:
             else:
                 # The host never holds more of a relayed file than the receiver allows.
                 t.credit = t.credit if t.partner is not None else FILE_WINDOW
-                self._net.deliver(new, FileAccept(t.id, t.position, t.credit), now)
         if old in self._next_id:
             self._next_id[new] = self._next_id.pop(old)
         self._sending.drop_link(old)
         self._receiving.drop_link(old)
+
+    def caught_up(self, link: Link, again: frozenset[int], now: float) -> None:
+        """Both sides of a resumed session are in step: each file moving in goes on where
+        this side has it (FILEACCEPT at that offset), unless a FILEACCEPT for it was among
+        the messages sent again (the peer never took it, and nothing came since: it says
+        the same)."""
+        for t in self._receiving.on(link):
+            if t.resynced and t.state is Moving.MOVING and t.id not in again:
+                self._net.deliver(link, FileAccept(t.id, t.position, t.credit), now)
 
     def link_closed(self, link: Link, now: float) -> None:
         """The connection is gone: its transfers stop; a partial download stays to resume."""

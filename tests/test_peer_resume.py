@@ -9,7 +9,7 @@ from pair import PeerPair
 
 from chatclient.errors import KeyMismatch
 from chatclient.handshake import NoSession, resume_id
-from chatclient.messages import Chat, Message
+from chatclient.messages import Chat, FileAccept, Message
 from chatclient.peer import Caught, Established, Failed, KeyProven, MessageReceived
 from chatclient.resume import Carry
 
@@ -112,6 +112,7 @@ def test_a_stranger_with_a_captured_resume_id_cannot_take_the_place() -> None:
     assert not mallory.established()
     [failed] = [e for e in mallory.events[mallory.listener] if isinstance(e, Failed)]
     assert isinstance(failed.error, KeyMismatch)
+    assert "without proving its secret" in str(failed.error)
 
 
 def test_the_resumed_session_belongs_to_its_identities() -> None:
@@ -163,3 +164,42 @@ def test_how_a_connection_ended_stays_as_the_first_cause_said() -> None:
     assert pair.connector.link_lost
     pair.connector.connection_failed("the peer has not read anything for 25 s")
     assert pair.connector.link_lost
+
+
+def test_a_resumed_that_claims_more_let_go_than_can_be_ends_the_session_cleanly() -> None:
+    """Found by a hostile review: `first` near 2**64 made the count of taken messages too
+    big to encode, and the network thread died."""
+    pair = first_pair()
+    carry = pair.connector.carry
+    assert carry is not None
+    carry.outbox.sent = 2**64 - 2  # its RESUMED says its oldest kept is 2**64 - 1
+    new = resume(pair)
+    [failed] = [e for e in new.events[new.listener] if isinstance(e, Failed)]
+    assert "RESUMED says its oldest kept message is number 18446744073709551615" in str(
+        failed.error
+    )
+
+
+def test_a_resume_says_how_many_of_each_sides_messages_were_let_go_past_the_bounds() -> None:
+    pair = first_pair()
+    carry = pair.connector.carry
+    assert carry is not None
+    carry.outbox.max_messages = 3
+    for number in range(5):  # none arrives: the link is down; the two oldest are let go
+        pair.connector.send(Chat(f"line {number}"), pair.clock.now)
+    new = resume(pair)
+    [mine] = [e for e in new.events[new.connector] if isinstance(e, Caught)]
+    [theirs] = [e for e in new.events[new.listener] if isinstance(e, Caught)]
+    assert (mine.resent, mine.lost) == (3, 2)
+    assert theirs.missed == 2
+    assert said(new.events[new.listener]) == ["line 2", "line 3", "line 4"]
+
+
+def test_a_resume_names_the_files_whose_accept_it_sends_again() -> None:
+    """The receiver then asks for the rest of those only once (found by a hostile review:
+    a second drop made it ask twice, and the sender ended the session)."""
+    pair = first_pair()
+    pair.connector.send(FileAccept(7, 65536, 4 * 2**20), pair.clock.now)  # lost in flight
+    new = resume(pair)
+    [caught] = [e for e in new.events[new.connector] if isinstance(e, Caught)]
+    assert caught.again == frozenset({7})

@@ -205,7 +205,11 @@ def test_a_stranger_replaying_a_captured_resume_is_refused_and_the_chat_goes_on(
         assert captured[FRAME_HEADER.size + len(MAGIC) + 1] == Mode.RESUME  # its M1
         replay(port, captured, answer=None)  # reads M2 and goes: not a warning's worth
         replay(port, captured, answer=True)
-        desk.expect(r"^Refused a connection from \('127\.0\.0\.1', \d+\): .*key", timeout=WAIT)
+        desk.expect(
+            r"^Refused a connection from \('127\.0\.0\.1', \d+\): the peer's key does not match "
+            r"its commitment",  # M1 committed to a key whose private half the capture lacks
+            timeout=WAIT,
+        )
         tap.release()  # laptop's next try arrives
         lap.expect(r"^Back with desktop after \d+ s: ", timeout=WAIT)
         desk.expect(r"^laptop is back\.$", timeout=WAIT)
@@ -237,3 +241,32 @@ def replay(port: int, captured: bytes, answer: bool | None) -> bytes:
             while chunk := stranger.recv(65536):  # until the listener closes it
                 answered += chunk
     return bytes(answered)
+
+
+def test_lines_past_the_bound_are_counted_on_both_sides_never_silently(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """Found by a hostile review: of 1,010 lines typed while away the host showed 1,000,
+    and neither side said that 10 were let go."""
+    desk, lap, tap = through_tap(spawn, tmp_path, free_port(), "10")
+    with tap:
+        tap.holding = True
+        tap.reset_connectors()
+        lap.expect(r"^Connection to desktop lost: reconnecting", timeout=WAIT)
+        lap.send(*(f"line {number}" for number in range(1010)))
+        for _ in range(1010):
+            lap.expect(r"^Waiting: it goes when desktop is back\.$")
+        tap.release()
+        lap.expect(
+            r"^Back with desktop after \d+ s: 1000 waiting messages sent, 10 more let go "
+            r"\(more than 1,000 or 4 MiB waited\), nothing missed\.$",
+            timeout=WAIT,
+        )
+        desk.expect(
+            r"^laptop is back; 10 of their messages never came \(more than 1,000 or 4 MiB "
+            r"waited\)\.$",
+            timeout=WAIT,
+        )
+        desk.expect(r"^laptop says: line 1009$", timeout=WAIT)
+    shown = [line for line in desk.out if line.startswith("laptop says: ")]
+    assert shown == [f"laptop says: line {number}" for number in range(10, 1010)]

@@ -193,9 +193,9 @@ def compute() -> dict[str, Any]:
     resume_m3 = again_c_pub + resume_confirm.digest()
     next_secret = resume_okm[96:128]
     next_name = hashlib.sha256(b"chatclient/4 resume id\0" + next_secret).digest()[:16]
-    # The connector's first message on it (after its WELCOME, seq 0): RESUMED, having taken
-    # 5 of the listener's messages and keeping its own from number 3 on.
-    resumed_plain = payload(1, RESUMED_TYPE, (5).to_bytes(8, "big") + (3).to_bytes(8, "big"), 5)
+    # The connector's first message after its WELCOME (seq 0) and READY (seq 1): RESUMED
+    # (seq 2), having taken 5 of the listener's messages and keeping its own from number 3.
+    resumed_plain = payload(2, RESUMED_TYPE, (5).to_bytes(8, "big") + (3).to_bytes(8, "big"), 5)
     # File chunks: AES-256-GCM keys per direction from their own HKDF label; a chunk
     # frame body is 0x00, id (4), offset (8), then the sealed data; the nonce is the
     # direction (4; 0 = connector->listener) and the chunk counter (8); the associated
