@@ -5,49 +5,30 @@ what is typed, who is here) and the commands table; they need each other.
 from __future__ import annotations
 
 import contextlib
-import glob
-import os
-import shlex
 import signal
-import textwrap
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from .bundles import collect
+from .commands import COMMAND_INDEX, Commands, PeerInfo
 from .config import Config
-from .disk import (
-    FILES_WORK_HERE,
-    NO_FILES_HERE,
-    PreparedFile,
-    file_fingerprint,
-    file_stamp,
-    open_for_sending,
-)
-from .errors import ChatError, ConfigError, describe_os_error
-from .firstrun import show_invite
+from .errors import ChatError, ConfigError
 from .handshake import ROOM_ID_SIZE, Mode, Role
 from .identity import (
     IDENTITY_FILE,
     KNOWN_PEERS_FILE,
     MAX_PAST_ROOMS,
     PAST_ROOMS_FILE,
-    Invite,
-    KnownPeers,
     Recognition,
     Trust,
     beside,
     fingerprint,
-    new_invite_code,
     read_known_peers,
     read_past_rooms,
     remember_past,
-    safety_number,
     update_known_peers,
     utc_now,
 )
@@ -91,10 +72,8 @@ from .terminal import (
     Terminal,
     main_thread_can_be_signalled,
     signal_until,
-    terminal_width,
 )
 from .text import name_skeleton, peer_text, sanitize, spoken_duration
-from .transfers import FileDesk
 from .trust import changed_identity
 
 if TYPE_CHECKING:
@@ -132,7 +111,7 @@ class PeerEnded(BaseException):
     """Raised in the main thread when the network has ended the chat."""
 
 
-class Conversation:
+class Conversation(Commands):
     """One chat: the network thread reports what arrives; the main thread sends.
 
     Exactly one side decides how the chat ended (`outcome`): the network thread

@@ -1,3 +1,51 @@
+"""The slash commands (/help, /who, /verify, /msg, /send and the other file commands,
+/invite, /quit): what each does, its line of help, and the table the input loop looks
+them up in. Conversation (chat.py) builds on Commands and holds the state they use."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shlex
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .bundles import collect
+from .config import Config
+from .disk import (
+    FILES_WORK_HERE,
+    NO_FILES_HERE,
+    PreparedFile,
+    file_fingerprint,
+    file_stamp,
+    open_for_sending,
+)
+from .errors import ChatError, ConfigError, describe_os_error
+from .firstrun import show_invite
+from .identity import (
+    Invite,
+    KnownPeers,
+    Trust,
+    fingerprint,
+    new_invite_code,
+    read_known_peers,
+    safety_number,
+    update_known_peers,
+    utc_now,
+)
+from .messages import NO_NONCE, Action, Chat
+from .nearby import Presence
+from .network import Network
+from .room import RoomLog
+from .sockets import Link
+from .terminal import Terminal, terminal_width
+from .text import sanitize
+from .transfers import FileDesk
+
+
 @dataclass(frozen=True)
 class PeerInfo:
     """Someone we are chatting with, as /who shows them."""
@@ -10,7 +58,24 @@ class PeerInfo:
     nonce: bytes = NO_NONCE  # their join's: what their words are signed over
 
 
-    # Commands -----------------------------------------------------------------------
+class Commands:
+    """The commands, run on the main thread; Conversation provides what they use."""
+
+    term: Terminal
+    config: Config
+    program: str
+    identity: bytes  # our identity key, for safety numbers
+    known_path: str
+    presence: Presence | None
+    people: dict[str, PeerInfo]
+    names: dict[Link, str]
+    net: Network | None
+    hosting: bool
+    invite_code: str | None
+    log: RoomLog | None
+
+    def _send(self, message: Chat | Action, to: str = "") -> None:
+        raise NotImplementedError  # Conversation sends
 
     def show_help(self, argument: str) -> bool:
         """/help: the commands, from the table."""
@@ -311,57 +376,51 @@ class Command:
     name: str
     aliases: tuple[str, ...]
     summary: str
-    run: Callable[[Conversation, str], bool]  # True: leave the chat
+    run: Callable[[Commands, str], bool]  # True: leave the chat
 
 
 COMMANDS = (
-    Command("help", ("?",), "this help", Conversation.show_help),
-    Command("who", (), "who you are talking to, from where, for how long", Conversation.show_peer),
+    Command("help", ("?",), "this help", Commands.show_help),
+    Command("who", (), "who you are talking to, from where, for how long", Commands.show_peer),
     Command(
         "verify",
         (),
         "the safety number to compare with your peer; /verify ok once it matches; "
         "/verify room: the room's code, to compare with another member",
-        Conversation.verify,
+        Commands.verify,
     ),
-    Command("me", (), "an action: /me waves shows * yourname waves", Conversation.act),
+    Command("me", (), "an action: /me waves shows * yourname waves", Commands.act),
     Command(
         "msg",
         (),
         "words for one person only: /msg NAME text (NAME: the longest name in the chat that "
         "the line starts with)",
-        Conversation.whisper,
+        Commands.whisper,
     ),
     Command(
         "send",
         (),
         "offer a file, a folder or several files to everyone (/send PATH ...) or to one "
         "person (/send NAME PATH ...)",
-        Conversation.send_file,
+        Commands.send_file,
     ),
-    Command(
-        "accept", (), "take an offered file: /accept N (or the oldest)", Conversation.accept_file
-    ),
-    Command("reject", (), "decline an offered file: /reject N", Conversation.reject_file),
+    Command("accept", (), "take an offered file: /accept N (or the oldest)", Commands.accept_file),
+    Command("reject", (), "decline an offered file: /reject N", Commands.reject_file),
     Command(
         "pause",
         (),
         "stop a transfer, either way, keeping what arrived: offered again, it resumes there",
-        Conversation.pause_file,
+        Commands.pause_file,
     ),
     Command(
         "cancel",
         (),
         "stop a transfer, either way, and discard what arrived: /cancel N",
-        Conversation.cancel_file,
+        Commands.cancel_file,
     ),
-    Command("files", (), "the offers and transfers, with their numbers", Conversation.list_files),
-    Command(
-        "invite", (), "(host) a new one-time invite code for one more person", Conversation.invite
-    ),
-    Command(
-        "quit", ("exit",), "leave the chat (asks for optional goodbye text)", Conversation.quit
-    ),
+    Command("files", (), "the offers and transfers, with their numbers", Commands.list_files),
+    Command("invite", (), "(host) a new one-time invite code for one more person", Commands.invite),
+    Command("quit", ("exit",), "leave the chat (asks for optional goodbye text)", Commands.quit),
 )
 # Commands are case-insensitive: /QUIT and /Quit are /quit.
 COMMAND_INDEX = {word: command for command in COMMANDS for word in (command.name, *command.aliases)}
