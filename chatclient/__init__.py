@@ -11,18 +11,23 @@ The modules, in layers; an import only ever points down (the import contract in
 pyproject.toml fails the build otherwise):
 
     entry    cli (parse_args, main), __main__ (python -m chatclient)
-    screens  chat (Conversation and the commands table), firstrun (the questions),
-             trust (known_peers and past_rooms judge identities and rooms)
-    I/O      network (the one selectors thread), then transfers (FileDesk), then
-             bundles (folders and several files as one stream), then disk (file
-             readers and writers), sockets (listen, connect, SOCKS5) and terminal
-             (all reading and printing)
+    screens  chat (Conversation: what arrives, the input loop), then commands (the
+             slash commands and their table), then firstrun (the questions), nearby
+             (finding listeners on the LAN) and trust (known_peers and past_rooms
+             judge identities and rooms)
+    I/O      network (the one selectors thread; sessions kept to resume), then
+             transfers (FileDesk), then bundles (folders and several files as one
+             stream), then disk (file readers and writers), sockets (listen,
+             connect, SOCKS5), terminal (all reading and printing) and discovery
+             (multicast DNS)
     pure     peer (PeerProtocol: one connection's state machine), room (the
-             host's admission and relay rules) and manifest (a folder's list and
-             the rules for its paths), session (sequence numbers and
-             keys), messages (every message and its registry), handshake,
-             identity (identity.key, known_peers, safety numbers, invite codes)
-             and config (config.ini and the command line's values)
+             host's admission and relay rules), lan (what an announcement holds)
+             and manifest (a folder's list and the rules for its paths), then
+             session (sequence numbers and keys) and resume (what is kept until
+             acknowledged, the tries, the window), messages (every message and its
+             registry), handshake, identity (identity.key, known_peers, safety
+             numbers, invite codes) and config (config.ini and the command line's
+             values)
     leaves   errors, text (sanitising, names, wrapping), wordlist, filenames
 
 The pure layer touches no socket, thread or terminal and reads no clock: `now`

@@ -36,7 +36,7 @@ from conftest import (
 )
 from pexpect.popen_spawn import PopenSpawn
 
-from chatclient.chat import help_text
+from chatclient.commands import help_text
 
 MODE_PROMPT = "Do you want to listen or connect? (listen/connect): "
 
