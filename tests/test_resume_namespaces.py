@@ -27,7 +27,7 @@ def keyed(net: Lan, host: Host, name: str) -> Path:
     return folder
 
 
-def desktop(net: Lan) -> ChatProcess:
+def desktop(net: Lan, *extra: str) -> ChatProcess:
     desk = net.run(
         net.a,
         keyed(net, net.a, "desktop"),
@@ -37,6 +37,7 @@ def desktop(net: Lan) -> ChatProcess:
         "--no-announce",
         "--downloads",
         "dl",
+        *extra,
     )
     desk.expect(r"^Listening on ")
     return desk
@@ -227,3 +228,28 @@ def test_a_file_relayed_between_members_goes_on_when_either_is_cut(
     assert sum(" offers big.bin" in line for line in receiver.out) == 1
     saved = lan.root / to / "dl" / "big.bin"
     assert saved.read_bytes() == data
+
+
+def test_with_reconnect_for_0_a_pulled_cable_ends_the_chat_on_both_sides(
+    lan: Lan,  # noqa: F811
+) -> None:
+    """The pulled cable as before resuming existed: both sides say the connection is lost
+    (within 30 s: 2.5 keepalive intervals of 2 s, and the close), and exit with 1."""
+    desk = desktop(lan, "--reconnect-for", "0")
+    lap = lan.run(
+        lan.b,
+        keyed(lan, lan.b, "laptop"),
+        "--connect",
+        f"{lan.a.address}:50233",
+        "--keepalive",
+        "2",
+        "--reconnect-for",
+        "0",
+    )
+    lap.expect(r"^WELCOME Welcome to the chat! I am desktop$")
+    desk.expect(r"^laptop joined the chat\.$")
+    ip("-n", lan.b.netns, "link", "set", cable(lan), "down")
+    lap.expect(r"^Connection lost: nothing heard from the peer for 5 s ", timeout=30.0)
+    desk.expect(r"^Connection lost: nothing heard from the peer for 5 s ", timeout=30.0)
+    assert lap.wait(30.0) == 1 and desk.wait(30.0) == 1
+    assert not [line for line in lap.out + desk.out if "reconnecting" in line]
