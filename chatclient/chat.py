@@ -175,7 +175,8 @@ class Conversation(Commands):
         self._collected = ""  # lines of a message still being typed (a trailing backslash)
         self.invite_code: str | None = None  # hosting: the code /invite made, until it is used
         self.away_from: str | None = None  # the host we are reconnecting to, meanwhile
-        self.waiting = 0  # lines typed while away_from, not sent yet
+        # Lines typed while away_from, not sent yet: what each says once it is sent.
+        self.owed: list[str] = []
 
     # Reported by the network thread ---------------------------------------------
 
@@ -189,7 +190,9 @@ class Conversation(Commands):
                 lines.append(self._away_line(event, hosting))
             elif isinstance(event, Back):
                 self._relink(link, event.name)
+                owed, self.owed = self.owed, []
                 lines.append(self._back_line(event, hosting))
+                lines += owed[len(owed) - min(len(owed), event.resent) :]  # now really sent
             elif isinstance(event, Established) and event.resumed:
                 self._relink(link, event.name)  # the same person, on a new connection
             elif isinstance(event, Established):
@@ -248,7 +251,7 @@ class Conversation(Commands):
     def _back_line(self, event: Back, hosting: bool) -> str:
         """The one line a resumed session gets."""
         name = sanitize(event.name)
-        self.away_from, self.waiting = None, 0
+        self.away_from = None
         kept = f"more than {MAX_KEPT_MESSAGES:,} or {MAX_KEPT_BYTES // 2**20} MiB waited"
         if hosting:
             losses = []
@@ -814,15 +817,15 @@ class Conversation(Commands):
             self.net.send_to(to, Said(self.config.username, words))
         else:
             self.net.send(words)
-        if self.away_from is not None:  # kept: it goes, in order, once the chat is back
-            self.waiting += 1
-            self.term.show(f"Waiting: it goes when {sanitize(self.away_from)} is back.")
-        elif to:  # private words name who they went to: names may share a beginning
-            self.term.show(f"Sent to {sanitize(to)} privately.")
+        if to:  # private words name who they went to: names may share a beginning
+            sent = f"Sent to {sanitize(to)} privately."
         else:
-            self.term.show(
-                "Sent CHAT message." if isinstance(message, Chat) else "Sent ACTION message."
-            )
+            sent = "Sent CHAT message." if isinstance(message, Chat) else "Sent ACTION message."
+        if self.away_from is not None:  # kept: it goes, in order, once the chat is back
+            self.owed.append(sent)  # said once it is really sent
+            self.term.show(f"Waiting: it goes when {sanitize(self.away_from)} is back.")
+        else:
+            self.term.show(sent)
 
     def _leave(self, goodbye: str) -> None:
         if not self._decide(0, None):
@@ -849,9 +852,9 @@ class Conversation(Commands):
         """The line for leaving while the chat's only other person is away."""
         who = sanitize(name)
         unsent = ""
-        if self.waiting:
-            lines = "line" if self.waiting == 1 else "lines"
-            unsent = f" ({self.waiting} {lines} typed meanwhile not sent)"
+        if waiting := len(self.owed):
+            lines = "line" if waiting == 1 else "lines"
+            unsent = f" ({waiting} {lines} typed meanwhile not sent)"
         if self.hosting:
             return (
                 f"Left while {who} was away: they were not told, and find the chat gone when "

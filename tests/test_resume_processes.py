@@ -177,6 +177,11 @@ def test_a_host_that_has_not_noticed_the_loss_gives_the_chat_to_the_resumed_conn
             timeout=WAIT,
         )
         desk.expect(r"^laptop says: typed while away$", timeout=WAIT)
+        sent = [line for line in lap.out if line == "Sent CHAT message."]
+        assert len(sent) == 1  # once it really went, after the line that says it did
+        assert lap.out.index("Sent CHAT message.") > lap.out.index(
+            next(line for line in lap.out if line.startswith("Back with desktop"))
+        )
         desk.send("still here")
         lap.expect(r"^desktop says: still here$", timeout=WAIT)
         lap.send("exit", "")
