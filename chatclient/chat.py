@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -191,10 +192,13 @@ class Conversation(Commands):
             elif isinstance(event, Back):
                 self._relink(link, event.name)
                 owed, self.owed = self.owed, []
-                lines.append(self._back_line(event, hosting))
-                lines += owed[len(owed) - min(len(owed), event.resent) :]  # now really sent
+                typed = min(len(owed), event.resent)  # the last typed went; older were let go
+                lines.append(self._back_line(event, hosting, typed))
+                lines += owed[len(owed) - typed :]  # now really sent
             elif isinstance(event, Established) and event.resumed:
                 self._relink(link, event.name)  # the same person, on a new connection
+                if (known := self.people.get(event.name)) is not None:  # from where, now
+                    self.people[event.name] = replace(known, address=format_address(link.address))
             elif isinstance(event, Established):
                 lines += self._arrival_lines(link, event)
             elif isinstance(event, MessageReceived):
@@ -248,8 +252,8 @@ class Conversation(Commands):
                 del self.names[old]
                 self.names[link] = name
 
-    def _back_line(self, event: Back, hosting: bool) -> str:
-        """The one line a resumed session gets."""
+    def _back_line(self, event: Back, hosting: bool, typed: int) -> str:
+        """The one line a resumed session gets; `typed`: lines typed meanwhile, now sent."""
         name = sanitize(event.name)
         self.away_from = None
         kept = f"more than {MAX_KEPT_MESSAGES:,} or {MAX_KEPT_BYTES // 2**20} MiB waited"
@@ -260,7 +264,9 @@ class Conversation(Commands):
             if event.lost:
                 losses.append(f"{event.lost} messages for them were let go ({kept})")
             return f"{name} is back; {'; '.join(losses)}." if losses else f"{name} is back."
-        sent = f"{event.resent} waiting message{'s' if event.resent != 1 else ''} sent"
+        sent = "nothing was waiting"
+        if typed:
+            sent = f"{typed} waiting message{'s' if typed != 1 else ''} sent"
         if event.lost:
             sent += f", {event.lost} more let go ({kept})"
         missed = f"{event.missed} of theirs missed" if event.missed else "nothing missed"
@@ -847,6 +853,11 @@ class Conversation(Commands):
         # The network half-closes after the goodbye and waits for the peer to
         # close too, so nothing in flight is cut off.
         self.net.finished.wait()  # bounded by the network: a stalled write or the drain limit
+        for name in self.net.unheard:  # it never closed its end: the link may be down
+            self.term.show(
+                f"{sanitize(name)} did not answer the goodbye: if the link is down, they were "
+                "not told you left, and keep your place until their time to wait runs out."
+            )
 
     def _left_while_away(self, name: str) -> str:
         """The line for leaving while the chat's only other person is away."""

@@ -158,8 +158,10 @@ def parse_reject(body: bytes) -> HandshakeError | None:
         )
     if reason == Reject.NO_INVITE:
         return HandshakeError(
-            "the peer has no open invite (it was used, or void after "
-            f"{MAX_INVITE_FAILURES} wrong tries): ask for a new code"
+            "the peer has no open invite for you now (it was used, or void after "
+            f"{MAX_INVITE_FAILURES} wrong tries, or your address tried wrong codes and must "
+            "wait up to a minute): check the code and try again in a minute, else ask for a "
+            "new code"
         )
     if reason == Reject.NO_SESSION:
         return NoSession(

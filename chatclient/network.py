@@ -184,6 +184,9 @@ class Network:
         self._invite_budget = InviteBudget()
         self._running = True
         self.finished = threading.Event()
+        # After our goodbye: the peers that never closed their end within the drain time
+        # (the link may be down: they may not have heard it). Read once `finished` is set.
+        self.unheard: list[str] = []
         self._thread = threading.Thread(target=self._run, name="network", daemon=True)
         self.files = FileDesk(self, files_user, downloads, plain_progress)
 
@@ -369,6 +372,8 @@ class Network:
                 link.leave_by = max(link.leave_by, link.last_read + GOODBYE_DRAIN_SECONDS)
                 link.leave_by = min(link.leave_by, link.leave_cap)
                 if now >= link.leave_by:
+                    if link.peer.stage is not Stage.CLOSED and link.peer.peer_name:
+                        self.unheard.append(link.peer.peer_name)
                     self._close(link)
                     continue
                 deadlines.append(link.leave_by)
@@ -782,6 +787,7 @@ class Network:
         if isinstance(event, Failed) and connector and away is not None and not link.established:
             if isinstance(event.error, NoSession):  # the peer was restarted: it is over
                 self._away = None
+                self.files.link_closed(away.link, now)
                 ended = NoSession(f"{event.error}{unsent(away)}")
                 self._user.connection_events(link, [Failed(ended)])
                 return True

@@ -45,6 +45,7 @@ class FakeNet:
         self.sent: list[Message] = []
         self.goodbyes: list[str] = []
         self.finished = threading.Event()
+        self.unheard: list[str] = []  # peers that never closed their end after the goodbye
 
     def send(self, message: Message) -> None:
         self.sent.append(message)

@@ -184,6 +184,10 @@ def test_a_host_that_has_not_noticed_the_loss_gives_the_chat_to_the_resumed_conn
         )
         desk.send("still here")
         lap.expect(r"^desktop says: still here$", timeout=WAIT)
+        first = desk.out[desk.out.index("laptop joined the chat.") - 1]  # Connected by (...)
+        desk.send("/who")  # from where it is now (found by a newcomer: the old port stayed)
+        now = desk.expect(r"^Talking to laptop at 127\.0\.0\.1:\d+, ")
+        assert now.split(" at ")[1].split(",")[0] != first.split(", ")[1].rstrip(")")
         lap.send("exit", "")
         desk.expect(r"^Connection closed by peer\.$", timeout=WAIT)
         assert lap.wait(WAIT) == 0 and desk.wait(WAIT) == 0
@@ -275,3 +279,19 @@ def test_lines_past_the_bound_are_counted_on_both_sides_never_silently(
         desk.expect(r"^laptop says: line 1009$", timeout=WAIT)
     shown = [line for line in desk.out if line.startswith("laptop says: ")]
     assert shown == [f"laptop says: line {number}" for number in range(10, 1010)]
+
+
+def test_a_goodbye_the_other_side_never_answers_says_so(spawn: Spawn, tmp_path: Path) -> None:
+    """Found by a newcomer: `exit` typed just after the link went down (before either side
+    noticed) said the goodbye was sent, and the host kept the place for its whole window."""
+    _, lap, tap = through_tap(spawn, tmp_path, free_port(), "10")
+    with tap:
+        tap.freeze()  # nobody notices for 25 s
+        lap.send("exit", "")
+        lap.expect(r"^Sent TERMINATE message\.$")
+        lap.expect(
+            r"^desktop did not answer the goodbye: if the link is down, they were not told you "
+            r"left, and keep your place until their time to wait runs out\.$",
+            timeout=WAIT,
+        )
+        assert lap.wait(WAIT) == 0
