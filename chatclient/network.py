@@ -851,6 +851,9 @@ class Network:
         kept = self._parked.get(resume)
         if kept is not None:
             return kept.carry
+        for kept in self._parked.values():  # named by a resume that never got its READY
+            if kept.carry.secret_named(resume, resume_id) is not None:
+                return kept.carry
         live = self._live_session(resume)
         return live.peer.carry if live is not None else None
 
@@ -862,7 +865,7 @@ class Network:
                 link.established
                 and link.peer.role is Role.LISTENER
                 and carry is not None
-                and resume_id(carry.secret) == resume
+                and carry.secret_named(resume, resume_id) is not None
             ):
                 return link
         return None

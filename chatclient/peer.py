@@ -35,6 +35,7 @@ from .handshake import (
     SessionKeys,
     parse_reject,
     reject_frame,
+    resume_id,
     verify_signature,
     welcome_signed_data,
 )
@@ -46,6 +47,7 @@ from .messages import (
     FileAccept,
     FrameDecoder,
     Keepalive,
+    Members,
     Message,
     Ready,
     Refusal,
@@ -314,10 +316,10 @@ class PeerProtocol:
             self._outgoing += encode_frame(self._connector.m1)
         else:
 
-            def kept(resume_id: bytes) -> bytes | None:
-                self.carry = sessions(resume_id) if sessions is not None else None
+            def kept(named: bytes) -> bytes | None:
+                self.carry = sessions(named) if sessions is not None else None
                 self._caught_up = self.carry is None
-                return self.carry.secret if self.carry is not None else None
+                return self.carry.secret_named(named, resume_id) if self.carry else None
 
             self._listener = ListenerHandshake(psk, private_key, invite=invite, sessions=kept)
             self.mode = Mode.SHARED_KEY  # until M1 says
@@ -532,6 +534,8 @@ class PeerProtocol:
         except Rejected as exc:
             self._outgoing += encode_frame(reject_frame(exc.reason))
             raise
+        if self.carry is not None:  # the connector holds this secret once it sends READY
+            self.carry.pending = self._keys.resume_secret
         self.stage = Stage.PROVEN
         self._events.append(KeyProven())
 
@@ -613,7 +617,7 @@ class PeerProtocol:
         if self.carry is None:
             self.carry = Carry(self._keys.resume_secret, self.peer_name, self.peer_identity)
         else:  # the next resume proves this connection's secret
-            self.carry.secret = self._keys.resume_secret
+            self.carry.secret, self.carry.pending = self._keys.resume_secret, None
             resumed_message = Resumed(self.carry.inbox.taken, self.carry.outbox.first)
             self._outgoing += self._encode(resumed_message)
         event = Established(
@@ -644,6 +648,10 @@ class PeerProtocol:
         carry = self.carry
         assert carry is not None  # established
         carry.outbox.acknowledge(self._session.peer_ack)
+        if isinstance(message, Members):
+            if carry.members:  # a host resetting a member's room code: refused
+                raise ProtocolError("the host sent MEMBERS again: it comes once, at the join")
+            carry.members = True
         if isinstance(message, Resumed):
             self._on_resumed(carry, message)
         elif not self._caught_up and not isinstance(message, UNNUMBERED):

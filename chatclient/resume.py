@@ -12,6 +12,7 @@ has taken is a duplicate and is dropped, one past the next is a loss and ends th
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -118,6 +119,18 @@ class Carry(Generic[T]):
     outbox: Outbox[T] = field(default_factory=Outbox)
     inbox: Inbox = field(default_factory=lambda: Inbox())
     acknowledged: int = 0  # the count this side last told the peer
+    members: bool = False  # the host's MEMBERS came: once a session, never again
+    # Listener: the secret of a resume proven (its M3) but not yet READY. The connector
+    # holds that connection's secret once it has sent READY, which may be lost: a resume
+    # may then name either.
+    pending: bytes | None = None
+
+    def secret_named(self, resume: bytes, name: Callable[[bytes], bytes]) -> bytes | None:
+        """The secret that the resume id `resume` names (`name` makes an id from a secret)."""
+        for secret in (self.secret, self.pending):
+            if secret is not None and name(secret) == resume:
+                return secret
+        return None
 
     @property
     def owes_ack(self) -> bool:

@@ -125,6 +125,8 @@ class Transfer:
     # receiver may not have yet), sent again if the receiver's link is lost and resumes
     sent_tail: deque[tuple[int, bytes]] = field(default_factory=deque)
     sent_tail_bytes: int = 0
+    passed: int = 0  # host, a leg it relays out: how far it went (sent again: no credit)
+    written: int = 0  # receiving: bytes on disk since `offset` (the rest wait to be written)
     done: bool = False  # sender: FILEDONE came (relay) or was sent
     cancelled_here: bool = False  # we stopped it: its data still in flight is dropped
     complained: bool = False  # data after its end was reported once
@@ -562,7 +564,7 @@ class FileDesk:
             t.ends = target.ends
         self._sinks = [other for other in self._sinks if other.thread.is_alive()] + [sink]
         t.state, t.offset, t.position, t.started = Moving.MOVING, offset, offset, now
-        t.credit = FILE_WINDOW
+        t.credit, t.written = FILE_WINDOW, 0
         self._net.deliver(t.link, FileAccept(t.id, offset, FILE_WINDOW), now)
         name = sanitize(t.shown)
         if offset:
@@ -827,7 +829,7 @@ class FileDesk:
         t.credit = accept.credit
         t.relayed.clear()
         t.sent_tail.clear()
-        t.sent_tail_bytes = 0
+        t.sent_tail_bytes, t.passed = 0, 0
         if t.partner is not None:  # the host: the author starts over too
             other = t.partner
             other.restarted, other.done, other.digest = True, False, b""
@@ -970,6 +972,7 @@ class FileDesk:
         if t.state in ENDED:
             return
         if kind == "written":
+            t.written += amount
             if t.state is Moving.MOVING:
                 t.credit += amount
                 self._net.deliver(t.link, FileCredit(t.id, amount), now)
@@ -1052,9 +1055,11 @@ class FileDesk:
                     t.source.close()
                     t.source = None
                 t.credit = 0
-            else:
-                # The host never holds more of a relayed file than the receiver allows.
-                t.credit = t.credit if t.partner is not None else FILE_WINDOW
+            elif t.partner is None:
+                # What came and is not written yet is granted back as it is written: the
+                # sender may have no more than the window out (what a relaying host keeps).
+                t.credit = max(0, FILE_WINDOW - (t.position - t.offset - t.written))
+            # A relaying host keeps the credit it had left: it never holds more of the file.
         if old in self._next_id:
             self._next_id[new] = self._next_id.pop(old)
         self._sending.drop_link(old)
@@ -1110,8 +1115,10 @@ class FileDesk:
                 t.credit -= len(data)
                 if t.ours:
                     self._progress(now)
-                else:
-                    self._relayed(t, len(data), now)
+                else:  # the author earns credit for new bytes only, not for those sent again
+                    fresh = max(0, t.position - t.passed)
+                    t.passed = max(t.passed, t.position)
+                    self._relayed(t, fresh, now)
                 return True
             if t.partner is not None:
                 if t.position == t.size and t.partner.done and not t.done:
@@ -1269,7 +1276,7 @@ class FileDesk:
     def _relayed(self, t: Transfer, size: int, now: float) -> None:
         """`size` bytes of a relayed file went on: the sender may send as much more."""
         sender = t.partner
-        if sender is None:
+        if sender is None or (size == 0 and not sender.ungranted):
             return
         sender.ungranted += size
         if sender.ungranted >= CREDIT_STEP or not t.relayed:

@@ -9,7 +9,7 @@ from pair import PeerPair
 
 from chatclient.errors import KeyMismatch
 from chatclient.handshake import NoSession, resume_id
-from chatclient.messages import Chat, FileAccept, Message
+from chatclient.messages import Chat, FileAccept, Members, Message
 from chatclient.peer import Caught, Established, Failed, KeyProven, MessageReceived
 from chatclient.resume import Carry
 
@@ -103,11 +103,13 @@ def test_a_stranger_with_a_captured_resume_id_cannot_take_the_place() -> None:
     carry = pair.listener.carry
     assert carry is not None
     stolen = Carry[Message](b"\x00" * 32, "laptop", LAPTOP.public_key().public_bytes_raw())
-    kept = {resume_id(b"\x00" * 32): carry}  # the listener finds the real session by the id
+    kept = {resume_id(carry.secret): carry}
     mallory = PeerPair(
         connector={"identity": LAPTOP, "resume": stolen},
         listener={"identity": DESKTOP, "sessions": kept.get},
     )
+    # Its M1 names the real session (the id it captured), with a secret of its own.
+    mallory.connector._outgoing[-16:] = resume_id(carry.secret)
     mallory.pump()
     assert not mallory.established()
     [failed] = [e for e in mallory.events[mallory.listener] if isinstance(e, Failed)]
@@ -203,3 +205,49 @@ def test_a_resume_names_the_files_whose_accept_it_sends_again() -> None:
     new = resume(pair)
     [caught] = [e for e in new.events[new.connector] if isinstance(e, Caught)]
     assert caught.again == frozenset({7})
+
+
+def test_a_resume_whose_ready_was_lost_can_be_resumed_by_either_secret() -> None:
+    """Found by a hostile review: the connector holds a resumed connection's secret once it
+    has sent READY; the listener only once READY came. A READY lost on the way made the
+    next resume name a session the listener did not know, and the chat ended for good."""
+    pair = first_pair()
+    carry = pair.listener.carry
+    assert carry is not None
+
+    def sessions(named: bytes) -> Carry[Message] | None:
+        return carry if carry.secret_named(named, resume_id) is not None else None
+
+    cut = PeerPair(
+        connector={"identity": LAPTOP, "resume": pair.connector.carry},
+        listener={"identity": DESKTOP, "sessions": sessions},
+    )
+    c, listener, now = cut.connector, cut.listener, cut.clock.now
+    listener.receive_data(c.data_to_send(), now)  # M1
+    c.receive_data(listener.data_to_send(), now)  # M2
+    listener.receive_data(c.data_to_send(), now)  # M3 and WELCOME
+    assert isinstance(listener.next_event(), KeyProven)
+    listener.admit()
+    c.receive_data(listener.data_to_send(), now)  # the listener's WELCOME: c is in ...
+    assert any(isinstance(e, Established) for e in c.events())
+    c.data_to_send()  # ... and its READY is lost with the link
+    again = PeerPair(
+        connector={"identity": LAPTOP, "resume": pair.connector.carry},
+        listener={"identity": DESKTOP, "sessions": sessions},
+    )
+    again.pump()
+    assert again.established()
+
+
+def test_members_comes_once_a_session_even_across_a_resume() -> None:
+    """Found by a hostile review: a host sent MEMBERS again after a resume and reset the
+    member's room code (/verify room), which could hide a public line it dropped."""
+    pair = first_pair()
+    now = pair.clock.now
+    pair.connector.receive_data(pair.listener.send(Members(), now), now)
+    assert not [e for e in pair.connector.events() if isinstance(e, Failed)]
+    new = resume(pair)
+    assert new.established()
+    new.connector.receive_data(new.listener.send(Members(), now), now)
+    [failed] = [e for e in new.connector.events() if isinstance(e, Failed)]
+    assert "the host sent MEMBERS again" in str(failed.error)

@@ -635,4 +635,31 @@ def test_after_a_resume_the_receiver_asks_for_the_rest_once(desk: Desk) -> None:
     third = FakeLink(FakePeer("laptop", Role.LISTENER))
     desk.desk.link_resumed(again, third, 3.0)  # type: ignore[arg-type]
     desk.desk.caught_up(third, frozenset(), 3.0)  # type: ignore[arg-type]
-    assert desk.carrier.delivered[-1] == (third, FileAccept(1, CHUNK_SIZE, FILE_WINDOW))
+    # The chunk is not on disk yet (its report has not run): the window less what waits
+    # to be written, which is granted once it is.
+    assert desk.carrier.delivered[-1] == (
+        third,
+        FileAccept(1, CHUNK_SIZE, FILE_WINDOW - CHUNK_SIZE),
+    )
+    desk.carrier.run_until(lambda: bool(desk.carrier.of_kind(FileCredit)))
+    assert desk.carrier.delivered[-1] == (third, FileCredit(1, CHUNK_SIZE))
+
+
+def test_what_the_host_sends_again_earns_the_author_no_credit(desk: Desk) -> None:
+    """Found by a hostile review: a receiver resuming again and again made the host send
+    its kept chunks again, grant the author that much more, and hold ever more of it."""
+    alice = relaying(desk, 4, 1000)
+
+    def granted() -> int:
+        return sum(m.amount for m in desk.carrier.of_kind(FileCredit) if isinstance(m, FileCredit))
+
+    before = granted()
+    for number in range(3):
+        again = FakeLink(FakePeer("alice", Role.LISTENER))
+        desk.desk.link_resumed(alice, again, 2.0)  # type: ignore[arg-type]
+        desk.desk.message(again, FileAccept(1, 2000, 2**20), 2.0)  # type: ignore[arg-type]
+        while desk.desk.pump(again, 2.0):  # type: ignore[arg-type]
+            pass
+        assert [offset for _, offset, _ in again.peer.chunks] == [2000, 3000], number
+        alice = again
+    assert granted() == before
