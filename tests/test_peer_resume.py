@@ -40,6 +40,18 @@ def resume(old: PeerPair, kept: dict[bytes, Carry[Message]] | None = None) -> Pe
     return new
 
 
+def connector_in(new: PeerPair) -> None:
+    """Run a resume's handshake until the connector is in (it has the listener's WELCOME),
+    its READY not yet delivered."""
+    c, listener, now = new.connector, new.listener, new.clock.now
+    listener.receive_data(c.data_to_send(), now)  # M1
+    c.receive_data(listener.data_to_send(), now)  # M2
+    listener.receive_data(c.data_to_send(), now)  # M3 and WELCOME
+    assert isinstance(listener.next_event(), KeyProven)
+    listener.admit()
+    c.receive_data(listener.data_to_send(), now)  # the listener's WELCOME: c is in
+
+
 def test_every_message_is_numbered_and_acknowledged_by_the_other_side() -> None:
     pair = first_pair()
     now = pair.clock.now
@@ -147,12 +159,7 @@ def test_nothing_new_goes_out_before_the_peers_resumed() -> None:
         listener={"identity": DESKTOP, "sessions": {resume_id(carry.secret): carry}.get},
     )
     c, listener, now = new.connector, new.listener, new.clock.now
-    listener.receive_data(c.data_to_send(), now)  # M1
-    c.receive_data(listener.data_to_send(), now)  # M2
-    listener.receive_data(c.data_to_send(), now)  # M3 and WELCOME
-    assert isinstance(listener.next_event(), KeyProven)
-    listener.admit()
-    c.receive_data(listener.data_to_send(), now)  # the listener's WELCOME: c is in
+    connector_in(new)
     assert c.send(Chat("typed"), now) == b""  # kept: the listener's RESUMED has not come
     new.pump()
     assert said(new.events[listener]) == ["lost", "typed"]
@@ -222,15 +229,10 @@ def test_a_resume_whose_ready_was_lost_can_be_resumed_by_either_secret() -> None
         connector={"identity": LAPTOP, "resume": pair.connector.carry},
         listener={"identity": DESKTOP, "sessions": sessions},
     )
-    c, listener, now = cut.connector, cut.listener, cut.clock.now
-    listener.receive_data(c.data_to_send(), now)  # M1
-    c.receive_data(listener.data_to_send(), now)  # M2
-    listener.receive_data(c.data_to_send(), now)  # M3 and WELCOME
-    assert isinstance(listener.next_event(), KeyProven)
-    listener.admit()
-    c.receive_data(listener.data_to_send(), now)  # the listener's WELCOME: c is in ...
+    connector_in(cut)
+    c = cut.connector
     assert any(isinstance(e, Established) for e in c.events())
-    c.data_to_send()  # ... and its READY is lost with the link
+    c.data_to_send()  # its READY is lost with the link
     again = PeerPair(
         connector={"identity": LAPTOP, "resume": pair.connector.carry},
         listener={"identity": DESKTOP, "sessions": sessions},
