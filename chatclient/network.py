@@ -14,19 +14,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from .config import HANDSHAKE_SECONDS, KEEPALIVE_SECONDS
 from .disk import FILE_CHUNKS_PER_TURN, FILE_READ_SIZE, NOT_SENT_LOW_WATER
-from .errors import ChatError, ConnectionLost, HandshakeError, KeyMismatch, describe_os_error
-from .handshake import ROOM_ID_SIZE, Mode, NoSession, Reject, Role, resume_id
+from .errors import ChatError, ConnectionLost, KeyMismatch, describe_os_error
+from .handshake import ROOM_ID_SIZE, Mode, Reject, Role
 from .identity import MAX_INVITE_FAILURES, Invite
 from .messages import (
     FILE_MESSAGES,
     NO_NONCE,
-    Absent,
     Echo,
     Form,
     Joined,
@@ -41,8 +39,6 @@ from .messages import (
 )
 from .peer import (
     HANDSHAKE_STAGES,
-    Away,
-    Back,
     Caught,
     ChunkReceived,
     Closed,
@@ -59,7 +55,7 @@ from .peer import (
     accept_anyone,
     any_room,
 )
-from .resume import LAST_TRY_SECONDS, Carry, Reconnect
+from .resume import Carry
 from .room import (
     MEMBER_SENDS,
     AbandonLog,
@@ -71,8 +67,9 @@ from .room import (
     handshake_to_evict,
     public_line,
 )
-from .sockets import LISTEN_BACKLOG, Link, format_address, unmap
-from .text import sanitize, spoken_duration
+from .sessions import Kept, Sessions, SessionUser
+from .sockets import LISTEN_BACKLOG, Link, format_address, peer_address, unmap
+from .text import sanitize
 from .transfers import FileDesk, FileUser
 
 if TYPE_CHECKING:
@@ -91,11 +88,10 @@ MAX_OUTGOING = 4 * 1024 * 1024
 # until the peer has read some, and a sender waits once this many are queued.
 HIGH_WATER = 1024 * 1024
 MAX_QUEUED_COMMANDS = 4096
-MIN_DIAL_SECONDS = 2.0  # a redial's connect and handshake may take at least this
 SETTLE_ROUNDS = 4  # rounds of writing per pass while links queue for one another
 
 
-class NetworkUser(Protocol):
+class NetworkUser(SessionUser, Protocol):
     """What the network thread reports to (the conversation, or a benchmark)."""
 
     def connection_events(self, link: Link, events: list[Event]) -> None:
@@ -112,13 +108,15 @@ class NetworkUser(Protocol):
         listener goes on."""
 
 
-class Network:
+class Network(Sessions):
     """The one thread that owns every socket, around one `selectors` loop.
 
     It accepts, runs every handshake, reads into each PeerProtocol, writes each
     peer's bounded outgoing buffer and runs the timers. Other threads never
     touch a socket: they post() commands, which a wake-up socket delivers.
     """
+
+    _user: NetworkUser  # more than the sessions kept need
 
     def __init__(
         self,
@@ -897,12 +895,3 @@ def ends_link(event: Event) -> bool:
     if isinstance(event, MessageReceived):
         return isinstance(event.message, Terminate)
     return isinstance(event, (Closed, Failed))
-
-
-def peer_address(sock: socket.socket) -> tuple[str, int]:
-    """The peer's (host, port), or HandshakeError if it already vanished."""
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError as exc:
-        raise HandshakeError("the peer vanished right after the handshake") from exc
-    return unmap(host), port

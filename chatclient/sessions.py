@@ -1,3 +1,36 @@
+"""Sessions kept across a lost connection (issue 18): the connector's redials after a
+loss, the host's parked places and what it keeps for them, the hand-over of a session to
+the connection that resumes it, and the end of what was kept past its window. Network
+builds on Sessions; resume.py holds the pure rules (what is kept, the tries, the window).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import ChatError, ConnectionLost, HandshakeError
+from .handshake import NoSession, Role, resume_id
+from .messages import Absent, Left, Message
+from .peer import Away, Back, Caught, Established, Event, Failed
+from .resume import LAST_TRY_SECONDS, Carry, Reconnect
+from .room import Room
+from .sockets import Link, peer_address
+from .text import sanitize, spoken_duration
+from .transfers import FileDesk
+
+MIN_DIAL_SECONDS = 2.0  # a redial's connect and handshake may take at least this
+
+
+class SessionUser(Protocol):
+    """What the sessions kept tell the person: the lines of a connection's events."""
+
+    def connection_events(self, link: Link, events: list[Event]) -> None: ...
+
+
 @dataclass
 class Kept:
     """A session whose connection was lost, kept until `until` to resume."""
@@ -21,7 +54,46 @@ def unsent(away: Kept) -> str:
     return f" ({away.waiting} {lines} typed meanwhile not sent)"
 
 
-    # Sessions kept across a lost connection ---------------------------------------
+class Sessions:
+    """The network thread's sessions kept to resume; Network provides the state and the
+    socket work they use (only the network thread runs any of this)."""
+
+    _user: SessionUser
+    _room: Room
+    _links: dict[int, Link]
+    files: FileDesk
+    _clock: Callable[[], float]
+    _keepalive: float
+    _handshake_seconds: float
+    _reconnect_for: float  # 0: a lost session is never kept
+    _dial: Callable[[float], socket.socket] | None  # the connector's: connect again
+    _away: Kept | None  # connector: the session being resumed
+    _parked: dict[bytes, Kept]  # host: by resume id
+    _leaving: bool
+    _running: bool
+
+    def post(self, command: Callable[[float], None], *, urgent: bool = False) -> None:
+        raise NotImplementedError  # Network runs it on its thread
+
+    def _add(
+        self,
+        sock: socket.socket,
+        address: tuple[str, int],
+        role: Role,
+        now: float,
+        busy: bool = False,
+        resume: Carry[Message] | None = None,
+    ) -> Link:
+        raise NotImplementedError  # Network takes the connection in
+
+    def _to(self, member: object, message: Message, now: float) -> None:
+        raise NotImplementedError  # Network queues it
+
+    def _tell_room(self, message: Message, now: float, but: object = None) -> None:
+        raise NotImplementedError  # Network tells everyone in the room
+
+    def _close(self, link: Link) -> None:
+        raise NotImplementedError  # Network closes the socket
 
     def _resuming(self, link: Link, event: Event, now: float) -> bool:
         """Events of a session that outlives its connection; True when taken here."""
@@ -242,4 +314,3 @@ def unsent(away: Kept) -> str:
                 away.tries.failed(away.began)
             return
         self._room.claim(link)
-
