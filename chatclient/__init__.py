@@ -15,11 +15,11 @@ pyproject.toml fails the build otherwise):
              slash commands and their table), then firstrun (the questions), nearby
              (finding listeners on the LAN) and trust (known_peers and past_rooms
              judge identities and rooms)
-    I/O      network (the one selectors thread; sessions kept to resume), then
-             transfers (FileDesk), then bundles (folders and several files as one
-             stream), then disk (file readers and writers), sockets (listen,
-             connect, SOCKS5), terminal (all reading and printing) and discovery
-             (multicast DNS)
+    I/O      network (the one selectors thread), then sessions (sessions kept
+             across a lost connection), then transfers (FileDesk), then bundles
+             (folders and several files as one stream), then disk (file readers
+             and writers), sockets (listen, connect, SOCKS5), terminal (all reading
+             and printing) and discovery (multicast DNS)
     pure     peer (PeerProtocol: one connection's state machine), room (the
              host's admission and relay rules), lan (what an announcement holds)
              and manifest (a folder's list and the rules for its paths), then

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import HANDSHAKE_SECONDS
-from .errors import NetworkError, describe_os_error
+from .errors import HandshakeError, NetworkError, describe_os_error
 
 if TYPE_CHECKING:  # a Link carries one, but making sockets needs none of the protocol
     from .peer import PeerProtocol
@@ -39,6 +39,15 @@ def unmap(host: str) -> str:
     if host.lower().startswith(prefix) and host.count(".") == 3:
         return host[len(prefix) :]
     return host
+
+
+def peer_address(sock: socket.socket) -> tuple[str, int]:
+    """The peer's (host, port), or HandshakeError if it already vanished."""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError as exc:
+        raise HandshakeError("the peer vanished right after the handshake") from exc
+    return unmap(host), port
 
 
 def is_wildcard(host: str) -> bool:
